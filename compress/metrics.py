@@ -1,0 +1,92 @@
+"""Size and fidelity measures for compressed variants.
+
+Size convention (:func:`storage_bytes`): the bytes needed to store the
+parameters at their bit width, counting only *non-zero* weights (a sparse layer
+is charged for its non-zeros; the index overhead of a sparse format is not
+counted).  Per layer:
+
+* weights: ``ceil(nnz * bits / 8)`` where ``bits`` is the quantization bit width
+  (from the change record, else inferred from the integer weights), or 32 for
+  float weights (the float32 precision of the usual source models);
+* scales: 4 bytes (float32) each -- one per layer for a per-tensor scale, one
+  per row for per-channel scales;
+* biases: all of them (dense), 4 bytes each, or ``ceil(n * bias_bits / 8)`` plus
+  a 4-byte scale when biases are quantized.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from verify.network import Network
+
+from .record import ChangeRecord
+
+FLOAT_BITS = 32
+
+
+def parameter_counts(network: Network) -> tuple[int, int]:
+    """(all parameters, non-zero parameters): weights and biases."""
+    total = sum(a.weight.size + a.bias.size for a in network.affines)
+    nonzero = sum(int(np.count_nonzero(a.weight)) + int(np.count_nonzero(a.bias))
+                  for a in network.affines)
+    return int(total), int(nonzero)
+
+
+def _inferred_bits(a) -> int:
+    m = int(np.abs(a.weight_int).max(initial=0))
+    return max(2, m.bit_length() + 1)
+
+
+def storage_bytes(network: Network, record: ChangeRecord | None = None) -> int:
+    """Bytes to store the network's parameters at their bit width (see the module doc)."""
+    total = 0
+    for k, a in enumerate(network.affines):
+        lc = record.layers[k] if record is not None and k < len(record.layers) else None
+        nnz = int(np.count_nonzero(a.weight))
+        if a.is_quantized:
+            bits = lc.bits if lc is not None and lc.bits else _inferred_bits(a)
+            n_scales = 1 if np.all(a.weight_scale == a.weight_scale[0]) else a.out_size
+            total += math.ceil(nnz * bits / 8) + 4 * n_scales
+        else:
+            total += math.ceil(nnz * FLOAT_BITS / 8)
+        if lc is not None and lc.bias_bits:
+            total += math.ceil(a.bias.size * lc.bias_bits / 8) + 4
+        else:
+            total += 4 * a.bias.size
+    return int(total)
+
+
+def sample_box(lower, upper, n: int = 1000, seed: int = 0) -> np.ndarray:
+    """``n`` points uniformly at random in the box (fixed seed)."""
+    lo = np.asarray(lower, dtype=np.float64).reshape(-1)
+    hi = np.asarray(upper, dtype=np.float64).reshape(-1)
+    rng = np.random.default_rng(seed)
+    return lo + (hi - lo) * rng.random((int(n), lo.size))
+
+
+def output_deviation(parent: Network, variant: Network, points: np.ndarray
+                     ) -> tuple[float, float]:
+    """(max, mean) over the points of ``max_j |parent(x)_j - variant(x)_j|``."""
+    d = np.abs(parent.forward(points) - variant.forward(points)).max(axis=1)
+    return float(d.max(initial=0.0)), float(d.mean()) if d.size else 0.0
+
+
+def predictions(network: Network, x: np.ndarray, *, argmin: bool = False) -> np.ndarray:
+    y = network.forward(np.asarray(x, dtype=np.float64).reshape(len(x), -1))
+    return y.argmin(axis=1) if argmin else y.argmax(axis=1)
+
+
+def accuracy(network: Network, x: np.ndarray, labels: np.ndarray, *, argmin: bool = False
+             ) -> float:
+    """Fraction of inputs whose top-1 class (argmax, or argmin) equals the label."""
+    labels = np.asarray(labels).reshape(-1)
+    return float(np.mean(predictions(network, x, argmin=argmin) == labels))
+
+
+def agreement(parent: Network, variant: Network, x: np.ndarray, *, argmin: bool = False
+              ) -> float:
+    """Fraction of inputs on which both networks pick the same top-1 output."""
+    return float(np.mean(predictions(parent, x, argmin=argmin)
+                         == predictions(variant, x, argmin=argmin)))

@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.skip(f"benchmark data not found at {DATA}")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def digits_mlp():
+    """A 64-16-16-10 MLP trained on sklearn's bundled digits (fixed seed), and
+    the test images scaled to [0, 1] with their labels."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    from verify.torch_io import from_torch
+
+    torch.set_num_threads(1)  # far faster for small layers on these machines
+    torch.manual_seed(0)
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(X))
+    train, test = order[:1400], order[1400:]
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                                torch.nn.Linear(16, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(X[train]), torch.from_numpy(y[train])
+    for _ in range(300):
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+    net = from_torch(model.eval())
+    return net, X[test].astype(np.float64), y[test]

@@ -1,0 +1,186 @@
+"""Soundness and behaviour of the decision procedure on small networks."""
+import time
+
+import numpy as np
+import pytest
+import z3
+
+from verify.attack import Attacker
+from verify.bounds import layer_bounds
+from verify.encode import Branch, encode, solve
+from verify.network import Affine, Network
+from verify.options import VerifyOptions
+from verify.properties import Conjunction, Property, Region, local_robustness
+from verify.verifier import verify_property
+
+
+def random_net(rng, sizes):
+    return Network(tuple(Affine(rng.normal(size=(sizes[i + 1], sizes[i])) / np.sqrt(sizes[i]),
+                                rng.normal(size=sizes[i + 1]) * 0.3)
+                         for i in range(len(sizes) - 1)))
+
+
+def random_property(rng, net):
+    lo = rng.uniform(-1, 0.5, net.n_inputs)
+    hi = lo + rng.uniform(0.05, 0.6, net.n_inputs)
+    c = rng.normal(size=(rng.integers(1, 3), net.n_outputs))
+    centre = net.forward((lo + hi) / 2)
+    d = c @ centre + rng.normal(scale=0.5, size=c.shape[0])
+    return Property((Region(lo, hi, (Conjunction(c, d),)),), net.n_outputs)
+
+
+def sampled_violation(net, prop, rng, n=20000):
+    r = prop.regions[0]
+    xs = rng.uniform(r.lower, r.upper, size=(n, net.n_inputs))
+    xs = np.vstack([xs, r.lower, r.upper])
+    ys = net.forward(xs)
+    return any(r.unsafe_output(y) for y in ys[np.any(ys @ r.unsafe[0].coeffs.T - r.unsafe[0].rhs <= 0, axis=1)])
+
+
+def exact_z3_verdict(net, prop):
+    """Independent ground truth: the whole network as one exact Z3 formula
+    (written here without the project's encoder; tiny networks only)."""
+    r = prop.regions[0]
+    s = z3.Solver()
+    x = [z3.Real(f"x{i}") for i in range(net.n_inputs)]
+    for i, v in enumerate(x):
+        s.add(v >= float(r.lower[i]), v <= float(r.upper[i]))
+    a = x
+    for k, aff in enumerate(net.affines):
+        z = [z3.Sum([z3.RealVal(float(aff.weight[i, j])) * a[j] for j in range(len(a))])
+             + z3.RealVal(float(aff.bias[i])) for i in range(aff.out_size)]
+        a = [z3.If(v > 0, v, 0) for v in z] if k < net.n_layers - 1 else z
+    conj = r.unsafe[0]
+    for row, rhs in zip(conj.coeffs, conj.rhs):
+        s.add(z3.Sum([z3.RealVal(float(c)) * y for c, y in zip(row, a)]) <= float(rhs))
+    return "violated" if s.check() == z3.sat else "holds"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_verdicts_agree_with_exact_z3_and_sampling(seed):
+    rng = np.random.default_rng(seed)
+    net = random_net(rng, [3, 8, 8, 2])
+    prop = random_property(rng, net)
+    res = verify_property(net, prop, VerifyOptions(timeout=30, seed=seed))
+    assert res.status.value in ("holds", "violated")
+    truth = exact_z3_verdict(net, prop)
+    assert res.status.value == truth
+    if res.status.value == "holds":
+        assert not sampled_violation(net, prop, rng)
+        cex, _ = Attacker(net).attack(prop.regions[0], 0, rng, time.monotonic() + 5, restarts=16,
+                                      steps=60, samples=0)
+        assert cex is None
+    else:
+        cex = res.counterexample
+        x, y = np.array(cex.input), net.forward(np.array(cex.input))
+        assert prop.regions[0].contains_input(x) and prop.violated_by(x, y)
+        assert np.array_equal(y, np.array(cex.output))
+
+
+def test_bounds_contain_sampled_activations():
+    rng = np.random.default_rng(1)
+    net = random_net(rng, [6, 30, 30, 30, 4])
+    lo = rng.uniform(-1, 0, 6)
+    hi = lo + 0.4
+    bounds = layer_bounds(net, lo, hi)
+    xs = np.vstack([rng.uniform(lo, hi, size=(20000, 6)), lo, hi])
+    for (l, u), z in zip(bounds, net.pre_activations(xs)):
+        assert np.all(z >= l) and np.all(z <= u)
+
+
+def test_z3_encoding_agrees_with_forward_pass():
+    rng = np.random.default_rng(2)
+    net = random_net(rng, [4, 10, 10, 3])
+    for _ in range(5):
+        x = rng.uniform(-1, 1, 4)
+        lb = [(l, u) for l, u in layer_bounds(net, x, x)[:-1]]
+        branch = Branch(x, x, lb, np.eye(3), np.full(3, 1e6))
+        q = encode(net, branch, digits=None)
+        ans = solve(q)
+        assert ans.status == "sat"
+        model = q.solver.model()
+        ys = [model.eval(z3.Real(f"y{j}", q.ctx)) for j in range(3)]
+        got = np.array([float(v.as_fraction()) for v in ys])
+        np.testing.assert_allclose(got, net.forward(x), rtol=1e-9, atol=1e-9)
+
+
+def test_rounded_encoding_is_sound_relaxation():
+    """With coefficients rounded to few digits the slack must still contain the true output."""
+    rng = np.random.default_rng(3)
+    net = random_net(rng, [4, 10, 3])
+    x = rng.uniform(-1, 1, 4)
+    y = net.forward(x)
+    lb = [(l, u) for l, u in layer_bounds(net, x, x)[:-1]]
+    # unsafe set = exactly the true output, which must stay reachable (sat) at 2 digits
+    coeffs = np.vstack([np.eye(3), -np.eye(3)])
+    rhs = np.concatenate([y + 1e-12, -y + 1e-12])
+    assert solve(encode(net, Branch(x, x, lb, coeffs, rhs), digits=2)).status == "sat"
+
+
+def test_digits_mlp_holds_via_z3_and_violated_via_counterexample(digits_mlp):
+    net, X, y = digits_mlp
+    rng = np.random.default_rng(0)
+    z3_holds = 0
+    for idx, eps in _points_bounds_cannot_prove(net, X, y):
+        prop = local_robustness(X[idx], eps, int(y[idx]), 10)
+        res = verify_property(net, prop, VerifyOptions(timeout=30, z3_max_unstable=64))
+        r = prop.regions[0]
+        if res.status.value == "violated":
+            _assert_replays(net, prop, res)
+            continue
+        if res.status.value == "holds" and res.method == "z3":
+            assert res.statistics.z3_queries > 0
+            xs = rng.uniform(r.lower, r.upper, size=(20000, 64))
+            assert np.all(net.forward(xs).argmax(1) == y[idx])
+            z3_holds += 1
+            break
+    assert z3_holds, "no robustness property was decided by Z3"
+    # violated: a large ball contains other classes; the counterexample replays
+    big = local_robustness(X[idx], 0.5, int(y[idx]), 10)
+    res = verify_property(net, big, VerifyOptions(timeout=60))
+    assert res.status.value == "violated"
+    _assert_replays(net, big, res)
+
+
+def _assert_replays(net, prop, res):
+    x = np.array(res.counterexample.input)
+    out = net.forward(x)
+    assert prop.violated_by(x, out)
+    assert np.array_equal(out, np.array(res.counterexample.output))
+
+
+def _points_bounds_cannot_prove(net, X, y):
+    """Correctly classified points with an eps where the root bounds cannot
+    prove robustness and a quick attack finds no violation."""
+    import torch
+
+    from verify.bounds import BoundPropagator
+    prop_b = BoundPropagator(net)
+    preds = net.forward(X).argmax(1)
+    for idx in np.flatnonzero(preds == y)[:40]:
+        for eps in (0.04, 0.06, 0.08, 0.1):
+            p = local_robustness(X[idx], eps, int(y[idx]), 10)
+            r = p.regions[0]
+            C = np.vstack([c.coeffs for c in r.unsafe])
+            res = prop_b.bound(torch.tensor(r.lower)[None], torch.tensor(r.upper)[None],
+                               torch.tensor(C), torch.zeros(len(C)))
+            if not (res.spec_lower.numpy() <= 0).any():
+                continue
+            cex, _ = Attacker(net).attack(r, 0, np.random.default_rng(0), time.monotonic() + 5,
+                                          restarts=16, steps=60, samples=2000)
+            if cex is None:
+                yield int(idx), eps
+            break
+
+
+def test_timeout_is_honoured():
+    rng = np.random.default_rng(5)
+    net = random_net(rng, [20, 200, 200, 200, 200, 10])
+    prop = local_robustness(np.full(20, 0.5), 0.5, 0, 10, domain=None)
+    # make class 0 win at the centre so the property is hard but not trivially violated
+    t0 = time.monotonic()
+    res = verify_property(net, prop, VerifyOptions(timeout=1.0))
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2.5
+    if res.status.value == "unknown":
+        assert "timeout" in res.reason or res.method == "timeout"

@@ -1,0 +1,117 @@
+"""Falsification: random sampling and a projected-gradient attack.
+
+Candidates are only ever reported after :func:`confirm` re-ran them through
+the concrete float64 network (``Network.forward``) and saw them violate.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from .network import Network
+from .properties import Region
+from .result import Counterexample
+
+
+def confirm(network: Network, region: Region, region_index: int,
+            x: np.ndarray) -> Counterexample | None:
+    """Re-run ``x`` (clipped into the region's box) on the network; return a
+    counterexample if its output lies in the unsafe set, else None."""
+    x = np.clip(np.asarray(x, dtype=np.float64).reshape(-1), region.lower, region.upper)
+    if not region.contains_input(x):
+        return None
+    y = network.forward(x)
+    for j, conj in enumerate(region.unsafe):
+        m = conj.margins(y)
+        if m.size == 0 or np.all(m <= 0.0):
+            worst = float(m.max()) if m.size else 0.0
+            return Counterexample(tuple(float(v) for v in x), tuple(float(v) for v in y),
+                                  region_index, j, worst)
+    return None
+
+
+def confirm_batch(network: Network, region: Region, region_index: int,
+                  xs: np.ndarray) -> Counterexample | None:
+    """Confirm the first violating row of ``xs`` (batch, n)."""
+    xs = np.clip(np.atleast_2d(np.asarray(xs, dtype=np.float64)), region.lower, region.upper)
+    ys = network.forward(xs)
+    hit = np.zeros(len(xs), dtype=bool)
+    for conj in region.unsafe:
+        m = ys @ conj.coeffs.T - conj.rhs
+        hit |= np.all(m <= 0.0, axis=1) if m.shape[1] else True
+    for i in np.flatnonzero(hit):
+        cex = confirm(network, region, region_index, xs[i])
+        if cex is not None:
+            return cex
+    return None
+
+
+class Attacker:
+    """Gradient attack on one network: minimises the unsafe-set margin
+    ``min_conj max_row (c @ y - d)`` over an input box."""
+
+    def __init__(self, network: Network):
+        self.network = network
+        layers = []
+        for k, a in enumerate(network.affines):
+            lin = torch.nn.Linear(a.in_size, a.out_size, dtype=torch.float64)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(np.array(a.weight)))
+                lin.bias.copy_(torch.from_numpy(np.array(a.bias)))
+            lin.requires_grad_(False)
+            layers.append(lin)
+            if k < len(network.affines) - 1:
+                layers.append(torch.nn.ReLU())
+        self.model = torch.nn.Sequential(*layers)
+
+    @staticmethod
+    def _loss(y: torch.Tensor, region: Region) -> torch.Tensor:
+        per_conj = []
+        for conj in region.unsafe:
+            if conj.coeffs.shape[0] == 0:
+                return torch.full((y.shape[0],), -1.0, dtype=y.dtype)
+            c = torch.from_numpy(np.array(conj.coeffs))
+            d = torch.from_numpy(np.array(conj.rhs))
+            per_conj.append((y @ c.T - d).max(dim=1).values)
+        return torch.stack(per_conj, 1).min(dim=1).values
+
+    def attack(self, region: Region, region_index: int, rng: np.random.Generator,
+               deadline: float, restarts: int = 8, steps: int = 40, samples: int = 1000,
+               starts: np.ndarray | None = None) -> tuple[Counterexample | None, int]:
+        """Random sampling then PGD from ``restarts`` starts (plus ``starts``).
+
+        Returns (confirmed counterexample or None, number of restarts run)."""
+        lo, hi = region.lower, region.upper
+        if samples:
+            xs = rng.uniform(lo, hi, size=(samples, lo.size))
+            xs = np.vstack([xs, (lo + hi)[None, :] / 2])
+            cex = confirm_batch(self.network, region, region_index, xs)
+            if cex is not None or time.monotonic() > deadline:
+                return cex, 0
+        if restarts == 0 and starts is None:
+            return None, 0
+        x0 = rng.uniform(lo, hi, size=(restarts, lo.size))
+        if starts is not None:
+            x0 = np.vstack([np.atleast_2d(starts), x0])
+        tlo, thi = torch.tensor(lo), torch.tensor(hi)
+        x = torch.from_numpy(x0).clone().requires_grad_(True)
+        width = (thi - tlo)
+        for step in range(steps):
+            loss = self._loss(self.model(x), region)
+            if step % 5 == 0 or step == steps - 1:
+                cand = x.detach().numpy()[(loss <= 0).numpy()]
+                if len(cand):
+                    cex = confirm_batch(self.network, region, region_index, cand)
+                    if cex is not None:
+                        return cex, len(x0)
+                if time.monotonic() > deadline:
+                    break
+            (grad,) = torch.autograd.grad(loss.sum(), x)
+            size = 0.25 * (1.0 - step / steps) + 0.01
+            with torch.no_grad():
+                x -= size * width * grad.sign()
+                x.copy_(torch.max(torch.min(x, thi), tlo))
+        cex = confirm_batch(self.network, region, region_index, x.detach().numpy())
+        return cex, len(x0)

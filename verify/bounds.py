@@ -1,0 +1,193 @@
+"""Sound bound propagation: interval arithmetic, then linear (CROWN / DeepPoly
+style) relaxations with back-substitution to the input box.
+
+Works on a batch of branches at once (torch, float64, CPU).  A branch is an
+input box plus optional ReLU phase splits.  Every bound is widened by a small
+tolerance so that float64 rounding in the propagation cannot make it unsound
+(the network is read as exact real arithmetic on its float64 weights).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .network import Network
+
+#: relative/absolute widening applied to every concrete bound
+TOLERANCE = 1e-9
+
+
+def _widen_lower(x: torch.Tensor) -> torch.Tensor:
+    return x - TOLERANCE * (1.0 + x.abs())
+
+
+def _widen_upper(x: torch.Tensor) -> torch.Tensor:
+    return x + TOLERANCE * (1.0 + x.abs())
+
+
+@dataclass
+class BatchBounds:
+    """Bounds for a batch of ``B`` branches.
+
+    ``lower[k]``/``upper[k]``: pre-activation bounds of affine layer ``k``
+    (hidden layers only; shape (B, n_k)), already clipped by the splits.
+    ``spec_lower``: (B, m) sound lower bound of each spec row ``c @ y - d``.
+    ``spec_coeffs``: (B, m, n_inputs) input coefficients of the linear lower
+    bound (its minimiser over the box is a natural attack candidate).
+    ``infeasible``: (B,) branches whose split constraints contradict the bounds.
+    ``layer_coeffs[k]``: (B, m, n_k) back-substitution coefficients on the
+    activations of hidden layer ``k`` (used to choose what to split).
+    """
+
+    lower: list[torch.Tensor]
+    upper: list[torch.Tensor]
+    spec_lower: torch.Tensor
+    spec_coeffs: torch.Tensor
+    infeasible: torch.Tensor
+    layer_coeffs: list[torch.Tensor]
+    spec_const: torch.Tensor  # (B, m): spec row r >= spec_coeffs[r] @ x + spec_const[r] on the box
+
+    def minimisers(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+        """Box corner minimising each spec row's linear lower bound: (B, m, n)."""
+        return torch.where(self.spec_coeffs > 0, lo[:, None, :], hi[:, None, :])
+
+
+class BoundPropagator:
+    """Holds a network's weights as float64 tensors and bounds batches of branches."""
+
+    def __init__(self, network: Network):
+        self.network = network
+        self.weights = [torch.from_numpy(np.array(a.weight)) for a in network.affines]
+        self.biases = [torch.from_numpy(np.array(a.bias)) for a in network.affines]
+        self.n_hidden = len(network.affines) - 1
+
+    # ---- relaxation ----------------------------------------------------------
+    @staticmethod
+    def _relaxation(l: torch.Tensor, u: torch.Tensor):
+        """Slopes/intercepts of the ReLU relaxation: lower ``a >= alpha*z``,
+        upper ``a <= s*z + t``."""
+        active = l >= 0
+        unstable = (u > 0) & (l < 0)
+        denom = torch.where(unstable, u - l, torch.ones_like(u))
+        s = torch.where(unstable, u / denom, active.to(u.dtype))
+        t = torch.where(unstable, -s * l, torch.zeros_like(u))
+        alpha = torch.where(unstable, (u > -l).to(u.dtype), active.to(u.dtype))
+        return alpha, s, t
+
+    def _backsub(self, K: int, lam: torch.Tensor, lower, upper, lo, hi, record=False):
+        """Lower bound of ``lam @ z_K`` over the box, given bounds of layers < K.
+
+        ``lam``: (B, m, n_K).  Returns (bound (B,m), input coeffs (B,m,n0),
+        recorded per-layer coefficients)."""
+        const = lam @ self.biases[K]
+        A = lam @ self.weights[K]
+        recorded = [None] * self.n_hidden
+        for k in range(K - 1, -1, -1):
+            alpha, s, t = self._relaxation(lower[k], upper[k])
+            if record:
+                recorded[k] = A
+            a_pos = A.clamp(min=0)
+            a_neg = A.clamp(max=0)
+            const = const + (a_neg * t[:, None, :]).sum(-1)
+            A = a_pos * alpha[:, None, :] + a_neg * s[:, None, :]
+            const = const + A @ self.biases[k]
+            A = A @ self.weights[k]
+        bound = const + (A.clamp(min=0) * lo[:, None, :]).sum(-1) + (A.clamp(max=0) * hi[:, None, :]).sum(-1)
+        return bound, A, recorded
+
+    # ---- main entry ------------------------------------------------------------
+    def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None) -> BatchBounds:
+        """Bound a batch.
+
+        ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
+        ``splits``: optional list (per hidden layer) of (B, n_k) int8 tensors with
+        +1 (forced active), -1 (forced inactive), 0 (free).
+        ``fixed``: optional list of (lower, upper) per hidden layer to intersect
+        with (e.g. bounds of a parent branch)."""
+        B = lo.shape[0]
+        lower, upper = [], []
+        infeasible = torch.zeros(B, dtype=torch.bool)
+        for k in range(self.n_hidden):
+            W, b = self.weights[k], self.biases[k]
+            if k == 0:
+                l = lo @ W.clamp(min=0).T + hi @ W.clamp(max=0).T + b
+                u = hi @ W.clamp(min=0).T + lo @ W.clamp(max=0).T + b
+            else:
+                pl, pu = lower[k - 1].clamp(min=0), upper[k - 1].clamp(min=0)
+                l = pl @ W.clamp(min=0).T + pu @ W.clamp(max=0).T + b
+                u = pu @ W.clamp(min=0).T + pl @ W.clamp(max=0).T + b
+                n_k = W.shape[0]
+                eye = torch.eye(n_k, dtype=W.dtype)
+                lam = torch.cat([eye, -eye], 0).expand(B, 2 * n_k, n_k)
+                bnd, _, _ = self._backsub(k, lam, lower, upper, lo, hi)
+                l = torch.maximum(l, bnd[:, :n_k])
+                u = torch.minimum(u, -bnd[:, n_k:])
+            l, u = _widen_lower(l), _widen_upper(u)
+            if fixed is not None and fixed[k] is not None:
+                l = torch.maximum(l, fixed[k][0])
+                u = torch.minimum(u, fixed[k][1])
+            if splits is not None and splits[k] is not None:
+                sp = splits[k]
+                l = torch.where(sp > 0, l.clamp(min=0), l)
+                u = torch.where(sp < 0, u.clamp(max=0), u)
+            infeasible |= (l > u).any(-1)
+            lower.append(l)
+            upper.append(u)
+        K = self.n_hidden
+        lam = spec_c.expand(B, *spec_c.shape)
+        bnd, A, recorded = self._backsub(K, lam, lower, upper, lo, hi, record=True)
+        spec_lower = _widen_lower(bnd - spec_d)
+        const = bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
+        return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d)
+
+
+def refute_conjunction(coeffs: np.ndarray, const: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                       iterations: int = 40) -> np.ndarray:
+    """Refute conjunctions of linear lower bounds over boxes.
+
+    ``coeffs``: (B, m, n), ``const``: (B, m) with row_j(x) >= coeffs_j @ x + const_j.
+    The conjunction "all rows <= 0" is impossible on a box when some convex
+    combination ``lam`` of the rows has a positive minimum over the box.
+    Maximises that minimum by projected supergradient ascent over ``lam``;
+    returns (B,) booleans (True: refuted, soundly widened for rounding)."""
+    B, m, n = coeffs.shape
+    lam = np.full((B, m), 1.0 / m)
+    best = np.full(B, -np.inf)
+    scale = 1.0 + np.abs(const).sum(1) + (np.abs(coeffs) * np.maximum(np.abs(lo), np.abs(hi))[:, None, :]).sum((1, 2))
+    step = 1.0
+    for it in range(iterations):
+        a = np.einsum("bm,bmn->bn", lam, coeffs)
+        xmin = np.where(a > 0, lo, hi)
+        value = np.einsum("bm,bm->b", lam, const) + (a * xmin).sum(1)
+        best = np.maximum(best, value)
+        grad = const + np.einsum("bmn,bn->bm", coeffs, xmin)
+        g = grad / (np.abs(grad).max(1, keepdims=True) + 1e-300)
+        lam = _project_simplex(lam + step * g / (1.0 + it))
+    return best - 1e-9 * scale > 0
+
+
+def _project_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection of each row of ``v`` onto the probability simplex."""
+    u = -np.sort(-v, axis=1)
+    css = np.cumsum(u, axis=1) - 1.0
+    idx = np.arange(1, v.shape[1] + 1)
+    cond = u - css / idx > 0
+    rho = cond.shape[1] - 1 - np.argmax(cond[:, ::-1], axis=1)
+    theta = css[np.arange(v.shape[0]), rho] / (rho + 1)
+    return np.maximum(v - theta[:, None], 0.0)
+
+
+def layer_bounds(network: Network, lower, upper) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Sound pre-activation bounds of every affine layer (output layer included)
+    over the box ``[lower, upper]``, as numpy arrays."""
+    prop = BoundPropagator(network)
+    lo = torch.as_tensor(np.asarray(lower, dtype=np.float64)).reshape(1, -1)
+    hi = torch.as_tensor(np.asarray(upper, dtype=np.float64)).reshape(1, -1)
+    n_out = network.n_outputs
+    eye = torch.eye(n_out, dtype=torch.float64)
+    res = prop.bound(lo, hi, torch.cat([eye, -eye], 0), torch.zeros(2 * n_out))
+    out = [(l[0].numpy(), u[0].numpy()) for l, u in zip(res.lower, res.upper)]
+    out.append((res.spec_lower[0, :n_out].numpy(), -res.spec_lower[0, n_out:].numpy()))
+    return out

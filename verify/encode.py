@@ -1,0 +1,192 @@
+"""Z3 encoding of one branch as tracked, structurally named assertions.
+
+Names (stable across a network and its compressed variants):
+
+* ``in.{i}.box``          lower_i <= x_i <= upper_i
+* ``L{k}.N{i}.affine``    z = W a + b of hidden neuron i of affine layer k
+                          (within a proven rounding slack when coefficients are rounded)
+* ``L{k}.N{i}.relu``      a = max(z, 0) for an unstable neuron (a disjunction)
+* ``L{k}.N{i}.bounds``    l <= z <= u, the propagated bounds of the neuron
+* ``out.{j}.affine``      output j of the last affine layer
+* ``spec.{r}``            row r of the unsafe conjunction: c_r @ y <= d_r
+
+Stable-inactive neurons are left out (their activation is the constant 0) and
+stable-active neurons are used linearly (a = z); both facts are implied by
+the bounds on the branch, so the query stays exact for the branch.  Leaving
+constraints out only weakens the query, so UNSAT stays a sound ``holds``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+import z3
+
+from .network import Network
+
+
+def neuron_name(layer: int, index: int, kind: str) -> str:
+    return f"L{layer}.N{index}.{kind}"
+
+
+def _rational(v: float, digits: int | None) -> Fraction:
+    if digits is None:
+        return Fraction(float(v))
+    scale = 10 ** digits
+    return Fraction(int(round(float(v) * scale)), scale)
+
+
+def _round_up(v: float) -> float:
+    return float(v) * (1.0 + 1e-9) + 1e-300 if v > 0 else 0.0
+
+
+@dataclass
+class Branch:
+    """What the encoder needs of a branch: its box, the hidden-layer bounds
+    (numpy, one (lower, upper) pair per hidden layer) and the unsafe rows."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    layer_bounds: list[tuple[np.ndarray, np.ndarray]]
+    coeffs: np.ndarray  # (m, n_out)
+    rhs: np.ndarray  # (m,)
+
+
+@dataclass
+class Query:
+    ctx: z3.Context
+    solver: z3.Solver
+    inputs: list
+    constraints: dict[str, z3.BoolRef] = field(default_factory=dict)
+    digits: int | None = None
+
+
+def encode(network: Network, branch: Branch, digits: int | None = None) -> Query:
+    """Encode the branch; coefficients rounded to ``digits`` decimals (with a
+    sound slack per neuron) or exact when ``digits`` is None.  Quantized layers
+    are always encoded exactly with their integer weights."""
+    ctx = z3.Context()
+    solver = z3.SolverFor("QF_LRA", ctx=ctx)
+    cons: dict[str, z3.BoolRef] = {}
+
+    def R(v: Fraction):
+        return z3.RealVal(f"{v.numerator}/{v.denominator}", ctx)
+
+    n0 = network.n_inputs
+    xs = [z3.Real(f"x{i}", ctx) for i in range(n0)]
+    for i in range(n0):
+        cons[f"in.{i}.box"] = z3.And(xs[i] >= R(Fraction(float(branch.lower[i]))),
+                                     xs[i] <= R(Fraction(float(branch.upper[i]))), ctx)
+    acts = list(xs)  # z3 terms (or None for constant zero)
+    amax = np.maximum(np.abs(branch.lower), np.abs(branch.upper))
+    n_layers = len(network.affines)
+    needed_out = np.flatnonzero(np.any(branch.coeffs != 0, axis=0))
+    ys = {}
+    for k, aff in enumerate(network.affines):
+        hidden = k < n_layers - 1
+        live = [j for j, a in enumerate(acts) if a is not None]
+        if hidden:
+            l, u = branch.layer_bounds[k]
+            rows = [i for i in range(aff.out_size) if u[i] > 0]
+        else:
+            rows = list(needed_out)
+        new_acts: list = [None] * aff.out_size
+        for i in rows:
+            if aff.is_quantized:
+                sc = Fraction(float(aff.weight_scale[i]))
+                terms = [int(aff.weight_int[i, j]) * acts[j] for j in live if aff.weight_int[i, j] != 0]
+                lin = (R(sc) * z3.Sum(terms) if terms else R(Fraction(0)))
+                lin = lin + R(Fraction(float(aff.bias[i])))
+                slack = 0.0
+            else:
+                w = aff.weight[i]
+                coeffs = [(_rational(w[j], digits), j) for j in live]
+                terms = [R(c) * acts[j] for c, j in coeffs if c != 0]
+                b = _rational(aff.bias[i], digits)
+                lin = (z3.Sum(terms) if terms else R(Fraction(0))) + R(b)
+                if digits is None:
+                    slack = 0.0
+                else:
+                    err = sum(abs(float(w[j]) - float(c)) * amax[j] for c, j in coeffs)
+                    slack = _round_up(err + abs(float(aff.bias[i]) - float(b)))
+            z = z3.Real(f"z{k}_{i}" if hidden else f"y{i}", ctx)
+            name = neuron_name(k, i, "affine") if hidden else f"out.{i}.affine"
+            if slack > 0:
+                s = R(Fraction(slack))
+                cons[name] = z3.And(z - lin <= s, lin - z <= s, ctx)
+            else:
+                cons[name] = z == lin
+            if not hidden:
+                ys[i] = z
+                continue
+            lo_i, hi_i = float(l[i]), float(u[i])
+            cons[neuron_name(k, i, "bounds")] = z3.And(z >= R(Fraction(lo_i)), z <= R(Fraction(hi_i)), ctx)
+            if lo_i >= 0:
+                new_acts[i] = z
+            else:
+                a = z3.Real(f"a{k}_{i}", ctx)
+                zero = R(Fraction(0))
+                cons[neuron_name(k, i, "relu")] = z3.Or(z3.And(z >= zero, a == z, ctx),
+                                                        z3.And(z <= zero, a == zero, ctx), ctx)
+                new_acts[i] = a
+        if hidden:
+            acts = new_acts
+            amax = np.maximum(branch.layer_bounds[k][1], 0.0)
+    for r in range(branch.coeffs.shape[0]):
+        terms = [R(Fraction(float(branch.coeffs[r, j]))) * ys[j]
+                 for j in range(branch.coeffs.shape[1]) if branch.coeffs[r, j] != 0]
+        cons[f"spec.{r}"] = (z3.Sum(terms) if terms else R(Fraction(0))) <= R(Fraction(float(branch.rhs[r])))
+    return Query(ctx, solver, xs, cons, digits)
+
+
+@dataclass
+class Answer:
+    status: str  # "unsat" | "sat" | "unknown"
+    core: tuple[str, ...] = ()
+    model_input: np.ndarray | None = None
+    reason: str = ""
+    time_s: float = 0.0
+
+
+def solve(query: Query, names: list[str] | None = None, timeout: float = 10.0) -> Answer:
+    """Check the tracked assertions ``names`` (all when None) with a hard
+    wall-clock ``timeout``: Z3's own timeout is soft, so an interrupt fires too."""
+    t0 = time.monotonic()
+    names = list(query.constraints) if names is None else list(names)
+    solver = query.solver
+    solver.reset()
+    solver.set("timeout", max(1, int(timeout * 1000)))
+    trackers = {}
+    for n in names:
+        b = z3.Bool(n, query.ctx)
+        trackers[str(b)] = n
+        solver.assert_and_track(query.constraints[n], b)
+    timer = threading.Timer(timeout + 0.5, query.ctx.interrupt)
+    timer.daemon = True
+    timer.start()
+    try:
+        res = solver.check()
+    except z3.Z3Exception as exc:  # interrupted
+        return Answer("unknown", reason=f"z3 interrupted: {exc}", time_s=time.monotonic() - t0)
+    finally:
+        timer.cancel()
+    dt = time.monotonic() - t0
+    if res == z3.unsat:
+        core = tuple(sorted(trackers[str(c)] for c in solver.unsat_core()))
+        return Answer("unsat", core=core, time_s=dt)
+    if res == z3.sat:
+        model = solver.model()
+        x = np.array([_model_float(model.eval(v, model_completion=True)) for v in query.inputs])
+        return Answer("sat", model_input=x, time_s=dt)
+    return Answer("unknown", reason=f"z3: {solver.reason_unknown()}", time_s=dt)
+
+
+def _model_float(v) -> float:
+    if z3.is_rational_value(v):
+        return float(Fraction(v.numerator_as_long(), v.denominator_as_long()))
+    if z3.is_algebraic_value(v):
+        return float(v.approx(20).as_fraction())
+    return float(v.as_fraction())

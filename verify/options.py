@@ -1,0 +1,30 @@
+"""Explicit, frozen option sets (no global configuration)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import OptionError
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    timeout: float = 60.0  # wall-clock seconds for the whole property (hard)
+    attack_restarts: int = 8  # gradient-attack random restarts per round
+    attack_steps: int = 40
+    random_samples: int = 2000  # random points tried before attacking
+    batch_size: int = 256  # branches bounded at once
+    z3_max_unstable: int = 6  # leaves with at most this many unstable ReLUs go to Z3
+    z3_min_depth: int = 12  # input splitting: Z3 only below this depth (0 unstable: always)
+    z3_query_timeout: float = 20.0  # seconds per Z3 query (also cut by the deadline)
+    z3_digits: tuple = (4, 8, None)  # coefficient rounding tried in turn (None: exact)
+    lookahead_max_inputs: int = 8  # input splitting: try every dimension when this few
+    input_split_max: int = 16  # split the input box when it has at most this many dims
+    seed: int = 0
+    use_z3: bool = True
+
+    def __post_init__(self):
+        if not self.timeout > 0:
+            raise OptionError(f"timeout must be positive, got {self.timeout}")
+        for name in ("attack_restarts", "attack_steps", "random_samples", "batch_size"):
+            if getattr(self, name) < 0:
+                raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")

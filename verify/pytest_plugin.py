@@ -1,0 +1,591 @@
+"""pytest plugin: formal safety checks of ReLU networks as ordinary tests.
+
+Registered through the ``pytest11`` entry point ``coreproof``.  Provides
+
+* the ``coreproof`` fixture (:class:`Coreproof`): ``assert_robust``,
+  ``assert_holds``, ``verify``, ``assert_variant_holds``;
+* the marker ``@pytest.mark.coreproof_reuse(original=...)``: every check in the
+  test treats its network as a compressed variant of ``original`` and reuses
+  the original's proof when it can;
+* options ``--coreproof-timeout``, ``--coreproof-unknown``,
+  ``--coreproof-cache`` / ``--coreproof-no-cache`` (and ini keys
+  ``coreproof_timeout``, ``coreproof_unknown``, ``coreproof_cache``);
+* a ``coreproof`` terminal summary section, aggregated over pytest-xdist workers.
+
+Heavy modules (numpy, torch, the verifier) are imported only when a check
+runs, so having the plugin installed costs nothing to unrelated test suites.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import re
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+UNKNOWN_MODES = ("fail", "skip", "pass")
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_CACHE = os.path.join(".coreproof", "proofs")
+COUNTEREXAMPLE_DIR = os.path.join(".coreproof", "counterexamples")
+_MAX_SHOWN = 10  # vector entries shown in a failure message before abbreviating
+
+
+# ---------------------------------------------------------------------------
+# bookkeeping
+# ---------------------------------------------------------------------------
+@dataclass
+class Tally:
+    """What the checks of one process did; summed over xdist workers."""
+
+    checked: int = 0
+    holds: int = 0
+    violated: int = 0
+    unknown: int = 0
+    cached: int = 0  # served from the proof store
+    reused: int = 0  # variants decided by verify.reuse.reverify
+    verify_time_s: float = 0.0  # wall time spent verifying (cache misses)
+    saved_time_s: float = 0.0  # original verification time of cache hits
+    counterexamples: int = 0
+    problems: list = field(default_factory=list)
+
+    def count(self, status: str) -> None:
+        self.checked += 1
+        setattr(self, status, getattr(self, status) + 1)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def merge(self, other: dict) -> None:
+        for f in fields(self):
+            if f.name in other:
+                if f.name == "problems":
+                    self.problems.extend(str(p) for p in other[f.name])
+                else:
+                    setattr(self, f.name, getattr(self, f.name) + other[f.name])
+
+
+@dataclass
+class _State:
+    timeout: float
+    unknown_mode: str
+    cache_dir: Path | None
+    counterexample_dir: Path
+    tally: Tally = field(default_factory=Tally)
+    _store: Any = None
+    worker_down_without_output: int = 0
+
+    @property
+    def store(self):
+        if self.cache_dir is None:
+            return None
+        if self._store is None:
+            from .proof_store import ProofStore
+            self._store = ProofStore(self.cache_dir)
+        return self._store
+
+    def problems(self) -> list[str]:
+        own = list(self._store.problems) if self._store is not None else []
+        return own + list(self.tally.problems)
+
+
+_STATE = pytest.StashKey[_State]()
+
+
+# ---------------------------------------------------------------------------
+# hooks
+# ---------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("coreproof", "coreproof formal verification")
+    group.addoption(
+        "--coreproof-timeout", type=float, default=None, metavar="SECONDS",
+        help=f"wall-clock budget per verified property (default: ini coreproof_timeout "
+             f"or {DEFAULT_TIMEOUT:g}).")
+    group.addoption(
+        "--coreproof-unknown", choices=UNKNOWN_MODES, default=None,
+        help="what an undecided property (verdict 'unknown', e.g. out of time) does to "
+             "the test: fail (default), skip, or pass.")
+    group.addoption(
+        "--coreproof-cache", default=None, metavar="DIR",
+        help=f"proof cache directory (default: ini coreproof_cache or "
+             f"<rootdir>/{DEFAULT_CACHE}).")
+    group.addoption(
+        "--coreproof-no-cache", action="store_true", default=False,
+        help="neither read nor write the proof cache.")
+    parser.addini("coreproof_timeout", f"coreproof: seconds per property (default "
+                  f"{DEFAULT_TIMEOUT:g})", default=str(DEFAULT_TIMEOUT))
+    parser.addini("coreproof_unknown", "coreproof: fail|skip|pass on an unknown verdict",
+                  default="fail")
+    parser.addini("coreproof_cache", "coreproof: proof cache directory (relative to rootdir)",
+                  default=DEFAULT_CACHE)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "coreproof_reuse(original): the coreproof checks of this test verify compressed "
+        "variants of `original` (torch module, ONNX/NNet path, Network, or a zero-argument "
+        "callable returning one), reusing the original's proof where possible.")
+    # getoption/getini defaults: the plugin may be registered after option parsing
+    # (``pytest_plugins = ["verify.pytest_plugin"]`` in a test module)
+    timeout = config.getoption("coreproof_timeout", None)
+    if timeout is None:
+        text = _ini(config, "coreproof_timeout", str(DEFAULT_TIMEOUT))
+        try:
+            timeout = float(text)
+        except ValueError:
+            raise pytest.UsageError(f"ini coreproof_timeout must be a number, got {text!r}")
+    if not timeout > 0:
+        raise pytest.UsageError(f"--coreproof-timeout must be positive, got {timeout:g}")
+    mode = config.getoption("coreproof_unknown", None) or _ini(config, "coreproof_unknown", "fail")
+    if mode not in UNKNOWN_MODES:
+        raise pytest.UsageError(
+            f"coreproof_unknown must be one of {', '.join(UNKNOWN_MODES)}, got {mode!r}")
+    root = Path(config.rootpath)
+    if config.getoption("coreproof_no_cache", False):
+        cache = None
+    elif config.getoption("coreproof_cache", None):
+        cache = Path(config.invocation_params.dir, config.getoption("coreproof_cache"))
+    else:
+        cache = root / _ini(config, "coreproof_cache", DEFAULT_CACHE)
+    config.stash[_STATE] = _State(timeout=timeout, unknown_mode=mode, cache_dir=cache,
+                                  counterexample_dir=root / COUNTEREXAMPLE_DIR)
+
+
+def _ini(config: pytest.Config, name: str, default: str) -> str:
+    try:
+        value = config.getini(name)
+    except ValueError:  # not registered (late plugin registration)
+        return default
+    return str(value).strip() or default
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # on an xdist worker: hand the counts to the controller (see pytest_testnodedown)
+    config = session.config
+    state = config.stash.get(_STATE, None)
+    if state is not None and hasattr(config, "workeroutput"):
+        data = state.tally.to_dict()
+        data["problems"] = state.problems()
+        config.workeroutput["coreproof"] = data
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    # on the xdist controller: add up what each worker reported
+    state = node.config.stash.get(_STATE, None)
+    if state is None:
+        return
+    data = getattr(node, "workeroutput", None) or {}
+    if "coreproof" in data:
+        state.tally.merge(data["coreproof"])
+    elif error:
+        state.worker_down_without_output += 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    t = state.tally
+    problems = state.problems()
+    if not t.checked and not problems:
+        return
+    tr = terminalreporter
+    tr.write_sep("=", "coreproof")
+    tr.write_line(f"properties checked: {t.checked} (holds: {t.holds}, violated: {t.violated}, "
+                  f"unknown: {t.unknown})")
+    line = f"served from cache: {t.cached} (reused proofs)"
+    if t.reused:
+        line += f"; variants re-verified from their original's proof: {t.reused}"
+    tr.write_line(line)
+    line = f"total verification time: {t.verify_time_s:.2f}s"
+    if t.cached:
+        line += f" (cache saved {t.saved_time_s:.2f}s)"
+    tr.write_line(line)
+    tr.write_line(f"proof cache: {state.cache_dir if state.cache_dir else 'disabled'}")
+    if t.counterexamples:
+        tr.write_line(f"counterexamples saved: {t.counterexamples} under {state.counterexample_dir}")
+    if state.worker_down_without_output:
+        tr.write_line(f"warning: {state.worker_down_without_output} xdist worker(s) crashed; "
+                      f"their counts are missing")
+    for p in problems:
+        tr.write_line(f"warning: {p}")
+
+
+@pytest.fixture
+def coreproof(request: pytest.FixtureRequest) -> "Coreproof":
+    """Formal checks of ReLU networks: ``coreproof.assert_robust(model, points, labels, eps)``,
+    ``coreproof.assert_holds(model, "prop.vnnlib")``, ``coreproof.verify(model, prop)``,
+    ``coreproof.assert_variant_holds(original, variant, ...)``."""
+    return Coreproof(request.config.stash[_STATE], request.node)
+
+
+# ---------------------------------------------------------------------------
+# the fixture object
+# ---------------------------------------------------------------------------
+class Coreproof:
+    """Helper returned by the ``coreproof`` fixture.
+
+    ``model`` is anything :func:`verify.loading.load_network` accepts: a
+    :class:`~verify.network.Network`, a torch ``nn.Module`` or a path to an
+    ``.onnx`` / ``.nnet`` file (relative paths are also looked up next to the
+    test file).  Every check consults the proof cache first; only ``holds``
+    and ``violated`` verdicts are cached.
+    """
+
+    def __init__(self, state: _State, node: pytest.Item):
+        self._state = state
+        self._node = node
+        self._saved = 0
+        marker = node.get_closest_marker("coreproof_reuse")
+        self._marker_original = None
+        if marker is not None:
+            if "original" in marker.kwargs:
+                self._marker_original = marker.kwargs["original"]
+            elif marker.args:
+                self._marker_original = marker.args[0]
+            else:
+                raise pytest.UsageError(
+                    f"{node.nodeid}: @pytest.mark.coreproof_reuse needs original=<model>")
+
+    # ---- configuration -------------------------------------------------------
+    @property
+    def timeout(self) -> float:
+        return self._state.timeout
+
+    @property
+    def unknown_mode(self) -> str:
+        return self._state.unknown_mode
+
+    @property
+    def options(self):
+        """The :class:`~verify.options.VerifyOptions` used when none are passed."""
+        from .options import VerifyOptions
+        return VerifyOptions(timeout=self._state.timeout)
+
+    # ---- public API ------------------------------------------------------------
+    def network(self, model):
+        """Load ``model`` as a :class:`~verify.network.Network`."""
+        from .network import Network
+        if isinstance(model, Network):
+            return model
+        from .loading import load_network
+        if isinstance(model, (str, os.PathLike)):
+            model = self._resolve_path(model)
+        elif inspect.isfunction(model) or inspect.ismethod(model):
+            model = model()  # a factory (e.g. given to the coreproof_reuse marker)
+            if isinstance(model, (str, os.PathLike)):
+                model = self._resolve_path(model)
+        return load_network(model)
+
+    def verify(self, model, prop, *, options=None, original=None):
+        """Verify ``prop`` (a Property or a ``.vnnlib`` path) on ``model`` and
+        return the :class:`~verify.result.VerificationResult` (no assertion).
+        With ``original`` (or the ``coreproof_reuse`` marker) ``model`` is
+        checked as a variant of ``original``."""
+        net = self.network(model)
+        prop = self._property(prop, net)
+        orig = self._original_network(original)
+        return self._check(net, prop, options or self.options, orig)
+
+    def assert_holds(self, model, prop, *, options=None, original=None):
+        """Fail the test unless ``prop`` holds on ``model``; returns the result."""
+        __tracebackhide__ = True
+        net = self.network(model)
+        prop = self._property(prop, net)
+        orig = self._original_network(original)
+        result = self._check(net, prop, options or self.options, orig)
+        self._judge(net, [_Case(f"property {_prop_label(prop)}", prop, result)],
+                    f"property {_prop_label(prop)}")
+        return result
+
+    def assert_robust(self, model, points, labels, eps: float,
+                      domain: tuple[float, float] | None = (0.0, 1.0), *, options=None,
+                      original=None):
+        """Fail the test unless ``model`` is locally robust (L-inf ball of radius
+        ``eps``, a number or one per point, clipped to ``domain``) at every point.
+        ``labels=None`` uses the model's own predictions.  Returns the list of results, one per point."""
+        __tracebackhide__ = True
+        import numpy as np
+
+        from .properties import local_robustness
+        net = self.network(model)
+        orig = self._original_network(original)
+        xs = _as_points(points, net.n_inputs)
+        eps_arr = np.broadcast_to(np.asarray(eps, dtype=np.float64).reshape(-1), (len(xs),)) \
+            if np.ndim(eps) else np.full(len(xs), float(eps))
+        if labels is None:
+            ys = np.argmax(net.forward(xs), axis=1)
+        else:
+            ys = np.asarray(_to_numpy(labels)).reshape(-1)
+            if ys.shape[0] != len(xs):
+                raise ValueError(f"{len(xs)} points but {ys.shape[0]} labels")
+        opts = options or self.options
+        cases = []
+        for i, (x, y, e) in enumerate(zip(xs, ys, eps_arr)):
+            prop = local_robustness(x, float(e), int(y), net.n_outputs, domain=domain,
+                                    name=f"robust[{i}] label={int(y)} eps={float(e):g}")
+            result = self._check(net, prop, opts, orig)
+            cases.append(_Case(f"point #{i} (label {int(y)})", prop, result,
+                               robustness=(i, int(y), float(e), x)))
+        dom = "unbounded" if domain is None else f"[{domain[0]:g}, {domain[1]:g}]"
+        eps_text = f"{float(eps_arr[0]):g}" if len(set(eps_arr.tolist())) <= 1 \
+            else "per point"
+        self._judge(net, cases, f"local robustness (L-inf eps={eps_text}, domain {dom})")
+        return [c.result for c in cases]
+
+    def assert_variant_holds(self, original, variant, prop_or_points, labels=None,
+                             eps: float | None = None,
+                             domain: tuple[float, float] | None = (0.0, 1.0), *,
+                             options=None):
+        """Check a compressed ``variant`` of ``original``: the original is verified
+        first (usually served from the cache), then the variant, reusing the
+        original's proof via ``verify.reuse.reverify`` when that is available.
+
+        ``prop_or_points`` is a Property / ``.vnnlib`` path (like
+        :meth:`assert_holds`) or points (with ``labels`` and ``eps``, like
+        :meth:`assert_robust`)."""
+        __tracebackhide__ = True
+        from .properties import Property
+        if isinstance(prop_or_points, (Property, str, os.PathLike)):
+            return self.assert_holds(variant, prop_or_points, options=options,
+                                     original=original)
+        if eps is None:
+            raise TypeError("assert_variant_holds with points needs eps=")
+        return self.assert_robust(variant, prop_or_points, labels, eps, domain,
+                                  options=options, original=original)
+
+    # ---- the check -------------------------------------------------------------
+    def _check(self, net, prop, options, original=None):
+        """Cached verification of one property; ``original`` makes it a variant check."""
+        from .proof_store import options_key
+        from .result import Status
+        state, tally = self._state, self._state.tally
+        store = state.store
+        key = options_key(options)
+        if store is not None:
+            cached = store.get_result(net.digest(), prop.digest(), key)
+            if cached is not None and self._still_valid(cached, net, prop, store):
+                tally.count(cached.status.value)
+                tally.cached += 1
+                tally.saved_time_s += cached.time_s
+                return cached
+        start = time.perf_counter()
+        result = None
+        proof = None
+        if original is not None and original.digest() != net.digest():
+            orig_result = self._check(original, prop, options)
+            reverify = _reverify_function()
+            if reverify is not None and orig_result.status is Status.HOLDS:
+                result = reverify(original, net, prop, options)
+                if result.status is Status.UNKNOWN:
+                    result = None  # reuse did not settle it: verify from scratch
+                else:
+                    tally.reused += 1
+        if result is None:
+            from .api import verify_property
+            result = verify_property(net, prop, options)
+        tally.verify_time_s += time.perf_counter() - start
+        tally.count(result.status.value)
+        proof = getattr(result, "proof", None)
+        if store is not None:
+            store.put_result(net.digest(), prop.digest(), key, result,
+                             proof=proof if isinstance(proof, dict) else None)
+        return result
+
+    @staticmethod
+    def _still_valid(cached, net, prop, store) -> bool:
+        """A cached counterexample is re-run through the network (cheap) before use."""
+        if cached.counterexample is None:
+            return True
+        import numpy as np
+        x = np.asarray(cached.counterexample.input, dtype=np.float64)
+        if x.shape != (net.n_inputs,) or not prop.violated_by(x, net.forward(x)):
+            store.problems.append("a cached counterexample did not reproduce; re-verifying")
+            return False
+        return True
+
+    # ---- judging and reporting -------------------------------------------------
+    def _judge(self, net, cases: list["_Case"], what: str) -> None:
+        __tracebackhide__ = True
+        violated = [c for c in cases if c.result.status.value == "violated"]
+        unknown = [c for c in cases if c.result.status.value == "unknown"]
+        if not violated and not unknown:
+            return
+        if not violated and self.unknown_mode == "pass":
+            return
+        lines = []
+        bad = violated or unknown
+        head = f"coreproof {'VIOLATED' if violated else 'UNKNOWN'}: {what}"
+        if cases[0].robustness is not None:
+            head += f" at {len(bad)} of {len(cases)} point(s)"
+        head += f", network {net.describe()}"
+        if not violated:
+            head += " (could not decide within the budget)"
+        lines.append(head)
+        for c in cases:
+            if c.result.status.value == "violated":
+                lines.extend(self._violation_lines(net, c))
+            elif c.result.status.value == "unknown":
+                lines.extend(_unknown_lines(c))
+        if unknown:
+            lines.append("  hint: raise --coreproof-timeout (now "
+                         f"{self.timeout:g}s) or choose --coreproof-unknown=skip|pass")
+        message = "\n".join(lines)
+        if not violated and self.unknown_mode == "skip":
+            pytest.skip(message)
+        raise AssertionError(message)
+
+    def _violation_lines(self, net, case: "_Case") -> list[str]:
+        r = case.result
+        cex = r.counterexample
+        lines = [f"  {case.label}: violated (found by {r.method} in {r.time_s:.2f}s)"]
+        lines.append(f"    counterexample input ({len(cex.input)} values): {_fmt_vec(cex.input)}")
+        lines.append(f"    output: {_fmt_vec(cex.output)}")
+        if case.robustness is not None:
+            i, label, eps, center = case.robustness
+            import numpy as np
+            predicted = int(np.argmax(cex.output))
+            rival = cex.conjunction if cex.conjunction < label else cex.conjunction + 1
+            dist = float(np.max(np.abs(np.asarray(cex.input) - center)))
+            lines.append(f"    class {rival} scores >= label {label} "
+                         f"(predicted class {predicted}); margin {cex.margin:.6g} "
+                         f"(y[{label}] - y[{rival}])")
+            lines.append(f"    L-inf distance from point #{i}: {dist:.6g} (eps {eps:g})")
+        else:
+            lines.append(f"    unsafe in region {cex.region}, conjunction {cex.conjunction}; "
+                         f"margin {cex.margin:.6g} (<= 0 means inside the unsafe set)")
+        path = self._save_counterexample(net, case)
+        lines.append(f"    full counterexample: {path}")
+        return lines
+
+    def _save_counterexample(self, net, case: "_Case") -> str:
+        self._saved += 1
+        self._state.tally.counterexamples += 1
+        prop = case.prop
+        payload = {
+            "test": self._node.nodeid,
+            "check": case.label,
+            "verdict": case.result.status.value,
+            "network": {"name": net.name, "digest": net.digest(),
+                        "layer_sizes": list(net.layer_sizes()),
+                        "input_shape": list(net.input_shape)},
+            "property": {"name": prop.name, "digest": prop.digest(), "source": prop.source},
+            "counterexample": case.result.counterexample.to_dict(),
+            "result": case.result.to_dict(),
+        }
+        if case.robustness is not None:
+            i, label, eps, center = case.robustness
+            payload["point"] = {"index": i, "label": label, "eps": eps,
+                                "center": [float(v) for v in center]}
+        from .proof_store import _atomic_write
+        from .result import _json_default
+        text = json.dumps(payload, default=_json_default, indent=1)
+        name = f"{_safe_name(self._node.nodeid)}-{self._saved}.json"
+        for directory in (self._state.counterexample_dir,
+                          Path(tempfile.gettempdir()) / "coreproof-counterexamples"):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                _atomic_write(directory / name, text)
+                return str(directory / name)
+            except OSError:
+                continue
+        return "(could not be saved)"
+
+    # ---- helpers ---------------------------------------------------------------
+    def _resolve_path(self, path) -> str:
+        p = Path(path)
+        if not p.is_absolute() and not p.exists():
+            beside = Path(self._node.path).parent / p
+            if beside.exists():
+                return str(beside)
+        return str(p)
+
+    def _property(self, prop, net):
+        from .properties import Property
+        if isinstance(prop, Property):
+            return prop
+        if isinstance(prop, (str, os.PathLike)):
+            from .api import load_property
+            return load_property(self._resolve_path(prop), net)
+        raise TypeError(f"expected a Property or a .vnnlib path, got {type(prop).__name__}")
+
+    def _original_network(self, original):
+        if original is None:
+            original = self._marker_original
+        return None if original is None else self.network(original)
+
+
+@dataclass
+class _Case:
+    label: str
+    prop: Any
+    result: Any
+    robustness: tuple | None = None  # (index, label, eps, center)
+
+
+def _reverify_function():
+    """``verify.reuse.reverify`` if another part of coreproof provides it."""
+    try:
+        mod = importlib.import_module("verify.reuse")
+    except ImportError:
+        return None
+    fn = getattr(mod, "reverify", None)
+    return fn if callable(fn) else None
+
+
+def _unknown_lines(case: _Case) -> list[str]:
+    r = case.result
+    reason = r.reason or "no reason given"
+    return [f"  {case.label}: unknown after {r.time_s:.2f}s ({r.method}): {reason}"]
+
+
+def _prop_label(prop) -> str:
+    if prop.source:
+        return f"{prop.name!r} ({prop.source})" if prop.name not in str(prop.source) \
+            else repr(str(prop.source))
+    return repr(prop.name)
+
+
+def _fmt_vec(values) -> str:
+    vals = [f"{float(v):.6g}" for v in values]
+    if len(vals) > _MAX_SHOWN:
+        head = ", ".join(vals[:_MAX_SHOWN - 2])
+        return f"[{head}, ... ({len(vals) - _MAX_SHOWN + 1} more), {vals[-1]}]"
+    return "[" + ", ".join(vals) + "]"
+
+
+def _safe_name(nodeid: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_") or "test"
+    if len(name) > 100:
+        name = name[:90] + "-" + hashlib.sha256(nodeid.encode()).hexdigest()[:8]
+    return name
+
+
+def _to_numpy(a):
+    if hasattr(a, "detach"):  # torch tensor
+        a = a.detach().cpu().numpy()
+    return a
+
+
+def _as_points(points, n_inputs: int):
+    import numpy as np
+    arr = np.asarray(_to_numpy(points), dtype=np.float64)
+    if arr.size == n_inputs:
+        return arr.reshape(1, n_inputs)
+    if n_inputs == 1 and arr.ndim == 1:
+        return arr.reshape(-1, 1)
+    if arr.ndim < 2 or arr.size % n_inputs or arr[0].size != n_inputs:
+        from .errors import ShapeMismatchError
+        raise ShapeMismatchError(
+            f"points of shape {arr.shape} do not fit a network with {n_inputs} inputs",
+            expected=f"(n_points, {n_inputs}) or (n_points, *input_shape)")
+    return arr.reshape(arr.shape[0], n_inputs)

@@ -1,0 +1,131 @@
+"""What compression changed, in terms of the constraint names of a proof.
+
+:class:`ChangeMap` relates a variant to the original network -- through its
+:class:`~compress.record.ChangeRecord` (index maps of kept neurons) or, with
+no record, position by position for two networks of the same shape -- and
+classifies every neuron of the original as ``unchanged``, ``revalued`` (its
+incoming weights or bias differ: quantization, weight pruning, a removed
+input neuron) or ``removed``.  The variant is also a ``networkx`` graph
+(nodes ``(layer, index)`` in the original's numbering, inputs are layer -1;
+edges are nonzero weights); the *affected region* is every changed neuron
+and all its descendants -- exactly the neurons whose values can differ.
+"""
+from __future__ import annotations
+
+import re
+
+import networkx as nx
+import numpy as np
+
+from ..errors import ShapeMismatchError
+from ..network import Network
+
+UNCHANGED, REVALUED, REMOVED = "unchanged", "revalued", "removed"
+_NEURON = re.compile(r"^L(\d+)\.N(\d+)\.(affine|relu|bounds|active|inactive)$")
+_OUTPUT = re.compile(r"^out\.(\d+)\.affine$")
+
+
+class ChangeMap:
+    def __init__(self, original: Network, variant: Network, record=None):
+        self.original, self.variant = original, variant
+        if record is not None:
+            if record.parent_digest != original.digest() or record.variant_digest != variant.digest():
+                raise ShapeMismatchError("the change record does not relate these two networks "
+                                         "(parent or variant digest differs)")
+            self.maps = [np.array([-1 if v is None else v for v in lc.index_map], dtype=np.int64)
+                         for lc in record.layers]
+        else:
+            if original.layer_sizes() != variant.layer_sizes():
+                raise ShapeMismatchError(
+                    f"without a change record the networks must have the same shape: "
+                    f"{original.layer_sizes()} vs {variant.layer_sizes()}")
+            self.maps = [np.arange(a.out_size) for a in original.affines]
+        self.status: dict[tuple[int, int], str] = {}
+        self.graph = nx.DiGraph()
+        self.graph.add_nodes_from((-1, j) for j in range(original.n_inputs))
+        prev = np.arange(original.n_inputs)  # original column -> variant column (-1: removed)
+        for k, (oa, va) in enumerate(zip(original.affines, variant.affines)):
+            kept_rows = np.flatnonzero(self.maps[k] >= 0)  # variant row r <- original kept_rows[r]
+            kept_cols = prev >= 0
+            back = np.flatnonzero(kept_cols)  # variant column c <- original column back[c]
+            w_o = oa.weight[kept_rows]
+            changed = ((oa.bias[kept_rows] != va.bias)
+                       | np.any(w_o[:, kept_cols] != va.weight, axis=1)
+                       | np.any(w_o[:, ~kept_cols] != 0, axis=1))
+            for i in np.flatnonzero(self.maps[k] < 0):
+                self.status[(k, int(i))] = REMOVED
+            for i, c in zip(kept_rows, changed):
+                self.status[(k, int(i))] = REVALUED if c else UNCHANGED
+            self.graph.add_nodes_from((k, int(i)) for i in kept_rows)
+            rows, cols = np.nonzero(va.weight)
+            self.graph.add_edges_from(zip(zip([k - 1] * len(cols), back[cols].tolist()),
+                                          zip([k] * len(rows), kept_rows[rows].tolist())))
+            prev = self.maps[k]
+        changed = [n for n, s in self.status.items() if s == REVALUED]
+        # descendants of all changed neurons at once, through one virtual source
+        self.graph.add_node("changed")
+        self.graph.add_edges_from(("changed", n) for n in changed)
+        self.affected: set[tuple[int, int]] = set(changed) | nx.descendants(self.graph, "changed")
+        self.affected.discard("changed")
+        self.graph.remove_node("changed")
+        self.n_layers = original.n_layers
+
+    # ---- neurons ---------------------------------------------------------------
+    def neuron_of(self, name: str) -> tuple[int, int] | None:
+        m = _NEURON.match(name)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+        m = _OUTPUT.match(name)
+        if m:
+            return self.n_layers - 1, int(m.group(1))
+        return None  # in.{i}.box, spec.{r}
+
+    def classify(self, name: str) -> str:
+        """``unchanged`` / ``revalued`` / ``removed`` for a constraint name of the original."""
+        neuron = self.neuron_of(name)
+        if neuron is None:
+            return UNCHANGED
+        status = self.status.get(neuron, REMOVED)
+        if status == REMOVED or name.endswith(".relu"):
+            return status if status == REMOVED else UNCHANGED
+        if name.endswith(".bounds"):  # the values of an affected neuron move
+            return REVALUED if neuron in self.affected else UNCHANGED
+        return status
+
+    def map_name(self, name: str) -> str | None:
+        """The variant's name of the same constraint (``None``: the neuron was removed)."""
+        m = _NEURON.match(name)
+        if not m:
+            return name
+        k, i = int(m.group(1)), int(m.group(2))
+        new = int(self.maps[k][i]) if k < len(self.maps) and i < len(self.maps[k]) else -1
+        return None if new < 0 else f"L{k}.N{new}.{m.group(3)}"
+
+    def map_splits(self, facts) -> tuple[str, ...]:
+        """Split facts for the variant; splits on removed neurons are dropped
+        (both sides of such a split become the unsplit branch: still a cover)."""
+        return tuple(n for n in (self.map_name(f) for f in facts) if n is not None)
+
+    def counts(self, names) -> dict[str, int]:
+        out = {UNCHANGED: 0, REVALUED: 0, REMOVED: 0}
+        for n in names:
+            out[self.classify(n)] += 1
+        return out
+
+    def affected_names(self, constraint_names) -> list[str]:
+        """The variant's constraints (by name) of neurons in the affected region."""
+        inv = {}
+        for k, m in enumerate(self.maps):
+            for i, new in enumerate(m):
+                if new >= 0:
+                    inv[(k, int(new))] = (k, i)
+        out = []
+        for n in constraint_names:
+            m = _NEURON.match(n)
+            if m:
+                orig = inv.get((int(m.group(1)), int(m.group(2))))
+                if orig in self.affected:
+                    out.append(n)
+            elif _OUTPUT.match(n) and (self.n_layers - 1, int(_OUTPUT.match(n).group(1))) in self.affected:
+                out.append(n)
+        return out

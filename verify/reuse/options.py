@@ -1,0 +1,25 @@
+"""Options of proof reuse (the verification options stay :class:`VerifyOptions`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import OptionError
+
+
+@dataclass(frozen=True)
+class ReuseOptions:
+    core_budget: float = 30.0  # seconds for extracting the original's cores (all branches)
+    core_timeout: float = 2.0  # per Z3 query while extracting / checking a core
+    minimise_budget: float = 2.0  # seconds of deletion checks per core
+    core_max_unstable: int = 12  # bounds-closed branches get a Z3 core up to this many unstable ReLUs
+    refine_rounds: int = 8  # core-guided rounds per branch before the full query
+    bounds_first: bool = True  # close branches by the variant's own bounds before any Z3
+    attack: bool = True  # quick attack on a region when some branch stays open
+    fallback: bool = True  # verify from scratch when the proof does not carry over
+
+    def __post_init__(self):
+        for name in ("core_budget", "core_timeout", "minimise_budget"):
+            if getattr(self, name) < 0:
+                raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.refine_rounds < 0 or self.core_max_unstable < 0:
+            raise OptionError("refine_rounds and core_max_unstable must be >= 0")

@@ -1,0 +1,234 @@
+"""The proof artifact of the original network: every closed branch of every
+region with its minimal unsat cores, as versioned JSON in the proof store.
+
+A branch is an input box plus ReLU phase split facts.  The branches of a
+region tile its box exactly (checked by :func:`covers` before any reuse);
+``method`` says what closed it on the original: ``bounds`` (the variant
+re-derives its own bounds on the branch), ``z3`` or ``infeasible``.
+``cores`` maps a conjunction index to a :class:`~verify.reuse.cores.Core`;
+bounds-closed branches get one too when Z3 can find it within the budget.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..encode import Branch, encode
+from ..network import Network
+from ..options import VerifyOptions
+from ..proof_store import ProofStore, options_key
+from ..properties import Property, Region
+from ..result import Counterexample, Status, VerificationResult
+from ..vnnlib import check_fits
+from .cores import Core, extract_core
+from .options import ReuseOptions
+from .prover import BranchProver, Leaf
+
+SCHEMA = "coreproof.reuse-proof"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class ProofBranch:
+    lower: np.ndarray
+    upper: np.ndarray
+    splits: tuple[str, ...]
+    method: str
+    depth: int = 0
+    cores: dict[int, Core] = field(default_factory=dict)
+
+    def to_dict(self, region: Region) -> dict:
+        same = np.array_equal(self.lower, region.lower) and np.array_equal(self.upper, region.upper)
+        return {"lower": None if same else [float(v) for v in self.lower],
+                "upper": None if same else [float(v) for v in self.upper],
+                "splits": list(self.splits), "method": self.method, "depth": self.depth,
+                "cores": {str(j): c.to_dict() for j, c in self.cores.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict, region: Region) -> "ProofBranch":
+        lo = region.lower if d["lower"] is None else np.array(d["lower"], dtype=np.float64)
+        hi = region.upper if d["upper"] is None else np.array(d["upper"], dtype=np.float64)
+        return cls(lo, hi, tuple(str(s) for s in d["splits"]), str(d["method"]), int(d["depth"]),
+                   {int(j): Core.from_dict(c) for j, c in d["cores"].items()})
+
+
+@dataclass
+class ProofRecord:
+    network: str  # digest of the original network
+    property: str  # digest of the property
+    status: str  # holds | violated | unknown (only holds can be reused)
+    time_s: float  # branch and bound on the original
+    core_time_s: float = 0.0  # core extraction and minimisation
+    regions: dict[int, list[ProofBranch]] = field(default_factory=dict)
+    network_name: str = ""
+    property_name: str = ""
+    reason: str | None = None
+    counterexample: Counterexample | None = None
+
+    def cores(self):
+        for branches in self.regions.values():
+            for b in branches:
+                yield from b.cores.values()
+
+    @property
+    def n_branches(self) -> int:
+        return sum(len(b) for b in self.regions.values())
+
+    def to_dict(self, prop: Property) -> dict:
+        return {"schema": SCHEMA, "version": SCHEMA_VERSION, "network": self.network,
+                "property": self.property, "status": self.status,
+                "time_s": round(self.time_s, 6), "core_time_s": round(self.core_time_s, 6),
+                "network_name": self.network_name, "property_name": self.property_name,
+                "reason": self.reason,
+                "regions": {str(r): [b.to_dict(prop.regions[r]) for b in bs]
+                            for r, bs in self.regions.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict, prop: Property) -> "ProofRecord":
+        """Raises KeyError/TypeError/ValueError/IndexError on a malformed dict."""
+        if d.get("schema") != SCHEMA or d.get("version") != SCHEMA_VERSION:
+            raise ValueError(f"not a {SCHEMA} v{SCHEMA_VERSION} record")
+        regions = {int(r): [ProofBranch.from_dict(b, prop.regions[int(r)]) for b in bs]
+                   for r, bs in d["regions"].items()}
+        return cls(str(d["network"]), str(d["property"]), str(d["status"]), float(d["time_s"]),
+                   float(d["core_time_s"]), regions, str(d.get("network_name", "")),
+                   str(d.get("property_name", "")), d.get("reason"))
+
+    def to_result(self) -> VerificationResult:
+        return VerificationResult(Status(self.status), self.time_s, "reuse-proof",
+                                  self.counterexample, self.reason, self.network_name,
+                                  self.property_name)
+
+
+# ---- checking the structure ---------------------------------------------------------
+def _parse_fact(f: str) -> tuple[tuple[int, int], int]:
+    layer, neuron, phase = f.split(".")
+    return (int(layer[1:]), int(neuron[1:])), (1 if phase == "active" else -1)
+
+
+def covers(region: Region, branches: list[ProofBranch]) -> bool:
+    """True when the branches tile the region's box: they form a tree of input
+    bisections (at the exact midpoint) and two-way ReLU phase splits whose
+    leaves are exactly the branches."""
+    leaves = [(b.lower, b.upper, dict(_parse_fact(f) for f in b.splits)) for b in branches]
+
+    def rec(lo, hi, facts, items) -> bool:
+        for l, h, fs in items:
+            if np.array_equal(l, lo) and np.array_equal(h, hi) and fs == facts:
+                return True
+        if not items:
+            return False
+        for d in range(lo.size):  # an input bisection every leaf respects
+            mid = (lo[d] + hi[d]) / 2
+            left = [it for it in items if it[1][d] <= mid]
+            right = [it for it in items if it[0][d] >= mid]
+            if left and right and len(left) + len(right) == len(items):
+                a_hi = hi.copy(); a_hi[d] = mid
+                b_lo = lo.copy(); b_lo[d] = mid
+                return rec(lo, a_hi, facts, left) and rec(b_lo, hi, facts, right)
+        common = set.intersection(*(set(fs) - set(facts) for _, _, fs in items))
+        for neuron in sorted(common):  # a ReLU split every leaf carries
+            sides = []
+            for phase in (1, -1):
+                sub = [it for it in items if it[2][neuron] == phase]
+                sides.append(rec(lo, hi, {**facts, neuron: phase}, sub))
+            return all(sides)
+        return False
+
+    try:
+        import sys
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+        return rec(region.lower, region.upper, {}, leaves)
+    except RecursionError:
+        return False
+
+
+# ---- building ---------------------------------------------------------------------
+def _leaf_cores(net: Network, region: Region, leaf: Leaf, options: VerifyOptions,
+                ropt: ReuseOptions, deadline: float) -> dict[int, Core]:
+    """A minimised core per conjunction of a closed leaf (as far as the budget goes)."""
+    cores = {}
+    if leaf.method == "infeasible" or leaf.layer_bounds is None:
+        return cores
+    for j, conj in enumerate(region.unsafe):
+        if leaf.method == "bounds" and leaf.unstable > ropt.core_max_unstable:
+            break
+        digits_list = [leaf.digits[j]] if j in leaf.digits else list(options.z3_digits)
+        for digits in digits_list:
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                return cores
+            query = encode(net, Branch(leaf.lo, leaf.hi, leaf.layer_bounds, conj.coeffs,
+                                       conj.rhs), digits)
+            start = list(leaf.cores[j]) if j in leaf.cores else None  # the search's raw core
+            core = extract_core(query, start, timeout=min(ropt.core_timeout, left),
+                                budget=min(ropt.minimise_budget, left))
+            if core is not None:
+                core.total = len(query.constraints)
+                cores[j] = core
+                break
+    return cores
+
+
+def build_proof(network: Network, prop: Property, options: VerifyOptions = VerifyOptions(),
+                reuse_options: ReuseOptions = ReuseOptions()) -> ProofRecord:
+    """Prove ``prop`` on ``network`` recording every closed branch, then extract
+    (minimal) unsat cores for them within ``reuse_options.core_budget``."""
+    check_fits(network, prop)
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    deadline = t0 + options.timeout
+    record = ProofRecord(network.digest(), prop.digest(), "holds", 0.0,
+                         network_name=network.name, property_name=prop.name)
+    all_leaves: dict[int, list[Leaf]] = {}
+    for r, region in enumerate(prop.regions):
+        out = BranchProver(network, region, r, options, deadline).run()
+        all_leaves[r] = out.leaves
+        if out.status != "holds":
+            record.status, record.reason = out.status, out.reason
+            record.counterexample = out.counterexample
+            record.time_s = time.monotonic() - t0
+            return record
+    record.time_s = time.monotonic() - t0
+    t1 = time.monotonic()
+    core_deadline = t1 + reuse_options.core_budget
+    for r, leaves in all_leaves.items():
+        # Z3-closed leaves first: their cores are known to exist
+        order = sorted(range(len(leaves)), key=lambda i: (leaves[i].method != "z3", leaves[i].unstable))
+        cores = {i: _leaf_cores(network, prop.regions[r], leaves[i], options, reuse_options,
+                                core_deadline) for i in order}
+        record.regions[r] = [ProofBranch(l.lo, l.hi, l.splits, l.method, l.depth, cores[i])
+                             for i, l in enumerate(leaves)]
+    record.core_time_s = time.monotonic() - t1
+    return record
+
+
+# ---- the store --------------------------------------------------------------------
+def store_key(options: VerifyOptions) -> str:
+    return f"reuse{SCHEMA_VERSION}-{options_key(options)}"
+
+
+def save_proof(store: ProofStore, record: ProofRecord, prop: Property,
+               options: VerifyOptions) -> None:
+    if record.status != "holds":
+        return
+    store.put_result(record.network, record.property, store_key(options), record.to_result(),
+                     proof=record.to_dict(prop))
+
+
+def load_proof(store: ProofStore, network: Network, prop: Property,
+               options: VerifyOptions) -> ProofRecord | None:
+    payload = store.get(network.digest(), prop.digest(), store_key(options))
+    if payload is None or not isinstance(payload.get("proof"), dict):
+        return None
+    try:
+        rec = ProofRecord.from_dict(payload["proof"], prop)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        store._problem(f"reuse proof for {network.name} / {prop.name} ignored: {exc}")
+        return None
+    if rec.network != network.digest() or rec.property != prop.digest():
+        return None
+    return rec

@@ -1,0 +1,344 @@
+"""Core-guided verification of a compressed variant from the original's proof.
+
+For every branch of the original proof (the branches tile each region's box,
+checked first) the VARIANT's own bounds are derived on the branch box and the
+split facts mapped through the change record.  A branch they do not close is
+encoded for the variant and only the constraints named by the original's
+core for that branch are asserted (removed neurons' constraints dropped):
+UNSAT closes it; a SAT model is replayed on the variant (a confirmed
+counterexample means ``violated``) or else the variant constraints the model
+violates are added and the check repeats.  After ``refine_rounds`` (or with
+no core) comes the full query, then branch and bound on just that branch,
+and if even that fails, verification from scratch.
+
+Soundness: only the variant's constraints are ever asserted, and ``holds``
+needs every branch of every region closed on the variant (by its bounds or an
+UNSAT answer); ``violated`` needs a counterexample re-run on the variant.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import z3
+
+from ..attack import Attacker, confirm_batch
+from ..bounds import BoundPropagator
+from ..encode import Branch, encode, solve
+from ..errors import ShapeMismatchError
+from ..network import Network
+from ..options import VerifyOptions
+from ..properties import Property, Region
+from ..result import Counterexample, Status, _json_default
+from ..verifier import verify_property
+from ..vnnlib import check_fits
+from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
+from .options import ReuseOptions
+from .proof import ProofBranch, ProofRecord, build_proof, covers, load_proof, save_proof
+from .prover import BranchProver, Node, refuted_conjunctions, region_rows, split_arrays
+
+
+@dataclass
+class ReuseStats:
+    core_size: int = 0  # names in the original proof's cores (all branches)
+    constraints_total: int = 0  # tracked constraints of the queries those cores came from
+    cores: int = 0  # cores in the original proof
+    cores_minimal: int = 0
+    reused: int = 0  # core names whose constraint is unchanged in the variant
+    revalued: int = 0  # ... whose weights, bias or bound values changed
+    dropped: int = 0  # ... of removed neurons
+    branches: int = 0  # branches of the original proof
+    closed_by_bounds: int = 0  # branches the variant's own bounds closed
+    closed_by_core: int = 0  # branch conjunctions closed by a reused (refined) core
+    closed_by_full: int = 0  # ... by the full query of the branch
+    closed_by_split: int = 0  # branches re-proved by branch and bound on the variant
+    cores_used: int = 0
+    refinements: int = 0
+    z3_queries: int = 0
+    fallback: bool = False
+    fallback_reason: str | None = None
+    original_status: str = ""
+    original_time_s: float = 0.0
+    original_core_time_s: float = 0.0
+    proof_from_store: bool = False
+
+
+@dataclass
+class ReuseResult:
+    status: Status
+    time_s: float
+    method: str  # bounds | core | z3 | bab | scratch | attack ...
+    counterexample: Counterexample | None = None
+    reason: str | None = None
+    network: str | None = None
+    property: str | None = None
+    reuse: ReuseStats = field(default_factory=ReuseStats)
+    scratch_status: str | None = None
+    scratch_time_s: float | None = None
+
+    def __post_init__(self):
+        self.status = Status(self.status)
+        if self.status is Status.VIOLATED and self.counterexample is None:
+            raise ValueError("a violated verdict must carry a confirmed counterexample")
+
+    def to_dict(self) -> dict:
+        d = {"status": self.status.value, "time_s": round(self.time_s, 6), "method": self.method,
+             "counterexample": self.counterexample.to_dict() if self.counterexample else None,
+             "reason": self.reason, "network": self.network, "property": self.property,
+             "reuse": asdict(self.reuse)}
+        if self.scratch_status is not None:
+            d["scratch_status"] = self.scratch_status
+            d["scratch_time_s"] = round(self.scratch_time_s, 6)
+        return d
+
+
+class _NoFit(Exception):
+    """The proof does not carry over; verify from scratch."""
+
+
+class _Reuser:
+    def __init__(self, variant: Network, cmap: ChangeMap, options: VerifyOptions,
+                 ropt: ReuseOptions, stats: ReuseStats, deadline: float):
+        self.net, self.cmap, self.opt, self.ropt = variant, cmap, options, ropt
+        self.stats, self.deadline = stats, deadline
+        self.propagator = BoundPropagator(variant)
+        self.rng = np.random.default_rng(options.seed)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    # ---- one region --------------------------------------------------------------
+    def region(self, region: Region, r: int, branches: list[ProofBranch]):
+        """Returns a confirmed counterexample, or None when every branch is closed."""
+        C, d, owner = region_rows(region, self.net.n_outputs)
+        relu_split = any(b.splits for b in branches)
+        splits = [split_arrays(self.cmap.map_splits(b.splits), self.net.hidden_sizes)
+                  if relu_split else None for b in branches]
+        n_hidden = len(self.net.hidden_sizes)
+        open_items = []
+        for s in range(0, len(branches), max(1, self.opt.batch_size)):
+            idx = list(range(s, min(len(branches), s + max(1, self.opt.batch_size))))
+            lo = np.stack([branches[i].lower for i in idx])
+            hi = np.stack([branches[i].upper for i in idx])
+            sp = None if not relu_split else [
+                torch.from_numpy(np.stack([splits[i][k] for i in idx])) for k in range(n_hidden)]
+            res = self.propagator.bound(torch.from_numpy(lo), torch.from_numpy(hi), C, d, sp)
+            refuted = refuted_conjunctions(res, owner, len(region.unsafe), lo, hi)
+            infeasible = res.infeasible.numpy()
+            for b, i in enumerate(idx):
+                if self.ropt.bounds_first and (infeasible[b] or refuted[b].all()):
+                    self.stats.closed_by_bounds += 1
+                    continue
+                lb = [(res.lower[k][b].numpy(), res.upper[k][b].numpy()) for k in range(n_hidden)]
+                unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in lb))
+                todo = np.flatnonzero(~refuted[b]) if self.ropt.bounds_first \
+                    else np.arange(len(region.unsafe))
+                open_items.append((i, lb, todo, unstable, infeasible[b]))
+            if open_items:  # concrete candidates of the open branches
+                rows = [b for b, i in enumerate(idx) if any(it[0] == i for it in open_items)]
+                corners = res.minimisers(torch.from_numpy(lo), torch.from_numpy(hi)).numpy()
+                xs = np.vstack([corners[rows].reshape(-1, self.net.n_inputs),
+                                (lo[rows] + hi[rows]) / 2])
+                cex = confirm_batch(self.net, region, r, xs)
+                if cex is not None:
+                    return cex
+        if not open_items:
+            return None
+        if self.ropt.attack:
+            cex, _ = Attacker(self.net).attack(region, r, self.rng,
+                                               time.monotonic() + min(1.0, max(self.left(), 0)),
+                                               restarts=4, steps=20, samples=500)
+            if cex is not None:
+                return cex
+        to_split = []
+        for i, lb, todo, unstable, infeasible in open_items:
+            b = branches[i]
+            if infeasible:  # only reached with bounds_first off: empty on the variant
+                self.stats.closed_by_bounds += 1
+                continue
+            closed = True
+            for j in todo:
+                verdict = self.z3_branch(region, r, b, lb, int(j), unstable)
+                if isinstance(verdict, Counterexample):
+                    return verdict
+                if verdict != "unsat":
+                    closed = False
+                    break
+            if not closed:
+                to_split.append(Node(b.lower.copy(), b.upper.copy(), splits[i], None, 0))
+        if to_split:
+            if self.left() <= 0:
+                raise _NoFit("time budget used up re-checking the proof branches")
+            prover = BranchProver(self.net, region, r, self.opt, self.deadline, self.propagator)
+            out = prover.run(to_split)
+            self.stats.z3_queries += out.z3_queries
+            if out.status == "violated":
+                return out.counterexample
+            if out.status != "holds":
+                raise _NoFit(f"region {r}: {len(to_split)} branches did not close on the variant "
+                             f"({out.reason})")
+            self.stats.closed_by_split += len(to_split)
+        return None
+
+    # ---- one branch, one conjunction ----------------------------------------------------
+    def z3_branch(self, region: Region, r: int, b: ProofBranch, lb, j: int, unstable: int):
+        """"unsat", a confirmed counterexample, or None (not decided)."""
+        conj = region.unsafe[j]
+        core = b.cores.get(j)
+        names = None
+        if core is not None:
+            names = []
+            for n in core.names:
+                m = self.cmap.map_name(n)
+                if m is not None and m not in names:
+                    names.append(m)
+        for digits in self.opt.z3_digits:
+            q = encode(self.net, Branch(b.lower, b.upper, lb, conj.coeffs, conj.rhs), digits)
+            spurious = False
+            if names is not None:
+                self.stats.cores_used += 1
+                current = [n for n in names if n in q.constraints]
+                for _ in range(self.ropt.refine_rounds + 1):
+                    if self.left() <= 0.05:
+                        return None
+                    ans = solve(q, current, timeout=min(self.opt.z3_query_timeout, self.left()))
+                    self.stats.z3_queries += 1
+                    if ans.status == "unsat":
+                        self.stats.closed_by_core += 1
+                        return "unsat"
+                    if ans.status != "sat":
+                        break
+                    cex = confirm_batch(self.net, region, r, ans.model_input[None, :])
+                    if cex is not None:
+                        return cex
+                    extra = self.violated(q, current)
+                    if not extra:  # the model meets every constraint: rounding slack
+                        spurious = True
+                        break
+                    current += extra
+                    names += [n for n in extra if n not in names]
+                    self.stats.refinements += 1
+            if spurious:
+                continue
+            if unstable > max(self.opt.z3_max_unstable, self.ropt.core_max_unstable) \
+                    or self.left() <= 0.05:
+                return None  # a full query this large rarely finishes: split instead
+            ans = solve(q, None, timeout=min(self.opt.z3_query_timeout, self.left()))
+            self.stats.z3_queries += 1
+            if ans.status == "unsat":
+                self.stats.closed_by_full += 1
+                return "unsat"
+            if ans.status != "sat":
+                return None
+            cex = confirm_batch(self.net, region, r, ans.model_input[None, :])
+            if cex is not None:
+                return cex
+        return None
+
+    def violated(self, q, asserted: list[str]) -> list[str]:
+        """The variant's constraints (not yet asserted) that the last model violates;
+        without a model, those of the neurons in the affected region."""
+        have = set(asserted)
+        try:
+            model = q.solver.model()
+            return [n for n, c in q.constraints.items()
+                    if n not in have and z3.is_false(model.eval(c, model_completion=True))]
+        except z3.Z3Exception:
+            return [n for n in self.cmap.affected_names(q.constraints) if n not in have]
+
+
+def _proof_stats(stats: ReuseStats, proof: ProofRecord, cmap: ChangeMap) -> None:
+    stats.branches = proof.n_branches
+    for core in proof.cores():
+        stats.cores += 1
+        stats.cores_minimal += int(core.minimal)
+        stats.core_size += len(core.names)
+        stats.constraints_total += core.total
+        counts = cmap.counts(core.names)
+        stats.reused += counts[UNCHANGED]
+        stats.revalued += counts[REVALUED]
+        stats.dropped += counts[REMOVED]
+
+
+def _unwrap(variant, record):
+    if hasattr(variant, "network") and hasattr(variant, "record"):  # a compress.Variant
+        return variant.network, record if record is not None else variant.record
+    return variant, record
+
+
+def get_proof(original: Network, prop: Property, options: VerifyOptions,
+              reuse_options: ReuseOptions, store=None) -> tuple[ProofRecord, bool]:
+    """The original's proof record from ``store`` or built now (and stored)."""
+    if store is not None:
+        rec = load_proof(store, original, prop, options)
+        if rec is not None:
+            return rec, True
+    rec = build_proof(original, prop, options, reuse_options)
+    if store is not None:
+        save_proof(store, rec, prop, options)
+    return rec, False
+
+
+def reverify(original: Network, variant, prop: Property,
+             options: VerifyOptions = VerifyOptions(), record=None, store=None,
+             reuse_options: ReuseOptions = ReuseOptions(),
+             proof: ProofRecord | None = None) -> ReuseResult:
+    """Verify ``prop`` on ``variant`` (a Network or a compress.Variant) reusing the
+    original's proof (from ``proof``, the ``store`` or built now; building it is
+    not counted in ``time_s`` but reported as ``reuse.original_time_s``)."""
+    torch.set_num_threads(1)
+    variant, record = _unwrap(variant, record)
+    check_fits(original, prop)
+    check_fits(variant, prop)
+    stats = ReuseStats()
+    if proof is None:
+        proof, stats.proof_from_store = get_proof(original, prop, options, reuse_options, store)
+    stats.original_status, stats.original_time_s = proof.status, proof.time_s
+    stats.original_core_time_s = proof.core_time_s
+    t0 = time.monotonic()
+
+    def done(status, method, cex=None, reason=None):
+        return ReuseResult(status, time.monotonic() - t0, method, cex, reason, variant.name,
+                           prop.name, stats)
+
+    try:
+        if proof.status != "holds":
+            raise _NoFit(f"the original has no proof ({proof.status})")
+        if proof.network != original.digest() or proof.property != prop.digest():
+            raise _NoFit("the proof record belongs to another network or property")
+        try:
+            cmap = ChangeMap(original, variant, record)
+        except ShapeMismatchError as exc:
+            raise _NoFit(str(exc)) from None
+        _proof_stats(stats, proof, cmap)
+        for r, region in enumerate(prop.regions):
+            if not proof.regions.get(r) or not covers(region, proof.regions[r]):
+                raise _NoFit(f"the proof's branches do not cover region {r}")
+        reuser = _Reuser(variant, cmap, options, reuse_options, stats, t0 + options.timeout)
+        for r, region in enumerate(prop.regions):
+            cex = reuser.region(region, r, proof.regions[r])
+            if cex is not None:
+                return done(Status.VIOLATED, "reuse", cex)
+        method = ("bab" if stats.closed_by_split else "core" if stats.closed_by_core
+                  else "z3" if stats.closed_by_full else "bounds")
+        return done(Status.HOLDS, f"reuse-{method}")
+    except _NoFit as exc:
+        stats.fallback_reason = str(exc)
+    if not reuse_options.fallback:
+        return done(Status.UNKNOWN, "reuse", reason=stats.fallback_reason)
+    stats.fallback = True
+    res = verify_property(variant, prop, options)
+    stats.z3_queries += res.statistics.z3_queries
+    return done(res.status, f"scratch-{res.method}", res.counterexample,
+                res.reason or stats.fallback_reason)
+
+
+def compare_scratch(result: ReuseResult, variant, prop: Property,
+                    options: VerifyOptions = VerifyOptions()) -> ReuseResult:
+    """Fill ``scratch_status`` / ``scratch_time_s`` by verifying the variant from scratch."""
+    variant, _ = _unwrap(variant, None)
+    res = verify_property(variant, prop, options)
+    result.scratch_status, result.scratch_time_s = res.status.value, res.time_s
+    return result

@@ -1,0 +1,334 @@
+"""Branch and bound over one property region.
+
+Each branch is bounded (``verify.bounds``); branches whose unsafe rows are
+all refuted are closed; otherwise the bound minimisers are tried on the
+concrete network, small leaves go to Z3 (``verify.encode``), and the rest is
+split -- on the input box when the input is small (ACAS Xu), on unstable
+ReLUs otherwise (MNIST-sized inputs), with bounds re-tightened per branch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .attack import confirm_batch
+from .bounds import BoundPropagator, refute_conjunction
+from .encode import Branch, encode, solve
+from .network import Network
+from .options import VerifyOptions
+from .properties import Region
+from .result import Counterexample, Statistics
+
+
+@dataclass
+class Node:
+    lo: np.ndarray
+    hi: np.ndarray
+    splits: list[np.ndarray] | None  # per hidden layer, int8 in {-1, 0, +1}
+    parent: list[tuple[np.ndarray, np.ndarray]] | None = None  # parent bounds to intersect
+    depth: int = 0
+
+
+@dataclass
+class ProofLeaf:
+    """One closed branch of the proof: by bounds, or by a Z3 unsat core."""
+
+    method: str  # "bounds" | "z3"
+    depth: int
+    conjunction: int | None = None
+    core: tuple[str, ...] = ()
+    split_facts: tuple[str, ...] = ()
+
+
+@dataclass
+class RegionOutcome:
+    status: str  # holds | violated | unknown
+    method: str
+    counterexample: Counterexample | None = None
+    reason: str | None = None
+    leaves: list[ProofLeaf] = field(default_factory=list)
+
+
+class RegionSearch:
+    """Decides one region of a property on one network."""
+
+    def __init__(self, network: Network, region: Region, region_index: int,
+                 options: VerifyOptions, deadline: float, stats: Statistics,
+                 propagator: BoundPropagator | None = None):
+        self.net = network
+        self.region = region
+        self.index = region_index
+        self.opt = options
+        self.deadline = deadline
+        self.stats = stats
+        self.prop = propagator or BoundPropagator(network)
+        rows, owner = [], []
+        for j, conj in enumerate(region.unsafe):
+            for r in range(conj.coeffs.shape[0]):
+                rows.append((conj.coeffs[r], conj.rhs[r]))
+                owner.append(j)
+        self.n_conj = len(region.unsafe)
+        self.whole_box_unsafe = any(c.coeffs.shape[0] == 0 for c in region.unsafe)
+        m = len(rows)
+        self.C = torch.tensor(np.array([r[0] for r in rows]).reshape(m, network.n_outputs))
+        self.d = torch.tensor(np.array([r[1] for r in rows], dtype=np.float64).reshape(m))
+        self.owner = np.array(owner, dtype=np.int64)
+        self.input_split = network.n_inputs <= options.input_split_max
+        self.leaves: list[ProofLeaf] = []
+        self.z3_unknown = 0
+
+    # ------------------------------------------------------------------
+    def time_left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _refuted(self, spec_lower: np.ndarray) -> np.ndarray:
+        """(B, n_conj) True where some row of the conjunction is > 0."""
+        out = np.zeros((spec_lower.shape[0], self.n_conj), dtype=bool)
+        for j in range(self.n_conj):
+            cols = self.owner == j
+            if cols.any():
+                out[:, j] = (spec_lower[:, cols] > 0).any(axis=1)
+        return out
+
+    def _refute_jointly(self, refuted: np.ndarray, res, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Multi-row conjunctions: try a convex combination of their rows."""
+        coeffs = res.spec_coeffs.numpy()
+        const = res.spec_const.numpy()
+        for j in range(self.n_conj):
+            cols = np.flatnonzero(self.owner == j)
+            todo = np.flatnonzero(~refuted[:, j])
+            if len(cols) < 2 or len(todo) == 0:
+                continue
+            ok = refute_conjunction(coeffs[np.ix_(todo, cols)], const[np.ix_(todo, cols)],
+                                    lo[todo], hi[todo])
+            refuted[todo[ok], j] = True
+
+    def run(self) -> RegionOutcome:
+        if self.whole_box_unsafe:
+            cex = confirm_batch(self.net, self.region, self.index,
+                                (self.region.lower + self.region.upper)[None, :] / 2)
+            return RegionOutcome("violated", "attack", cex)
+        n_hidden = self.prop.n_hidden
+        root = Node(self.region.lower.copy(), self.region.upper.copy(),
+                    None if self.input_split else
+                    [np.zeros(s, dtype=np.int8) for s in self.net.hidden_sizes])
+        stack = [root]
+        first = True
+        while stack:
+            if self.time_left() <= 0:
+                return RegionOutcome("unknown", "timeout", reason="timeout during branch and bound",
+                                     leaves=self.leaves)
+            batch = [stack.pop() for _ in range(min(len(stack), self.opt.batch_size))]
+            lo = torch.from_numpy(np.stack([n.lo for n in batch]))
+            hi = torch.from_numpy(np.stack([n.hi for n in batch]))
+            splits = None if self.input_split else [
+                torch.from_numpy(np.stack([n.splits[k] for n in batch])) for k in range(n_hidden)]
+            fixed = None
+            if all(n.parent is not None for n in batch) and batch[0].parent is not None:
+                fixed = [(torch.from_numpy(np.stack([n.parent[k][0] for n in batch])),
+                          torch.from_numpy(np.stack([n.parent[k][1] for n in batch])))
+                         for k in range(n_hidden)]
+            res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed)
+            self.stats.bound_evaluations += len(batch)
+            spec_lower = res.spec_lower.numpy()
+            refuted = self._refuted(spec_lower)
+            self._refute_jointly(refuted, res, lo.numpy(), hi.numpy())
+            closed = refuted.all(axis=1) | res.infeasible.numpy()
+            unstable = sum(((l < 0) & (u > 0)).sum(-1) for l, u in zip(res.lower, res.upper))
+            unstable = unstable.numpy() if n_hidden else np.zeros(len(batch), dtype=np.int64)
+            if first:
+                self._root_statistics(res)
+                first = False
+            open_idx = np.flatnonzero(~closed)
+            for i in np.flatnonzero(closed):
+                self.leaves.append(ProofLeaf("bounds", batch[i].depth,
+                                             split_facts=self._split_facts(batch[i])))
+            if len(open_idx) == 0:
+                continue
+            # concrete candidates: minimisers of every open row, and box centres
+            corners = res.minimisers(lo, hi).numpy()[open_idx].reshape(-1, self.net.n_inputs)
+            centres = ((lo + hi) / 2).numpy()[open_idx]
+            cex = confirm_batch(self.net, self.region, self.index, np.vstack([corners, centres]))
+            if cex is not None:
+                return RegionOutcome("violated", "bab-candidate", cex, leaves=self.leaves)
+            to_split = []
+            for i in open_idx:
+                node = batch[i]
+                layer_b = [(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(n_hidden)]
+                if self.opt.use_z3 and unstable[i] <= self._z3_threshold(node):
+                    outcome = self._z3_leaf(node, layer_b, refuted[i])
+                    if outcome is not None:
+                        return outcome
+                    if self._closed_by_z3:
+                        continue
+                to_split.append((i, layer_b))
+            if self.input_split:
+                children = self._split_inputs(batch, res, spec_lower, refuted, [i for i, _ in to_split])
+            else:
+                children = [self._split_relu(batch[i], res, i, lb, spec_lower[i], refuted[i])
+                            for i, lb in to_split]
+            for pair in children:
+                if pair is None:
+                    return RegionOutcome("unknown", "bab", reason=self._stuck_reason(),
+                                         leaves=self.leaves)
+                self.stats.branches += len(pair)
+                stack.extend(pair)
+        return RegionOutcome("holds", self._method(), leaves=self.leaves)
+
+    # ------------------------------------------------------------------
+    def _z3_threshold(self, node: Node) -> int:
+        if self.input_split:
+            return self.opt.z3_max_unstable if node.depth >= self.opt.z3_min_depth else 0
+        return self.opt.z3_max_unstable
+
+    def _method(self) -> str:
+        if any(l.method == "z3" for l in self.leaves):
+            return "z3"
+        if len(self.leaves) == 1:
+            return "bounds"
+        return "bab"
+
+    def _stuck_reason(self) -> str:
+        if self.z3_unknown:
+            return f"{self.z3_unknown} Z3 leaf queries gave no answer and the branch cannot be split further"
+        return "branch cannot be split further"
+
+    def _split_facts(self, node: Node) -> tuple[str, ...]:
+        if node.splits is None:
+            return ()
+        facts = []
+        for k, s in enumerate(node.splits):
+            for i in np.flatnonzero(s):
+                facts.append(f"L{k}.N{i}.{'active' if s[i] > 0 else 'inactive'}")
+        return tuple(facts)
+
+    def _root_statistics(self, res) -> None:
+        for l, u in zip(res.lower, res.upper):
+            l, u = l[0].numpy(), u[0].numpy()
+            self.stats.stable_active += int((l >= 0).sum())
+            self.stats.stable_inactive += int((u <= 0).sum())
+            self.stats.unstable += int(((l < 0) & (u > 0)).sum())
+
+    # ------------------------------------------------------------------
+    def _z3_leaf(self, node: Node, layer_b, refuted_row) -> RegionOutcome | None:
+        """Try to close ``node`` with Z3, one query per open conjunction.
+        Sets ``self._closed_by_z3``; returns an outcome only for a confirmed
+        counterexample."""
+        self._closed_by_z3 = False
+        pending = []
+        for j in np.flatnonzero(~refuted_row):
+            conj = self.region.unsafe[j]
+            branch = Branch(node.lo, node.hi, layer_b, conj.coeffs, conj.rhs)
+            closed = False
+            for digits in self.opt.z3_digits:
+                budget = min(self.opt.z3_query_timeout, self.time_left())
+                if budget <= 0.05:
+                    return None
+                query = encode(self.net, branch, digits)
+                ans = solve(query, timeout=budget)
+                self.stats.z3_queries += 1
+                self.stats.z3_time_s += ans.time_s
+                if ans.status == "unsat":
+                    self.leaves.append(ProofLeaf("z3", node.depth, int(j), ans.core,
+                                                 self._split_facts(node)))
+                    closed = True
+                    break
+                if ans.status == "sat":
+                    cex = confirm_batch(self.net, self.region, self.index, ans.model_input[None, :])
+                    if cex is not None:
+                        return RegionOutcome("violated", "z3", cex, leaves=self.leaves)
+                    continue  # rounding slack or float rounding: try finer coefficients
+                self.z3_unknown += 1
+                break
+            if not closed:
+                pending.append(j)
+        self._closed_by_z3 = not pending
+        return None
+
+    def _split_inputs(self, batch, res, spec_lower, refuted, idx) -> list:
+        """Bisect each box in ``idx``.  With few inputs, look ahead: bound both
+        halves for every dimension (all boxes in one batch) and keep the
+        dimension whose worse half is best; else the largest |coefficient| * width."""
+        out, cands = [], []
+        for i in idx:
+            node = batch[i]
+            width = node.hi - node.lo
+            dims = np.flatnonzero(width > 1e-12 * np.maximum(1.0, np.abs(node.hi)))
+            if len(dims) == 0:
+                return [None]
+            cands.append((node, dims))
+        if not cands:
+            return out
+        if self.net.n_inputs <= self.opt.lookahead_max_inputs:
+            los, his, owners = [], [], []
+            for node, dims in cands:
+                for dim in dims:
+                    mid = (node.lo[dim] + node.hi[dim]) / 2
+                    a_hi = node.hi.copy(); a_hi[dim] = mid
+                    b_lo = node.lo.copy(); b_lo[dim] = mid
+                    los += [node.lo, b_lo]
+                    his += [a_hi, node.hi]
+            r = self.prop.bound(torch.from_numpy(np.stack(los)), torch.from_numpy(np.stack(his)), self.C, self.d)
+            self.stats.bound_evaluations += len(los)
+            spec = r.spec_lower.numpy()
+            per_conj = np.stack([spec[:, self.owner == j].max(axis=1) for j in range(self.n_conj)], 1)
+            child = np.where(r.infeasible.numpy(), np.inf, per_conj.min(axis=1))
+            pos = 0
+            for node, dims in cands:
+                scores = child[pos:pos + 2 * len(dims)].reshape(len(dims), 2).min(axis=1)
+                pos += 2 * len(dims)
+                out.append(self._bisect(node, int(dims[np.argmax(scores)])))
+            return out
+        for (node, dims), i in zip(cands, idx):
+            row = self._worst_row(spec_lower[i], refuted[i])
+            coeff = np.abs(res.spec_coeffs[i, row].numpy()[dims]) * (node.hi - node.lo)[dims]
+            dim = dims[np.argmax(coeff)] if np.any(coeff > 0) else dims[np.argmax((node.hi - node.lo)[dims])]
+            out.append(self._bisect(node, int(dim)))
+        return out
+
+    @staticmethod
+    def _bisect(node: Node, dim: int) -> list[Node]:
+        mid = (node.lo[dim] + node.hi[dim]) / 2
+        left_hi = node.hi.copy(); left_hi[dim] = mid
+        right_lo = node.lo.copy(); right_lo[dim] = mid
+        return [Node(node.lo, left_hi, None, None, node.depth + 1),
+                Node(right_lo, node.hi, None, None, node.depth + 1)]
+
+    def _worst_row(self, spec_lower_row: np.ndarray, refuted_row: np.ndarray) -> int:
+        """The open conjunction furthest from refuted, and its most promising row."""
+        open_conj = np.flatnonzero(~refuted_row)
+        best_rows = [self._best_row(spec_lower_row, j) for j in open_conj]
+        return best_rows[int(np.argmin([spec_lower_row[r] for r in best_rows]))]
+
+    def _best_row(self, spec_lower_row: np.ndarray, conj: int) -> int:
+        rows = np.flatnonzero(self.owner == conj)
+        return int(rows[np.argmax(spec_lower_row[rows])])
+
+    def _split_relu(self, node: Node, res, i, layer_b, spec_lower_row, refuted_row):
+        """Split the unstable ReLU with the largest relaxation gap weighted by
+        its back-substitution coefficient for the worst open row."""
+        worst = self._worst_row(spec_lower_row, refuted_row)
+        best, best_score = None, 0.0
+        for k in range(self.prop.n_hidden):
+            l, u = layer_b[k]
+            unst = (l < 0) & (u > 0)
+            if not unst.any():
+                continue
+            lam = res.layer_coeffs[k][i, worst].numpy()
+            gap = np.where(unst, u * -l / np.where(unst, u - l, 1.0), 0.0)
+            score = np.abs(lam) * gap + 1e-9 * gap
+            j = int(np.argmax(score))
+            if score[j] > best_score:
+                best, best_score = (k, j), score[j]
+        if best is None:
+            return None
+        k, j = best
+        children = []
+        for phase in (1, -1):
+            sp = [s.copy() for s in node.splits]
+            sp[k][j] = phase
+            children.append(Node(node.lo, node.hi, sp, layer_b, node.depth + 1))
+        return children
