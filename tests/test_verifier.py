@@ -56,12 +56,17 @@ def exact_z3_verdict(net, prop):
     return "violated" if s.check() == z3.sat else "holds"
 
 
+SPLITTING = {"input": dict(), "relu": dict(input_split_max=0),
+             "relu-no-z3": dict(input_split_max=0, use_z3=False)}
+
+
+@pytest.mark.parametrize("mode", sorted(SPLITTING))
 @pytest.mark.parametrize("seed", range(12))
-def test_verdicts_agree_with_exact_z3_and_sampling(seed):
+def test_verdicts_agree_with_exact_z3_and_sampling(seed, mode):
     rng = np.random.default_rng(seed)
     net = random_net(rng, [3, 8, 8, 2])
     prop = random_property(rng, net)
-    res = verify_property(net, prop, VerifyOptions(timeout=30, seed=seed))
+    res = verify_property(net, prop, VerifyOptions(timeout=30, seed=seed, **SPLITTING[mode]))
     assert res.status.value in ("holds", "violated")
     truth = exact_z3_verdict(net, prop)
     assert res.status.value == truth

@@ -65,27 +65,28 @@ class BoundPropagator:
 
     # ---- relaxation ----------------------------------------------------------
     @staticmethod
-    def _relaxation(l: torch.Tensor, u: torch.Tensor):
-        """Slopes/intercepts of the ReLU relaxation: lower ``a >= alpha*z``,
-        upper ``a <= s*z + t``."""
+    def _relaxation(l: torch.Tensor, u: torch.Tensor, alpha_free: torch.Tensor | None = None):
+        """Slopes/intercepts of the ReLU relaxation: lower ``a >= alpha*z``
+        (any alpha in [0, 1] is sound for an unstable neuron), upper ``a <= s*z + t``."""
         active = l >= 0
         unstable = (u > 0) & (l < 0)
         denom = torch.where(unstable, u - l, torch.ones_like(u))
         s = torch.where(unstable, u / denom, active.to(u.dtype))
         t = torch.where(unstable, -s * l, torch.zeros_like(u))
-        alpha = torch.where(unstable, (u > -l).to(u.dtype), active.to(u.dtype))
+        free = (u > -l).to(u.dtype) if alpha_free is None else alpha_free.clamp(0.0, 1.0)
+        alpha = torch.where(unstable, free, active.to(u.dtype))
         return alpha, s, t
 
-    def _backsub(self, K: int, lam: torch.Tensor, lower, upper, lo, hi, record=False):
+    def _backsub(self, K: int, lam: torch.Tensor, lower, upper, lo, hi, record=False, alphas=None):
         """Lower bound of ``lam @ z_K`` over the box, given bounds of layers < K.
 
-        ``lam``: (B, m, n_K).  Returns (bound (B,m), input coeffs (B,m,n0),
-        recorded per-layer coefficients)."""
+        ``lam``: (B, m, n_K).  ``alphas``: optional lower slopes per hidden layer.
+        Returns (bound (B,m), input coeffs (B,m,n0), recorded per-layer coefficients)."""
         const = lam @ self.biases[K]
         A = lam @ self.weights[K]
         recorded = [None] * self.n_hidden
         for k in range(K - 1, -1, -1):
-            alpha, s, t = self._relaxation(lower[k], upper[k])
+            alpha, s, t = self._relaxation(lower[k], upper[k], None if alphas is None else alphas[k])
             if record:
                 recorded[k] = A
             a_pos = A.clamp(min=0)
@@ -98,7 +99,28 @@ class BoundPropagator:
         return bound, A, recorded
 
     # ---- main entry ------------------------------------------------------------
-    def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None) -> BatchBounds:
+    def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations):
+        """alpha-CROWN on the spec rows: gradient ascent on the lower slopes of
+        unstable neurons.  Every iterate is a sound bound, so the best per row
+        is kept.  Returns (best bound, and the last iterate's own bound, input
+        coefficients and recorded coefficients -- a consistent linear bound)."""
+        lower = [l.detach() for l in lower]
+        upper = [u.detach() for u in upper]
+        alphas = [((u > -l).to(u.dtype)).clone().requires_grad_(True) for l, u in zip(lower, upper)]
+        opt = torch.optim.Adam(alphas, lr=0.1)
+        best = bnd.clone()
+        for _ in range(iterations):
+            cur, _, _ = self._backsub(K, lam, lower, upper, lo, hi, alphas=alphas)
+            best = torch.maximum(best, cur.detach())
+            opt.zero_grad()
+            (-cur.sum()).backward()
+            opt.step()
+        with torch.no_grad():
+            last, A, rec = self._backsub(K, lam, lower, upper, lo, hi, record=True, alphas=alphas)
+        return torch.maximum(best, last), last, A, rec
+
+    def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
+              alpha_iterations: int = 0) -> BatchBounds:
         """Bound a batch.
 
         ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
@@ -138,8 +160,12 @@ class BoundPropagator:
         K = self.n_hidden
         lam = spec_c.expand(B, *spec_c.shape)
         bnd, A, recorded = self._backsub(K, lam, lower, upper, lo, hi, record=True)
+        linear_bnd = bnd  # the bound that A (and the constant below) belong to
+        if alpha_iterations and K:
+            bnd, linear_bnd, A, recorded = self._optimise_alpha(K, lam, lower, upper, lo, hi, bnd,
+                                                                alpha_iterations)
         spec_lower = _widen_lower(bnd - spec_d)
-        const = bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
+        const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d)
 
 

@@ -14,11 +14,13 @@ class VerifyOptions:
     random_samples: int = 2000  # random points tried before attacking
     batch_size: int = 256  # branches bounded at once
     z3_max_unstable: int = 6  # leaves with at most this many unstable ReLUs go to Z3
+    z3_max_terms: int = 60000  # larger leaf encodings are not sent to Z3 (too slow to build)
     z3_min_depth: int = 12  # input splitting: Z3 only below this depth (0 unstable: always)
     z3_query_timeout: float = 20.0  # seconds per Z3 query (also cut by the deadline)
     z3_digits: tuple = (4, 8, None)  # coefficient rounding tried in turn (None: exact)
     lookahead_max_inputs: int = 8  # input splitting: try every dimension when this few
-    input_split_max: int = 16  # split the input box when it has at most this many dims
+    input_split_max: int = 16
+    alpha_iterations: int = 20  # ReLU splitting: alpha-CROWN steps per bounding  # split the input box when it has at most this many dims
     seed: int = 0
     use_z3: bool = True
 

@@ -121,7 +121,7 @@ class RegionSearch:
             if self.time_left() <= 0:
                 return RegionOutcome("unknown", "timeout", reason="timeout during branch and bound",
                                      leaves=self.leaves)
-            batch = [stack.pop() for _ in range(min(len(stack), self.opt.batch_size))]
+            batch = [stack.pop() for _ in range(min(len(stack), self._batch_size()))]
             lo = torch.from_numpy(np.stack([n.lo for n in batch]))
             hi = torch.from_numpy(np.stack([n.hi for n in batch]))
             splits = None if self.input_split else [
@@ -131,7 +131,8 @@ class RegionSearch:
                 fixed = [(torch.from_numpy(np.stack([n.parent[k][0] for n in batch])),
                           torch.from_numpy(np.stack([n.parent[k][1] for n in batch])))
                          for k in range(n_hidden)]
-            res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed)
+            res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed,
+                                  alpha_iterations=0 if self.input_split else self.opt.alpha_iterations)
             self.stats.bound_evaluations += len(batch)
             spec_lower = res.spec_lower.numpy()
             refuted = self._refuted(spec_lower)
@@ -158,7 +159,8 @@ class RegionSearch:
             for i in open_idx:
                 node = batch[i]
                 layer_b = [(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(n_hidden)]
-                if self.opt.use_z3 and unstable[i] <= self._z3_threshold(node):
+                if (self.opt.use_z3 and unstable[i] <= self._z3_threshold(node)
+                        and self._z3_terms(layer_b) <= self.opt.z3_max_terms):
                     outcome = self._z3_leaf(node, layer_b, refuted[i])
                     if outcome is not None:
                         return outcome
@@ -179,6 +181,23 @@ class RegionSearch:
         return RegionOutcome("holds", self._method(), leaves=self.leaves)
 
     # ------------------------------------------------------------------
+    def _z3_terms(self, layer_b) -> int:
+        """Size of the leaf's Z3 encoding (linear terms): inactive neurons drop out."""
+        live = self.net.n_inputs
+        terms = 0
+        for k, (l, u) in enumerate(layer_b):
+            rows = int((u > 0).sum())
+            terms += rows * live
+            live = rows
+        return terms + live * self.net.n_outputs
+
+    def _batch_size(self) -> int:
+        """Branches bounded at once, so the back-substitution tensors
+        (branches x 2*width x inputs doubles) stay around 100 MB."""
+        width = max(self.net.layer_sizes()[1:])
+        per_branch = 2 * width * self.net.n_inputs
+        return int(max(1, min(self.opt.batch_size, 1.2e7 // per_branch)))
+
     def _z3_threshold(self, node: Node) -> int:
         if self.input_split:
             return self.opt.z3_max_unstable if node.depth >= self.opt.z3_min_depth else 0

@@ -12,6 +12,7 @@ class ReuseOptions:
     core_timeout: float = 2.0  # per Z3 query while extracting / checking a core
     minimise_budget: float = 2.0  # seconds of deletion checks per core
     core_max_unstable: int = 12  # bounds-closed branches get a Z3 core up to this many unstable ReLUs
+    core_misses: int = 3  # stop trying bounds-closed branches after this many failures in a row
     refine_rounds: int = 8  # core-guided rounds per branch before the full query
     bounds_first: bool = True  # close branches by the variant's own bounds before any Z3
     attack: bool = True  # quick attack on a region when some branch stays open

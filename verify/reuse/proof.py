@@ -198,8 +198,16 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
     for r, leaves in all_leaves.items():
         # Z3-closed leaves first: their cores are known to exist
         order = sorted(range(len(leaves)), key=lambda i: (leaves[i].method != "z3", leaves[i].unstable))
-        cores = {i: _leaf_cores(network, prop.regions[r], leaves[i], options, reuse_options,
-                                core_deadline) for i in order}
+        cores, misses = {}, 0
+        for i in order:
+            leaf = leaves[i]
+            if leaf.method != "z3" and misses >= reuse_options.core_misses:
+                cores[i] = {}  # bounds-closed leaves only get harder (more unstable ReLUs)
+                continue
+            cores[i] = _leaf_cores(network, prop.regions[r], leaf, options, reuse_options,
+                                   core_deadline)
+            if leaf.method != "z3" and leaf.method != "infeasible":
+                misses = 0 if cores[i] else misses + 1
         record.regions[r] = [ProofBranch(l.lo, l.hi, l.splits, l.method, l.depth, cores[i])
                              for i, l in enumerate(leaves)]
     record.core_time_s = time.monotonic() - t1

@@ -105,6 +105,7 @@ class _Reuser:
         self.stats, self.deadline = stats, deadline
         self.propagator = BoundPropagator(variant)
         self.rng = np.random.default_rng(options.seed)
+        self.attacker: Attacker | None = None
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -147,9 +148,7 @@ class _Reuser:
         if not open_items:
             return None
         if self.ropt.attack:
-            cex, _ = Attacker(self.net).attack(region, r, self.rng,
-                                               time.monotonic() + min(1.0, max(self.left(), 0)),
-                                               restarts=4, steps=20, samples=500)
+            cex = self.attack(region, r, quick=False)
             if cex is not None:
                 return cex
         to_split = []
@@ -182,11 +181,24 @@ class _Reuser:
             self.stats.closed_by_split += len(to_split)
         return None
 
+    def attack(self, region: Region, r: int, quick: bool):
+        if self.attacker is None:
+            self.attacker = Attacker(self.net)
+        budget = min(0.2 if quick else 1.0, max(self.left(), 0.0))
+        cex, _ = self.attacker.attack(region, r, self.rng, time.monotonic() + budget,
+                                      restarts=2 if quick else self.opt.attack_restarts,
+                                      steps=10 if quick else self.opt.attack_steps,
+                                      samples=200 if quick else self.opt.random_samples)
+        return cex
+
     # ---- one branch, one conjunction ----------------------------------------------------
     def z3_branch(self, region: Region, r: int, b: ProofBranch, lb, j: int, unstable: int):
         """"unsat", a confirmed counterexample, or None (not decided)."""
         conj = region.unsafe[j]
         core = b.cores.get(j)
+        full_ok = unstable <= max(self.opt.z3_max_unstable, self.ropt.core_max_unstable)
+        if core is None and not full_ok:
+            return None  # no core and a full query this large rarely finishes: split instead
         names = None
         if core is not None:
             names = []
@@ -222,9 +234,8 @@ class _Reuser:
                     self.stats.refinements += 1
             if spurious:
                 continue
-            if unstable > max(self.opt.z3_max_unstable, self.ropt.core_max_unstable) \
-                    or self.left() <= 0.05:
-                return None  # a full query this large rarely finishes: split instead
+            if not full_ok or self.left() <= 0.05:
+                return None
             ans = solve(q, None, timeout=min(self.opt.z3_query_timeout, self.left()))
             self.stats.z3_queries += 1
             if ans.status == "unsat":
@@ -317,6 +328,11 @@ def reverify(original: Network, variant, prop: Property,
             if not proof.regions.get(r) or not covers(region, proof.regions[r]):
                 raise _NoFit(f"the proof's branches do not cover region {r}")
         reuser = _Reuser(variant, cmap, options, reuse_options, stats, t0 + options.timeout)
+        if reuse_options.attack:  # a quick falsification first: cheap, and ends everything
+            for r, region in enumerate(prop.regions):
+                cex = reuser.attack(region, r, quick=True)
+                if cex is not None:
+                    return done(Status.VIOLATED, "attack", cex)
         for r, region in enumerate(prop.regions):
             cex = reuser.region(region, r, proof.regions[r])
             if cex is not None:
