@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import time
+
 import numpy as np
 import torch
 
@@ -99,7 +101,7 @@ class BoundPropagator:
         return bound, A, recorded
 
     # ---- main entry ------------------------------------------------------------
-    def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations):
+    def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations, deadline=None):
         """alpha-CROWN on the spec rows: gradient ascent on the lower slopes of
         unstable neurons.  Every iterate is a sound bound, so the best per row
         is kept.  Returns (best bound, and the last iterate's own bound, input
@@ -110,6 +112,8 @@ class BoundPropagator:
         opt = torch.optim.Adam(alphas, lr=0.1)
         best = bnd.clone()
         for _ in range(iterations):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             cur, _, _ = self._backsub(K, lam, lower, upper, lo, hi, alphas=alphas)
             best = torch.maximum(best, cur.detach())
             opt.zero_grad()
@@ -120,7 +124,7 @@ class BoundPropagator:
         return torch.maximum(best, last), last, A, rec
 
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
-              alpha_iterations: int = 0) -> BatchBounds:
+              alpha_iterations: int = 0, deadline: float | None = None) -> BatchBounds:
         """Bound a batch.
 
         ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
@@ -163,7 +167,7 @@ class BoundPropagator:
         linear_bnd = bnd  # the bound that A (and the constant below) belong to
         if alpha_iterations and K:
             bnd, linear_bnd, A, recorded = self._optimise_alpha(K, lam, lower, upper, lo, hi, bnd,
-                                                                alpha_iterations)
+                                                                alpha_iterations, deadline)
         spec_lower = _widen_lower(bnd - spec_d)
         const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d)

@@ -132,7 +132,8 @@ class RegionSearch:
                           torch.from_numpy(np.stack([n.parent[k][1] for n in batch])))
                          for k in range(n_hidden)]
             res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed,
-                                  alpha_iterations=0 if self.input_split else self.opt.alpha_iterations)
+                                  alpha_iterations=0 if self.input_split else self.opt.alpha_iterations,
+                                  deadline=self.deadline)
             self.stats.bound_evaluations += len(batch)
             spec_lower = res.spec_lower.numpy()
             refuted = self._refuted(spec_lower)
