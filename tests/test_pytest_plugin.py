@@ -137,7 +137,7 @@ def test_variant_points(coreproof):
 def test_marker_uses_reverify(coreproof, monkeypatch):
     calls = []
 
-    def reverify(original, variant, prop, options):
+    def reverify(original, variant, prop, options, store=None):
         from verify.api import verify_property
         calls.append((original.digest(), variant.digest()))
         return verify_property(variant, prop, options)
@@ -292,9 +292,10 @@ def test_variant_checks_and_custom_cache_dir(suite, tmp_path):
     # each variant check verifies the original and then the variant
     assert summary(result) == {"checked": 4, "holds": 4, "violated": 0, "unknown": 0,
                                "cached": 0}
-    assert "variants re-verified from their original's proof: 1" in result.stdout.str()
+    assert "variants re-verified from their original's proof: 2" in result.stdout.str()
     assert f"proof cache: {cache}" in result.stdout.str()
-    assert len(list(cache.rglob("*.json"))) == 4
+    # four verdicts and the original's proof record (its branches and cores)
+    assert len(list(cache.rglob("*.json"))) == 5
     assert not (suite.path / ".coreproof" / "proofs").exists()
 
 

@@ -20,7 +20,8 @@ class VerifyOptions:
     z3_digits: tuple = (4, 8, None)  # coefficient rounding tried in turn (None: exact)
     lookahead_max_inputs: int = 8  # input splitting: try every dimension when this few
     input_split_max: int = 16
-    alpha_iterations: int = 20  # ReLU splitting: alpha-CROWN steps per bounding  # split the input box when it has at most this many dims
+    alpha_iterations: int = 20  # ReLU splitting: alpha-CROWN steps per bounding
+    alpha_iterations_input: int = 0  # input splitting: alpha-CROWN steps per bounding  # split the input box when it has at most this many dims
     seed: int = 0
     use_z3: bool = True
 

@@ -385,7 +385,9 @@ class Coreproof:
             orig_result = self._check(original, prop, options)
             reverify = _reverify_function()
             if reverify is not None and orig_result.status is Status.HOLDS:
-                result = reverify(original, net, prop, options)
+                result = reverify(original, net, prop, options, store=store)
+                if hasattr(result, "to_verification_result"):
+                    result = result.to_verification_result()
                 if result.status is Status.UNKNOWN:
                     result = None  # reuse did not settle it: verify from scratch
                 else:

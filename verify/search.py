@@ -132,7 +132,7 @@ class RegionSearch:
                           torch.from_numpy(np.stack([n.parent[k][1] for n in batch])))
                          for k in range(n_hidden)]
             res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed,
-                                  alpha_iterations=0 if self.input_split else self.opt.alpha_iterations,
+                                  alpha_iterations=self.opt.alpha_iterations_input if self.input_split else self.opt.alpha_iterations,
                                   deadline=self.deadline)
             self.stats.bound_evaluations += len(batch)
             spec_lower = res.spec_lower.numpy()
@@ -298,14 +298,18 @@ class RegionSearch:
             child = np.where(r.infeasible.numpy(), np.inf, per_conj.min(axis=1))
             pos = 0
             for node, dims in cands:
-                scores = child[pos:pos + 2 * len(dims)].reshape(len(dims), 2).min(axis=1)
+                scores = np.minimum(child[pos:pos + 2 * len(dims)], 1e30).reshape(len(dims), 2).sum(axis=1)
                 pos += 2 * len(dims)
                 out.append(self._bisect(node, int(dims[np.argmax(scores)])))
             return out
+        span = self.region.upper - self.region.lower
         for (node, dims), i in zip(cands, idx):
-            row = self._worst_row(spec_lower[i], refuted[i])
-            coeff = np.abs(res.spec_coeffs[i, row].numpy()[dims]) * (node.hi - node.lo)[dims]
-            dim = dims[np.argmax(coeff)] if np.any(coeff > 0) else dims[np.argmax((node.hi - node.lo)[dims])]
+            open_rows = ~refuted[i][self.owner] & (spec_lower[i] <= 0)
+            width = (node.hi - node.lo)[dims]
+            coeff = np.abs(res.spec_coeffs[i].numpy()[open_rows][:, dims]).sum(0) * width
+            rel = width / np.where(span[dims] > 0, span[dims], 1.0)
+            coeff = np.where(rel > 1e-6, coeff, 0.0)  # never starve the other dimensions
+            dim = dims[np.argmax(coeff)] if np.any(coeff > 0) else dims[np.argmax(rel)]
             out.append(self._bisect(node, int(dim)))
         return out
 

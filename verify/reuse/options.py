@@ -11,7 +11,10 @@ class ReuseOptions:
     core_budget: float = 30.0  # seconds for extracting the original's cores (all branches)
     core_timeout: float = 2.0  # per Z3 query while extracting / checking a core
     minimise_budget: float = 2.0  # seconds of deletion checks per core
-    core_max_unstable: int = 12  # bounds-closed branches get a Z3 core up to this many unstable ReLUs
+    # bounds-closed branches get a Z3 core up to this many unstable ReLUs (-1: never;
+    # their proof is the branch itself: the variant re-derives its own bounds on it,
+    # and a Z3 core of a dense float query costs seconds where the bounds took ms)
+    core_max_unstable: int = -1
     core_misses: int = 3  # stop trying bounds-closed branches after this many failures in a row
     refine_rounds: int = 8  # core-guided rounds per branch before the full query
     bounds_first: bool = True  # close branches by the variant's own bounds before any Z3
@@ -22,5 +25,5 @@ class ReuseOptions:
         for name in ("core_budget", "core_timeout", "minimise_budget"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.refine_rounds < 0 or self.core_max_unstable < 0:
-            raise OptionError("refine_rounds and core_max_unstable must be >= 0")
+        if self.refine_rounds < 0 or self.core_max_unstable < -1:
+            raise OptionError("refine_rounds must be >= 0 and core_max_unstable >= -1")

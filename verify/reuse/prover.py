@@ -222,11 +222,15 @@ class BranchProver:
                                 cores, digits_used, lb, unstable))
         return True, None
 
-    def _input_dim(self, node: Node, coeff: np.ndarray, open_conj) -> int | None:
+    def _input_dim(self, node: Node, coeff: np.ndarray, open_conj, lb) -> int | None:
         width = node.hi - node.lo
         dims = np.flatnonzero(width > 1e-12 * np.maximum(1.0, np.abs(node.hi)))
         if len(dims) == 0:
             return None
+        # relative to the region, a dimension split down to almost nothing does not
+        # help any more (CROWN is not monotone: it can look best by noise, forever)
+        rel = width[dims] / np.maximum(self.region.upper - self.region.lower, 1e-300)[dims]
+        dims = dims[rel >= 1e-3 * rel.max()]
         if len(dims) > self.opt.lookahead_max_inputs:
             score = np.abs(coeff[dims]) * width[dims]
             return int(dims[np.argmax(score)] if np.any(score > 0) else dims[np.argmax(width[dims])])
@@ -237,8 +241,11 @@ class BranchProver:
             b_lo = node.lo.copy(); b_lo[dim] = mid
             los += [node.lo, b_lo]
             his += [a_hi, node.hi]
+        n = len(los)
+        fixed = [(torch.from_numpy(l).expand(n, -1), torch.from_numpy(u).expand(n, -1))
+                 for l, u in lb] if lb else None
         res = self.prop.bound(torch.from_numpy(np.stack(los)), torch.from_numpy(np.stack(his)),
-                              self.C, self.d)
+                              self.C, self.d, None, fixed)
         spec = res.spec_lower.numpy()
         per_conj = np.stack([spec[:, self.owner == j].max(axis=1) for j in open_conj], 1)
         child = np.where(res.infeasible.numpy(), np.inf, per_conj.min(axis=1))
@@ -253,14 +260,15 @@ class BranchProver:
             best_rows.append(int(rows[np.argmax(spec_row[rows])]))
         worst = best_rows[int(np.argmin([spec_row[r] for r in best_rows]))]
         if node.splits is None:
-            dim = self._input_dim(node, res.spec_coeffs[i, worst].numpy(), open_conj)
+            dim = self._input_dim(node, res.spec_coeffs[i, worst].numpy(), open_conj, lb)
             if dim is None:
                 return None
             mid = (node.lo[dim] + node.hi[dim]) / 2
             left_hi = node.hi.copy(); left_hi[dim] = mid
             right_lo = node.lo.copy(); right_lo[dim] = mid
-            return [Node(node.lo, left_hi, None, None, node.depth + 1),
-                    Node(right_lo, node.hi, None, None, node.depth + 1)]
+            parent = lb or None  # the parent's bounds hold on both halves
+            return [Node(node.lo, left_hi, None, parent, node.depth + 1),
+                    Node(right_lo, node.hi, None, parent, node.depth + 1)]
         best, best_score = None, 0.0
         for k in range(self.prop.n_hidden):
             l, u = lb[k]

@@ -31,7 +31,7 @@ from ..errors import ShapeMismatchError
 from ..network import Network
 from ..options import VerifyOptions
 from ..properties import Property, Region
-from ..result import Counterexample, Status, _json_default
+from ..result import Counterexample, Statistics, Status, VerificationResult, _json_default
 from ..verifier import verify_property
 from ..vnnlib import check_fits
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
@@ -92,6 +92,18 @@ class ReuseResult:
             d["scratch_status"] = self.scratch_status
             d["scratch_time_s"] = round(self.scratch_time_s, 6)
         return d
+
+    def to_verification_result(self) -> VerificationResult:
+        """The plain verdict (what a proof cache or a pytest report holds); the
+        reuse statistics become the note and the core size."""
+        s = self.reuse
+        note = (f"proof reuse: {s.reused} core constraints reused, {s.revalued} re-valued, "
+                f"{s.dropped} dropped, {s.refinements} refinements"
+                + (f"; fallback: {s.fallback_reason}" if s.fallback else ""))
+        stats = Statistics(branches=s.branches, z3_queries=s.z3_queries,
+                           core_size=s.core_size, constraints_total=s.constraints_total)
+        return VerificationResult(self.status, self.time_s, self.method, self.counterexample,
+                                  self.reason or note, self.network, self.property, stats)
 
 
 class _NoFit(Exception):
