@@ -142,7 +142,9 @@ def _register_optional_commands():
     main.add_command(compress_cmd, "compress")
     try:
         from .reuse.cli_commands import report_cmd, reverify_cmd
-    except ImportError:
+    except ModuleNotFoundError as exc:  # only a missing module; a broken one raises
+        if exc.name not in ("verify.reuse", "verify.reuse.cli_commands"):
+            raise
         return
     main.add_command(reverify_cmd, "reverify")
     main.add_command(report_cmd, "report")

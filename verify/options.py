@@ -12,6 +12,8 @@ class VerifyOptions:
     attack_restarts: int = 8  # gradient-attack random restarts per round
     attack_steps: int = 40
     random_samples: int = 2000  # random points tried before attacking
+    attack_time_share: float = 0.03  # of the timeout, for falsification before the search ...
+    attack_max_s: float = 1.0  # ... but at most this long
     batch_size: int = 256  # branches bounded at once
     z3_max_unstable: int = 6  # leaves with at most this many unstable ReLUs go to Z3
     z3_max_terms: int = 60000  # larger leaf encodings are not sent to Z3 (too slow to build)
@@ -19,15 +21,19 @@ class VerifyOptions:
     z3_query_timeout: float = 20.0  # seconds per Z3 query (also cut by the deadline)
     z3_digits: tuple = (4, 8, None)  # coefficient rounding tried in turn (None: exact)
     lookahead_max_inputs: int = 8  # input splitting: try every dimension when this few
-    input_split_max: int = 16
+    lookahead_dims: int = 2  # ... among this many dimensions ranked by coefficients (0: all)
+    input_split_max: int = 16  # split the input box when it has at most this many dims
     alpha_iterations: int = 20  # ReLU splitting: alpha-CROWN steps per bounding
-    alpha_iterations_input: int = 0  # input splitting: alpha-CROWN steps per bounding  # split the input box when it has at most this many dims
+    alpha_iterations_input: int = 0  # input splitting: alpha-CROWN steps per bounding
     seed: int = 0
     use_z3: bool = True
 
     def __post_init__(self):
         if not self.timeout > 0:
             raise OptionError(f"timeout must be positive, got {self.timeout}")
+        if not 0.0 <= self.attack_time_share <= 1.0 or self.attack_max_s < 0:
+            raise OptionError("attack_time_share must be in [0, 1] and attack_max_s >= 0, got "
+                              f"{self.attack_time_share}, {self.attack_max_s}")
         for name in ("attack_restarts", "attack_steps", "random_samples", "batch_size"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -8,6 +8,8 @@ ReLUs otherwise (MNIST-sized inputs), with bounds re-tightened per branch.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
 from dataclasses import dataclass, field
 
@@ -30,6 +32,7 @@ class Node:
     splits: list[np.ndarray] | None  # per hidden layer, int8 in {-1, 0, +1}
     parent: list[tuple[np.ndarray, np.ndarray]] | None = None  # parent bounds to intersect
     depth: int = 0
+    score: float = 0.0  # the parent's worst open margin: most negative is searched first
 
 
 @dataclass
@@ -115,13 +118,17 @@ class RegionSearch:
         root = Node(self.region.lower.copy(), self.region.upper.copy(),
                     None if self.input_split else
                     [np.zeros(s, dtype=np.int8) for s in self.net.hidden_sizes])
-        stack = [root]
+        # input splitting is best-first (lowest margin first: a counterexample
+        # turns up early, and node-local splitting makes the order free for a
+        # proof); ReLU splitting is depth-first (its nodes carry layer bounds)
+        stack = _Frontier(best_first=self.input_split)
+        stack.push(root)
         first = True
         while stack:
             if self.time_left() <= 0:
                 return RegionOutcome("unknown", "timeout", reason="timeout during branch and bound",
                                      leaves=self.leaves)
-            batch = [stack.pop() for _ in range(min(len(stack), self._batch_size()))]
+            batch = stack.pop_many(self._batch_size())
             lo = torch.from_numpy(np.stack([n.lo for n in batch]))
             hi = torch.from_numpy(np.stack([n.hi for n in batch]))
             splits = None if self.input_split else [
@@ -173,13 +180,20 @@ class RegionSearch:
             else:
                 children = [self._split_relu(batch[i], res, i, lb, spec_lower[i], refuted[i])
                             for i, lb in to_split]
-            for pair in children:
+            for (i, _), pair in zip(to_split, children):
                 if pair is None:
                     return RegionOutcome("unknown", "bab", reason=self._stuck_reason(),
                                          leaves=self.leaves)
                 self.stats.branches += len(pair)
-                stack.extend(pair)
+                margin = self._margin(spec_lower[i], refuted[i])
+                for child in pair:
+                    child.score = margin
+                    stack.push(child)
         return RegionOutcome("holds", self._method(), leaves=self.leaves)
+
+    def _margin(self, spec_lower_row: np.ndarray, refuted_row: np.ndarray) -> float:
+        """How far the branch is from refuting its least-refuted open conjunction."""
+        return float(min(spec_lower_row[self.owner == j].max() for j in np.flatnonzero(~refuted_row)))
 
     # ------------------------------------------------------------------
     def _z3_terms(self, layer_b) -> int:
@@ -270,8 +284,9 @@ class RegionSearch:
 
     def _split_inputs(self, batch, res, spec_lower, refuted, idx) -> list:
         """Bisect each box in ``idx``.  With few inputs, look ahead: bound both
-        halves for every dimension (all boxes in one batch) and keep the
-        dimension whose worse half is best; else the largest |coefficient| * width."""
+        halves for the best few dimensions by coefficients (all boxes in one
+        batch) and keep the dimension whose halves are best; else the largest
+        |coefficient| * width."""
         out, cands = [], []
         for i in idx:
             node = batch[i]
@@ -283,7 +298,10 @@ class RegionSearch:
         if not cands:
             return out
         if self.net.n_inputs <= self.opt.lookahead_max_inputs:
-            los, his, owners = [], [], []
+            if self.opt.lookahead_dims:  # look ahead over the best few by coefficients
+                cands = [(node, self._coefficient_ranking(node, dims, res, i, spec_lower[i], refuted[i])
+                          [:self.opt.lookahead_dims]) for (node, dims), i in zip(cands, idx)]
+            los, his = [], []
             for node, dims in cands:
                 for dim in dims:
                     mid = (node.lo[dim] + node.hi[dim]) / 2
@@ -291,27 +309,49 @@ class RegionSearch:
                     b_lo = node.lo.copy(); b_lo[dim] = mid
                     los += [node.lo, b_lo]
                     his += [a_hi, node.hi]
-            r = self.prop.bound(torch.from_numpy(np.stack(los)), torch.from_numpy(np.stack(his)), self.C, self.d)
-            self.stats.bound_evaluations += len(los)
-            spec = r.spec_lower.numpy()
-            per_conj = np.stack([spec[:, self.owner == j].max(axis=1) for j in range(self.n_conj)], 1)
-            child = np.where(r.infeasible.numpy(), np.inf, per_conj.min(axis=1))
+            los, his = np.stack(los), np.stack(his)
+            child = np.full(len(los), np.nan)
+            for s in range(0, len(los), self.LOOKAHEAD_CHUNK):  # deadline checked per chunk
+                if self.time_left() <= 0:
+                    break
+                e = min(len(los), s + self.LOOKAHEAD_CHUNK)
+                r = self.prop.bound(torch.from_numpy(los[s:e]), torch.from_numpy(his[s:e]), self.C, self.d)
+                self.stats.bound_evaluations += e - s
+                spec = r.spec_lower.numpy()
+                per_conj = np.stack([spec[:, self.owner == j].max(axis=1) for j in range(self.n_conj)], 1)
+                child[s:e] = np.where(r.infeasible.numpy(), np.inf, per_conj.min(axis=1))
             pos = 0
-            for node, dims in cands:
-                scores = np.minimum(child[pos:pos + 2 * len(dims)], 1e30).reshape(len(dims), 2).sum(axis=1)
+            for (node, dims), i in zip(cands, idx):
+                scores = child[pos:pos + 2 * len(dims)]
                 pos += 2 * len(dims)
+                if np.isnan(scores).any():  # out of time: the cheap heuristic instead
+                    out += self._split_by_coefficients([((node, dims), i)], res, spec_lower, refuted)
+                    continue
+                scores = np.minimum(scores, 1e30).reshape(len(dims), 2).sum(axis=1)
                 out.append(self._bisect(node, int(dims[np.argmax(scores)])))
             return out
+        return self._split_by_coefficients(list(zip(cands, idx)), res, spec_lower, refuted)
+
+    LOOKAHEAD_CHUNK = 1024
+
+    def _split_by_coefficients(self, items, res, spec_lower, refuted) -> list:
+        """Bisect the dimension with the largest sum over open rows of
+        |input coefficient| * width."""
+        return [self._bisect(node, int(self._coefficient_ranking(node, dims, res, i, spec_lower[i],
+                                                                  refuted[i])[0]))
+                for (node, dims), i in items]
+
+    def _coefficient_ranking(self, node: Node, dims, res, i: int, spec_lower_row,
+                             refuted_row) -> np.ndarray:
+        """``dims`` best first by the sum over open rows of |input coefficient| * width
+        (dimensions already split to a millionth of the region come last)."""
         span = self.region.upper - self.region.lower
-        for (node, dims), i in zip(cands, idx):
-            open_rows = ~refuted[i][self.owner] & (spec_lower[i] <= 0)
-            width = (node.hi - node.lo)[dims]
-            coeff = np.abs(res.spec_coeffs[i].numpy()[open_rows][:, dims]).sum(0) * width
-            rel = width / np.where(span[dims] > 0, span[dims], 1.0)
-            coeff = np.where(rel > 1e-6, coeff, 0.0)  # never starve the other dimensions
-            dim = dims[np.argmax(coeff)] if np.any(coeff > 0) else dims[np.argmax(rel)]
-            out.append(self._bisect(node, int(dim)))
-        return out
+        open_rows = ~refuted_row[self.owner] & (spec_lower_row <= 0)
+        width = (node.hi - node.lo)[dims]
+        coeff = np.abs(res.spec_coeffs[i].numpy()[open_rows][:, dims]).sum(0) * width
+        rel = width / np.where(span[dims] > 0, span[dims], 1.0)
+        coeff = np.where(rel > 1e-6, coeff, 0.0)  # never starve the other dimensions
+        return dims[np.lexsort((-rel, -coeff))]
 
     @staticmethod
     def _bisect(node: Node, dim: int) -> list[Node]:
@@ -356,3 +396,27 @@ class RegionSearch:
             sp[k][j] = phase
             children.append(Node(node.lo, node.hi, sp, layer_b, node.depth + 1))
         return children
+
+
+class _Frontier:
+    """Open branches: a heap on ``Node.score`` (best-first) or a stack."""
+
+    def __init__(self, best_first: bool):
+        self.best_first = best_first
+        self.items: list = []
+        self.counter = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def push(self, node: Node) -> None:
+        if self.best_first:
+            heapq.heappush(self.items, (node.score, next(self.counter), node))
+        else:
+            self.items.append(node)
+
+    def pop_many(self, n: int) -> list[Node]:
+        n = min(n, len(self.items))
+        if self.best_first:
+            return [heapq.heappop(self.items)[2] for _ in range(n)]
+        return [self.items.pop() for _ in range(n)]

@@ -51,11 +51,9 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
 
     # cheap falsification first: a counterexample ends everything
     for r, region in enumerate(prop.regions):
-        budget = t0 + min(options.timeout * 0.1, 5.0)
-        cex, n = attacker.attack(region, r, rng, min(deadline, budget),
-                                 restarts=options.attack_restarts, steps=options.attack_steps,
-                                 samples=options.random_samples)
-        stats.attack_restarts += n
+        cex = _falsify(attacker, region, r, rng, options, stats,
+                       min(deadline, time.monotonic() + min(options.attack_max_s, options.attack_time_share
+                                                                * options.timeout) / len(prop.regions)))
         if cex is not None:
             return done(Status.VIOLATED, "attack", cex)
     methods, unknown_reasons = [], []
@@ -82,3 +80,17 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
     if z3_cores:
         stats.core_size = max(len(l.core) for l in z3_cores)
     return done(Status.HOLDS, method)
+
+
+def _falsify(attacker: Attacker, region, r: int, rng, options: VerifyOptions,
+             stats: Statistics, until: float):
+    """Rounds of sampling + PGD with more restarts each round, until ``until``
+    (counterexamples of hard instances sit in small pockets of the box)."""
+    restarts, samples = options.attack_restarts, options.random_samples
+    while True:
+        cex, n = attacker.attack(region, r, rng, until, restarts=restarts,
+                                 steps=options.attack_steps, samples=samples)
+        stats.attack_restarts += n
+        if cex is not None or time.monotonic() >= until or restarts == 0:
+            return cex
+        restarts, samples = min(4 * restarts, 4096), min(4 * samples, 65536)

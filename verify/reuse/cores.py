@@ -27,19 +27,21 @@ class Core:
     minimise_s: float = 0.0  # deletion pass
     check_s: float = 0.0  # final re-check
     checks: int = 0  # solver calls made by the deletion pass
+    digits: int | None = None  # coefficient rounding of the query (None: exact)
 
     def to_dict(self) -> dict:
         return {"names": list(self.names), "minimal": self.minimal, "checked": self.checked,
                 "total": self.total, "solve_s": round(self.solve_s, 6),
                 "minimise_s": round(self.minimise_s, 6), "check_s": round(self.check_s, 6),
-                "checks": self.checks}
+                "checks": self.checks, "digits": self.digits}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Core":
         return cls(tuple(str(n) for n in d["names"]), bool(d["minimal"]), bool(d["checked"]),
                    int(d.get("total", 0)), float(d.get("solve_s", 0.0)),
                    float(d.get("minimise_s", 0.0)), float(d.get("check_s", 0.0)),
-                   int(d.get("checks", 0)))
+                   int(d.get("checks", 0)),
+                   None if d.get("digits") is None else int(d["digits"]))
 
 
 def _set_minimize(query: Query) -> None:

@@ -167,7 +167,7 @@ def _leaf_cores(net: Network, region: Region, leaf: Leaf, options: VerifyOptions
             core = extract_core(query, start, timeout=min(ropt.core_timeout, left),
                                 budget=min(ropt.minimise_budget, left))
             if core is not None:
-                core.total = len(query.constraints)
+                core.total, core.digits = len(query.constraints), digits
                 cores[j] = core
                 break
     return cores

@@ -116,6 +116,9 @@ class BranchProver:
         self.C, self.d, self.owner = region_rows(region, network.n_outputs)
         self.n_conj = len(region.unsafe)
         self.input_split = network.n_inputs <= options.input_split_max
+        # alpha-CROWN as in the main search (sound for any slopes; tighter, fewer branches)
+        self.alpha_iterations = (options.alpha_iterations_input if self.input_split
+                                 else options.alpha_iterations)
         self.leaves: list[Leaf] = []
         self.z3_queries = 0
         self.z3_unknown = 0
@@ -146,7 +149,8 @@ class BranchProver:
                           torch.from_numpy(np.stack([n.parent[k][1] for n in batch])))
                          for k in range(n_hidden)]
             res = self.prop.bound(torch.from_numpy(lo), torch.from_numpy(hi), self.C, self.d,
-                                  splits, fixed)
+                                  splits, fixed, alpha_iterations=self.alpha_iterations,
+                                  deadline=self.deadline)
             refuted = refuted_conjunctions(res, self.owner, self.n_conj, lo, hi)
             infeasible = res.infeasible.numpy()
             unstable = np.zeros(len(batch), dtype=np.int64)

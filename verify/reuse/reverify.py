@@ -140,6 +140,16 @@ class _Reuser:
             res = self.propagator.bound(torch.from_numpy(lo), torch.from_numpy(hi), C, d, sp)
             refuted = refuted_conjunctions(res, owner, len(region.unsafe), lo, hi)
             infeasible = res.infeasible.numpy()
+            alpha = self.opt.alpha_iterations if relu_split or self.net.n_inputs > \
+                self.opt.input_split_max else self.opt.alpha_iterations_input
+            still = np.flatnonzero(~(infeasible | refuted.all(axis=1)))
+            if self.ropt.bounds_first and alpha and len(still):
+                # alpha-CROWN on the branches plain CROWN left open (cheap next to Z3)
+                res = self.propagator.bound(
+                    torch.from_numpy(lo), torch.from_numpy(hi), C, d, sp,
+                    alpha_iterations=alpha, deadline=self.deadline)
+                refuted |= refuted_conjunctions(res, owner, len(region.unsafe), lo, hi)
+                infeasible = infeasible | res.infeasible.numpy()
             for b, i in enumerate(idx):
                 if self.ropt.bounds_first and (infeasible[b] or refuted[b].all()):
                     self.stats.closed_by_bounds += 1
@@ -327,6 +337,21 @@ def reverify(original: Network, variant, prop: Property,
                            prop.name, stats)
 
     try:
+        if proof.status == "violated" and proof.counterexample is not None:
+            # the original's counterexample, re-run on the variant (a witness is only
+            # reused after the variant itself is shown to violate the property)
+            c = proof.counterexample
+            if 0 <= c.region < len(prop.regions):
+                cex = confirm_batch(variant, prop.regions[c.region], c.region,
+                                    np.array(c.input, dtype=np.float64)[None, :])
+                if cex is not None:
+                    return done(Status.VIOLATED, "reuse-counterexample", cex)
+            if reuse_options.attack:  # the variant is likely broken too: a quick attack
+                quick = _Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
+                for r, region in enumerate(prop.regions):
+                    cex = quick.attack(region, r, quick=True)
+                    if cex is not None:
+                        return done(Status.VIOLATED, "attack", cex)
         if proof.status != "holds":
             raise _NoFit(f"the original has no proof ({proof.status})")
         if proof.network != original.digest() or proof.property != prop.digest():
@@ -340,11 +365,9 @@ def reverify(original: Network, variant, prop: Property,
             if not proof.regions.get(r) or not covers(region, proof.regions[r]):
                 raise _NoFit(f"the proof's branches do not cover region {r}")
         reuser = _Reuser(variant, cmap, options, reuse_options, stats, t0 + options.timeout)
-        if reuse_options.attack:  # a quick falsification first: cheap, and ends everything
-            for r, region in enumerate(prop.regions):
-                cex = reuser.attack(region, r, quick=True)
-                if cex is not None:
-                    return done(Status.VIOLATED, "attack", cex)
+        # no falsification up front: the branches' own candidates and an attack on
+        # any region with a branch left open find a counterexample (a proof that
+        # carries over needs neither)
         for r, region in enumerate(prop.regions):
             cex = reuser.region(region, r, proof.regions[r])
             if cex is not None:

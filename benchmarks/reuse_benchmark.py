@@ -1,0 +1,224 @@
+"""Proof reuse benchmark: compressed variants verified from the original's
+proof (``verify.reuse.reverify``) against verification from scratch.
+
+    python benchmarks/reuse_benchmark.py [--quick] [--timeout S] [--jsonl out.jsonl]
+
+Families: (a) digits MLPs trained here (fixed seed), local robustness around
+test images; (b) ACAS Xu networks with properties 1-4 (where the VNN-COMP
+instances csv lists them) and small local-robustness boxes; (c)
+mnist-net_256x2 with boxes around the centres of the MNIST-FC VNN-LIB
+properties (small eps).  Variants: magnitude pruning 10/30/50 %, int8, int4.
+
+Per (variant, property): the original's proof is built once per property
+(timed), then reverify and scratch verification run on the variant in the
+same process; disagreements are printed loudly and counted.  Prints the proof
+reuse rate (pairs decided without the full fallback), the geometric-mean
+speedup of reuse over scratch (pairs decided both ways) and a per-family
+markdown table.  ``--jsonl`` rows have the format of ``coreproof reverify
+--json --compare-scratch`` (plus ``family``), readable by ``coreproof report``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compress import sweep  # noqa: E402
+from verify.api import VerifyOptions, load_network, load_property, local_robustness  # noqa: E402
+from verify.cli import read_instances  # noqa: E402
+from verify.result import _json_default  # noqa: E402
+from verify.reuse import ReuseOptions, compare_scratch, get_proof, reverify  # noqa: E402
+from verify.reuse.report import aggregate, disagrees, speedup  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+RECIPES = ["magnitude:0.1", "magnitude:0.3", "magnitude:0.5", "int8", "int4"]
+
+
+# ---- families: (family, original network, [properties]) ------------------------------
+def digits_net(hidden, seed=0, epochs=300):
+    import torch
+    from sklearn.datasets import load_digits
+
+    from verify.torch_io import from_torch
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    order = np.random.default_rng(0).permutation(len(X))
+    train, test = order[:1400], order[1400:]
+    layers, n = [], 64
+    for h in hidden:
+        layers += [torch.nn.Linear(n, h), torch.nn.ReLU()]
+        n = h
+    model = torch.nn.Sequential(*layers, torch.nn.Linear(n, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    xt, yt = torch.from_numpy(X[train]), torch.from_numpy(y[train])
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xt), yt).backward()
+        opt.step()
+    name = "digits-" + "x".join(str(h) for h in hidden)
+    net = from_torch(model.eval())
+    return net.with_affines(net.affines, name), X[test].astype(np.float64)
+
+
+def robustness_props(net, points, eps_list, domain=(0.0, 1.0), prefix="robust"):
+    props = []
+    for i, x in points:
+        target = int(np.argmax(net.forward(x)))
+        for eps in eps_list:
+            props.append(local_robustness(x, eps, target, net.n_outputs, domain=domain,
+                                          name=f"{prefix}_{i}_eps{eps:g}"))
+    return props
+
+
+def digits_family(quick: bool):
+    out = []
+    for hidden in ([(16, 16)] if quick else [(16, 16), (32, 32)]):
+        net, X = digits_net(hidden)
+        idx = range(4) if quick else range(10)
+        out.append(("digits", net, robustness_props(net, [(i, X[i]) for i in idx],
+                                                    [0.03, 0.06])))
+    return out
+
+
+def acasxu_family(quick: bool):
+    folder = DATA / "acasxu"
+    listed = {(r[0].name, r[1].name) for r in read_instances(str(folder / "acasxu_instances.csv"))}
+    nets = ["1_1", "2_1"] if quick else ["1_1", "1_2", "2_1", "2_2", "3_1"]
+    props = [1, 2] if quick else [1, 2, 3, 4]
+    out = []
+    rng = np.random.default_rng(0)
+    for tag in nets:
+        f = folder / f"ACASXU_run2a_{tag}_batch_2000.onnx"
+        net = load_network(f)
+        ps = [load_property(folder / f"prop_{p}.vnnlib", net) for p in props
+              if (f.name, f"prop_{p}.vnnlib") in listed]
+        pts = [(k, rng.uniform(-0.4, 0.4, 5)) for k in range(2 if quick else 4)]
+        ps += robustness_props(net, pts, [0.01], domain=None, prefix="box")
+        out.append(("acasxu", net, ps))
+    return out
+
+
+def mnist_family(quick: bool):
+    folder = DATA / "mnistfc"
+    net = load_network(folder / "mnist-net_256x2.onnx")
+    ids = range(2) if quick else range(8)
+    pts = []
+    for i in ids:
+        p = load_property(folder / f"prop_{i}_0.03.vnnlib", net)
+        r = p.regions[0]
+        pts.append((i, (r.lower + r.upper) / 2))
+    return [("mnist", net, robustness_props(net, pts, [0.005, 0.01] if not quick else [0.01],
+                                            prefix="mnist"))]
+
+
+# ---- running --------------------------------------------------------------------------
+def run_family(family, net, props, options, ropt, out, counters):
+    rows = []
+    variants = list(sweep(net, RECIPES))
+    for prop in props:
+        t0 = time.monotonic()
+        proof, _ = get_proof(net, prop, options, ropt)
+        build = time.monotonic() - t0
+        print(f"[{family}] {net.name} / {prop.name}: original {proof.status} in {build:.2f} s "
+              f"({proof.n_branches} branches, {sum(1 for _ in proof.cores())} cores)",
+              file=sys.stderr, flush=True)
+        for v in variants:
+            res = reverify(net, v, prop, options, reuse_options=ropt, proof=proof)
+            compare_scratch(res, v, prop, options)
+            d = res.to_dict()
+            row = {"family": family, "variant": v.network.name, "property": prop.name,
+                   "variant_name": d.pop("network"), "property_name": d.pop("property"),
+                   "recipe": v.record.recipe, "original_proof_s": round(build, 6), **d}
+            row.pop("counterexample") if row["status"] != "violated" else None
+            rows.append(row)
+            flag = ""
+            if disagrees(row):
+                counters["disagreements"] += 1
+                flag = "   <<<<<<<<<< DISAGREEMENT: reuse and scratch verdicts differ >>>>>>>>>>"
+            s = speedup(row)
+            print(f"   {v.record.recipe:14s} reuse {row['status']:8s} {row['time_s']:7.3f} s "
+                  f"({row['method']}{', fallback' if row['reuse']['fallback'] else ''}) | scratch "
+                  f"{row['scratch_status']:8s} {row['scratch_time_s']:7.3f} s"
+                  + (f" | {s:.1f}x" if s is not None else "") + flag,
+                  file=sys.stderr, flush=True)
+            if out:
+                out.write(json.dumps(row, default=_json_default) + "\n")
+                out.flush()
+    return rows
+
+
+def table(rows) -> str:
+    lines = ["| family | pairs | holds | violated | unknown | reuse rate | fallbacks | "
+             "speedup (geo-mean) | compared | disagreements | reuse time (s) | scratch time (s) |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    families = sorted({r["family"] for r in rows}, key=lambda f: ["digits", "acasxu", "mnist"].index(f))
+    groups = [(f, [r for r in rows if r["family"] == f]) for f in families] + [("**all**", rows)]
+    for name, rs in groups:
+        g = aggregate(rs)["total"]
+        sp = g.speedup
+        lines.append(f"| {name} | {g.pairs} | {g.holds} | {g.violated} | {g.unknown} | "
+                     f"{g.reuse_rate:.1%} | {g.fallback} | "
+                     f"{'n/a' if sp is None else f'{sp:.2f}x'} | {len(g.speedups)} | "
+                     f"{g.disagreements} | {g.time_s:.1f} | {g.scratch_time_s:.1f} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a subset that runs in a few minutes")
+    ap.add_argument("--timeout", type=float, default=None,
+                    help="seconds per verification (default: 10 with --quick, else 30)")
+    ap.add_argument("--only", choices=["digits", "acasxu", "mnist"])
+    ap.add_argument("--jsonl", help="write one JSON line per (variant, property)")
+    args = ap.parse_args()
+    timeout = args.timeout or (10.0 if args.quick else 30.0)
+    options, ropt = VerifyOptions(timeout=timeout), ReuseOptions()
+    out = open(args.jsonl, "w") if args.jsonl else None
+    counters = {"disagreements": 0}
+    builders = {"digits": digits_family, "acasxu": acasxu_family, "mnist": mnist_family}
+    if not DATA.is_dir():
+        print(f"benchmark data not found at {DATA}: digits family only", file=sys.stderr)
+        builders = {"digits": digits_family}
+    t0 = time.monotonic()
+    rows = []
+    for name, build in builders.items():
+        if args.only and name != args.only:
+            continue
+        for family, net, props in build(args.quick):
+            rows += run_family(family, net, props, options, ropt, out, counters)
+    if out:
+        out.close()
+    total = aggregate(rows)["total"]
+    sp = total.speedup
+    print(f"\n## Proof reuse benchmark ({'quick' if args.quick else 'full'}, timeout {timeout:g} s, "
+          f"wall {time.monotonic() - t0:.0f} s)\n")
+    print(f"- proof reuse rate: **{total.reuse_rate:.1%}** ({total.reused}/{total.pairs} pairs "
+          f"decided without the fallback to scratch; target >= 90%)")
+    print(f"- geometric-mean speedup of reuse over scratch: **"
+          + ("n/a" if sp is None else f"{sp:.2f}x") + f"** over {len(total.speedups)} pairs "
+          f"decided both ways (target >= 4x)")
+    dis = counters["disagreements"]
+    print(f"- disagreements between reuse and scratch: **{dis}**"
+          + ("   <<<<<<<<<< DISAGREEMENTS >>>>>>>>>>" if dis else ""))
+    print()
+    print(table(rows))
+    pairs_by_recipe = aggregate(rows)["by_recipe"]
+    print("\n| recipe | pairs | reuse rate | speedup (geo-mean) |\n|---|--:|--:|--:|")
+    for g in pairs_by_recipe:
+        print(f"| {g.label} | {g.pairs} | {g.reuse_rate:.1%} | "
+              f"{'n/a' if g.speedup is None else f'{g.speedup:.2f}x'} |")
+    sys.exit(1 if dis else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Proof reuse (issue 4): reverify agrees with scratch verification, cores are
+real minimal unsat cores, broken variants are caught, and the CLI commands."""
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from compress import sweep
+from verify.api import VerifyOptions, load_network, load_property, local_robustness, verify_property
+from verify.cli import main
+from verify.encode import Branch, encode, solve
+from verify.network import Affine
+from verify.reuse import ReuseOptions, build_proof, reverify
+from verify.reuse.prover import BranchProver
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "acasxu"
+ACAS = EXAMPLES / "ACASXU_run2a_1_1_batch_2000.onnx"
+PROP1 = EXAMPLES / "prop_1.vnnlib"
+PROP2 = EXAMPLES / "prop_2.vnnlib"
+RECIPES = ["magnitude:0.1", "magnitude:0.3", "magnitude:0.5", "int8", "int4"]
+OPTS = VerifyOptions(timeout=5, z3_query_timeout=1)
+
+
+def _replays(prop, net, cex):
+    x = np.array(cex.input)
+    y = net.forward(x)
+    np.testing.assert_array_equal(y, np.array(cex.output))
+    assert prop.regions[cex.region].contains_input(x)
+    assert prop.violated_by(x, y)
+
+
+def _agree(original, variant, prop, proof, options=OPTS):
+    """reverify vs verify_property on the variant; returns the pair of statuses."""
+    r = reverify(original, variant, prop, options, proof=proof)
+    s = verify_property(variant.network, prop, options)
+    if r.status.value != "unknown" and s.status.value != "unknown":
+        assert r.status == s.status, (variant.record.recipe, prop.name, r.method, r.reason)
+    if r.status.value == "violated":
+        _replays(prop, variant.network, r.counterexample)
+    return r, s
+
+
+# ---- agreement with scratch verification ------------------------------------------------
+# (point, eps) of the digits test set: robust at the root, robust after branching
+DIGITS_CASES = [(0, 0.05), (2, 0.05), (9, 0.05), (12, 0.05), (15, 0.03), (0, 0.07)]
+
+
+def test_digits_family_reverify_agrees_with_scratch(digits_mlp):
+    net, X, _ = digits_mlp
+    variants = list(sweep(net, RECIPES))
+    decided = {"holds": 0, "violated": 0}
+    reused, branched = 0, 0
+    for i, eps in DIGITS_CASES:
+        target = int(np.argmax(net.forward(X[i])))
+        prop = local_robustness(X[i], eps, target, 10)
+        proof = build_proof(net, prop, OPTS)
+        assert proof.status == "holds", (i, eps, proof.status)
+        branched += int(proof.n_branches > 1)
+        for v in variants:
+            r, s = _agree(net, v, prop, proof)
+            if r.status.value == s.status.value != "unknown":
+                decided[r.status.value] += 1
+            reused += int(r.status.value != "unknown" and not r.reuse.fallback)
+    # the family must exercise both verdicts (robust and broken variants) and reuse
+    assert decided["holds"] >= 15 and decided["violated"] >= 2, decided
+    assert reused >= 20 and branched >= 1
+
+
+def test_acasxu_variants_reverify_agrees_with_scratch():
+    net = load_network(ACAS)
+    variants = {v.record.recipe: v for v in sweep(net, ["magnitude:0.1", "magnitude:0.3", "int8"])}
+    cases = [(PROP1, ["magnitude:0.1", "magnitude:0.3", "int8"]),
+             (PROP2, ["magnitude:0.1", "magnitude:0.3"])]
+    seen = set()
+    for path, recipes in cases:
+        prop = load_property(path, net)
+        proof = build_proof(net, prop, VerifyOptions(timeout=30))
+        assert proof.status == "holds" and proof.n_branches > 1  # the proof needed splitting
+        for rec in recipes:
+            r, s = _agree(net, variants[rec], prop, proof, VerifyOptions(timeout=30))
+            seen.add(r.status.value)
+    assert seen >= {"holds", "violated"}, seen
+
+
+def test_local_robustness_on_acasxu_variants_agrees():
+    net = load_network(ACAS)
+    rng = np.random.default_rng(1)
+    variants = list(sweep(net, ["magnitude:0.1", "int8", "int4"]))
+    for _ in range(3):
+        x = rng.uniform(-0.4, 0.4, 5)
+        prop = local_robustness(x, 0.01, int(np.argmax(net.forward(x))), 5, domain=None)
+        proof = build_proof(net, prop, OPTS)
+        assert proof.status == "holds"
+        for v in variants:
+            _agree(net, v, prop, proof)
+
+
+# ---- cores ---------------------------------------------------------------------------
+def test_every_core_is_unsat_and_minimal():
+    """Cores of ACAS Xu prop 1 (bounds-closed branches get Z3 cores with
+    core_max_unstable): each core alone is UNSAT in its branch query, and
+    for a core flagged minimal dropping any one element makes it SAT."""
+    net = load_network(ACAS)
+    prop = load_property(PROP1, net)
+    options = VerifyOptions(timeout=30)
+    ropt = ReuseOptions(core_max_unstable=40, core_budget=12, core_timeout=3,
+                        minimise_budget=3)
+    proof = build_proof(net, prop, options, ropt)
+    assert proof.status == "holds"
+    # the same (deterministic) search again, for the layer bounds of every branch
+    region = prop.regions[0]
+    out = BranchProver(net, region, 0, options, time.monotonic() + 30).run()
+    assert out.status == "holds"
+    leaves = {(l.lo.tobytes(), l.hi.tobytes(), l.splits): l for l in out.leaves}
+    checked = minimal = 0
+    for b in proof.regions[0]:
+        if not b.cores:
+            continue
+        leaf = leaves[(b.lower.tobytes(), b.upper.tobytes(), b.splits)]
+        for j, core in b.cores.items():
+            conj = region.unsafe[j]
+            query = encode(net, Branch(leaf.lo, leaf.hi, leaf.layer_bounds, conj.coeffs,
+                                       conj.rhs), core.digits)
+            assert set(core.names) <= set(query.constraints)
+            assert len(core.names) < core.total  # a core, not the whole query
+            assert solve(query, list(core.names), timeout=10).status == "unsat"
+            checked += 1
+            if not core.minimal:
+                continue
+            minimal += 1
+            for name in core.names:
+                rest = [n for n in core.names if n != name]
+                ans = solve(query, rest, timeout=10)
+                assert ans.status == "sat", (name, ans.status, ans.reason)
+    assert checked >= 2 and minimal >= 1, (checked, minimal)
+
+
+# ---- broken variants -------------------------------------------------------------------
+def test_broken_digits_variant_is_violated_never_reused_holds(digits_mlp):
+    net, X, _ = digits_mlp
+    i, eps = 0, 0.03
+    target = int(np.argmax(net.forward(X[i])))
+    prop = local_robustness(X[i], eps, target, 10)
+    proof = build_proof(net, prop, OPTS)
+    assert proof.status == "holds"
+    last = net.affines[-1]
+    other = (target + 1) % 10
+    y = net.forward(X[i])
+    # a small bias change that makes `other` win at the centre: misclassified
+    bias = last.bias.copy()
+    bias[other] += (y[target] - y[other]) + 0.01
+    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    r = reverify(net, broken, prop, OPTS, proof=proof)
+    assert r.status.value == "violated", (r.method, r.reason)
+    _replays(prop, broken, r.counterexample)
+
+
+def test_broken_acasxu_variant_only_violated_near_a_corner():
+    """prop 1 (unsafe: COC output >= 3.99) with the COC bias raised so that the
+    property fails on a small part of the box only: reverify must not say holds."""
+    net = load_network(ACAS)
+    prop = load_property(PROP1, net)
+    proof = build_proof(net, prop, VerifyOptions(timeout=30))
+    region = prop.regions[0]
+    rng = np.random.default_rng(0)
+    xs = rng.uniform(region.lower, region.upper, size=(20000, 5))
+    conj = region.unsafe[0]
+    margins = (net.forward(xs) @ conj.coeffs.T - conj.rhs).max(axis=1)  # > 0: safe
+    last = net.affines[-1]
+    bias = last.bias.copy()
+    col = int(np.flatnonzero(conj.coeffs[0])[0])
+    shift = float(np.min(margins)) + 0.02  # now the best sampled point is 0.02 inside
+    bias[col] += shift if conj.coeffs[0, col] < 0 else -shift
+    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    xb = xs[np.argmin(margins)]
+    assert prop.violated_by(xb, broken.forward(xb))  # it really is broken
+    r = reverify(net, broken, prop, VerifyOptions(timeout=20), proof=proof)
+    assert r.status.value != "holds"
+    if r.status.value == "violated":
+        _replays(prop, broken, r.counterexample)
+
+
+# ---- command line -----------------------------------------------------------------------
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def saved_variants(tmp_path_factory):
+    out = tmp_path_factory.mktemp("variants")
+    net = load_network(ACAS)
+    paths = {}
+    for v in sweep(net, ["magnitude:0.1", "magnitude:0.3", "int8"]):
+        paths[v.record.recipe] = v.save(out, f"acas.{v.record.recipe.replace(':', '-')}")[0]
+    return out, paths
+
+
+def test_cli_reverify_json_compare_scratch_and_report(saved_variants, tmp_path):
+    _, paths = saved_variants
+    res = run("reverify", ACAS, paths["magnitude:0.1"], paths["int8"], "--property", PROP1,
+              "--json", "--compare-scratch", "--timeout", "30", "--quiet")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["status"] == "holds" and row["scratch_status"] == "holds"
+        assert row["time_s"] > 0 and row["scratch_time_s"] > 0
+        for key in ("core_size", "reused", "refinements", "fallback"):
+            assert key in row["reuse"]
+        assert row["reuse"]["fallback"] is False
+        assert row["property"] == "prop_1.vnnlib"
+    assert [r["recipe"] for r in rows] == ["magnitude:0.1", "int8"]
+    results = tmp_path / "results.jsonl"
+    results.write_text(res.stdout)
+    html_path = tmp_path / "report.html"
+    rep = run("report", results, "-o", html_path)
+    assert rep.exit_code == 0, rep.output
+    assert "reuse rate: 100.0%" in rep.stdout
+    text = html_path.read_text()
+    assert "<table" in text and text.count("<svg") == 2 and "magnitude:0.1" in text
+
+
+def test_cli_reverify_violated_exit_1_and_human_output(saved_variants):
+    _, paths = saved_variants
+    res = run("reverify", ACAS, paths["magnitude:0.3"], "--property", PROP2, "--timeout", "30")
+    assert res.exit_code == 1, res.output
+    assert "VIOLATED" in res.stdout and "counterexample input" in res.stdout
+
+
+def test_cli_reverify_without_change_record(saved_variants, tmp_path):
+    _, paths = saved_variants
+    bare = tmp_path / "bare.onnx"
+    shutil.copy(paths["magnitude:0.1"], bare)  # no bare.changes.json next to it
+    res = run("reverify", ACAS, bare, "--property", PROP1, "--json", "--quiet")
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)
+    assert row["recipe"] is None and row["status"] == "holds"
+    assert row["reuse"]["fallback"] is False  # same shape: changes inferred from the weights
+
+
+def _assert_bad_input(res, *needles):
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.output
+    for n in needles:
+        assert n in lines[0]
+
+
+def test_cli_bad_input(saved_variants, tmp_path):
+    _, paths = saved_variants
+    _assert_bad_input(run("reverify", ACAS, tmp_path / "nope.onnx", "--property", PROP1),
+                      "nope.onnx")
+    _assert_bad_input(run("reverify", ACAS, paths["int8"], "--property", tmp_path / "x.vnnlib"),
+                      "x.vnnlib")
+    _assert_bad_input(run("reverify", ACAS, paths["int8"], "--property", PROP1, "--timeout", "0"),
+                      "timeout")
+    # a variant whose change record names another parent network
+    other = EXAMPLES.parent.parent.parent / "shared" / "data" / "acasxu"
+    other_net = other / "ACASXU_run2a_1_2_batch_2000.onnx"
+    if other_net.is_file():
+        _assert_bad_input(run("reverify", other_net, paths["int8"], "--property", PROP1),
+                          "changes.json", "another parent")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"status": "holds", "time_s": 1}\nnot json\n')
+    _assert_bad_input(run("report", bad), "bad.jsonl:2")
+    _assert_bad_input(run("report", tmp_path / "missing.jsonl"), "missing.jsonl")
+
+
+def test_report_functions():
+    from verify.reuse.report import aggregate, bar_chart, recipe_of, render_html, speedup
+    rows = [
+        {"variant": "a.magnitude-0.1.onnx", "property": "p", "status": "holds", "time_s": 0.1,
+         "scratch_status": "holds", "scratch_time_s": 0.4, "reuse": {"fallback": False}},
+        {"variant": "a.int8.onnx", "property": "p", "status": "holds", "time_s": 1.0,
+         "scratch_status": "holds", "scratch_time_s": 1.0, "reuse": {"fallback": True}},
+        {"variant": "a.int4.onnx", "property": "p", "status": "unknown", "time_s": 2.0,
+         "scratch_status": "holds", "scratch_time_s": 1.0, "reuse": {"fallback": True}},
+    ]
+    assert [recipe_of(r) for r in rows] == ["magnitude:0.1", "int8", "int4"]
+    assert speedup(rows[0]) == pytest.approx(4.0) and speedup(rows[2]) is None
+    agg = aggregate(rows)
+    assert agg["total"].reuse_rate == pytest.approx(1 / 3)
+    assert agg["total"].speedup == pytest.approx(2.0)  # geometric mean of 4 and 1
+    assert [g.label for g in agg["by_recipe"]] == ["magnitude:0.1", "int8", "int4"]
+    assert "<svg" in bar_chart("t", ["a", "b"], [1.0, None]) and "n/a" in bar_chart("t", ["a"], [None])
+    assert "<table" in render_html(rows, agg)
+
+
+def test_violated_original_counterexample_is_replayed_on_variant(digits_mlp):
+    net, X, _ = digits_mlp
+    target = int(np.argmax(net.forward(X[1])))
+    prop = local_robustness(X[1], 0.05, target, 10)
+    proof = build_proof(net, prop, OPTS)
+    assert proof.status == "violated"
+    variant = next(iter(sweep(net, ["int8"])))
+    r = reverify(net, variant, prop, OPTS, proof=proof)
+    assert r.status.value == "violated" and not r.reuse.fallback, (r.method, r.reason)
+    _replays(prop, variant.network, r.counterexample)
