@@ -22,6 +22,7 @@ class VerifyOptions:
     z3_digits: tuple = (4, 8, None)  # coefficient rounding tried in turn (None: exact)
     lookahead_max_inputs: int = 8  # input splitting: try every dimension when this few
     lookahead_dims: int = 2  # ... among this many dimensions ranked by coefficients (0: all)
+    portfolio_share: float = 0.25  # time for that, before a restart looking at every dimension
     input_split_max: int = 16  # split the input box when it has at most this many dims
     alpha_iterations: int = 20  # ReLU splitting: alpha-CROWN steps per bounding
     alpha_iterations_input: int = 0  # input splitting: alpha-CROWN steps per bounding
@@ -31,6 +32,8 @@ class VerifyOptions:
     def __post_init__(self):
         if not self.timeout > 0:
             raise OptionError(f"timeout must be positive, got {self.timeout}")
+        if not 0.0 < self.portfolio_share <= 1.0:
+            raise OptionError(f"portfolio_share must be in (0, 1], got {self.portfolio_share}")
         if not 0.0 <= self.attack_time_share <= 1.0 or self.attack_max_s < 0:
             raise OptionError("attack_time_share must be in [0, 1] and attack_max_s >= 0, got "
                               f"{self.attack_time_share}, {self.attack_max_s}")

@@ -2,6 +2,7 @@
 and bound with Z3 leaves, under one hard deadline."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -61,8 +62,7 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
         if time.monotonic() >= deadline:
             return done(Status.UNKNOWN, "timeout", reason=f"timeout after {options.timeout:g} s")
         say(f"region {r + 1}/{len(prop.regions)}: branch and bound")
-        search = RegionSearch(network, region, r, options, deadline, stats, propagator)
-        outcome = search.run()
+        outcome = _search(network, region, r, options, deadline, stats, propagator)
         if proof is not None:
             proof.leaves[r] = outcome.leaves
         if outcome.status == "violated":
@@ -94,3 +94,20 @@ def _falsify(attacker: Attacker, region, r: int, rng, options: VerifyOptions,
         if cex is not None or time.monotonic() >= until or restarts == 0:
             return cex
         restarts, samples = min(4 * restarts, 4096), min(4 * samples, 65536)
+
+
+def _search(network: Network, region, r: int, options: VerifyOptions, deadline: float,
+            stats: Statistics, propagator: BoundPropagator):
+    """Branch and bound on one region.  With input splitting by look-ahead over
+    a few dimensions, a share of the time goes to that; when it runs out, the
+    search restarts looking ahead over every dimension (each heuristic solves
+    ACAS Xu instances the other cannot in time)."""
+    few = 0 < options.lookahead_dims < network.n_inputs <= min(options.lookahead_max_inputs,
+                                                                options.input_split_max)
+    if few and options.portfolio_share < 1.0:
+        first = time.monotonic() + options.portfolio_share * (deadline - time.monotonic())
+        outcome = RegionSearch(network, region, r, options, first, stats, propagator).run()
+        if outcome.method != "timeout" or time.monotonic() >= deadline:
+            return outcome
+        options = dataclasses.replace(options, lookahead_dims=0)
+    return RegionSearch(network, region, r, options, deadline, stats, propagator).run()
