@@ -79,10 +79,15 @@ class BoundPropagator:
         alpha = torch.where(unstable, free, active.to(u.dtype))
         return alpha, s, t
 
-    def _backsub(self, K: int, lam: torch.Tensor, lower, upper, lo, hi, record=False, alphas=None):
+    def _backsub(self, K: int, lam: torch.Tensor, lower, upper, lo, hi, record=False, alphas=None,
+                 betas=None, signs=None):
         """Lower bound of ``lam @ z_K`` over the box, given bounds of layers < K.
 
         ``lam``: (B, m, n_K).  ``alphas``: optional lower slopes per hidden layer.
+        ``betas`` (B, m, n_k) >= 0 with ``signs`` (B, n_k) in {-1, 0, +1}: beta-CROWN
+        multipliers of the split constraints ``sign * z_k >= 0``; the bound
+        ``lam @ z_K - sum beta * sign * z_k`` is then a lower bound of
+        ``lam @ z_K`` on the branch (where every split constraint holds).
         Returns (bound (B,m), input coeffs (B,m,n0), recorded per-layer coefficients)."""
         const = lam @ self.biases[K]
         A = lam @ self.weights[K]
@@ -95,32 +100,53 @@ class BoundPropagator:
             a_neg = A.clamp(max=0)
             const = const + (a_neg * t[:, None, :]).sum(-1)
             A = a_pos * alpha[:, None, :] + a_neg * s[:, None, :]
+            if betas is not None and betas[k] is not None:
+                A = A - betas[k] * signs[k][:, None, :]
             const = const + A @ self.biases[k]
             A = A @ self.weights[k]
         bound = const + (A.clamp(min=0) * lo[:, None, :]).sum(-1) + (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return bound, A, recorded
 
     # ---- main entry ------------------------------------------------------------
-    def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations, deadline=None):
+    def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations, deadline=None,
+                        splits=None):
         """alpha-CROWN on the spec rows: gradient ascent on the lower slopes of
-        unstable neurons.  Every iterate is a sound bound, so the best per row
-        is kept.  Returns (best bound, and the last iterate's own bound, input
+        unstable neurons, and (beta-CROWN) on multipliers of the branch's ReLU
+        split constraints.  Every iterate is a sound bound (alphas are clipped
+        to [0, 1], betas projected to >= 0), so the best per row is kept.
+        Returns (best bound, and the last iterate's own bound, input
         coefficients and recorded coefficients -- a consistent linear bound)."""
         lower = [l.detach() for l in lower]
         upper = [u.detach() for u in upper]
         alphas = [((u > -l).to(u.dtype)).clone().requires_grad_(True) for l, u in zip(lower, upper)]
-        opt = torch.optim.Adam(alphas, lr=0.1)
+        signs = betas = None
+        params = list(alphas)
+        if splits is not None and any(sp is not None and bool((sp != 0).any()) for sp in splits):
+            B, m = lam.shape[0], lam.shape[1]
+            signs = [None if sp is None else sp.to(lam.dtype) for sp in splits]
+            betas = [None if sg is None or not bool((sg != 0).any())
+                     else torch.zeros(B, m, sg.shape[1], dtype=lam.dtype, requires_grad=True)
+                     for sg in signs]
+            params += [b for b in betas if b is not None]
+        opt = torch.optim.Adam(params, lr=0.1)
         best = bnd.clone()
         for _ in range(iterations):
             if deadline is not None and time.monotonic() > deadline:
                 break
-            cur, _, _ = self._backsub(K, lam, lower, upper, lo, hi, alphas=alphas)
+            cur, _, _ = self._backsub(K, lam, lower, upper, lo, hi, alphas=alphas, betas=betas,
+                                      signs=signs)
             best = torch.maximum(best, cur.detach())
             opt.zero_grad()
             (-cur.sum()).backward()
             opt.step()
+            if betas is not None:
+                with torch.no_grad():
+                    for b in betas:
+                        if b is not None:
+                            b.clamp_(min=0.0)
         with torch.no_grad():
-            last, A, rec = self._backsub(K, lam, lower, upper, lo, hi, record=True, alphas=alphas)
+            last, A, rec = self._backsub(K, lam, lower, upper, lo, hi, record=True, alphas=alphas,
+                                         betas=betas, signs=signs)
         return torch.maximum(best, last), last, A, rec
 
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
@@ -167,7 +193,7 @@ class BoundPropagator:
         linear_bnd = bnd  # the bound that A (and the constant below) belong to
         if alpha_iterations and K:
             bnd, linear_bnd, A, recorded = self._optimise_alpha(K, lam, lower, upper, lo, hi, bnd,
-                                                                alpha_iterations, deadline)
+                                                                alpha_iterations, deadline, splits)
         spec_lower = _widen_lower(bnd - spec_d)
         const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d)

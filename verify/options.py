@@ -18,6 +18,8 @@ class VerifyOptions:
     z3_max_unstable: int = 6  # leaves with at most this many unstable ReLUs go to Z3
     z3_max_terms: int = 60000  # larger leaf encodings are not sent to Z3 (too slow to build)
     z3_min_depth: int = 12  # input splitting: Z3 only below this depth (0 unstable: always)
+    z3_max_failures: int = 2  # per region: stop sending leaves to Z3 after this many time-outs
+    fixed_leaf_iterations: int = 200  # beta-CROWN steps for a branch with every ReLU fixed
     z3_query_timeout: float = 20.0  # seconds per Z3 query (also cut by the deadline)
     z3_digits: tuple = (4, 8, None)  # coefficient rounding tried in turn (None: exact)
     lookahead_max_inputs: int = 8  # input splitting: try every dimension when this few

@@ -167,7 +167,8 @@ class RegionSearch:
             for i in open_idx:
                 node = batch[i]
                 layer_b = [(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(n_hidden)]
-                if (self.opt.use_z3 and unstable[i] <= self._z3_threshold(node)
+                if (self.opt.use_z3 and self.z3_unknown < self.opt.z3_max_failures
+                        and unstable[i] <= self._z3_threshold(node)
                         and self._z3_terms(layer_b) <= self.opt.z3_max_terms):
                     outcome = self._z3_leaf(node, layer_b, refuted[i])
                     if outcome is not None:
@@ -180,6 +181,14 @@ class RegionSearch:
             else:
                 children = [self._split_relu(batch[i], res, i, lb, spec_lower[i], refuted[i])
                             for i, lb in to_split]
+                # every ReLU of these is fixed: the branch is a linear program, whose
+                # Lagrangian dual (beta-CROWN) is exact at convergence: optimise longer
+                stuck = [k for k, pair in enumerate(children) if pair is None]
+                if stuck and self._close_fixed(batch, [to_split[k][0] for k in stuck], splits,
+                                               lo, hi):
+                    keep = [k for k in range(len(children)) if k not in stuck]
+                    to_split = [to_split[k] for k in keep]
+                    children = [children[k] for k in keep]
             for (i, _), pair in zip(to_split, children):
                 if pair is None:
                     return RegionOutcome("unknown", "bab", reason=self._stuck_reason(),
@@ -190,6 +199,23 @@ class RegionSearch:
                     child.score = margin
                     stack.push(child)
         return RegionOutcome("holds", self._method(), leaves=self.leaves)
+
+    def _close_fixed(self, batch, idx: list[int], splits, lo, hi) -> bool:
+        """Bound the fully split branches ``idx`` again with many beta-CROWN steps;
+        True (and recorded as closed) when that refutes every one of them."""
+        sel = torch.tensor(idx)
+        res = self.prop.bound(lo[sel], hi[sel], self.C, self.d, [s[sel] for s in splits], None,
+                              alpha_iterations=self.opt.fixed_leaf_iterations,
+                              deadline=self.deadline)
+        self.stats.bound_evaluations += len(idx)
+        refuted = self._refuted(res.spec_lower.numpy())
+        self._refute_jointly(refuted, res, lo[sel].numpy(), hi[sel].numpy())
+        if not (refuted.all(axis=1) | res.infeasible.numpy()).all():
+            return False
+        for i in idx:
+            self.leaves.append(ProofLeaf("bounds", batch[i].depth,
+                                         split_facts=self._split_facts(batch[i])))
+        return True
 
     def _margin(self, spec_lower_row: np.ndarray, refuted_row: np.ndarray) -> float:
         """How far the branch is from refuting its least-refuted open conjunction."""
