@@ -109,6 +109,25 @@ class RegionSearch:
                                     lo[todo], hi[todo])
             refuted[todo[ok], j] = True
 
+    def closed_at_root(self) -> bool:
+        """One plain CROWN bound of the whole region (milliseconds); True, with
+        the proof's single leaf recorded, when it refutes every unsafe conjunction."""
+        if self.whole_box_unsafe:
+            return False
+        lo = torch.from_numpy(self.region.lower[None, :].copy())
+        hi = torch.from_numpy(self.region.upper[None, :].copy())
+        splits = None if self.input_split else [torch.zeros((1, n), dtype=torch.int8)
+                                                for n in self.net.hidden_sizes]
+        res = self.prop.bound(lo, hi, self.C, self.d, splits)
+        refuted = self._refuted(res.spec_lower.numpy())
+        self._refute_jointly(refuted, res, lo.numpy(), hi.numpy())
+        if not (refuted.all() or bool(res.infeasible.all())):
+            return False
+        self._root_statistics(res)
+        self.stats.bound_evaluations += 1
+        self.leaves.append(ProofLeaf("bounds", 0))
+        return True
+
     def run(self) -> RegionOutcome:
         if self.whole_box_unsafe:
             cex = confirm_batch(self.net, self.region, self.index,
