@@ -13,6 +13,7 @@ and all its descendants -- exactly the neurons whose values can differ.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 
 import networkx as nx
 import numpy as np
@@ -41,9 +42,8 @@ class ChangeMap:
                     f"{original.layer_sizes()} vs {variant.layer_sizes()}")
             self.maps = [np.arange(a.out_size) for a in original.affines]
         self.status: dict[tuple[int, int], str] = {}
-        self.graph = nx.DiGraph()
-        self.graph.add_nodes_from((-1, j) for j in range(original.n_inputs))
         prev = np.arange(original.n_inputs)  # original column -> variant column (-1: removed)
+        self._edges = []  # per layer: (variant column -> original column, kept rows, weight)
         for k, (oa, va) in enumerate(zip(original.affines, variant.affines)):
             kept_rows = np.flatnonzero(self.maps[k] >= 0)  # variant row r <- original kept_rows[r]
             kept_cols = prev >= 0
@@ -56,19 +56,34 @@ class ChangeMap:
                 self.status[(k, int(i))] = REMOVED
             for i, c in zip(kept_rows, changed):
                 self.status[(k, int(i))] = REVALUED if c else UNCHANGED
-            self.graph.add_nodes_from((k, int(i)) for i in kept_rows)
-            rows, cols = np.nonzero(va.weight)
-            self.graph.add_edges_from(zip(zip([k - 1] * len(cols), back[cols].tolist()),
-                                          zip([k] * len(rows), kept_rows[rows].tolist())))
+            self._edges.append((back, kept_rows, va.weight))
             prev = self.maps[k]
-        changed = [n for n, s in self.status.items() if s == REVALUED]
-        # descendants of all changed neurons at once, through one virtual source
-        self.graph.add_node("changed")
-        self.graph.add_edges_from(("changed", n) for n in changed)
-        self.affected: set[tuple[int, int]] = set(changed) | nx.descendants(self.graph, "changed")
-        self.affected.discard("changed")
-        self.graph.remove_node("changed")
         self.n_layers = original.n_layers
+
+    # the graph is built on first use: a proof closed by the variant's own
+    # bounds never needs it, and building it costs more than that proof
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        graph.add_nodes_from((-1, j) for j in range(self.original.n_inputs))
+        for k, (back, kept_rows, weight) in enumerate(self._edges):
+            graph.add_nodes_from((k, int(i)) for i in kept_rows)
+            rows, cols = np.nonzero(weight)
+            graph.add_edges_from(zip(zip([k - 1] * len(cols), back[cols].tolist()),
+                                     zip([k] * len(rows), kept_rows[rows].tolist())))
+        return graph
+
+    @cached_property
+    def affected(self) -> set[tuple[int, int]]:
+        """Every changed neuron and all its descendants in the variant's graph."""
+        changed = [n for n, s in self.status.items() if s == REVALUED]
+        graph = self.graph
+        graph.add_node("changed")  # descendants of all at once, through one virtual source
+        graph.add_edges_from(("changed", n) for n in changed)
+        affected = set(changed) | nx.descendants(graph, "changed")
+        affected.discard("changed")
+        graph.remove_node("changed")
+        return affected
 
     # ---- neurons ---------------------------------------------------------------
     def neuron_of(self, name: str) -> tuple[int, int] | None:
