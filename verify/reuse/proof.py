@@ -10,6 +10,7 @@ bounds-closed branches get one too when Z3 can find it within the budget.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -173,6 +174,22 @@ def _leaf_cores(net: Network, region: Region, leaf: Leaf, options: VerifyOptions
     return cores
 
 
+def _prove_region(network: Network, region: Region, r: int, options: VerifyOptions,
+                  deadline: float):
+    """Branch and bound keeping the branches, with the input-splitting portfolio
+    of :func:`verify.verifier.verify_property`: look-ahead over the two best
+    dimensions for a share of the time, then over every dimension."""
+    few = 0 < options.lookahead_dims < network.n_inputs <= min(options.lookahead_max_inputs,
+                                                                options.input_split_max)
+    if few and options.portfolio_share < 1.0:
+        first = time.monotonic() + options.portfolio_share * (deadline - time.monotonic())
+        out = BranchProver(network, region, r, options, first).run()
+        if out.status != "unknown" or time.monotonic() >= deadline:
+            return out
+        options = dataclasses.replace(options, lookahead_dims=0)
+    return BranchProver(network, region, r, options, deadline).run()
+
+
 def build_proof(network: Network, prop: Property, options: VerifyOptions = VerifyOptions(),
                 reuse_options: ReuseOptions = ReuseOptions()) -> ProofRecord:
     """Prove ``prop`` on ``network`` recording every closed branch, then extract
@@ -185,7 +202,7 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
                          network_name=network.name, property_name=prop.name)
     all_leaves: dict[int, list[Leaf]] = {}
     for r, region in enumerate(prop.regions):
-        out = BranchProver(network, region, r, options, deadline).run()
+        out = _prove_region(network, region, r, options, deadline)
         all_leaves[r] = out.leaves
         if out.status != "holds":
             record.status, record.reason = out.status, out.reason

@@ -235,9 +235,11 @@ class BranchProver:
         # help any more (CROWN is not monotone: it can look best by noise, forever)
         rel = width[dims] / np.maximum(self.region.upper - self.region.lower, 1e-300)[dims]
         dims = dims[rel >= 1e-3 * rel.max()]
+        score = np.abs(coeff[dims]) * width[dims]
         if len(dims) > self.opt.lookahead_max_inputs:
-            score = np.abs(coeff[dims]) * width[dims]
             return int(dims[np.argmax(score)] if np.any(score > 0) else dims[np.argmax(width[dims])])
+        if self.opt.lookahead_dims:  # look ahead over the best few by coefficients only
+            dims = dims[np.lexsort((-width[dims], -score))][:self.opt.lookahead_dims]
         los, his = [], []
         for dim in dims:  # look ahead: bound both halves, keep the best worse half
             mid = (node.lo[dim] + node.hi[dim]) / 2
@@ -253,7 +255,7 @@ class BranchProver:
         spec = res.spec_lower.numpy()
         per_conj = np.stack([spec[:, self.owner == j].max(axis=1) for j in open_conj], 1)
         child = np.where(res.infeasible.numpy(), np.inf, per_conj.min(axis=1))
-        return int(dims[np.argmax(child.reshape(len(dims), 2).min(axis=1))])
+        return int(dims[np.argmax(np.minimum(child, 1e30).reshape(len(dims), 2).sum(axis=1))])
 
     def _split(self, node: Node, res, i, lb, refuted_row):
         spec_row = res.spec_lower[i].numpy()
@@ -264,7 +266,9 @@ class BranchProver:
             best_rows.append(int(rows[np.argmax(spec_row[rows])]))
         worst = best_rows[int(np.argmin([spec_row[r] for r in best_rows]))]
         if node.splits is None:
-            dim = self._input_dim(node, res.spec_coeffs[i, worst].numpy(), open_conj, lb)
+            open_rows = np.isin(self.owner, open_conj) & (spec_row <= 0)
+            coeff = np.abs(res.spec_coeffs[i].numpy()[open_rows]).sum(0)  # as verify.search
+            dim = self._input_dim(node, coeff, open_conj, lb)
             if dim is None:
                 return None
             mid = (node.lo[dim] + node.hi[dim]) / 2
