@@ -377,7 +377,7 @@ class RegionSearch:
             return out
         return self._split_by_coefficients(list(zip(cands, idx)), res, spec_lower, refuted)
 
-    LOOKAHEAD_CHUNK = 1024
+    LOOKAHEAD_CHUNK = 512
 
     def _split_by_coefficients(self, items, res, spec_lower, refuted) -> list:
         """Bisect the dimension with the largest sum over open rows of

@@ -39,7 +39,7 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
     torch.set_num_threads(1)
     t0 = time.monotonic()
     # leave room for the last batch or Z3 interrupt to finish inside the budget
-    deadline = t0 + options.timeout - min(0.5, 0.05 * options.timeout)
+    deadline = t0 + options.timeout - min(1.5, 0.05 * options.timeout)
     stats = Statistics(n_relus=network.n_relus)
     rng = np.random.default_rng(options.seed)
     attacker = Attacker(network)
