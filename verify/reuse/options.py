@@ -20,10 +20,13 @@ class ReuseOptions:
     bounds_first: bool = True  # close branches by the variant's own bounds before any Z3
     attack: bool = True  # quick attack on a region when some branch stays open
     fallback: bool = True  # verify from scratch when the proof does not carry over
+    reuse_share: float = 0.5  # of the timeout for the reuse attempt; the fallback gets the rest
 
     def __post_init__(self):
         for name in ("core_budget", "core_timeout", "minimise_budget"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.reuse_share <= 1.0:
+            raise OptionError(f"reuse_share must be in (0, 1], got {self.reuse_share}")
         if self.refine_rounds < 0 or self.core_max_unstable < -1:
             raise OptionError("refine_rounds must be >= 0 and core_max_unstable >= -1")

@@ -17,6 +17,7 @@ UNSAT answer); ``violated`` needs a counterexample re-run on the variant.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -364,7 +365,9 @@ def reverify(original: Network, variant, prop: Property,
         for r, region in enumerate(prop.regions):
             if not proof.regions.get(r) or not covers(region, proof.regions[r]):
                 raise _NoFit(f"the proof's branches do not cover region {r}")
-        reuser = _Reuser(variant, cmap, options, reuse_options, stats, t0 + options.timeout)
+        # the reuse attempt gets a share of the budget; the fallback the rest
+        reuser = _Reuser(variant, cmap, options, reuse_options, stats,
+                         t0 + reuse_options.reuse_share * options.timeout)
         # no falsification up front: the branches' own candidates and an attack on
         # any region with a branch left open find a counterexample (a proof that
         # carries over needs neither)
@@ -380,7 +383,11 @@ def reverify(original: Network, variant, prop: Property,
     if not reuse_options.fallback:
         return done(Status.UNKNOWN, "reuse", reason=stats.fallback_reason)
     stats.fallback = True
-    res = verify_property(variant, prop, options)
+    left = options.timeout - (time.monotonic() - t0)
+    if left <= 0.05:
+        return done(Status.UNKNOWN, "timeout", reason=f"timeout after {options.timeout:g} s "
+                    f"({stats.fallback_reason})")
+    res = verify_property(variant, prop, dataclasses.replace(options, timeout=left))
     stats.z3_queries += res.statistics.z3_queries
     return done(res.status, f"scratch-{res.method}", res.counterexample,
                 res.reason or stats.fallback_reason)
