@@ -41,3 +41,14 @@ def digits_mlp():
         opt.step()
     net = from_torch(model.eval())
     return net, X[test].astype(np.float64), y[test]
+
+
+def assert_bad_input(res, *needles):
+    """A CLI result (click CliRunner) that is a clean bad-input error: exit code 2,
+    one line on stderr starting with "error: " and naming ``needles``, no traceback."""
+    assert res.exit_code == 2, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.output
+    for n in needles:
+        assert n in lines[0]

@@ -16,6 +16,7 @@ from verify.encode import Branch, encode, solve
 from verify.network import Affine
 from verify.reuse import ReuseOptions, build_proof, reverify
 from verify.reuse.prover import BranchProver
+from conftest import assert_bad_input
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "acasxu"
 ACAS = EXAMPLES / "ACASXU_run2a_1_1_batch_2000.onnx"
@@ -242,33 +243,26 @@ def test_cli_reverify_without_change_record(saved_variants, tmp_path):
     assert row["reuse"]["fallback"] is False  # same shape: changes inferred from the weights
 
 
-def _assert_bad_input(res, *needles):
-    assert res.exit_code == 2, res.output
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.output
-    for n in needles:
-        assert n in lines[0]
 
 
 def test_cli_bad_input(saved_variants, tmp_path):
     _, paths = saved_variants
-    _assert_bad_input(run("reverify", ACAS, tmp_path / "nope.onnx", "--property", PROP1),
+    assert_bad_input(run("reverify", ACAS, tmp_path / "nope.onnx", "--property", PROP1),
                       "nope.onnx")
-    _assert_bad_input(run("reverify", ACAS, paths["int8"], "--property", tmp_path / "x.vnnlib"),
+    assert_bad_input(run("reverify", ACAS, paths["int8"], "--property", tmp_path / "x.vnnlib"),
                       "x.vnnlib")
-    _assert_bad_input(run("reverify", ACAS, paths["int8"], "--property", PROP1, "--timeout", "0"),
+    assert_bad_input(run("reverify", ACAS, paths["int8"], "--property", PROP1, "--timeout", "0"),
                       "timeout")
     # a variant whose change record names another parent network
     other = EXAMPLES.parent.parent.parent / "shared" / "data" / "acasxu"
     other_net = other / "ACASXU_run2a_1_2_batch_2000.onnx"
     if other_net.is_file():
-        _assert_bad_input(run("reverify", other_net, paths["int8"], "--property", PROP1),
+        assert_bad_input(run("reverify", other_net, paths["int8"], "--property", PROP1),
                           "changes.json", "another parent")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"status": "holds", "time_s": 1}\nnot json\n')
-    _assert_bad_input(run("report", bad), "bad.jsonl:2")
-    _assert_bad_input(run("report", tmp_path / "missing.jsonl"), "missing.jsonl")
+    assert_bad_input(run("report", bad), "bad.jsonl:2")
+    assert_bad_input(run("report", tmp_path / "missing.jsonl"), "missing.jsonl")
 
 
 def test_report_functions():
