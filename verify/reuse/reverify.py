@@ -204,14 +204,16 @@ class _Reuser:
             self.stats.closed_by_split += len(to_split)
         return None
 
-    def attack(self, region: Region, r: int, quick: bool):
+    def attack(self, region: Region, r: int, quick: bool, starts=None):
+        """Sampling + PGD on the variant (``starts``: extra PGD starting points)."""
         if self.attacker is None:
             self.attacker = Attacker(self.net)
         budget = min(0.2 if quick else 1.0, max(self.left(), 0.0))
         cex, _ = self.attacker.attack(region, r, self.rng, time.monotonic() + budget,
                                       restarts=2 if quick else self.opt.attack_restarts,
                                       steps=10 if quick else self.opt.attack_steps,
-                                      samples=200 if quick else self.opt.random_samples)
+                                      samples=200 if quick else self.opt.random_samples,
+                                      starts=starts)
         return cex
 
     # ---- one branch, one conjunction ----------------------------------------------------
@@ -350,7 +352,10 @@ def reverify(original: Network, variant, prop: Property,
             if reuse_options.attack:  # the variant is likely broken too: a quick attack
                 quick = _Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
                 for r, region in enumerate(prop.regions):
-                    cex = quick.attack(region, r, quick=True)
+                    # PGD from the original's counterexample first: it usually sits
+                    # next to the variant's
+                    start = np.array(c.input, dtype=np.float64)[None, :] if r == c.region else None
+                    cex = quick.attack(region, r, quick=True, starts=start)
                     if cex is not None:
                         return done(Status.VIOLATED, "attack", cex)
         if proof.status != "holds":
