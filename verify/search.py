@@ -8,6 +8,7 @@ ReLUs otherwise (MNIST-sized inputs), with bounds re-tightened per branch.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import time
@@ -109,6 +110,13 @@ class RegionSearch:
                                     lo[todo], hi[todo])
             refuted[todo[ok], j] = True
 
+    def _refutation(self, res, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(refuted (B, n_conj), closed (B,)) of a bounded batch: a branch is closed
+        when every unsafe conjunction is refuted or the branch is infeasible."""
+        refuted = self._refuted(res.spec_lower.numpy())
+        self._refute_jointly(refuted, res, lo, hi)
+        return refuted, refuted.all(axis=1) | res.infeasible.numpy()
+
     def closed_at_root(self) -> bool:
         """One plain CROWN bound of the whole region (milliseconds); True, with
         the proof's single leaf recorded, when it refutes every unsafe conjunction."""
@@ -119,9 +127,7 @@ class RegionSearch:
         splits = None if self.input_split else [torch.zeros((1, n), dtype=torch.int8)
                                                 for n in self.net.hidden_sizes]
         res = self.prop.bound(lo, hi, self.C, self.d, splits)
-        refuted = self._refuted(res.spec_lower.numpy())
-        self._refute_jointly(refuted, res, lo.numpy(), hi.numpy())
-        if not (refuted.all() or bool(res.infeasible.all())):
+        if not self._refutation(res, lo.numpy(), hi.numpy())[1].all():
             return False
         self._root_statistics(res)
         self.stats.bound_evaluations += 1
@@ -162,9 +168,7 @@ class RegionSearch:
                                   deadline=self.deadline)
             self.stats.bound_evaluations += len(batch)
             spec_lower = res.spec_lower.numpy()
-            refuted = self._refuted(spec_lower)
-            self._refute_jointly(refuted, res, lo.numpy(), hi.numpy())
-            closed = refuted.all(axis=1) | res.infeasible.numpy()
+            refuted, closed = self._refutation(res, lo.numpy(), hi.numpy())
             unstable = sum(((l < 0) & (u > 0)).sum(-1) for l, u in zip(res.lower, res.upper))
             unstable = unstable.numpy() if n_hidden else np.zeros(len(batch), dtype=np.int64)
             if first:
@@ -227,9 +231,7 @@ class RegionSearch:
                               alpha_iterations=self.opt.fixed_leaf_iterations,
                               deadline=self.deadline)
         self.stats.bound_evaluations += len(idx)
-        refuted = self._refuted(res.spec_lower.numpy())
-        self._refute_jointly(refuted, res, lo[sel].numpy(), hi[sel].numpy())
-        if not (refuted.all(axis=1) | res.infeasible.numpy()).all():
+        if not self._refutation(res, lo[sel].numpy(), hi[sel].numpy())[1].all():
             return False
         for i in idx:
             self.leaves.append(ProofLeaf("bounds", batch[i].depth,
@@ -465,3 +467,17 @@ class _Frontier:
         if self.best_first:
             return [heapq.heappop(self.items)[2] for _ in range(n)]
         return [self.items.pop() for _ in range(n)]
+
+
+def portfolio(network: Network, options: VerifyOptions, deadline: float):
+    """The attempts of one region's branch and bound, as (options, deadline):
+    with input splitting by look-ahead over a few dimensions, that gets
+    ``portfolio_share`` of the time, then a restart looks ahead over every
+    dimension (each heuristic decides ACAS Xu instances the other cannot in
+    time).  Callers move to the next attempt only when one times out."""
+    few = 0 < options.lookahead_dims < network.n_inputs <= min(options.lookahead_max_inputs,
+                                                                options.input_split_max)
+    if not few or options.portfolio_share >= 1.0:
+        return [(options, deadline)]
+    first = time.monotonic() + options.portfolio_share * (deadline - time.monotonic())
+    return [(options, first), (dataclasses.replace(options, lookahead_dims=0), deadline)]

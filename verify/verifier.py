@@ -2,7 +2,6 @@
 and bound with Z3 leaves, under one hard deadline."""
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -15,7 +14,7 @@ from .network import Network
 from .options import VerifyOptions
 from .properties import Property
 from .result import Statistics, Status, VerificationResult
-from .search import ProofLeaf, RegionSearch
+from .search import ProofLeaf, RegionSearch, portfolio
 from .vnnlib import check_fits
 
 
@@ -113,16 +112,9 @@ def _falsify(attacker: Attacker, region, r: int, rng, options: VerifyOptions,
 
 def _search(network: Network, region, r: int, options: VerifyOptions, deadline: float,
             stats: Statistics, propagator: BoundPropagator):
-    """Branch and bound on one region.  With input splitting by look-ahead over
-    a few dimensions, a share of the time goes to that; when it runs out, the
-    search restarts looking ahead over every dimension (each heuristic solves
-    ACAS Xu instances the other cannot in time)."""
-    few = 0 < options.lookahead_dims < network.n_inputs <= min(options.lookahead_max_inputs,
-                                                                options.input_split_max)
-    if few and options.portfolio_share < 1.0:
-        first = time.monotonic() + options.portfolio_share * (deadline - time.monotonic())
-        outcome = RegionSearch(network, region, r, options, first, stats, propagator).run()
-        if outcome.method != "timeout" or time.monotonic() >= deadline:
+    """Branch and bound on one region, through the attempts of :func:`portfolio`."""
+    attempts = portfolio(network, options, deadline)
+    for k, (opts, until) in enumerate(attempts):
+        outcome = RegionSearch(network, region, r, opts, until, stats, propagator).run()
+        if outcome.method != "timeout" or time.monotonic() >= deadline or k == len(attempts) - 1:
             return outcome
-        options = dataclasses.replace(options, lookahead_dims=0)
-    return RegionSearch(network, region, r, options, deadline, stats, propagator).run()

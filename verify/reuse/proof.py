@@ -10,7 +10,6 @@ bounds-closed branches get one too when Z3 can find it within the budget.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +21,7 @@ from ..network import Network
 from ..options import VerifyOptions
 from ..proof_store import ProofStore, options_key
 from ..properties import Property, Region
+from ..search import portfolio
 from ..result import Counterexample, Status, VerificationResult
 from ..vnnlib import check_fits
 from .cores import Core, extract_core
@@ -176,18 +176,13 @@ def _leaf_cores(net: Network, region: Region, leaf: Leaf, options: VerifyOptions
 
 def _prove_region(network: Network, region: Region, r: int, options: VerifyOptions,
                   deadline: float):
-    """Branch and bound keeping the branches, with the input-splitting portfolio
-    of :func:`verify.verifier.verify_property`: look-ahead over the two best
-    dimensions for a share of the time, then over every dimension."""
-    few = 0 < options.lookahead_dims < network.n_inputs <= min(options.lookahead_max_inputs,
-                                                                options.input_split_max)
-    if few and options.portfolio_share < 1.0:
-        first = time.monotonic() + options.portfolio_share * (deadline - time.monotonic())
-        out = BranchProver(network, region, r, options, first).run()
-        if out.status != "unknown" or time.monotonic() >= deadline:
+    """Branch and bound keeping the branches, through the attempts of
+    :func:`verify.search.portfolio` (as :func:`verify.verifier.verify_property`)."""
+    attempts = portfolio(network, options, deadline)
+    for k, (opts, until) in enumerate(attempts):
+        out = BranchProver(network, region, r, opts, until).run()
+        if out.status != "unknown" or time.monotonic() >= deadline or k == len(attempts) - 1:
             return out
-        options = dataclasses.replace(options, lookahead_dims=0)
-    return BranchProver(network, region, r, options, deadline).run()
 
 
 def build_proof(network: Network, prop: Property, options: VerifyOptions = VerifyOptions(),
