@@ -2,7 +2,6 @@
 real minimal unsat cores, broken variants are caught, and the CLI commands."""
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from verify.cli import main
 from verify.encode import Branch, encode, solve
 from verify.network import Affine
 from verify.reuse import ReuseOptions, build_proof, reverify
-from verify.reuse.prover import BranchProver
+from verify.verifier import Proof
 from conftest import assert_bad_input
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "acasxu"
@@ -114,9 +113,9 @@ def test_every_core_is_unsat_and_minimal():
     assert proof.status == "holds"
     # the same (deterministic) search again, for the layer bounds of every branch
     region = prop.regions[0]
-    out = BranchProver(net, region, 0, options, time.monotonic() + 30).run()
-    assert out.status == "holds"
-    leaves = {(l.lo.tobytes(), l.hi.tobytes(), l.splits): l for l in out.leaves}
+    search = Proof()
+    assert verify_property(net, prop, options, proof=search).status.value == "holds"
+    leaves = {(l.lo.tobytes(), l.hi.tobytes(), l.splits): l for l in search.leaves[0]}
     checked = minimal = 0
     for b in proof.regions[0]:
         if not b.cores:

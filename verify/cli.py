@@ -5,16 +5,14 @@ Exit codes of ``verify``: 0 holds, 1 violated, 3 unknown, 2 bad input.
 from __future__ import annotations
 
 import csv
-import json
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from .errors import CoreproofError, InputError
 from .options import VerifyOptions
-from .result import EXIT_CODES, Status, VerificationResult
+from .result import Status, VerificationResult
 
 BAD_INPUT = 2
 

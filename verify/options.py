@@ -28,6 +28,7 @@ class VerifyOptions:
     input_split_max: int = 16  # split the input box when it has at most this many dims
     alpha_iterations: int = 20  # ReLU splitting: alpha-CROWN steps per bounding
     alpha_iterations_input: int = 0  # input splitting: alpha-CROWN steps per bounding
+    inherit_bounds: bool = True  # input splitting: halves intersect their parent's layer bounds
     seed: int = 0
     use_z3: bool = True
 

@@ -37,14 +37,21 @@ class Node:
 
 
 @dataclass
-class ProofLeaf:
-    """One closed branch of the proof: by bounds, or by a Z3 unsat core."""
+class Leaf:
+    """A closed branch: every unsafe conjunction refuted by bounds, the branch
+    infeasible, or (``z3``) each open conjunction UNSAT with its raw core.
+    With ``RegionSearch(record=True)`` the box and the layer bounds it was
+    closed with are kept too (what a reusable proof needs)."""
 
-    method: str  # "bounds" | "z3"
+    method: str  # "bounds" | "infeasible" | "z3"
     depth: int
-    conjunction: int | None = None
-    core: tuple[str, ...] = ()
-    split_facts: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ()  # ReLU phase facts, e.g. "L1.N7.active"
+    cores: dict[int, tuple[str, ...]] = field(default_factory=dict)  # conjunction -> raw core
+    digits: dict[int, int | None] = field(default_factory=dict)  # conjunction -> rounding used
+    lo: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    layer_bounds: list | None = None
+    unstable: int = 0
 
 
 @dataclass
@@ -53,7 +60,56 @@ class RegionOutcome:
     method: str
     counterexample: Counterexample | None = None
     reason: str | None = None
-    leaves: list[ProofLeaf] = field(default_factory=list)
+    leaves: list[Leaf] = field(default_factory=list)
+
+
+def region_rows(region: Region, n_outputs: int):
+    """All unsafe rows of a region as (C, d) tensors plus the owning conjunction of each row."""
+    rows, owner = [], []
+    for j, conj in enumerate(region.unsafe):
+        for r in range(conj.coeffs.shape[0]):
+            rows.append((conj.coeffs[r], conj.rhs[r]))
+            owner.append(j)
+    m = len(rows)
+    C = torch.tensor(np.array([r[0] for r in rows]).reshape(m, n_outputs))
+    d = torch.tensor(np.array([r[1] for r in rows], dtype=np.float64).reshape(m))
+    return C, d, np.array(owner, dtype=np.int64)
+
+
+def refuted_conjunctions(res, owner, n_conj: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(B, n_conj): conjunction refuted on the branch -- one of its rows has a
+    positive lower bound, or (multi-row) a convex combination of its rows does."""
+    spec = res.spec_lower.numpy()
+    out = np.zeros((spec.shape[0], n_conj), dtype=bool)
+    coeffs, const = res.spec_coeffs.numpy(), res.spec_const.numpy()
+    for j in range(n_conj):
+        cols = np.flatnonzero(owner == j)
+        if len(cols) == 0:
+            continue
+        out[:, j] = (spec[:, cols] > 0).any(axis=1)
+        todo = np.flatnonzero(~out[:, j])
+        if len(cols) > 1 and len(todo):
+            ok = refute_conjunction(coeffs[np.ix_(todo, cols)], const[np.ix_(todo, cols)],
+                                    lo[todo], hi[todo])
+            out[todo[ok], j] = True
+    return out
+
+
+def split_facts(splits) -> tuple[str, ...]:
+    """ReLU phase splits (per hidden layer, int8 in {-1, 0, +1}) as named facts."""
+    if splits is None:
+        return ()
+    return tuple(f"L{k}.N{i}.{'active' if s[i] > 0 else 'inactive'}"
+                 for k, s in enumerate(splits) for i in np.flatnonzero(s))
+
+
+def split_arrays(facts, hidden_sizes) -> list[np.ndarray]:
+    """The inverse of :func:`split_facts`."""
+    arrays = [np.zeros(n, dtype=np.int8) for n in hidden_sizes]
+    for f in facts:
+        layer, neuron, phase = f.split(".")
+        arrays[int(layer[1:])][int(neuron[1:])] = 1 if phase == "active" else -1
+    return arrays
 
 
 class RegionSearch:
@@ -61,7 +117,7 @@ class RegionSearch:
 
     def __init__(self, network: Network, region: Region, region_index: int,
                  options: VerifyOptions, deadline: float, stats: Statistics,
-                 propagator: BoundPropagator | None = None):
+                 propagator: BoundPropagator | None = None, record: bool = False):
         self.net = network
         self.region = region
         self.index = region_index
@@ -69,53 +125,37 @@ class RegionSearch:
         self.deadline = deadline
         self.stats = stats
         self.prop = propagator or BoundPropagator(network)
-        rows, owner = [], []
-        for j, conj in enumerate(region.unsafe):
-            for r in range(conj.coeffs.shape[0]):
-                rows.append((conj.coeffs[r], conj.rhs[r]))
-                owner.append(j)
+        self.record = record  # keep each leaf's box and layer bounds
         self.n_conj = len(region.unsafe)
         self.whole_box_unsafe = any(c.coeffs.shape[0] == 0 for c in region.unsafe)
-        m = len(rows)
-        self.C = torch.tensor(np.array([r[0] for r in rows]).reshape(m, network.n_outputs))
-        self.d = torch.tensor(np.array([r[1] for r in rows], dtype=np.float64).reshape(m))
-        self.owner = np.array(owner, dtype=np.int64)
+        self.C, self.d, self.owner = region_rows(region, network.n_outputs)
         self.input_split = network.n_inputs <= options.input_split_max
-        self.leaves: list[ProofLeaf] = []
+        self.leaves: list[Leaf] = []
         self.z3_unknown = 0
+        self.root_candidates: np.ndarray | None = None  # set by closed_at_root
 
     # ------------------------------------------------------------------
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def _refuted(self, spec_lower: np.ndarray) -> np.ndarray:
-        """(B, n_conj) True where some row of the conjunction is > 0."""
-        out = np.zeros((spec_lower.shape[0], self.n_conj), dtype=bool)
-        for j in range(self.n_conj):
-            cols = self.owner == j
-            if cols.any():
-                out[:, j] = (spec_lower[:, cols] > 0).any(axis=1)
-        return out
-
-    def _refute_jointly(self, refuted: np.ndarray, res, lo: np.ndarray, hi: np.ndarray) -> None:
-        """Multi-row conjunctions: try a convex combination of their rows."""
-        coeffs = res.spec_coeffs.numpy()
-        const = res.spec_const.numpy()
-        for j in range(self.n_conj):
-            cols = np.flatnonzero(self.owner == j)
-            todo = np.flatnonzero(~refuted[:, j])
-            if len(cols) < 2 or len(todo) == 0:
-                continue
-            ok = refute_conjunction(coeffs[np.ix_(todo, cols)], const[np.ix_(todo, cols)],
-                                    lo[todo], hi[todo])
-            refuted[todo[ok], j] = True
-
     def _refutation(self, res, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(refuted (B, n_conj), closed (B,)) of a bounded batch: a branch is closed
         when every unsafe conjunction is refuted or the branch is infeasible."""
-        refuted = self._refuted(res.spec_lower.numpy())
-        self._refute_jointly(refuted, res, lo, hi)
+        refuted = refuted_conjunctions(res, self.owner, self.n_conj, lo, hi)
         return refuted, refuted.all(axis=1) | res.infeasible.numpy()
+
+    def _close(self, node: Node, res, i: int, method: str | None = None, cores=None,
+               digits=None, layer_b=None) -> None:
+        """Record ``node`` (row ``i`` of the bounded batch ``res``) as a closed leaf."""
+        if method is None:
+            method = "infeasible" if bool(res.infeasible[i]) else "bounds"
+        leaf = Leaf(method, node.depth, split_facts(node.splits), cores or {}, digits or {})
+        if self.record:
+            leaf.lo, leaf.hi = node.lo, node.hi
+            leaf.layer_bounds = layer_b if layer_b is not None else [
+                (res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(self.prop.n_hidden)]
+            leaf.unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in leaf.layer_bounds))
+        self.leaves.append(leaf)
 
     def closed_at_root(self) -> bool:
         """One plain CROWN bound of the whole region (milliseconds); True, with
@@ -128,27 +168,38 @@ class RegionSearch:
                                                 for n in self.net.hidden_sizes]
         res = self.prop.bound(lo, hi, self.C, self.d, splits)
         if not self._refutation(res, lo.numpy(), hi.numpy())[1].all():
+            # the bound's minimisers and the centre: free counterexample candidates
+            self.root_candidates = np.vstack([res.minimisers(lo, hi).numpy()[0],
+                                              (lo + hi).numpy() / 2])
             return False
         self._root_statistics(res)
         self.stats.bound_evaluations += 1
-        self.leaves.append(ProofLeaf("bounds", 0))
+        self._close(self._root(), res, 0)
         return True
 
-    def run(self) -> RegionOutcome:
+    def _root(self) -> Node:
+        return Node(self.region.lower.copy(), self.region.upper.copy(),
+                    None if self.input_split else
+                    [np.zeros(s, dtype=np.int8) for s in self.net.hidden_sizes])
+
+    def run(self, nodes: list[Node] | None = None) -> RegionOutcome:
+        """Branch and bound from the region's box, or from ``nodes`` (branches
+        that together cover what is to be decided)."""
         if self.whole_box_unsafe:
             cex = confirm_batch(self.net, self.region, self.index,
                                 (self.region.lower + self.region.upper)[None, :] / 2)
             return RegionOutcome("violated", "attack", cex)
         n_hidden = self.prop.n_hidden
-        root = Node(self.region.lower.copy(), self.region.upper.copy(),
-                    None if self.input_split else
-                    [np.zeros(s, dtype=np.int8) for s in self.net.hidden_sizes])
         # input splitting is best-first (lowest margin first: a counterexample
         # turns up early, and node-local splitting makes the order free for a
         # proof); ReLU splitting is depth-first (its nodes carry layer bounds)
         stack = _Frontier(best_first=self.input_split)
-        stack.push(root)
-        first = True
+        for node in nodes if nodes is not None else [self._root()]:
+            if not self.input_split and node.splits is None:
+                node = dataclasses.replace(node, splits=[np.zeros(s, dtype=np.int8)
+                                                         for s in self.net.hidden_sizes])
+            stack.push(node)
+        first = nodes is None
         while stack:
             if self.time_left() <= 0:
                 return RegionOutcome("unknown", "timeout", reason="timeout during branch and bound",
@@ -176,8 +227,7 @@ class RegionSearch:
                 first = False
             open_idx = np.flatnonzero(~closed)
             for i in np.flatnonzero(closed):
-                self.leaves.append(ProofLeaf("bounds", batch[i].depth,
-                                             split_facts=self._split_facts(batch[i])))
+                self._close(batch[i], res, i)
             if len(open_idx) == 0:
                 continue
             # concrete candidates: minimisers of every open row, and box centres
@@ -233,9 +283,8 @@ class RegionSearch:
         self.stats.bound_evaluations += len(idx)
         if not self._refutation(res, lo[sel].numpy(), hi[sel].numpy())[1].all():
             return False
-        for i in idx:
-            self.leaves.append(ProofLeaf("bounds", batch[i].depth,
-                                         split_facts=self._split_facts(batch[i])))
+        for row, i in enumerate(idx):
+            self._close(batch[i], res, row)
         return True
 
     def _margin(self, spec_lower_row: np.ndarray, refuted_row: np.ndarray) -> float:
@@ -277,15 +326,6 @@ class RegionSearch:
             return f"{self.z3_unknown} Z3 leaf queries gave no answer and the branch cannot be split further"
         return "branch cannot be split further"
 
-    def _split_facts(self, node: Node) -> tuple[str, ...]:
-        if node.splits is None:
-            return ()
-        facts = []
-        for k, s in enumerate(node.splits):
-            for i in np.flatnonzero(s):
-                facts.append(f"L{k}.N{i}.{'active' if s[i] > 0 else 'inactive'}")
-        return tuple(facts)
-
     def _root_statistics(self, res) -> None:
         for l, u in zip(res.lower, res.upper):
             l, u = l[0].numpy(), u[0].numpy()
@@ -295,15 +335,15 @@ class RegionSearch:
 
     # ------------------------------------------------------------------
     def _z3_leaf(self, node: Node, layer_b, refuted_row) -> RegionOutcome | None:
-        """Try to close ``node`` with Z3, one query per open conjunction.
-        Sets ``self._closed_by_z3``; returns an outcome only for a confirmed
+        """Try to close ``node`` with Z3, one query per open conjunction (recorded
+        as a leaf with its cores when every one is UNSAT).  Sets
+        ``self._closed_by_z3``; returns an outcome only for a confirmed
         counterexample."""
         self._closed_by_z3 = False
-        pending = []
+        cores, digits_used = {}, {}
         for j in np.flatnonzero(~refuted_row):
             conj = self.region.unsafe[j]
             branch = Branch(node.lo, node.hi, layer_b, conj.coeffs, conj.rhs)
-            closed = False
             for digits in self.opt.z3_digits:
                 budget = min(self.opt.z3_query_timeout, self.time_left())
                 if budget <= 0.05:
@@ -313,9 +353,7 @@ class RegionSearch:
                 self.stats.z3_queries += 1
                 self.stats.z3_time_s += ans.time_s
                 if ans.status == "unsat":
-                    self.leaves.append(ProofLeaf("z3", node.depth, int(j), ans.core,
-                                                 self._split_facts(node)))
-                    closed = True
+                    cores[int(j)], digits_used[int(j)] = ans.core, digits
                     break
                 if ans.status == "sat":
                     cex = confirm_batch(self.net, self.region, self.index, ans.model_input[None, :])
@@ -324,9 +362,10 @@ class RegionSearch:
                     continue  # rounding slack or float rounding: try finer coefficients
                 self.z3_unknown += 1
                 break
-            if not closed:
-                pending.append(j)
-        self._closed_by_z3 = not pending
+            if int(j) not in cores:
+                return None  # the branch stays open (it is split)
+        self._close(node, None, 0, "z3", cores, digits_used, layer_b)
+        self._closed_by_z3 = True
         return None
 
     def _split_inputs(self, batch, res, spec_lower, refuted, idx) -> list:
@@ -348,8 +387,9 @@ class RegionSearch:
             if self.opt.lookahead_dims:  # look ahead over the best few by coefficients
                 cands = [(node, self._coefficient_ranking(node, dims, res, i, spec_lower[i], refuted[i])
                           [:self.opt.lookahead_dims]) for (node, dims), i in zip(cands, idx)]
-            los, his = [], []
-            for node, dims in cands:
+            los, his, rows = [], [], []
+            for (node, dims), i in zip(cands, idx):
+                rows += [i] * (2 * len(dims))
                 for dim in dims:
                     mid = (node.lo[dim] + node.hi[dim]) / 2
                     a_hi = node.hi.copy(); a_hi[dim] = mid
@@ -362,7 +402,11 @@ class RegionSearch:
                 if self.time_left() <= 0:
                     break
                 e = min(len(los), s + self.LOOKAHEAD_CHUNK)
-                r = self.prop.bound(torch.from_numpy(los[s:e]), torch.from_numpy(his[s:e]), self.C, self.d)
+                sel = torch.tensor(rows[s:e])
+                fixed = [(l[sel], u[sel]) for l, u in zip(res.lower, res.upper)] \
+                    if self.opt.inherit_bounds else None  # the parent's bounds hold on its halves
+                r = self.prop.bound(torch.from_numpy(los[s:e]), torch.from_numpy(his[s:e]), self.C,
+                                    self.d, None, fixed)
                 self.stats.bound_evaluations += e - s
                 spec = r.spec_lower.numpy()
                 per_conj = np.stack([spec[:, self.owner == j].max(axis=1) for j in range(self.n_conj)], 1)
@@ -375,7 +419,7 @@ class RegionSearch:
                     out += self._split_by_coefficients([((node, dims), i)], res, spec_lower, refuted)
                     continue
                 scores = np.minimum(scores, 1e30).reshape(len(dims), 2).sum(axis=1)
-                out.append(self._bisect(node, int(dims[np.argmax(scores)])))
+                out.append(self._bisect(node, int(dims[np.argmax(scores)]), self._parent(res, i)))
             return out
         return self._split_by_coefficients(list(zip(cands, idx)), res, spec_lower, refuted)
 
@@ -385,8 +429,16 @@ class RegionSearch:
         """Bisect the dimension with the largest sum over open rows of
         |input coefficient| * width."""
         return [self._bisect(node, int(self._coefficient_ranking(node, dims, res, i, spec_lower[i],
-                                                                  refuted[i])[0]))
+                                                                  refuted[i])[0]),
+                             self._parent(res, i))
                 for (node, dims), i in items]
+
+    def _parent(self, res, i: int):
+        """Row ``i``'s layer bounds, for its children to intersect with (a half
+        box lies inside its parent, so the parent's bounds hold on it)."""
+        if not self.opt.inherit_bounds or not self.prop.n_hidden:
+            return None
+        return [(l[i].numpy(), u[i].numpy()) for l, u in zip(res.lower, res.upper)]
 
     def _coefficient_ranking(self, node: Node, dims, res, i: int, spec_lower_row,
                              refuted_row) -> np.ndarray:
@@ -401,12 +453,12 @@ class RegionSearch:
         return dims[np.lexsort((-rel, -coeff))]
 
     @staticmethod
-    def _bisect(node: Node, dim: int) -> list[Node]:
+    def _bisect(node: Node, dim: int, parent=None) -> list[Node]:
         mid = (node.lo[dim] + node.hi[dim]) / 2
         left_hi = node.hi.copy(); left_hi[dim] = mid
         right_lo = node.lo.copy(); right_lo[dim] = mid
-        return [Node(node.lo, left_hi, None, None, node.depth + 1),
-                Node(right_lo, node.hi, None, None, node.depth + 1)]
+        return [Node(node.lo, left_hi, None, parent, node.depth + 1),
+                Node(right_lo, node.hi, None, parent, node.depth + 1)]
 
     def _worst_row(self, spec_lower_row: np.ndarray, refuted_row: np.ndarray) -> int:
         """The open conjunction furthest from refuted, and its most promising row."""
@@ -467,6 +519,18 @@ class _Frontier:
         if self.best_first:
             return [heapq.heappop(self.items)[2] for _ in range(n)]
         return [self.items.pop() for _ in range(n)]
+
+
+def search_region(network: Network, region: Region, r: int, options: VerifyOptions,
+                  deadline: float, stats: Statistics, propagator: BoundPropagator | None = None,
+                  record: bool = False) -> RegionOutcome:
+    """Branch and bound on one region, through the attempts of :func:`portfolio`
+    (the outcome's leaves are those of the attempt that decided)."""
+    attempts = portfolio(network, options, deadline)
+    for k, (opts, until) in enumerate(attempts):
+        outcome = RegionSearch(network, region, r, opts, until, stats, propagator, record).run()
+        if outcome.method != "timeout" or time.monotonic() >= deadline or k == len(attempts) - 1:
+            return outcome
 
 
 def portfolio(network: Network, options: VerifyOptions, deadline: float):

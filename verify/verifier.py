@@ -8,21 +8,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .attack import Attacker
+from .attack import Attacker, confirm_batch
 from .bounds import BoundPropagator
 from .network import Network
 from .options import VerifyOptions
 from .properties import Property
 from .result import Statistics, Status, VerificationResult
-from .search import ProofLeaf, RegionSearch, portfolio
+from .search import Leaf, RegionSearch, search_region
 from .vnnlib import check_fits
 
 
 @dataclass
 class Proof:
-    """What closed every branch of a ``holds`` verdict, per region."""
+    """What closed every branch of a ``holds`` verdict, per region: each leaf
+    with its box, ReLU splits, layer bounds and (Z3 leaves) raw unsat cores."""
 
-    leaves: dict[int, list[ProofLeaf]] = field(default_factory=dict)
+    leaves: dict[int, list[Leaf]] = field(default_factory=dict)
 
 
 def verify_property(network: Network, prop: Property, options: VerifyOptions = VerifyOptions(),
@@ -41,7 +42,6 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
     deadline = t0 + options.timeout - min(1.5, 0.05 * options.timeout)
     stats = Statistics(n_relus=network.n_relus)
     rng = np.random.default_rng(options.seed)
-    attacker = Attacker(network)
     propagator = BoundPropagator(network)
     say = progress or (lambda msg: None)
 
@@ -52,13 +52,19 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
     # the root bound first: it settles easy properties in milliseconds
     settled = set()
     for r, region in enumerate(prop.regions):
-        search = RegionSearch(network, region, r, options, deadline, stats, propagator)
+        search = RegionSearch(network, region, r, options, deadline, stats, propagator,
+                              record=proof is not None)
         if search.closed_at_root():
             settled.add(r)
             if proof is not None:
                 proof.leaves[r] = search.leaves
+        elif search.root_candidates is not None:
+            cex = confirm_batch(network, region, r, search.root_candidates)
+            if cex is not None:
+                return done(Status.VIOLATED, "attack", cex)
     if len(settled) == len(prop.regions):
         return done(Status.HOLDS, "bounds")
+    attacker = Attacker(network)
     # then cheap falsification: a counterexample ends everything
     for r, region in enumerate(prop.regions):
         if r in settled:
@@ -68,7 +74,7 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
                                                                 * options.timeout) / len(prop.regions)))
         if cex is not None:
             return done(Status.VIOLATED, "attack", cex)
-    methods, unknown_reasons = [], []
+    methods, unknown_reasons, core_sizes = [], [], []
     for r, region in enumerate(prop.regions):
         if r in settled:
             methods.append("bounds")
@@ -76,9 +82,11 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
         if time.monotonic() >= deadline:
             return done(Status.UNKNOWN, "timeout", reason=f"timeout after {options.timeout:g} s")
         say(f"region {r + 1}/{len(prop.regions)}: branch and bound")
-        outcome = _search(network, region, r, options, deadline, stats, propagator)
+        outcome = search_region(network, region, r, options, deadline, stats, propagator,
+                                record=proof is not None)
         if proof is not None:
             proof.leaves[r] = outcome.leaves
+        core_sizes += [len(c) for leaf in outcome.leaves for c in leaf.cores.values()]
         if outcome.status == "violated":
             return done(Status.VIOLATED, outcome.method, outcome.counterexample)
         if outcome.status == "unknown":
@@ -90,9 +98,8 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
         return done(Status.UNKNOWN, "bab", reason="; ".join(unknown_reasons))
     order = ["z3", "bab", "bounds"]
     method = next(m for m in order if m in methods)
-    z3_cores = [l for leaves in (proof.leaves.values() if proof else []) for l in leaves if l.core]
-    if z3_cores:
-        stats.core_size = max(len(l.core) for l in z3_cores)
+    if core_sizes:
+        stats.core_size = max(core_sizes)
     return done(Status.HOLDS, method)
 
 
@@ -108,13 +115,3 @@ def _falsify(attacker: Attacker, region, r: int, rng, options: VerifyOptions,
         if cex is not None or time.monotonic() >= until or restarts == 0:
             return cex
         restarts, samples = min(4 * restarts, 4096), min(4 * samples, 65536)
-
-
-def _search(network: Network, region, r: int, options: VerifyOptions, deadline: float,
-            stats: Statistics, propagator: BoundPropagator):
-    """Branch and bound on one region, through the attempts of :func:`portfolio`."""
-    attempts = portfolio(network, options, deadline)
-    for k, (opts, until) in enumerate(attempts):
-        outcome = RegionSearch(network, region, r, opts, until, stats, propagator).run()
-        if outcome.method != "timeout" or time.monotonic() >= deadline or k == len(attempts) - 1:
-            return outcome

@@ -4,8 +4,8 @@ certifies its compressed variants.
     from verify.reuse import build_proof, reverify
     result = reverify(original, variant, prop, options, record=variant_record, store=store)
 
-Modules: :mod:`.cores` (minimal unsat cores), :mod:`.prover` (branch and bound
-that keeps its branches), :mod:`.proof` (the proof artifact and its store),
+Modules: :mod:`.cores` (minimal unsat cores), :mod:`.proof` (the proof
+artifact -- the closed branches of ``verify_property``'s own search -- and its store),
 :mod:`.changes` (what compression changed, per constraint name),
 :mod:`.reverify` (core-guided verification of a variant), :mod:`.report`
 (HTML report), :mod:`.cli_commands` (``coreproof reverify`` / ``report``).

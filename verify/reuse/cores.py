@@ -10,7 +10,7 @@ unknown) the core is returned as it is, flagged ``minimal=False``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import z3
 

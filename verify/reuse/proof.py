@@ -14,19 +14,17 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ..encode import Branch, encode
 from ..network import Network
 from ..options import VerifyOptions
 from ..proof_store import ProofStore, options_key
 from ..properties import Property, Region
-from ..search import portfolio
+from ..search import Leaf
+from ..verifier import Proof, verify_property
 from ..result import Counterexample, Status, VerificationResult
-from ..vnnlib import check_fits
 from .cores import Core, extract_core
 from .options import ReuseOptions
-from .prover import BranchProver, Leaf
 
 SCHEMA = "coreproof.reuse-proof"
 SCHEMA_VERSION = 1
@@ -174,37 +172,19 @@ def _leaf_cores(net: Network, region: Region, leaf: Leaf, options: VerifyOptions
     return cores
 
 
-def _prove_region(network: Network, region: Region, r: int, options: VerifyOptions,
-                  deadline: float):
-    """Branch and bound keeping the branches, through the attempts of
-    :func:`verify.search.portfolio` (as :func:`verify.verifier.verify_property`)."""
-    attempts = portfolio(network, options, deadline)
-    for k, (opts, until) in enumerate(attempts):
-        out = BranchProver(network, region, r, opts, until).run()
-        if out.status != "unknown" or time.monotonic() >= deadline or k == len(attempts) - 1:
-            return out
-
-
 def build_proof(network: Network, prop: Property, options: VerifyOptions = VerifyOptions(),
                 reuse_options: ReuseOptions = ReuseOptions()) -> ProofRecord:
-    """Prove ``prop`` on ``network`` recording every closed branch, then extract
-    (minimal) unsat cores for them within ``reuse_options.core_budget``."""
-    check_fits(network, prop)
-    torch.set_num_threads(1)
-    t0 = time.monotonic()
-    deadline = t0 + options.timeout
-    record = ProofRecord(network.digest(), prop.digest(), "holds", 0.0,
-                         network_name=network.name, property_name=prop.name)
-    all_leaves: dict[int, list[Leaf]] = {}
-    for r, region in enumerate(prop.regions):
-        out = _prove_region(network, region, r, options, deadline)
-        all_leaves[r] = out.leaves
-        if out.status != "holds":
-            record.status, record.reason = out.status, out.reason
-            record.counterexample = out.counterexample
-            record.time_s = time.monotonic() - t0
-            return record
-    record.time_s = time.monotonic() - t0
+    """Decide ``prop`` on ``network`` (:func:`verify.verifier.verify_property`,
+    recording every closed branch), then extract (minimal) unsat cores for the
+    branches within ``reuse_options.core_budget``."""
+    proof = Proof()
+    res = verify_property(network, prop, options, proof=proof)
+    record = ProofRecord(network.digest(), prop.digest(), res.status.value, res.time_s,
+                         network_name=network.name, property_name=prop.name,
+                         reason=res.reason, counterexample=res.counterexample)
+    if res.status is not Status.HOLDS:
+        return record
+    all_leaves: dict[int, list[Leaf]] = proof.leaves
     t1 = time.monotonic()
     core_deadline = t1 + reuse_options.core_budget
     for r, leaves in all_leaves.items():

@@ -32,13 +32,13 @@ from ..errors import ShapeMismatchError
 from ..network import Network
 from ..options import VerifyOptions
 from ..properties import Property, Region
-from ..result import Counterexample, Statistics, Status, VerificationResult, _json_default
+from ..search import Node, RegionSearch, refuted_conjunctions, region_rows, split_arrays
+from ..result import Counterexample, Statistics, Status, VerificationResult
 from ..verifier import verify_property
 from ..vnnlib import check_fits
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, covers, load_proof, save_proof
-from .prover import BranchProver, Node, refuted_conjunctions, region_rows, split_arrays
 
 
 @dataclass
@@ -119,6 +119,7 @@ class _Reuser:
         self.propagator = BoundPropagator(variant)
         self.rng = np.random.default_rng(options.seed)
         self.attacker: Attacker | None = None
+        self._first_pass: dict[int, tuple] = {}  # plain-CROWN open items by branch index
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -130,44 +131,43 @@ class _Reuser:
         relu_split = any(b.splits for b in branches)
         splits = [split_arrays(self.cmap.map_splits(b.splits), self.net.hidden_sizes)
                   if relu_split else None for b in branches]
-        n_hidden = len(self.net.hidden_sizes)
-        open_items = []
-        for s in range(0, len(branches), max(1, self.opt.batch_size)):
-            idx = list(range(s, min(len(branches), s + max(1, self.opt.batch_size))))
-            lo = np.stack([branches[i].lower for i in idx])
-            hi = np.stack([branches[i].upper for i in idx])
-            sp = None if not relu_split else [
-                torch.from_numpy(np.stack([splits[i][k] for i in idx])) for k in range(n_hidden)]
-            res = self.propagator.bound(torch.from_numpy(lo), torch.from_numpy(hi), C, d, sp)
-            refuted = refuted_conjunctions(res, owner, len(region.unsafe), lo, hi)
-            infeasible = res.infeasible.numpy()
-            alpha = self.opt.alpha_iterations if relu_split or self.net.n_inputs > \
-                self.opt.input_split_max else self.opt.alpha_iterations_input
-            still = np.flatnonzero(~(infeasible | refuted.all(axis=1)))
-            if self.ropt.bounds_first and alpha and len(still):
-                # alpha-CROWN on the branches plain CROWN left open (cheap next to Z3)
-                res = self.propagator.bound(
-                    torch.from_numpy(lo), torch.from_numpy(hi), C, d, sp,
-                    alpha_iterations=alpha, deadline=self.deadline)
-                refuted |= refuted_conjunctions(res, owner, len(region.unsafe), lo, hi)
-                infeasible = infeasible | res.infeasible.numpy()
-            for b, i in enumerate(idx):
-                if self.ropt.bounds_first and (infeasible[b] or refuted[b].all()):
-                    self.stats.closed_by_bounds += 1
-                    continue
-                lb = [(res.lower[k][b].numpy(), res.upper[k][b].numpy()) for k in range(n_hidden)]
-                unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in lb))
-                todo = np.flatnonzero(~refuted[b]) if self.ropt.bounds_first \
-                    else np.arange(len(region.unsafe))
-                open_items.append((i, lb, todo, unstable, infeasible[b]))
-            if open_items:  # concrete candidates of the open branches
-                rows = [b for b, i in enumerate(idx) if any(it[0] == i for it in open_items)]
-                corners = res.minimisers(torch.from_numpy(lo), torch.from_numpy(hi)).numpy()
-                xs = np.vstack([corners[rows].reshape(-1, self.net.n_inputs),
-                                (lo[rows] + hi[rows]) / 2])
-                cex = confirm_batch(self.net, region, r, xs)
+        attacked = len(branches) > 1 and self.ropt.attack
+        if attacked:
+            # a proof tree takes many bounds to re-check; when the variant is broken
+            # a few milliseconds of attack usually find the counterexample first
+            cex = self.attack(region, r, quick=True)
+            if cex is not None:
+                return cex
+        step = max(1, self.opt.batch_size)
+        alpha = self.opt.alpha_iterations if relu_split or self.net.n_inputs > \
+            self.opt.input_split_max else self.opt.alpha_iterations_input
+        # plain CROWN on every branch, then (after a cheap look for a counterexample)
+        # alpha-CROWN on the branches it left open
+        open_idx = []
+        for s in range(0, len(branches), step):
+            idx = list(range(s, min(len(branches), s + step)))
+            batch = self._bound(branches, splits, idx, region, C, d, owner, 0)
+            open_idx += [i for i, b in zip(idx, batch) if b is not None]
+            if open_idx and open_idx[-1] in idx:
+                cex = self._candidates(region, r, batch)
                 if cex is not None:
                     return cex
+        if not open_idx:
+            return None
+        if self.ropt.attack and not attacked:
+            cex = self.attack(region, r, quick=True)
+            if cex is not None:
+                return cex
+        open_items = []
+        for s in range(0, len(open_idx), step):
+            idx = open_idx[s:s + step]
+            batch = self._bound(branches, splits, idx, region, C, d, owner, alpha) \
+                if self.ropt.bounds_first and alpha else [None] * len(idx)
+            for i, b in zip(idx, batch):
+                if b is None and self.ropt.bounds_first and alpha:
+                    self.stats.closed_by_bounds += 1
+                    continue
+                open_items.append(b if b is not None else self._first_pass[i])
         if not open_items:
             return None
         if self.ropt.attack:
@@ -175,7 +175,7 @@ class _Reuser:
             if cex is not None:
                 return cex
         to_split = []
-        for i, lb, todo, unstable, infeasible in open_items:
+        for i, lb, todo, unstable, infeasible, _ in open_items:
             b = branches[i]
             if infeasible:  # only reached with bounds_first off: empty on the variant
                 self.stats.closed_by_bounds += 1
@@ -189,13 +189,14 @@ class _Reuser:
                     closed = False
                     break
             if not closed:
-                to_split.append(Node(b.lower.copy(), b.upper.copy(), splits[i], None, 0))
+                to_split.append(Node(b.lower.copy(), b.upper.copy(), splits[i], None, b.depth))
         if to_split:
             if self.left() <= 0:
                 raise _NoFit("time budget used up re-checking the proof branches")
-            prover = BranchProver(self.net, region, r, self.opt, self.deadline, self.propagator)
-            out = prover.run(to_split)
-            self.stats.z3_queries += out.z3_queries
+            search_stats = Statistics()
+            out = RegionSearch(self.net, region, r, self.opt, self.deadline, search_stats,
+                               self.propagator).run(to_split)
+            self.stats.z3_queries += search_stats.z3_queries
             if out.status == "violated":
                 return out.counterexample
             if out.status != "holds":
@@ -203,6 +204,45 @@ class _Reuser:
                              f"({out.reason})")
             self.stats.closed_by_split += len(to_split)
         return None
+
+    def _bound(self, branches, splits, idx, region, C, d, owner, alpha):
+        """Bound branches ``idx`` on the variant; per branch None (closed, counted)
+        or the open item (index, layer bounds, open conjunctions, unstable count,
+        infeasible, corner candidates)."""
+        relu_split = splits[0] is not None
+        n_hidden = len(self.net.hidden_sizes)
+        lo = np.stack([branches[i].lower for i in idx])
+        hi = np.stack([branches[i].upper for i in idx])
+        sp = None if not relu_split else [
+            torch.from_numpy(np.stack([splits[i][k] for i in idx])) for k in range(n_hidden)]
+        tlo, thi = torch.from_numpy(lo), torch.from_numpy(hi)
+        res = self.propagator.bound(tlo, thi, C, d, sp, alpha_iterations=alpha,
+                                    deadline=self.deadline if alpha else None)
+        refuted = refuted_conjunctions(res, owner, len(region.unsafe), lo, hi)
+        infeasible = res.infeasible.numpy()
+        corners = res.minimisers(tlo, thi).numpy()
+        out = []
+        for b, i in enumerate(idx):
+            if self.ropt.bounds_first and (infeasible[b] or refuted[b].all()):
+                if not alpha:
+                    self.stats.closed_by_bounds += 1
+                out.append(None)
+                continue
+            lb = [(res.lower[k][b].numpy(), res.upper[k][b].numpy()) for k in range(n_hidden)]
+            unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in lb))
+            todo = np.flatnonzero(~refuted[b]) if self.ropt.bounds_first \
+                else np.arange(len(region.unsafe))
+            item = (i, lb, todo, unstable, bool(infeasible[b]),
+                    np.vstack([corners[b], (lo[b] + hi[b])[None, :] / 2]))
+            if not alpha:
+                self._first_pass[i] = item
+            out.append(item)
+        return out
+
+    def _candidates(self, region: Region, r: int, batch):
+        """Confirm the bound minimisers and midpoints of a batch's open branches."""
+        xs = [it[5] for it in batch if it is not None]
+        return confirm_batch(self.net, region, r, np.vstack(xs)) if xs else None
 
     def attack(self, region: Region, r: int, quick: bool, starts=None):
         """Sampling + PGD on the variant (``starts``: extra PGD starting points)."""
