@@ -56,7 +56,8 @@ def exact_z3_verdict(net, prop):
     return "violated" if s.check() == z3.sat else "holds"
 
 
-SPLITTING = {"input": dict(), "relu": dict(input_split_max=0),
+SPLITTING = {"input": dict(), "input-backward": dict(intermediate_bounds="backward"),
+             "input-forward": dict(intermediate_bounds="forward"), "relu": dict(input_split_max=0),
              "relu-no-z3": dict(input_split_max=0, use_z3=False)}
 
 
@@ -91,6 +92,63 @@ def test_bounds_contain_sampled_activations():
     xs = np.vstack([rng.uniform(lo, hi, size=(20000, 6)), lo, hi])
     for (l, u), z in zip(bounds, net.pre_activations(xs)):
         assert np.all(z >= l) and np.all(z <= u)
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(forward):
+    """``BoundPropagator.bound`` (back-substituted or forward-mode intermediate
+    bounds): every sampled input of each branch -- a sub-box, with ReLU splits
+    taken from one of its samples -- lies inside the layer bounds and above the
+    spec lower bound, also when the bounds of the enclosing box are intersected
+    in (as input-split halves inherit them)."""
+    import torch
+    from verify.bounds import BoundPropagator
+    rng = np.random.default_rng(5)
+    net = random_net(rng, [5, 20, 20, 20, 3])
+    prop = BoundPropagator(net)
+    C = torch.tensor(rng.normal(size=(4, 3)))
+    d = torch.tensor(rng.normal(size=4))
+    outer_lo = rng.uniform(-1, 0, 5)
+    outer_hi = outer_lo + 0.6
+    B = 8
+    lo = outer_lo + rng.uniform(0, 0.3, (B, 5))
+    hi = lo + rng.uniform(0.05, 0.3, (B, 5))
+    parent = prop.bound(torch.from_numpy(np.tile(outer_lo, (B, 1))),
+                        torch.from_numpy(np.tile(outer_hi, (B, 1))), C, d, forward=forward)
+    fixed = list(zip(parent.lower, parent.upper))
+    tight_somewhere = False
+    for use_splits in (False, True):
+        samples = [rng.uniform(lo[b], hi[b], size=(20000, 5)) for b in range(B)]
+        splits = None
+        if use_splits:
+            splits = []
+            for k in range(3):
+                sp = np.zeros((B, 20), dtype=np.int8)
+                for b in range(B):
+                    z = net.pre_activations(samples[b][:1])[k][0]
+                    for i in rng.choice(20, 3, replace=False):
+                        sp[b, i] = 1 if z[i] >= 0 else -1
+                splits.append(torch.from_numpy(sp))
+        for fx in (None, fixed):
+            res = prop.bound(torch.from_numpy(lo), torch.from_numpy(hi), C, d, splits, fx,
+                             forward=forward)
+            for b in range(B):
+                xs = samples[b]
+                pre = net.pre_activations(xs)
+                mask = np.ones(len(xs), dtype=bool)
+                if splits is not None:
+                    for k in range(3):
+                        sp = splits[k][b].numpy()
+                        mask &= np.all(sp[None, :] * pre[k] >= 0, axis=1) | ~np.any(sp != 0)
+                assert mask.sum() > 0
+                for k in range(3):
+                    z = pre[k][mask]
+                    assert np.all(z >= res.lower[k][b].numpy()) and np.all(z <= res.upper[k][b].numpy())
+                ys = net.forward(xs[mask]) @ C.numpy().T - d.numpy()
+                assert np.all(res.spec_lower[b].numpy() <= ys.min(0) + 1e-9)
+                gap = ys.min(0) - res.spec_lower[b].numpy()
+                tight_somewhere |= bool(np.any(gap < 0.5 * np.abs(ys).mean()))
+    assert tight_somewhere  # the bounds are not vacuous
 
 
 def test_beta_crown_bounds_hold_on_split_branches():

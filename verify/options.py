@@ -29,12 +29,19 @@ class VerifyOptions:
     alpha_iterations: int = 20  # ReLU splitting: alpha-CROWN steps per bounding
     alpha_iterations_input: int = 0  # input splitting: alpha-CROWN steps per bounding
     inherit_bounds: bool = True  # input splitting: halves intersect their parent's layer bounds
+    # input splitting: intermediate bounds by "backward" substitution (CROWN), by
+    # "forward" linear bounds (10x cheaper, looser on large boxes), or "hybrid":
+    # forward first, backward for the branches that stay open (look-ahead: forward)
+    intermediate_bounds: str = "hybrid"
     seed: int = 0
     use_z3: bool = True
 
     def __post_init__(self):
         if not self.timeout > 0:
             raise OptionError(f"timeout must be positive, got {self.timeout}")
+        if self.intermediate_bounds not in ("backward", "forward", "hybrid"):
+            raise OptionError("intermediate_bounds must be backward, forward or hybrid, got "
+                              f"{self.intermediate_bounds!r}")
         if not 0.0 < self.portfolio_share <= 1.0:
             raise OptionError(f"portfolio_share must be in (0, 1], got {self.portfolio_share}")
         if not 0.0 <= self.attack_time_share <= 1.0 or self.attack_max_s < 0:
