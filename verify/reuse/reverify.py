@@ -32,7 +32,7 @@ from ..errors import ShapeMismatchError
 from ..network import Network
 from ..options import VerifyOptions
 from ..properties import Property, Region
-from ..search import Node, RegionSearch, refuted_conjunctions, region_rows, split_arrays
+from ..search import Node, RegionSearch, split_arrays
 from ..result import Counterexample, Statistics, Status, VerificationResult
 from ..verifier import verify_property
 from ..vnnlib import check_fits
@@ -127,7 +127,11 @@ class _Reuser:
     # ---- one region --------------------------------------------------------------
     def region(self, region: Region, r: int, branches: list[ProofBranch]):
         """Returns a confirmed counterexample, or None when every branch is closed."""
-        C, d, owner = region_rows(region, self.net.n_outputs)
+        # the variant's own search on this region: its batched bounding (hybrid
+        # intermediate bounds with few inputs) and, for branches that stay open,
+        # its branch and bound
+        search = RegionSearch(self.net, region, r, self.opt, self.deadline, Statistics(),
+                              self.propagator)
         relu_split = any(b.splits for b in branches)
         splits = [split_arrays(self.cmap.map_splits(b.splits), self.net.hidden_sizes)
                   if relu_split else None for b in branches]
@@ -146,7 +150,7 @@ class _Reuser:
         open_idx = []
         for s in range(0, len(branches), step):
             idx = list(range(s, min(len(branches), s + step)))
-            batch = self._bound(branches, splits, idx, region, C, d, owner, 0)
+            batch = self._bound(search, branches, splits, idx, 0)
             open_idx += [i for i, b in zip(idx, batch) if b is not None]
             if open_idx and open_idx[-1] in idx:
                 cex = self._candidates(region, r, batch)
@@ -161,7 +165,7 @@ class _Reuser:
         open_items = []
         for s in range(0, len(open_idx), step):
             idx = open_idx[s:s + step]
-            batch = self._bound(branches, splits, idx, region, C, d, owner, alpha) \
+            batch = self._bound(search, branches, splits, idx, alpha) \
                 if self.ropt.bounds_first and alpha else [None] * len(idx)
             for i, b in zip(idx, batch):
                 if b is None and self.ropt.bounds_first and alpha:
@@ -193,10 +197,8 @@ class _Reuser:
         if to_split:
             if self.left() <= 0:
                 raise _NoFit("time budget used up re-checking the proof branches")
-            search_stats = Statistics()
-            out = RegionSearch(self.net, region, r, self.opt, self.deadline, search_stats,
-                               self.propagator).run(to_split)
-            self.stats.z3_queries += search_stats.z3_queries
+            out = search.run(to_split)
+            self.stats.z3_queries += search.stats.z3_queries
             if out.status == "violated":
                 return out.counterexample
             if out.status != "holds":
@@ -205,7 +207,7 @@ class _Reuser:
             self.stats.closed_by_split += len(to_split)
         return None
 
-    def _bound(self, branches, splits, idx, region, C, d, owner, alpha):
+    def _bound(self, search: RegionSearch, branches, splits, idx, alpha):
         """Bound branches ``idx`` on the variant; per branch None (closed, counted)
         or the open item (index, layer bounds, open conjunctions, unstable count,
         infeasible, corner candidates)."""
@@ -216,9 +218,7 @@ class _Reuser:
         sp = None if not relu_split else [
             torch.from_numpy(np.stack([splits[i][k] for i in idx])) for k in range(n_hidden)]
         tlo, thi = torch.from_numpy(lo), torch.from_numpy(hi)
-        res = self.propagator.bound(tlo, thi, C, d, sp, alpha_iterations=alpha,
-                                    deadline=self.deadline if alpha else None)
-        refuted = refuted_conjunctions(res, owner, len(region.unsafe), lo, hi)
+        res, refuted, _ = search._bound(tlo, thi, sp, None, alpha)
         infeasible = res.infeasible.numpy()
         corners = res.minimisers(tlo, thi).numpy()
         out = []
@@ -231,7 +231,7 @@ class _Reuser:
             lb = [(res.lower[k][b].numpy(), res.upper[k][b].numpy()) for k in range(n_hidden)]
             unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in lb))
             todo = np.flatnonzero(~refuted[b]) if self.ropt.bounds_first \
-                else np.arange(len(region.unsafe))
+                else np.arange(search.n_conj)
             item = (i, lb, todo, unstable, bool(infeasible[b]),
                     np.vstack([corners[b], (lo[b] + hi[b])[None, :] / 2]))
             if not alpha:
