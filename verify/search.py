@@ -417,16 +417,18 @@ class RegionSearch:
                     his += [a_hi, node.hi]
             los, his = np.stack(los), np.stack(his)
             child = np.full(len(los), np.nan)
+            forward_lookahead = self.opt.intermediate_bounds != "backward"
             for s in range(0, len(los), self.LOOKAHEAD_CHUNK):  # deadline checked per chunk
                 if self.time_left() <= 0:
                     break
                 e = min(len(los), s + self.LOOKAHEAD_CHUNK)
                 sel = torch.tensor(rows[s:e])
+                # the parent's bounds hold on its halves, but with forward-mode bounds
+                # they would mask how much each split tightens the deep layers
                 fixed = [(l[sel], u[sel]) for l, u in zip(res.lower, res.upper)] \
-                    if self.opt.inherit_bounds else None  # the parent's bounds hold on its halves
+                    if self.opt.inherit_bounds and forward_lookahead is False else None
                 r = self.prop.bound(torch.from_numpy(los[s:e]), torch.from_numpy(his[s:e]), self.C,
-                                    self.d, None, fixed,
-                                    forward=self.opt.intermediate_bounds != "backward")
+                                    self.d, None, fixed, forward=forward_lookahead)
                 self.stats.bound_evaluations += e - s
                 spec = r.spec_lower.numpy()
                 per_conj = np.stack([spec[:, self.owner == j].max(axis=1) for j in range(self.n_conj)], 1)
