@@ -38,7 +38,7 @@ SCHEMA = 1
 #: Verdicts worth remembering; ``unknown`` depends on the budget, so it is not.
 CACHEABLE = frozenset({Status.HOLDS.value, Status.VIOLATED.value})
 #: Option fields that only bound the search, not what a verdict means.
-_BUDGET_FIELDS = frozenset({"timeout", "z3_query_timeout"})
+_BUDGET_FIELDS = frozenset({"timeout", "z3_query_timeout", "z3_input_query_timeout"})
 
 
 def coreproof_version() -> str:

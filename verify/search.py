@@ -364,7 +364,8 @@ class RegionSearch:
             conj = self.region.unsafe[j]
             branch = Branch(node.lo, node.hi, layer_b, conj.coeffs, conj.rhs)
             for digits in self.opt.z3_digits:
-                budget = min(self.opt.z3_query_timeout, self.time_left())
+                budget = min(self.opt.z3_input_query_timeout if self.input_split
+                             else self.opt.z3_query_timeout, self.time_left())
                 if budget <= 0.05:
                     return None
                 query = encode(self.net, branch, digits)
