@@ -270,9 +270,11 @@ def test_report_functions():
     from verify.reuse.report import aggregate, bar_chart, recipe_of, render_html, speedup
     rows = [
         {"variant": "a.magnitude-0.1.onnx", "property": "p", "status": "holds", "time_s": 0.1,
-         "scratch_status": "holds", "scratch_time_s": 0.4, "reuse": {"fallback": False}},
+         "scratch_status": "holds", "scratch_time_s": 0.4,
+         "reuse": {"fallback": False, "original_status": "holds", "branches": 7}},
         {"variant": "a.int8.onnx", "property": "p", "status": "holds", "time_s": 1.0,
-         "scratch_status": "holds", "scratch_time_s": 1.0, "reuse": {"fallback": True}},
+         "scratch_status": "holds", "scratch_time_s": 1.0,
+         "reuse": {"fallback": True, "original_status": "holds", "branches": 1}},
         {"variant": "a.int4.onnx", "property": "p", "status": "unknown", "time_s": 2.0,
          "scratch_status": "holds", "scratch_time_s": 1.0, "reuse": {"fallback": True}},
     ]
@@ -282,6 +284,10 @@ def test_report_functions():
     assert agg["total"].reuse_rate == pytest.approx(1 / 3)
     assert agg["total"].speedup == pytest.approx(2.0)  # geometric mean of 4 and 1
     assert [g.label for g in agg["by_recipe"]] == ["magnitude:0.1", "int8", "int4"]
+    kinds = {g.label: (g.pairs, g.speedup) for g in agg["by_original"]}
+    assert kinds == {"original settled by its root bound": (1, pytest.approx(1.0)),
+                     "original needed branch and bound": (1, pytest.approx(4.0)),
+                     "original undecided": (1, None)}
     assert "<svg" in bar_chart("t", ["a", "b"], [1.0, None]) and "n/a" in bar_chart("t", ["a"], [None])
     assert "<table" in render_html(rows, agg)
 

@@ -144,14 +144,15 @@ class RegionSearch:
         refuted = refuted_conjunctions(res, self.owner, self.n_conj, lo, hi)
         return refuted, refuted.all(axis=1) | res.infeasible.numpy()
 
-    def _bound(self, lo, hi, splits, fixed, alpha: int | None = None):
+    def _bound(self, lo, hi, splits, fixed, alpha: int | None = None, mode: str | None = None):
         """Bound a batch of branches: (bounds, refuted, closed).  With few inputs
         (input splitting) the cheap forward-mode intermediate bounds come first
         and only the branches they leave open are bounded by back-substitution
         (``intermediate_bounds="hybrid"``)."""
         if alpha is None:
             alpha = self.opt.alpha_iterations_input if self.input_split else self.opt.alpha_iterations
-        mode = self.opt.intermediate_bounds if self.input_split else "backward"
+        if mode is None:
+            mode = self.opt.intermediate_bounds if self.input_split else "backward"
         res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed, alpha_iterations=alpha,
                               deadline=self.deadline, forward=mode != "backward")
         self.stats.bound_evaluations += len(lo)

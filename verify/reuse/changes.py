@@ -41,10 +41,16 @@ class ChangeMap:
                     f"without a change record the networks must have the same shape: "
                     f"{original.layer_sizes()} vs {variant.layer_sizes()}")
             self.maps = [np.arange(a.out_size) for a in original.affines]
-        self.status: dict[tuple[int, int], str] = {}
-        prev = np.arange(original.n_inputs)  # original column -> variant column (-1: removed)
-        self._edges = []  # per layer: (variant column -> original column, kept rows, weight)
-        for k, (oa, va) in enumerate(zip(original.affines, variant.affines)):
+        self.n_layers = original.n_layers
+
+    # compared on first use: a proof closed by the variant's own bounds needs
+    # neither the per-neuron status nor the graph
+    @cached_property
+    def _comparison(self):
+        status: dict[tuple[int, int], str] = {}
+        prev = np.arange(self.original.n_inputs)  # original column -> variant column (-1: removed)
+        edges = []  # per layer: (variant column -> original column, kept rows, weight)
+        for k, (oa, va) in enumerate(zip(self.original.affines, self.variant.affines)):
             kept_rows = np.flatnonzero(self.maps[k] >= 0)  # variant row r <- original kept_rows[r]
             kept_cols = prev >= 0
             back = np.flatnonzero(kept_cols)  # variant column c <- original column back[c]
@@ -53,12 +59,17 @@ class ChangeMap:
                        | np.any(w_o[:, kept_cols] != va.weight, axis=1)
                        | np.any(w_o[:, ~kept_cols] != 0, axis=1))
             for i in np.flatnonzero(self.maps[k] < 0):
-                self.status[(k, int(i))] = REMOVED
+                status[(k, int(i))] = REMOVED
             for i, c in zip(kept_rows, changed):
-                self.status[(k, int(i))] = REVALUED if c else UNCHANGED
-            self._edges.append((back, kept_rows, va.weight))
+                status[(k, int(i))] = REVALUED if c else UNCHANGED
+            edges.append((back, kept_rows, va.weight))
             prev = self.maps[k]
-        self.n_layers = original.n_layers
+        return status, edges
+
+    @property
+    def status(self) -> dict[tuple[int, int], str]:
+        """Per neuron ``(layer, index)`` of the original: unchanged, revalued or removed."""
+        return self._comparison[0]
 
     # the graph is built on first use: a proof closed by the variant's own
     # bounds never needs it, and building it costs more than that proof
@@ -66,7 +77,7 @@ class ChangeMap:
     def graph(self) -> nx.DiGraph:
         graph = nx.DiGraph()
         graph.add_nodes_from((-1, j) for j in range(self.original.n_inputs))
-        for k, (back, kept_rows, weight) in enumerate(self._edges):
+        for k, (back, kept_rows, weight) in enumerate(self._comparison[1]):
             graph.add_nodes_from((k, int(i)) for i in kept_rows)
             rows, cols = np.nonzero(weight)
             graph.add_edges_from(zip(zip([k - 1] * len(cols), back[cols].tolist()),

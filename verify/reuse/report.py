@@ -173,14 +173,32 @@ def variant_label(row: dict) -> str:
     return Path(str(v)).name.removesuffix(".onnx")
 
 
+ORIGINAL_KINDS = ("original settled by its root bound", "original needed branch and bound",
+                  "original violated", "original undecided")
+
+
+def original_kind(row: dict) -> str:
+    """How hard the ORIGINAL's proof was (a property of the original alone, so a
+    fair way to split the pairs): settled by one bound of the whole box, by
+    branch and bound, violated, or undecided."""
+    r = row.get("reuse") or {}
+    status = r.get("original_status")
+    if status == "violated":
+        return ORIGINAL_KINDS[2]
+    if status != "holds":
+        return ORIGINAL_KINDS[3]
+    return ORIGINAL_KINDS[0] if int(r.get("branches") or 0) <= 1 else ORIGINAL_KINDS[1]
+
+
 def aggregate(rows: list[dict]) -> dict:
-    """Totals, per-variant and per-recipe groups (``Group`` objects)."""
+    """Totals, per-variant, per-recipe and per-original-kind groups (``Group`` objects)."""
     total = Group("all")
     for row in rows:
         total.add(row)
     return {"total": total,
             "by_variant": _grouped(rows, variant_label),
-            "by_recipe": _grouped(rows, recipe_of, strength_key)}
+            "by_recipe": _grouped(rows, recipe_of, strength_key),
+            "by_original": _grouped(rows, original_kind, ORIGINAL_KINDS.index)}
 
 
 def summary_text(agg: dict) -> str:
@@ -193,7 +211,7 @@ def summary_text(agg: dict) -> str:
              + (f"{sp:.2f}x over {len(t.speedups)} pairs decided both ways" if sp is not None
                 else "n/a (no scratch times)"),
              f"disagreements with scratch: {t.disagreements}"]
-    for g in agg["by_recipe"]:
+    for g in agg["by_recipe"] + agg["by_original"]:
         gs = g.speedup
         lines.append(f"  {g.label}: {g.pairs} pairs, reuse {g.reuse_rate:.0%}"
                      + (f", speedup {gs:.2f}x" if gs is not None else ""))
@@ -274,6 +292,11 @@ def render_html(rows: list[dict], agg: dict | None = None, title: str = "Proof r
         f"<tr><td>{esc(g.label)}</td><td>{g.pairs}</td><td>{g.reuse_rate:.1%}</td>"
         f"<td>{_fmt(g.speedup, '.2f')}</td><td>{g.unknown}</td><td>{g.disagreements}</td></tr>"
         for g in agg["by_recipe"])
+    by_original_rows = "".join(
+        f"<tr><td>{esc(g.label)}</td><td>{g.pairs}</td><td>{g.reuse_rate:.1%}</td>"
+        f"<td>{_fmt(g.speedup, '.2f')}</td><td>{len(g.speedups)}</td>"
+        f"<td>{g.time_s:.2f}</td><td>{g.scratch_time_s:.2f}</td></tr>"
+        for g in agg["by_original"])
     variants = agg["by_variant"]
     charts = [
         bar_chart("Speedup of reuse over scratch per variant (geometric mean)",
@@ -304,6 +327,11 @@ Disagreements with scratch: <b>{t.disagreements}</b>.</p>
 <table><tr><th>recipe</th><th>pairs</th><th>reuse rate</th><th>speedup</th><th>unknown</th>
 <th>disagreements</th></tr>
 {by_recipe_rows}
+</table>
+<h2>By how hard the original's proof was</h2>
+<table><tr><th>original</th><th>pairs</th><th>reuse rate</th><th>speedup</th><th>compared</th>
+<th>reuse time (s)</th><th>scratch time (s)</th></tr>
+{by_original_rows}
 </table>
 <h2>All pairs</h2>
 <table><tr>{''.join(f'<th>{esc(h)}</th>' for h in head)}</tr>

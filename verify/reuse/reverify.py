@@ -218,7 +218,10 @@ class _Reuser:
         sp = None if not relu_split else [
             torch.from_numpy(np.stack([splits[i][k] for i in idx])) for k in range(n_hidden)]
         tlo, thi = torch.from_numpy(lo), torch.from_numpy(hi)
-        res, refuted, _ = search._bound(tlo, thi, sp, None, alpha)
+        # a whole region (a proof settled at its root) is large: forward-mode bounds
+        # would only be computed in vain (as in RegionSearch.closed_at_root)
+        res, refuted, _ = search._bound(tlo, thi, sp, None, alpha,
+                                        "backward" if len(branches) == 1 else None)
         infeasible = res.infeasible.numpy()
         corners = res.minimisers(tlo, thi).numpy()
         out = []
