@@ -144,7 +144,7 @@ class RegionSearch:
         refuted = refuted_conjunctions(res, self.owner, self.n_conj, lo, hi)
         return refuted, refuted.all(axis=1) | res.infeasible.numpy()
 
-    def _bound(self, lo, hi, splits, fixed, alpha: int | None = None, mode: str | None = None):
+    def bound_branches(self, lo, hi, splits, fixed, alpha: int | None = None, mode: str | None = None):
         """Bound a batch of branches: (bounds, refuted, closed).  With few inputs
         (input splitting) the cheap forward-mode intermediate bounds come first
         and only the branches they leave open are bounded by back-substitution
@@ -238,7 +238,7 @@ class RegionSearch:
                 fixed = [(torch.from_numpy(np.stack([n.parent[k][0] for n in batch])),
                           torch.from_numpy(np.stack([n.parent[k][1] for n in batch])))
                          for k in range(n_hidden)]
-            res, refuted, closed = self._bound(lo, hi, splits, fixed)
+            res, refuted, closed = self.bound_branches(lo, hi, splits, fixed)
             spec_lower = res.spec_lower.numpy()
             unstable = sum(((l < 0) & (u > 0)).sum(-1) for l, u in zip(res.lower, res.upper))
             unstable = unstable.numpy() if n_hidden else np.zeros(len(batch), dtype=np.int64)

@@ -220,7 +220,7 @@ class _Reuser:
         tlo, thi = torch.from_numpy(lo), torch.from_numpy(hi)
         # a whole region (a proof settled at its root) is large: forward-mode bounds
         # would only be computed in vain (as in RegionSearch.closed_at_root)
-        res, refuted, _ = search._bound(tlo, thi, sp, None, alpha,
+        res, refuted, _ = search.bound_branches(tlo, thi, sp, None, alpha,
                                         "backward" if len(branches) == 1 else None)
         infeasible = res.infeasible.numpy()
         corners = res.minimisers(tlo, thi).numpy()
