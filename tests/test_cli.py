@@ -59,8 +59,6 @@ def test_human_output_and_progress():
     assert "[coreproof]" in res.stderr
 
 
-
-
 def test_missing_file():
     assert_bad_input(run("verify", "nope.onnx", PROP1), "nope.onnx", "no such file")
     assert_bad_input(run("verify", NET, "nope.vnnlib"), "nope.vnnlib")

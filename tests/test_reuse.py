@@ -244,22 +244,20 @@ def test_cli_reverify_without_change_record(saved_variants, tmp_path):
     assert row["reuse"]["fallback"] is False  # same shape: changes inferred from the weights
 
 
-
-
 def test_cli_bad_input(saved_variants, tmp_path):
     _, paths = saved_variants
     assert_bad_input(run("reverify", ACAS, tmp_path / "nope.onnx", "--property", PROP1),
-                      "nope.onnx")
+                     "nope.onnx")
     assert_bad_input(run("reverify", ACAS, paths["int8"], "--property", tmp_path / "x.vnnlib"),
-                      "x.vnnlib")
+                     "x.vnnlib")
     assert_bad_input(run("reverify", ACAS, paths["int8"], "--property", PROP1, "--timeout", "0"),
-                      "timeout")
+                     "timeout")
     # a variant whose change record names another parent network
     other = EXAMPLES.parent.parent.parent / "shared" / "data" / "acasxu"
     other_net = other / "ACASXU_run2a_1_2_batch_2000.onnx"
     if other_net.is_file():
         assert_bad_input(run("reverify", other_net, paths["int8"], "--property", PROP1),
-                          "changes.json", "another parent")
+                         "changes.json", "another parent")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"status": "holds", "time_s": 1}\nnot json\n')
     assert_bad_input(run("report", bad), "bad.jsonl:2")

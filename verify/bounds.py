@@ -175,6 +175,8 @@ class BoundPropagator:
         B = lo.shape[0]
         lower, upper = [], []
         infeasible = torch.zeros(B, dtype=torch.bool)
+        if forward:
+            mid, rad = (hi + lo)[:, :, None] / 2, (hi - lo)[:, :, None] / 2
         for k in range(self.n_hidden):
             W, b = self.weights[k], self.biases[k]
             if k == 0:
@@ -184,22 +186,19 @@ class BoundPropagator:
                 pl, pu = lower[k - 1].clamp(min=0), upper[k - 1].clamp(min=0)
                 l = pl @ W.clamp(min=0).T + pu @ W.clamp(max=0).T + b
                 u = pu @ W.clamp(min=0).T + pl @ W.clamp(max=0).T + b
-            if forward:
-                if k == 0:
-                    P = Q = W.expand(B, -1, -1)
-                    p = q = b.expand(B, -1)
-                else:
-                    alpha, s, t = self._relaxation(lower[k - 1], upper[k - 1])
-                    # relu(z) >= alpha*z >= alpha*L(x);  relu(z) <= s*z + t <= s*U(x) + t
-                    hP, hp = P * alpha[:, :, None], p * alpha
-                    hQ, hq = Q * s[:, :, None], q * s + t
-                    Wp, Wn = W.clamp(min=0), W.clamp(max=0)
-                    P, p = Wp @ hP + Wn @ hQ, hp @ Wp.T + hq @ Wn.T + b
-                    Q, q = Wp @ hQ + Wn @ hP, hq @ Wp.T + hp @ Wn.T + b
-                mid, rad = (hi + lo)[:, :, None] / 2, (hi - lo)[:, :, None] / 2
-                fl = (P @ mid)[..., 0] - (P.abs() @ rad)[..., 0] + p
-                fu = (Q @ mid)[..., 0] + (Q.abs() @ rad)[..., 0] + q
-                l, u = (fl, fu) if k == 0 else (torch.maximum(l, fl), torch.minimum(u, fu))
+            if forward and k == 0:  # linear bounds of layer 0: itself (its interval is exact)
+                P = Q = W.expand(B, -1, -1)
+                p = q = b.expand(B, -1)
+            elif forward:
+                alpha, s, t = self._relaxation(lower[k - 1], upper[k - 1])
+                # relu(z) >= alpha*z >= alpha*L(x);  relu(z) <= s*z + t <= s*U(x) + t
+                hP, hp = P * alpha[:, :, None], p * alpha
+                hQ, hq = Q * s[:, :, None], q * s + t
+                Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+                P, p = Wp @ hP + Wn @ hQ, hp @ Wp.T + hq @ Wn.T + b
+                Q, q = Wp @ hQ + Wn @ hP, hq @ Wp.T + hp @ Wn.T + b
+                l = torch.maximum(l, (P @ mid)[..., 0] - (P.abs() @ rad)[..., 0] + p)
+                u = torch.minimum(u, (Q @ mid)[..., 0] + (Q.abs() @ rad)[..., 0] + q)
             elif k > 0:
                 n_k = W.shape[0]
                 eye = torch.eye(n_k, dtype=W.dtype)

@@ -150,7 +150,7 @@ class RegionSearch:
         and only the branches they leave open are bounded by back-substitution
         (``intermediate_bounds="hybrid"``)."""
         if alpha is None:
-            alpha = self.opt.alpha_iterations_input if self.input_split else self.opt.alpha_iterations
+            alpha = self.alpha_iterations
         if mode is None:
             mode = self.opt.intermediate_bounds if self.input_split else "backward"
         res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed, alpha_iterations=alpha,
@@ -165,8 +165,14 @@ class RegionSearch:
                                     alpha_iterations=alpha, deadline=self.deadline)
             self.stats.bound_evaluations += len(rows)
             res.replace_rows(rows, again)
-            refuted, closed = self._refutation(res, lo.numpy(), hi.numpy())
+            refuted[rows.numpy()], closed[rows.numpy()] = self._refutation(
+                again, lo[rows].numpy(), hi[rows].numpy())
         return res, refuted, closed
+
+    @property
+    def alpha_iterations(self) -> int:
+        """alpha-CROWN steps per bounding in this search's splitting mode."""
+        return self.opt.alpha_iterations_input if self.input_split else self.opt.alpha_iterations
 
     def _close(self, node: Node, res, i: int, method: str | None = None, cores=None,
                digits=None, layer_b=None) -> None:
@@ -190,14 +196,14 @@ class RegionSearch:
         hi = torch.from_numpy(self.region.upper[None, :].copy())
         splits = None if self.input_split else [torch.zeros((1, n), dtype=torch.int8)
                                                 for n in self.net.hidden_sizes]
-        res = self.prop.bound(lo, hi, self.C, self.d, splits)
-        if not self._refutation(res, lo.numpy(), hi.numpy())[1].all():
+        # plain CROWN: forward-mode bounds are loose on a box this large
+        res, _, closed = self.bound_branches(lo, hi, splits, None, alpha=0, mode="backward")
+        if not closed.all():
             # the bound's minimisers and the centre: free counterexample candidates
             self.root_candidates = np.vstack([res.minimisers(lo, hi).numpy()[0],
                                               (lo + hi).numpy() / 2])
             return False
         self._root_statistics(res)
-        self.stats.bound_evaluations += 1
         self._close(self._root(), res, 0)
         return True
 
@@ -428,7 +434,7 @@ class RegionSearch:
                 # the parent's bounds hold on its halves, but with forward-mode bounds
                 # they would mask how much each split tightens the deep layers
                 fixed = [(l[sel], u[sel]) for l, u in zip(res.lower, res.upper)] \
-                    if self.opt.inherit_bounds and forward_lookahead is False else None
+                    if self.opt.inherit_bounds and not forward_lookahead else None
                 r = self.prop.bound(torch.from_numpy(los[s:e]), torch.from_numpy(his[s:e]), self.C,
                                     self.d, None, fixed, forward=forward_lookahead)
                 self.stats.bound_evaluations += e - s

@@ -119,7 +119,6 @@ class _Reuser:
         self.propagator = BoundPropagator(variant)
         self.rng = np.random.default_rng(options.seed)
         self.attacker: Attacker | None = None
-        self._first_pass: dict[int, tuple] = {}  # plain-CROWN open items by branch index
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -143,35 +142,28 @@ class _Reuser:
             if cex is not None:
                 return cex
         step = max(1, self.opt.batch_size)
-        alpha = self.opt.alpha_iterations if relu_split or self.net.n_inputs > \
-            self.opt.input_split_max else self.opt.alpha_iterations_input
+        alpha = search.alpha_iterations
         # plain CROWN on every branch, then (after a cheap look for a counterexample)
         # alpha-CROWN on the branches it left open
-        open_idx = []
+        open_items = []
         for s in range(0, len(branches), step):
-            idx = list(range(s, min(len(branches), s + step)))
-            batch = self._bound(search, branches, splits, idx, 0)
-            open_idx += [i for i, b in zip(idx, batch) if b is not None]
-            if open_idx and open_idx[-1] in idx:
+            batch = self._bound(search, branches, splits, range(s, min(len(branches), s + step)), 0)
+            if batch:
+                open_items += batch
                 cex = self._candidates(region, r, batch)
                 if cex is not None:
                     return cex
-        if not open_idx:
+        if not open_items:
             return None
         if self.ropt.attack and not attacked:
             cex = self.attack(region, r, quick=True)
             if cex is not None:
                 return cex
-        open_items = []
-        for s in range(0, len(open_idx), step):
-            idx = open_idx[s:s + step]
-            batch = self._bound(search, branches, splits, idx, alpha) \
-                if self.ropt.bounds_first and alpha else [None] * len(idx)
-            for i, b in zip(idx, batch):
-                if b is None and self.ropt.bounds_first and alpha:
-                    self.stats.closed_by_bounds += 1
-                    continue
-                open_items.append(b if b is not None else self._first_pass[i])
+        if self.ropt.bounds_first and alpha:
+            plain, open_items = open_items, []
+            for s in range(0, len(plain), step):
+                open_items += self._bound(search, branches, splits,
+                                          [it[0] for it in plain[s:s + step]], alpha)
         if not open_items:
             return None
         if self.ropt.attack:
@@ -207,9 +199,9 @@ class _Reuser:
             self.stats.closed_by_split += len(to_split)
         return None
 
-    def _bound(self, search: RegionSearch, branches, splits, idx, alpha):
-        """Bound branches ``idx`` on the variant; per branch None (closed, counted)
-        or the open item (index, layer bounds, open conjunctions, unstable count,
+    def _bound(self, search: RegionSearch, branches, splits, idx, alpha) -> list[tuple]:
+        """Bound branches ``idx`` on the variant, counting those closed; returns the
+        open ones as items (index, layer bounds, open conjunctions, unstable count,
         infeasible, corner candidates)."""
         relu_split = splits[0] is not None
         n_hidden = len(self.net.hidden_sizes)
@@ -227,25 +219,19 @@ class _Reuser:
         out = []
         for b, i in enumerate(idx):
             if self.ropt.bounds_first and (infeasible[b] or refuted[b].all()):
-                if not alpha:
-                    self.stats.closed_by_bounds += 1
-                out.append(None)
+                self.stats.closed_by_bounds += 1
                 continue
             lb = [(res.lower[k][b].numpy(), res.upper[k][b].numpy()) for k in range(n_hidden)]
             unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in lb))
             todo = np.flatnonzero(~refuted[b]) if self.ropt.bounds_first \
                 else np.arange(search.n_conj)
-            item = (i, lb, todo, unstable, bool(infeasible[b]),
-                    np.vstack([corners[b], (lo[b] + hi[b])[None, :] / 2]))
-            if not alpha:
-                self._first_pass[i] = item
-            out.append(item)
+            out.append((i, lb, todo, unstable, bool(infeasible[b]),
+                        np.vstack([corners[b], (lo[b] + hi[b])[None, :] / 2])))
         return out
 
     def _candidates(self, region: Region, r: int, batch):
         """Confirm the bound minimisers and midpoints of a batch's open branches."""
-        xs = [it[5] for it in batch if it is not None]
-        return confirm_batch(self.net, region, r, np.vstack(xs)) if xs else None
+        return confirm_batch(self.net, region, r, np.vstack([it[5] for it in batch]))
 
     def attack(self, region: Region, r: int, quick: bool, starts=None):
         """Sampling + PGD on the variant (``starts``: extra PGD starting points)."""
