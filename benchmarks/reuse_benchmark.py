@@ -219,7 +219,7 @@ def main():
           f"wall {time.monotonic() - t0:.0f} s)\n")
     print(f"- proof reuse rate: **{total.reuse_rate:.1%}** ({total.reused}/{total.pairs} pairs "
           f"decided without the fallback to scratch; target >= 90%)")
-    print(f"- geometric-mean speedup of reuse over scratch: **"
+    print("- geometric-mean speedup of reuse over scratch: **"
           + ("n/a" if sp is None else f"{sp:.2f}x") + f"** over {len(total.speedups)} pairs "
           f"decided both ways (target >= 4x)")
     dis = counters["disagreements"]

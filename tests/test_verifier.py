@@ -94,13 +94,15 @@ def test_bounds_contain_sampled_activations():
         assert np.all(z >= l) and np.all(z <= u)
 
 
-@pytest.mark.parametrize("forward", [False, True])
-def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(forward):
+@pytest.mark.parametrize("mode", ["backward", "forward", "merged"])
+def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode):
     """``BoundPropagator.bound`` (back-substituted or forward-mode intermediate
-    bounds): every sampled input of each branch -- a sub-box, with ReLU splits
-    taken from one of its samples -- lies inside the layer bounds and above the
-    spec lower bound, also when the bounds of the enclosing box are intersected
-    in (as input-split halves inherit them)."""
+    bounds, or forward-mode ones merged with a second bound that back-substitutes
+    the neurons they leave unstable): every sampled input of each branch -- a
+    sub-box, with ReLU splits taken from one of its samples -- lies inside the
+    layer bounds and above the spec lower bound and its linear form, also when
+    the bounds of the enclosing box are intersected in (as input-split halves
+    inherit them)."""
     import torch
     from verify.bounds import BoundPropagator
     rng = np.random.default_rng(5)
@@ -114,7 +116,7 @@ def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(forward):
     lo = outer_lo + rng.uniform(0, 0.3, (B, 5))
     hi = lo + rng.uniform(0.05, 0.3, (B, 5))
     parent = prop.bound(torch.from_numpy(np.tile(outer_lo, (B, 1))),
-                        torch.from_numpy(np.tile(outer_hi, (B, 1))), C, d, forward=forward)
+                        torch.from_numpy(np.tile(outer_hi, (B, 1))), C, d, forward=mode != "backward")
     fixed = list(zip(parent.lower, parent.upper))
     tight_somewhere = False
     for use_splits in (False, True):
@@ -131,7 +133,13 @@ def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(forward):
                 splits.append(torch.from_numpy(sp))
         for fx in (None, fixed):
             res = prop.bound(torch.from_numpy(lo), torch.from_numpy(hi), C, d, splits, fx,
-                             forward=forward)
+                             forward=mode != "backward")
+            if mode == "merged":
+                rows = torch.arange(1, B)
+                res.merge_rows(rows, prop.bound(torch.from_numpy(lo[1:]), torch.from_numpy(hi[1:]), C, d,
+                                                None if splits is None else [s[1:] for s in splits],
+                                                None if fx is None else [(l[1:], u[1:]) for l, u in fx],
+                                                forward=True, backward=True))
             for b in range(B):
                 xs = samples[b]
                 pre = net.pre_activations(xs)
@@ -146,6 +154,8 @@ def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(forward):
                     assert np.all(z >= res.lower[k][b].numpy()) and np.all(z <= res.upper[k][b].numpy())
                 ys = net.forward(xs[mask]) @ C.numpy().T - d.numpy()
                 assert np.all(res.spec_lower[b].numpy() <= ys.min(0) + 1e-9)
+                linear = xs[mask] @ res.spec_coeffs[b].numpy().T + res.spec_const[b].numpy()
+                assert np.all(linear <= ys + 1e-9)
                 gap = ys.min(0) - res.spec_lower[b].numpy()
                 tight_somewhere |= bool(np.any(gap < 0.5 * np.abs(ys).mean()))
     assert tight_somewhere  # the bounds are not vacuous

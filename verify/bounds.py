@@ -40,7 +40,8 @@ class BatchBounds:
     bound (its minimiser over the box is a natural attack candidate).
     ``infeasible``: (B,) branches whose split constraints contradict the bounds.
     ``layer_coeffs[k]``: (B, m, n_k) back-substitution coefficients on the
-    activations of hidden layer ``k`` (used to choose what to split).
+    activations of hidden layer ``k``, and ``guide_coeffs`` (B, m, n_inputs) on
+    the input, of the bound with adaptive slopes (they choose what to split).
     """
 
     lower: list[torch.Tensor]
@@ -50,16 +51,45 @@ class BatchBounds:
     infeasible: torch.Tensor
     layer_coeffs: list[torch.Tensor]
     spec_const: torch.Tensor  # (B, m): spec row r >= spec_coeffs[r] @ x + spec_const[r] on the box
+    guide_coeffs: torch.Tensor  # (B, m, n_inputs): input coefficients that guide splitting
 
-    def replace_rows(self, rows: torch.Tensor, other: "BatchBounds") -> None:
-        """Overwrite branches ``rows`` with ``other`` (the same branches bounded again)."""
-        for mine, theirs in ((self.lower, other.lower), (self.upper, other.upper),
-                             (self.layer_coeffs, other.layer_coeffs)):
-            for k in range(len(mine)):
-                if mine[k] is not None and theirs[k] is not None:
-                    mine[k] = mine[k].index_copy(0, rows, theirs[k])
-        for name in ("spec_lower", "spec_coeffs", "infeasible", "spec_const"):
-            setattr(self, name, getattr(self, name).index_copy(0, rows, getattr(other, name)))
+    def select(self, rows: torch.Tensor) -> "BatchBounds":
+        """The bounds of branches ``rows`` only."""
+        pick = lambda ts: [None if t is None else t[rows] for t in ts]
+        return BatchBounds(pick(self.lower), pick(self.upper), self.spec_lower[rows],
+                           self.spec_coeffs[rows], self.infeasible[rows],
+                           pick(self.layer_coeffs), self.spec_const[rows], self.guide_coeffs[rows])
+
+    def merge_rows(self, rows: torch.Tensor, other: "BatchBounds") -> None:
+        """Combine branches ``rows`` with ``other`` (the same branches bounded
+        again, differently): both are sound, so layer bounds are intersected
+        and each spec row keeps the better of its two linear bounds."""
+        for k in range(len(self.lower)):
+            self.lower[k] = self.lower[k].index_copy(
+                0, rows, torch.maximum(self.lower[k][rows], other.lower[k]))
+            self.upper[k] = self.upper[k].index_copy(
+                0, rows, torch.minimum(self.upper[k][rows], other.upper[k]))
+            if self.layer_coeffs[k] is not None and other.layer_coeffs[k] is not None:
+                self.layer_coeffs[k] = self.layer_coeffs[k].index_copy(0, rows, other.layer_coeffs[k])
+        self.guide_coeffs = self.guide_coeffs.index_copy(0, rows, other.guide_coeffs)
+        pick = other.spec_lower > self.spec_lower[rows]
+        for name in ("spec_lower", "spec_coeffs", "spec_const"):
+            mine, theirs = getattr(self, name)[rows], getattr(other, name)
+            sel = pick if mine.dim() == 2 else pick[..., None]
+            setattr(self, name, getattr(self, name).index_copy(0, rows, torch.where(sel, theirs, mine)))
+        self.infeasible = self.infeasible.index_copy(0, rows, self.infeasible[rows] | other.infeasible)
+
+    def merge_linear(self, coeffs: torch.Tensor, const: torch.Tensor, lo: torch.Tensor,
+                     hi: torch.Tensor) -> None:
+        """Combine with other linear lower bounds of the spec rows that hold on
+        these boxes (``coeffs`` (B, m, n), ``const`` (B, m); e.g. a parent
+        box's): per row, the better minimum over the box is kept."""
+        value = _widen_lower(const + (coeffs.clamp(min=0) * lo[:, None, :]).sum(-1)
+                             + (coeffs.clamp(max=0) * hi[:, None, :]).sum(-1))
+        pick = value > self.spec_lower
+        self.spec_lower = torch.where(pick, value, self.spec_lower)
+        self.spec_coeffs = torch.where(pick[..., None], coeffs, self.spec_coeffs)
+        self.spec_const = torch.where(pick, const, self.spec_const)
 
     def minimisers(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """Box corner minimising each spec row's linear lower bound: (B, m, n)."""
@@ -90,10 +120,12 @@ class BoundPropagator:
         return alpha, s, t
 
     def _backsub(self, K: int, lam: torch.Tensor, lower, upper, lo, hi, record=False, alphas=None,
-                 betas=None, signs=None):
+                 betas=None, signs=None, relax=None):
         """Lower bound of ``lam @ z_K`` over the box, given bounds of layers < K.
 
         ``lam``: (B, m, n_K).  ``alphas``: optional lower slopes per hidden layer.
+        ``relax``: optional precomputed default relaxation per hidden layer (then
+        ``lower``/``upper`` are not read).
         ``betas`` (B, m, n_k) >= 0 with ``signs`` (B, n_k) in {-1, 0, +1}: beta-CROWN
         multipliers of the split constraints ``sign * z_k >= 0``; the bound
         ``lam @ z_K - sum beta * sign * z_k`` is then a lower bound of
@@ -103,7 +135,10 @@ class BoundPropagator:
         A = lam @ self.weights[K]
         recorded = [None] * self.n_hidden
         for k in range(K - 1, -1, -1):
-            alpha, s, t = self._relaxation(lower[k], upper[k], None if alphas is None else alphas[k])
+            if relax is not None and alphas is None:
+                alpha, s, t = relax[k]
+            else:
+                alpha, s, t = self._relaxation(lower[k], upper[k], None if alphas is None else alphas[k])
             if record:
                 recorded[k] = A
             a_pos = A.clamp(min=0)
@@ -116,6 +151,54 @@ class BoundPropagator:
             A = A @ self.weights[k]
         bound = const + (A.clamp(min=0) * lo[:, None, :]).sum(-1) + (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return bound, A, recorded
+
+    def _backsub_neurons(self, k, l, u, sp, relax, lo, hi, every: bool):
+        """Tighten layer ``k``'s bounds by back-substitution: of ``every``
+        neuron, or only of those that ``l``/``u`` leave unstable or that are
+        split -- one query per (branch, neuron), with its branch's relaxation.
+        (A stable neuron's relaxation is exact however loose its bounds, but
+        interval arithmetic through tight bounds of stable neurons sometimes
+        beats back-substitution on the next layer: "every" is the tightest.)"""
+        if every:
+            n_k = l.shape[1]
+            eye = torch.eye(n_k, dtype=l.dtype)
+            lam = torch.cat([eye, -eye], 0).expand(l.shape[0], 2 * n_k, n_k)
+            bnd, _, _ = self._backsub(k, lam, None, None, lo, hi, relax=relax)
+            return (torch.maximum(l, _widen_lower(bnd[:, :n_k])),
+                    torch.minimum(u, _widen_upper(-bnd[:, n_k:])))
+        todo = (l < 0) & (u > 0)
+        if sp is not None:
+            todo |= sp != 0
+        rows, cols = todo.nonzero(as_tuple=True)
+        n_q = len(rows)
+        if n_q == 0:
+            return l, u
+        lam = torch.zeros(n_q, 2, l.shape[1], dtype=l.dtype)
+        q = torch.arange(n_q)
+        lam[q, 0, cols] = 1.0
+        lam[q, 1, cols] = -1.0
+        bnd, _, _ = self._backsub(k, lam, None, None, lo[rows], hi[rows],
+                                  relax=[tuple(x[rows] for x in r) for r in relax])
+        l, u = l.clone(), u.clone()
+        l[rows, cols] = torch.maximum(l[rows, cols], _widen_lower(bnd[:, 0]))
+        u[rows, cols] = torch.minimum(u[rows, cols], _widen_upper(-bnd[:, 1]))
+        return l, u
+
+    def _spec_backsub(self, K, lam, relax, lo, hi):
+        """Back-substitute the spec rows twice -- with the adaptive lower slopes,
+        and with every unstable neuron's lower slope 0 -- and keep the better
+        bound per row: the adaptive choice is not monotone in the intermediate
+        bounds (tighter ones can flip a slope to 1 and lose a row's sign).
+        Returns (bound, its input coefficients, and the adaptive bound's input
+        and per-layer coefficients: the better guide for what to split)."""
+        bnd, A, rec = self._backsub(K, lam, None, None, lo, hi, record=True, relax=relax)
+        if not K:
+            return bnd, A, A, rec
+        flat = [(torch.where((s > 0) & (s < 1), torch.zeros_like(a), a), s, t)
+                for a, s, t in relax]  # 0 < s < 1: exactly the unstable neurons
+        bnd0, A0, _ = self._backsub(K, lam, None, None, lo, hi, relax=flat)
+        pick = bnd0 > bnd
+        return torch.where(pick, bnd0, bnd), torch.where(pick[..., None], A0, A), A, rec
 
     # ---- main entry ------------------------------------------------------------
     def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations, deadline=None,
@@ -161,7 +244,7 @@ class BoundPropagator:
 
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
               alpha_iterations: int = 0, deadline: float | None = None,
-              forward: bool = False) -> BatchBounds:
+              forward: bool = False, backward: bool | None = None) -> BatchBounds:
         """Bound a batch.
 
         ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
@@ -169,11 +252,16 @@ class BoundPropagator:
         +1 (forced active), -1 (forced inactive), 0 (free).
         ``fixed``: optional list of (lower, upper) per hidden layer to intersect
         with (e.g. bounds of a parent branch).
-        ``forward``: intermediate bounds by forward-mode linear bounds -- (B, n_k,
-        n_inputs) tensors, an order of magnitude cheaper than back-substituting
-        every neuron when the input is small, and looser on large boxes."""
+        Intermediate bounds: interval arithmetic, intersected with
+        ``forward``: forward-mode linear bounds -- (B, n_k, n_inputs) tensors, an
+        order of magnitude cheaper than back-substitution when the input is
+        small, and looser on large boxes; and ``backward`` (default: when not
+        ``forward``): back-substitution (CROWN) -- with ``forward`` too, only of
+        the neurons that the forward bounds leave unstable, and of split neurons."""
         B = lo.shape[0]
-        lower, upper = [], []
+        if backward is None:
+            backward = not forward
+        lower, upper, relax = [], [], []
         infeasible = torch.zeros(B, dtype=torch.bool)
         if forward:
             mid, rad = (hi + lo)[:, :, None] / 2, (hi - lo)[:, :, None] / 2
@@ -190,7 +278,7 @@ class BoundPropagator:
                 P = Q = W.expand(B, -1, -1)
                 p = q = b.expand(B, -1)
             elif forward:
-                alpha, s, t = self._relaxation(lower[k - 1], upper[k - 1])
+                alpha, s, t = relax[k - 1]
                 # relu(z) >= alpha*z >= alpha*L(x);  relu(z) <= s*z + t <= s*U(x) + t
                 hP, hp = P * alpha[:, :, None], p * alpha
                 hQ, hq = Q * s[:, :, None], q * s + t
@@ -199,34 +287,44 @@ class BoundPropagator:
                 Q, q = Wp @ hQ + Wn @ hP, hq @ Wp.T + hp @ Wn.T + b
                 l = torch.maximum(l, (P @ mid)[..., 0] - (P.abs() @ rad)[..., 0] + p)
                 u = torch.minimum(u, (Q @ mid)[..., 0] + (Q.abs() @ rad)[..., 0] + q)
-            elif k > 0:
-                n_k = W.shape[0]
-                eye = torch.eye(n_k, dtype=W.dtype)
-                lam = torch.cat([eye, -eye], 0).expand(B, 2 * n_k, n_k)
-                bnd, _, _ = self._backsub(k, lam, lower, upper, lo, hi)
-                l = torch.maximum(l, bnd[:, :n_k])
-                u = torch.minimum(u, -bnd[:, n_k:])
             l, u = _widen_lower(l), _widen_upper(u)
             if fixed is not None and fixed[k] is not None:
                 l = torch.maximum(l, fixed[k][0])
                 u = torch.minimum(u, fixed[k][1])
-            if splits is not None and splits[k] is not None:
-                sp = splits[k]
+            sp = None if splits is None else splits[k]
+            if backward and k > 0:
+                l, u = self._backsub_neurons(k, l, u, sp, relax, lo, hi, every=not forward)
+            if sp is not None:
                 l = torch.where(sp > 0, l.clamp(min=0), l)
                 u = torch.where(sp < 0, u.clamp(max=0), u)
             infeasible |= (l > u).any(-1)
             lower.append(l)
             upper.append(u)
+            relax.append(self._relaxation(l, u))
+        return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
+                                 alpha_iterations, deadline, splits)
+
+    def spec_bound(self, lo, hi, spec_c, spec_d, lower, upper, alpha_iterations: int,
+                   deadline: float | None = None) -> BatchBounds:
+        """Bound only the spec rows of a batch whose intermediate bounds
+        ``lower``/``upper`` are known (e.g. again, with alpha-CROWN steps)."""
+        relax = [self._relaxation(l, u) for l, u in zip(lower, upper)]
+        infeasible = torch.zeros(lo.shape[0], dtype=torch.bool)
+        return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
+                                 alpha_iterations, deadline, None)
+
+    def _spec_result(self, lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
+                     alpha_iterations, deadline, splits) -> BatchBounds:
         K = self.n_hidden
-        lam = spec_c.expand(B, *spec_c.shape)
-        bnd, A, recorded = self._backsub(K, lam, lower, upper, lo, hi, record=True)
+        lam = spec_c.expand(lo.shape[0], *spec_c.shape)
+        bnd, A, guide, recorded = self._spec_backsub(K, lam, relax, lo, hi)
         linear_bnd = bnd  # the bound that A (and the constant below) belong to
         if alpha_iterations and K:
             bnd, linear_bnd, A, recorded = self._optimise_alpha(K, lam, lower, upper, lo, hi, bnd,
                                                                 alpha_iterations, deadline, splits)
         spec_lower = _widen_lower(bnd - spec_d)
         const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
-        return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d)
+        return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d, guide)
 
 
 def refute_conjunction(coeffs: np.ndarray, const: np.ndarray, lo: np.ndarray, hi: np.ndarray,

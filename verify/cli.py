@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -17,7 +18,7 @@ from .result import Status, VerificationResult
 BAD_INPUT = 2
 
 
-def _fail(error: Exception) -> "NoReturn":  # noqa: F821
+def _fail(error: Exception) -> NoReturn:
     click.echo("error: " + " ".join(str(error).split()), err=True)
     sys.exit(BAD_INPUT)
 

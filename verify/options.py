@@ -32,10 +32,16 @@ class VerifyOptions:
     input_split_max: int = 16  # split the input box when it has at most this many dims
     alpha_iterations: int = 20  # ReLU splitting: alpha-CROWN steps per bounding
     alpha_iterations_input: int = 0  # input splitting: alpha-CROWN steps per bounding
+    # input splitting, hybrid bounds: branches still open with at most this many
+    # unstable ReLUs get alpha-CROWN steps on their spec rows (near a plateau of
+    # small margin that closes most of them instead of splitting them further)
+    alpha_tier_iterations: int = 20
+    alpha_tier_max_unstable: int = 24
     inherit_bounds: bool = True  # input splitting: halves intersect their parent's layer bounds
     # input splitting: intermediate bounds by "backward" substitution (CROWN), by
     # "forward" linear bounds (10x cheaper, looser on large boxes), or "hybrid":
-    # forward first, backward for the branches that stay open (look-ahead: forward)
+    # forward first, then for the branches that stay open both, back-substituting
+    # the neurons forward leaves unstable (look-ahead: forward)
     intermediate_bounds: str = "hybrid"
     seed: int = 0
     use_z3: bool = True
@@ -46,6 +52,9 @@ class VerifyOptions:
         if self.intermediate_bounds not in ("backward", "forward", "hybrid"):
             raise OptionError("intermediate_bounds must be backward, forward or hybrid, got "
                               f"{self.intermediate_bounds!r}")
+        for name in ("alpha_tier_iterations", "alpha_tier_max_unstable"):
+            if getattr(self, name) < 0:
+                raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.portfolio_share <= 1.0:
             raise OptionError(f"portfolio_share must be in (0, 1], got {self.portfolio_share}")
         if not 0.0 <= self.attack_time_share <= 1.0 or self.attack_max_s < 0:

@@ -34,6 +34,7 @@ class Node:
     parent: list[tuple[np.ndarray, np.ndarray]] | None = None  # parent bounds to intersect
     depth: int = 0
     score: float = 0.0  # the parent's worst open margin: most negative is searched first
+    parent_spec: tuple[np.ndarray, np.ndarray] | None = None  # parent's linear spec bound
 
 
 @dataclass
@@ -144,10 +145,14 @@ class RegionSearch:
         refuted = refuted_conjunctions(res, self.owner, self.n_conj, lo, hi)
         return refuted, refuted.all(axis=1) | res.infeasible.numpy()
 
-    def bound_branches(self, lo, hi, splits, fixed, alpha: int | None = None, mode: str | None = None):
-        """Bound a batch of branches: (bounds, refuted, closed).  With few inputs
+    def bound_branches(self, lo, hi, splits, fixed, alpha: int | None = None, mode: str | None = None,
+                       inherited=None):
+        """Bound a batch of branches: (bounds, refuted, closed).  ``inherited``:
+        optional linear lower bounds of the spec rows that hold on the boxes
+        (their parents'), kept where they are better.  With few inputs
         (input splitting) the cheap forward-mode intermediate bounds come first
-        and only the branches they leave open are bounded by back-substitution
+        and only the branches they leave open are bounded again, with the
+        neurons that forward bounds leave unstable back-substituted
         (``intermediate_bounds="hybrid"``)."""
         if alpha is None:
             alpha = self.alpha_iterations
@@ -156,18 +161,43 @@ class RegionSearch:
         res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed, alpha_iterations=alpha,
                               deadline=self.deadline, forward=mode != "backward")
         self.stats.bound_evaluations += len(lo)
+        if inherited is not None:
+            res.merge_linear(*inherited, lo, hi)
         refuted, closed = self._refutation(res, lo.numpy(), hi.numpy())
         if mode == "hybrid" and not closed.all():
             rows = torch.from_numpy(np.flatnonzero(~closed))
             again = self.prop.bound(lo[rows], hi[rows], self.C, self.d,
                                     None if splits is None else [s[rows] for s in splits],
                                     None if fixed is None else [(l[rows], u[rows]) for l, u in fixed],
-                                    alpha_iterations=alpha, deadline=self.deadline)
+                                    alpha_iterations=alpha, deadline=self.deadline,
+                                    forward=True, backward=True)
             self.stats.bound_evaluations += len(rows)
-            res.replace_rows(rows, again)
-            refuted[rows.numpy()], closed[rows.numpy()] = self._refutation(
-                again, lo[rows].numpy(), hi[rows].numpy())
+            # bounds are not monotone in the intermediate bounds: keep the better
+            res.merge_rows(rows, again)
+            r = rows.numpy()
+            again_refuted, _ = self._refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())
+            refuted[r] |= again_refuted
+            closed[r] = refuted[r].all(axis=1) | res.infeasible.numpy()[r]
+            self._alpha_tier(res, lo, hi, refuted, closed)
         return res, refuted, closed
+
+    def _alpha_tier(self, res, lo, hi, refuted, closed) -> None:
+        """alpha-CROWN steps on the spec rows of the open branches with few
+        unstable ReLUs (over their intermediate bounds); updates in place."""
+        if not self.opt.alpha_tier_iterations or closed.all() or not self.prop.n_hidden:
+            return
+        unstable = sum(((l < 0) & (u > 0)).sum(-1) for l, u in zip(res.lower, res.upper)).numpy()
+        r = np.flatnonzero(~closed & (unstable <= self.opt.alpha_tier_max_unstable))
+        if len(r) == 0:
+            return
+        rows = torch.from_numpy(r)
+        again = self.prop.spec_bound(lo[rows], hi[rows], self.C, self.d,
+                                     [l[rows] for l in res.lower], [u[rows] for u in res.upper],
+                                     self.opt.alpha_tier_iterations, deadline=self.deadline)
+        self.stats.bound_evaluations += len(r)
+        res.merge_rows(rows, again)
+        refuted[r] |= self._refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())[0]
+        closed[r] = refuted[r].all(axis=1) | res.infeasible.numpy()[r]
 
     @property
     def alpha_iterations(self) -> int:
@@ -244,7 +274,11 @@ class RegionSearch:
                 fixed = [(torch.from_numpy(np.stack([n.parent[k][0] for n in batch])),
                           torch.from_numpy(np.stack([n.parent[k][1] for n in batch])))
                          for k in range(n_hidden)]
-            res, refuted, closed = self.bound_branches(lo, hi, splits, fixed)
+            inherited = None
+            if all(n.parent_spec is not None for n in batch):
+                inherited = (torch.from_numpy(np.stack([n.parent_spec[0] for n in batch])),
+                             torch.from_numpy(np.stack([n.parent_spec[1] for n in batch])))
+            res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited)
             spec_lower = res.spec_lower.numpy()
             unstable = sum(((l < 0) & (u > 0)).sum(-1) for l, u in zip(res.lower, res.upper))
             unstable = unstable.numpy() if n_hidden else np.zeros(len(batch), dtype=np.int64)
@@ -411,9 +445,10 @@ class RegionSearch:
         if not cands:
             return out
         if self.net.n_inputs <= self.opt.lookahead_max_inputs:
-            if self.opt.lookahead_dims:  # look ahead over the best few by coefficients
-                cands = [(node, self._coefficient_ranking(node, dims, res, i, spec_lower[i], refuted[i])
-                          [:self.opt.lookahead_dims]) for (node, dims), i in zip(cands, idx)]
+            if self.opt.lookahead_dims:  # the best few by coefficients, and the relatively
+                # widest (coefficients can hide how much it loosens the bounds)
+                cands = [(node, self._lookahead_dims(node, dims, res, i, spec_lower[i], refuted[i]))
+                         for (node, dims), i in zip(cands, idx)]
             los, his, rows = [], [], []
             for (node, dims), i in zip(cands, idx):
                 rows += [i] * (2 * len(dims))
@@ -449,7 +484,7 @@ class RegionSearch:
                     out += self._split_by_coefficients([((node, dims), i)], res, spec_lower, refuted)
                     continue
                 scores = np.minimum(scores, 1e30).reshape(len(dims), 2).sum(axis=1)
-                out.append(self._bisect(node, int(dims[np.argmax(scores)]), self._parent(res, i)))
+                out.append(self._bisect(node, int(dims[np.argmax(scores)]), *self._inherited(res, i)))
             return out
         return self._split_by_coefficients(list(zip(cands, idx)), res, spec_lower, refuted)
 
@@ -460,35 +495,49 @@ class RegionSearch:
         |input coefficient| * width."""
         return [self._bisect(node, int(self._coefficient_ranking(node, dims, res, i, spec_lower[i],
                                                                   refuted[i])[0]),
-                             self._parent(res, i))
+                             *self._inherited(res, i))
                 for (node, dims), i in items]
 
-    def _parent(self, res, i: int):
-        """Row ``i``'s layer bounds, for its children to intersect with (a half
-        box lies inside its parent, so the parent's bounds hold on it)."""
-        if not self.opt.inherit_bounds or not self.prop.n_hidden:
-            return None
-        return [(l[i].numpy(), u[i].numpy()) for l, u in zip(res.lower, res.upper)]
+    def _inherited(self, res, i: int):
+        """Row ``i``'s layer bounds and linear spec bound, for its children to
+        intersect with (a half box lies inside its parent, so the parent's
+        bounds hold on it)."""
+        if not self.opt.inherit_bounds:
+            return None, None
+        layers = [(l[i].numpy(), u[i].numpy()) for l, u in zip(res.lower, res.upper)] \
+            if self.prop.n_hidden else None
+        return layers, (res.spec_coeffs[i].numpy(), res.spec_const[i].numpy())
+
+    def _span(self, dims) -> np.ndarray:
+        span = (self.region.upper - self.region.lower)[dims]
+        return np.where(span > 0, span, 1.0)
+
+    def _lookahead_dims(self, node: Node, dims, res, i: int, spec_lower_row, refuted_row):
+        """The look-ahead's dimensions: the best few by coefficients, and the
+        relatively widest."""
+        ranked = self._coefficient_ranking(node, dims, res, i, spec_lower_row, refuted_row)
+        best = list(ranked[:self.opt.lookahead_dims])
+        widest = int(dims[np.argmax((node.hi - node.lo)[dims] / self._span(dims))])
+        return np.array(best if widest in best else best + [widest])
 
     def _coefficient_ranking(self, node: Node, dims, res, i: int, spec_lower_row,
                              refuted_row) -> np.ndarray:
         """``dims`` best first by the sum over open rows of |input coefficient| * width
         (dimensions already split to a millionth of the region come last)."""
-        span = self.region.upper - self.region.lower
         open_rows = ~refuted_row[self.owner] & (spec_lower_row <= 0)
         width = (node.hi - node.lo)[dims]
-        coeff = np.abs(res.spec_coeffs[i].numpy()[open_rows][:, dims]).sum(0) * width
-        rel = width / np.where(span[dims] > 0, span[dims], 1.0)
+        coeff = np.abs(res.guide_coeffs[i].numpy()[open_rows][:, dims]).sum(0) * width
+        rel = width / self._span(dims)
         coeff = np.where(rel > 1e-6, coeff, 0.0)  # never starve the other dimensions
         return dims[np.lexsort((-rel, -coeff))]
 
     @staticmethod
-    def _bisect(node: Node, dim: int, parent=None) -> list[Node]:
+    def _bisect(node: Node, dim: int, parent=None, parent_spec=None) -> list[Node]:
         mid = (node.lo[dim] + node.hi[dim]) / 2
         left_hi = node.hi.copy(); left_hi[dim] = mid
         right_lo = node.lo.copy(); right_lo[dim] = mid
-        return [Node(node.lo, left_hi, None, parent, node.depth + 1),
-                Node(right_lo, node.hi, None, parent, node.depth + 1)]
+        return [Node(node.lo, left_hi, None, parent, node.depth + 1, parent_spec=parent_spec),
+                Node(right_lo, node.hi, None, parent, node.depth + 1, parent_spec=parent_spec)]
 
     def _worst_row(self, spec_lower_row: np.ndarray, refuted_row: np.ndarray) -> int:
         """The open conjunction furthest from refuted, and its most promising row."""

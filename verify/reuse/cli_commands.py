@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -18,7 +19,7 @@ from ..result import EXIT_CODES, Status, _json_default
 BAD_INPUT = 2
 
 
-def _fail(error: Exception) -> "NoReturn":  # noqa: F821 - same format as verify.cli
+def _fail(error: Exception) -> NoReturn:  # same format as verify.cli
     click.echo("error: " + " ".join(str(error).split()), err=True)
     sys.exit(BAD_INPUT)
 
