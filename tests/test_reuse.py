@@ -300,3 +300,77 @@ def test_violated_original_counterexample_is_replayed_on_variant(digits_mlp):
     r = reverify(net, variant, prop, OPTS, proof=proof)
     assert r.status.value == "violated" and not r.reuse.fallback, (r.method, r.reason)
     _replays(prop, variant.network, r.counterexample)
+
+
+# ---- change classification ------------------------------------------------------------
+@pytest.mark.parametrize("recipe", ["neurons:0.25", "magnitude:0.3", "int4", "one-weight"])
+def test_change_map_classifies_neurons_and_affected_region(digits_mlp, recipe):
+    """Removed neurons are those the change record drops, revalued those whose
+    incoming weights or bias differ; the affected region is exactly the
+    descendants of the changed neurons in the networkx graph, and every neuron
+    whose value differs between the two networks on sampled inputs lies in it."""
+    import networkx as nx
+    from verify.reuse.changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
+    net = digits_mlp[0]
+    if recipe == "one-weight":  # one changed neuron: the affected region is its cone
+        first = net.affines[0]
+        w = first.weight.copy()
+        w[3, 5] += 0.5
+        changed_net = net.with_affines((Affine(w, first.bias),) + net.affines[1:], "one-weight")
+        variant = type("V", (), {"network": changed_net, "record": None})()
+    else:
+        variant = next(iter(sweep(net, [recipe])))
+    cmap = ChangeMap(net, variant.network, variant.record)
+    kinds = {s: sum(1 for v in cmap.status.values() if v == s) for s in (UNCHANGED, REVALUED, REMOVED)}
+    removed = {(k, int(i)) for k, m in enumerate(cmap.maps) for i in np.flatnonzero(m < 0)}
+    assert {n for n, s in cmap.status.items() if s == REMOVED} == removed
+    assert kinds[REVALUED] > 0 and (bool(removed) == recipe.startswith("neurons"))
+    if recipe == "one-weight":
+        assert [n for n, s in cmap.status.items() if s == REVALUED] == [(0, 3)]
+        assert (0, 4) not in cmap.affected and (1, 0) in cmap.affected
+    graph = cmap.graph
+    changed = [n for n, s in cmap.status.items() if s == REVALUED]
+    expected = set(changed).union(*(nx.descendants(graph, n) for n in changed))
+    assert cmap.affected == expected
+    # semantics: values that differ belong to affected neurons
+    xs = np.random.default_rng(0).uniform(0, 1, (200, net.n_inputs))
+    pre_o, pre_v = net.pre_activations(xs), variant.network.pre_activations(xs)
+    for k, m in enumerate(cmap.maps):
+        for i in np.flatnonzero(m >= 0):
+            if not np.array_equal(pre_o[k][:, i], pre_v[k][:, m[i]]):
+                assert (k, int(i)) in cmap.affected
+    # and the core-name classification follows it
+    some = next(iter(sorted(cmap.affected)))
+    assert cmap.classify(f"L{some[0]}.N{some[1]}.bounds") == (
+        REMOVED if some in removed else REVALUED)
+
+
+# ---- bound-fact cores -----------------------------------------------------------------
+def test_bound_core_closes_the_box_and_no_neuron_can_be_dropped(digits_mlp):
+    """A region settled by one bound gets a bound core: back-substituting only
+    its neurons (intervals for the rest) closes the box, intervals alone do
+    not, and dropping any one neuron does not either.  The proof carries it
+    (through JSON), and reverify closes variants with it, agreeing with scratch."""
+    from verify.reuse.bound_core import _Check, bound_core, core_neurons
+    from verify.reuse.proof import ProofRecord
+    net, X, _ = digits_mlp
+    i, eps = 2, 0.05  # its root bound needs a few back-substituted neurons
+    prop = local_robustness(X[i], eps, int(np.argmax(net.forward(X[i]))), 10)
+    region = prop.regions[0]
+    core = bound_core(net, region, region.lower, region.upper, budget=5.0)
+    assert core is not None and core.minimal and core.checked
+    assert 0 < len(core.names) < core.total
+    check = _Check(net, region, region.lower, region.upper, None)
+    neurons = core_neurons(core.names)
+    assert check(neurons) and not check([])
+    for j in range(len(neurons)):
+        assert not check(neurons[:j] + neurons[j + 1:])
+    proof = build_proof(net, prop, OPTS)
+    assert proof.regions[0][0].bound_core.names == core.names
+    again = ProofRecord.from_dict(json.loads(json.dumps(proof.to_dict(prop))), prop)
+    assert again.regions[0][0].bound_core.names == core.names
+    methods = []
+    for variant in sweep(net, RECIPES):
+        r, s = _agree(net, variant, prop, again)
+        methods.append(r.method)
+    assert "reuse-bound-core" in methods

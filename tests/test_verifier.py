@@ -94,11 +94,12 @@ def test_bounds_contain_sampled_activations():
         assert np.all(z >= l) and np.all(z <= u)
 
 
-@pytest.mark.parametrize("mode", ["backward", "forward", "merged"])
+@pytest.mark.parametrize("mode", ["backward", "forward", "merged", "refined"])
 def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode):
     """``BoundPropagator.bound`` (back-substituted or forward-mode intermediate
     bounds, or forward-mode ones merged with a second bound that back-substitutes
-    the neurons they leave unstable): every sampled input of each branch -- a
+    the neurons they leave unstable, or back-substitution of a random subset of
+    the neurons): every sampled input of each branch -- a
     sub-box, with ReLU splits taken from one of its samples -- lies inside the
     layer bounds and above the spec lower bound and its linear form, also when
     the bounds of the enclosing box are intersected in (as input-split halves
@@ -132,8 +133,10 @@ def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode):
                         sp[b, i] = 1 if z[i] >= 0 else -1
                 splits.append(torch.from_numpy(sp))
         for fx in (None, fixed):
+            refine = None if mode != "refined" else [torch.from_numpy(rng.random(20) < 0.5)
+                                                     for _ in range(3)]
             res = prop.bound(torch.from_numpy(lo), torch.from_numpy(hi), C, d, splits, fx,
-                             forward=mode != "backward")
+                             forward=mode not in ("backward", "refined"), refine=refine)
             if mode == "merged":
                 rows = torch.arange(1, B)
                 res.merge_rows(rows, prop.bound(torch.from_numpy(lo[1:]), torch.from_numpy(hi[1:]), C, d,

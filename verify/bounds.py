@@ -152,10 +152,11 @@ class BoundPropagator:
         bound = const + (A.clamp(min=0) * lo[:, None, :]).sum(-1) + (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return bound, A, recorded
 
-    def _backsub_neurons(self, k, l, u, sp, relax, lo, hi, every: bool):
+    def _backsub_neurons(self, k, l, u, sp, relax, lo, hi, every: bool, only=None):
         """Tighten layer ``k``'s bounds by back-substitution: of ``every``
-        neuron, or only of those that ``l``/``u`` leave unstable or that are
-        split -- one query per (branch, neuron), with its branch's relaxation.
+        neuron, or only of those that ``l``/``u`` leave unstable (and are in
+        the (n_k,) mask ``only``, when given) or that are split -- one query
+        per (branch, neuron), with its branch's relaxation.
         (A stable neuron's relaxation is exact however loose its bounds, but
         interval arithmetic through tight bounds of stable neurons sometimes
         beats back-substitution on the next layer: "every" is the tightest.)"""
@@ -167,6 +168,8 @@ class BoundPropagator:
             return (torch.maximum(l, _widen_lower(bnd[:, :n_k])),
                     torch.minimum(u, _widen_upper(-bnd[:, n_k:])))
         todo = (l < 0) & (u > 0)
+        if only is not None:
+            todo &= only[None, :]
         if sp is not None:
             todo |= sp != 0
         rows, cols = todo.nonzero(as_tuple=True)
@@ -244,7 +247,8 @@ class BoundPropagator:
 
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
               alpha_iterations: int = 0, deadline: float | None = None,
-              forward: bool = False, backward: bool | None = None) -> BatchBounds:
+              forward: bool = False, backward: bool | None = None,
+              refine: list | None = None) -> BatchBounds:
         """Bound a batch.
 
         ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
@@ -257,7 +261,10 @@ class BoundPropagator:
         order of magnitude cheaper than back-substitution when the input is
         small, and looser on large boxes; and ``backward`` (default: when not
         ``forward``): back-substitution (CROWN) -- with ``forward`` too, only of
-        the neurons that the forward bounds leave unstable, and of split neurons."""
+        the neurons that the forward bounds leave unstable, and of split neurons.
+        ``refine``: optional (n_k,) boolean mask per hidden layer: back-substitute
+        only those neurons (where the other bounds leave them unstable) -- the
+        bound facts a proof recorded as needed."""
         B = lo.shape[0]
         if backward is None:
             backward = not forward
@@ -293,7 +300,9 @@ class BoundPropagator:
                 u = torch.minimum(u, fixed[k][1])
             sp = None if splits is None else splits[k]
             if backward and k > 0:
-                l, u = self._backsub_neurons(k, l, u, sp, relax, lo, hi, every=not forward)
+                l, u = self._backsub_neurons(k, l, u, sp, relax, lo, hi,
+                                             every=not forward and refine is None,
+                                             only=None if refine is None else refine[k])
             if sp is not None:
                 l = torch.where(sp > 0, l.clamp(min=0), l)
                 u = torch.where(sp < 0, u.clamp(max=0), u)

@@ -146,10 +146,11 @@ class RegionSearch:
         return refuted, refuted.all(axis=1) | res.infeasible.numpy()
 
     def bound_branches(self, lo, hi, splits, fixed, alpha: int | None = None, mode: str | None = None,
-                       inherited=None):
+                       inherited=None, refine=None):
         """Bound a batch of branches: (bounds, refuted, closed).  ``inherited``:
         optional linear lower bounds of the spec rows that hold on the boxes
-        (their parents'), kept where they are better.  With few inputs
+        (their parents'), kept where they are better; ``refine``: back-substitute
+        only these neurons (see :meth:`BoundPropagator.bound`).  With few inputs
         (input splitting) the cheap forward-mode intermediate bounds come first
         and only the branches they leave open are bounded again, with the
         neurons that forward bounds leave unstable back-substituted
@@ -159,7 +160,7 @@ class RegionSearch:
         if mode is None:
             mode = self.opt.intermediate_bounds if self.input_split else "backward"
         res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed, alpha_iterations=alpha,
-                              deadline=self.deadline, forward=mode != "backward")
+                              deadline=self.deadline, forward=mode != "backward", refine=refine)
         self.stats.bound_evaluations += len(lo)
         if inherited is not None:
             res.merge_linear(*inherited, lo, hi)

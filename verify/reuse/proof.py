@@ -7,6 +7,9 @@ region tile its box exactly (checked by :func:`covers` before any reuse);
 re-derives its own bounds on the branch), ``z3`` or ``infeasible``.
 ``cores`` maps a conjunction index to a :class:`~verify.reuse.cores.Core`;
 bounds-closed branches get one too when Z3 can find it within the budget.
+A region settled by one bound of its whole box gets a ``bound_core``
+(:mod:`verify.reuse.bound_core`): the neurons whose back-substituted bounds
+it needs, the others' intervals sufficing.
 """
 from __future__ import annotations
 
@@ -23,11 +26,12 @@ from ..properties import Property, Region
 from ..search import Leaf
 from ..verifier import Proof, verify_property
 from ..result import Counterexample, Status, VerificationResult
+from .bound_core import bound_core
 from .cores import Core, extract_core
 from .options import ReuseOptions
 
 SCHEMA = "coreproof.reuse-proof"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -38,20 +42,23 @@ class ProofBranch:
     method: str
     depth: int = 0
     cores: dict[int, Core] = field(default_factory=dict)
+    bound_core: Core | None = None  # neurons to back-substitute (bounds-closed branches)
 
     def to_dict(self, region: Region) -> dict:
         same = np.array_equal(self.lower, region.lower) and np.array_equal(self.upper, region.upper)
         return {"lower": None if same else [float(v) for v in self.lower],
                 "upper": None if same else [float(v) for v in self.upper],
                 "splits": list(self.splits), "method": self.method, "depth": self.depth,
-                "cores": {str(j): c.to_dict() for j, c in self.cores.items()}}
+                "cores": {str(j): c.to_dict() for j, c in self.cores.items()},
+                "bound_core": None if self.bound_core is None else self.bound_core.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict, region: Region) -> "ProofBranch":
         lo = region.lower if d["lower"] is None else np.array(d["lower"], dtype=np.float64)
         hi = region.upper if d["upper"] is None else np.array(d["upper"], dtype=np.float64)
         return cls(lo, hi, tuple(str(s) for s in d["splits"]), str(d["method"]), int(d["depth"]),
-                   {int(j): Core.from_dict(c) for j, c in d["cores"].items()})
+                   {int(j): Core.from_dict(c) for j, c in d["cores"].items()},
+                   None if d.get("bound_core") is None else Core.from_dict(d["bound_core"]))
 
 
 @dataclass
@@ -68,9 +75,12 @@ class ProofRecord:
     counterexample: Counterexample | None = None
 
     def cores(self):
+        """Every core of the proof: Z3 cores and bound-fact cores."""
         for branches in self.regions.values():
             for b in branches:
                 yield from b.cores.values()
+                if b.bound_core is not None:
+                    yield b.bound_core
 
     @property
     def n_branches(self) -> int:
@@ -202,6 +212,11 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
                 misses = 0 if cores[i] else misses + 1
         record.regions[r] = [ProofBranch(l.lo, l.hi, l.splits, l.method, l.depth, cores[i])
                              for i, l in enumerate(leaves)]
+        root = record.regions[r][0] if len(leaves) == 1 else None
+        if root is not None and root.method == "bounds" and not root.splits:
+            root.bound_core = bound_core(network, prop.regions[r], root.lower, root.upper,
+                                         min(reuse_options.minimise_budget,
+                                             max(core_deadline - time.monotonic(), 0.0)))
     record.core_time_s = time.monotonic() - t1
     return record
 

@@ -36,6 +36,7 @@ from ..search import Node, RegionSearch, split_arrays
 from ..result import Counterexample, Statistics, Status, VerificationResult
 from ..verifier import verify_property
 from ..vnnlib import check_fits
+from .bound_core import core_neurons, refine_masks
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, covers, load_proof, save_proof
@@ -52,6 +53,7 @@ class ReuseStats:
     dropped: int = 0  # ... of removed neurons
     branches: int = 0  # branches of the original proof
     closed_by_bounds: int = 0  # branches the variant's own bounds closed
+    closed_by_bound_core: int = 0  # ... back-substituting only a bound core's neurons
     closed_by_core: int = 0  # branch conjunctions closed by a reused (refined) core
     closed_by_full: int = 0  # ... by the full query of the branch
     closed_by_split: int = 0  # branches re-proved by branch and bound on the variant
@@ -131,6 +133,9 @@ class _Reuser:
         # its branch and bound
         search = RegionSearch(self.net, region, r, self.opt, self.deadline, Statistics(),
                               self.propagator)
+        if len(branches) == 1 and branches[0].bound_core is not None and not branches[0].splits:
+            if self._closed_by_bound_core(search, branches[0]):
+                return None
         relu_split = any(b.splits for b in branches)
         splits = [split_arrays(self.cmap.map_splits(b.splits), self.net.hidden_sizes)
                   if relu_split else None for b in branches]
@@ -198,6 +203,21 @@ class _Reuser:
                              f"({out.reason})")
             self.stats.closed_by_split += len(to_split)
         return None
+
+    def _closed_by_bound_core(self, search: RegionSearch, b: ProofBranch) -> bool:
+        """Bound the variant on the branch back-substituting only the neurons of
+        the original's bound core that the variant keeps (intervals for the
+        rest): True when that closes it; else the full path follows."""
+        names = [self.cmap.map_name(n) for n in b.bound_core.names]
+        masks = refine_masks(core_neurons(n for n in names if n is not None), self.net.hidden_sizes)
+        _, _, closed = search.bound_branches(torch.from_numpy(b.lower[None, :].copy()),
+                                             torch.from_numpy(b.upper[None, :].copy()),
+                                             None, None, 0, "backward", refine=masks)
+        if not closed.all():
+            return False
+        self.stats.closed_by_bounds += 1
+        self.stats.closed_by_bound_core += 1
+        return True
 
     def _bound(self, search: RegionSearch, branches, splits, idx, alpha) -> list[tuple]:
         """Bound branches ``idx`` on the variant, counting those closed; returns the
@@ -410,7 +430,9 @@ def reverify(original: Network, variant, prop: Property,
             if cex is not None:
                 return done(Status.VIOLATED, "reuse", cex)
         method = ("bab" if stats.closed_by_split else "core" if stats.closed_by_core
-                  else "z3" if stats.closed_by_full else "bounds")
+                  else "z3" if stats.closed_by_full
+                  else "bound-core" if stats.closed_by_bound_core == stats.closed_by_bounds
+                  else "bounds")
         return done(Status.HOLDS, f"reuse-{method}")
     except _NoFit as exc:
         stats.fallback_reason = str(exc)

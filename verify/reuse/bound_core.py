@@ -1,0 +1,116 @@
+"""Bound-fact cores: which neurons' back-substituted bounds a branch closed by
+bound propagation needs.
+
+Such a branch has no Z3 query: its proof is the bound computation.  Its facts
+are, per hidden neuron, a pre-activation bound derived either by interval
+arithmetic (cheap) or by back-substitution to the input box (CROWN: one
+linear pass per neuron, the costly part on wide layers).  The core is a
+minimal set of neurons whose back-substituted bounds -- intervals for all the
+others -- still refute every unsafe conjunction of the branch.  It is named
+like the Z3 encoding's bound constraints (``L{k}.N{i}.bounds``), so it maps
+onto a compressed variant through the same change record, where the
+variant's own bounds of the mapped neurons are derived again (never the
+original's).
+
+Minimisation is by deletion, in chunks that halve down to single neurons;
+each check is one bound evaluation (milliseconds).  Bounds are not monotone
+in the intermediate bounds, so the single-neuron pass repeats until nothing
+can be dropped; ``minimal`` says it got there within the budget.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..bounds import BoundPropagator
+from ..encode import neuron_name
+from ..network import Network
+from ..properties import Region
+from ..search import refuted_conjunctions, region_rows
+from .cores import Core
+
+
+def refine_masks(neurons, hidden_sizes) -> list[torch.Tensor]:
+    """(n_k,) boolean masks per hidden layer from (layer, index) pairs."""
+    masks = [torch.zeros(n, dtype=torch.bool) for n in hidden_sizes]
+    for k, i in neurons:
+        masks[k][i] = True
+    return masks
+
+
+def core_neurons(names) -> list[tuple[int, int]]:
+    """The (layer, index) pairs of ``L{k}.N{i}.bounds`` names."""
+    out = []
+    for n in names:
+        layer, neuron, _ = n.split(".")
+        out.append((int(layer[1:]), int(neuron[1:])))
+    return out
+
+
+class _Check:
+    """Does refining only a given set of neurons close the branch?"""
+
+    def __init__(self, net: Network, region: Region, lower, upper, propagator):
+        self.net, self.region = net, region
+        self.prop = propagator or BoundPropagator(net)
+        self.C, self.d, self.owner = region_rows(region, net.n_outputs)
+        self.lo = torch.from_numpy(np.asarray(lower, dtype=np.float64)[None, :].copy())
+        self.hi = torch.from_numpy(np.asarray(upper, dtype=np.float64)[None, :].copy())
+        self.calls = 0
+
+    def bound(self, neurons):
+        self.calls += 1
+        return self.prop.bound(self.lo, self.hi, self.C, self.d,
+                               refine=refine_masks(neurons, self.net.hidden_sizes))
+
+    def closes(self, res) -> bool:
+        refuted = refuted_conjunctions(res, self.owner, len(self.region.unsafe),
+                                       self.lo.numpy(), self.hi.numpy())
+        return bool(refuted.all() or res.infeasible.all())
+
+    def __call__(self, neurons) -> bool:
+        return self.closes(self.bound(neurons))
+
+
+def bound_core(net: Network, region: Region, lower, upper, budget: float,
+               propagator: BoundPropagator | None = None) -> Core | None:
+    """A minimal (within ``budget`` seconds) set of neurons to back-substitute
+    for the box ``[lower, upper]`` of ``region`` to be closed by bounds; None
+    when even refining every neuron does not close it."""
+    check = _Check(net, region, lower, upper, propagator)
+    t0 = time.monotonic()
+    plain = check.bound([])
+    # candidates: what interval bounds leave unstable (layer 0's interval is exact);
+    # a neuron they show stable is never back-substituted anyway
+    candidates = [(k, int(i)) for k in range(1, len(net.hidden_sizes))
+                  for i in np.flatnonzero(((plain.lower[k][0] < 0) & (plain.upper[k][0] > 0)).numpy())]
+    if check.closes(plain):
+        return Core((), True, True, len(candidates), time.monotonic() - t0, 0.0, 0.0, check.calls)
+    if not check(candidates):
+        return None
+    t1 = time.monotonic()
+    deadline = t1 + budget
+    core, size, minimal = list(candidates), max(1, len(candidates) // 2), False
+    while time.monotonic() < deadline:
+        dropped, i = False, 0
+        while i < len(core) and time.monotonic() < deadline:
+            trial = core[:i] + core[i + size:]
+            if check(trial):
+                core, dropped = trial, True
+            else:
+                i += size
+        if i < len(core):
+            break  # out of budget mid-pass
+        if size == 1 and not dropped:
+            minimal = True
+            break
+        size = max(1, size // 2)
+    t2 = time.monotonic()
+    checked = check(core)
+    if not checked:  # cannot happen (every kept set was checked); keep all candidates
+        core, minimal, checked = list(candidates), False, True
+    names = tuple(neuron_name(k, i, "bounds") for k, i in core)
+    return Core(names, minimal, checked, len(candidates), t1 - t0, t2 - t1,
+                time.monotonic() - t2, check.calls)
