@@ -137,6 +137,14 @@ def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode):
                                                      for _ in range(3)]
             res = prop.bound(torch.from_numpy(lo), torch.from_numpy(hi), C, d, splits, fx,
                              forward=mode not in ("backward", "refined"), refine=refine)
+            if mode == "refined":  # a single branch takes a dense path: the same bounds
+                one = prop.bound(torch.from_numpy(lo[:1]), torch.from_numpy(hi[:1]), C, d,
+                                 None if splits is None else [s[:1] for s in splits],
+                                 None if fx is None else [(l[:1], u[:1]) for l, u in fx],
+                                 refine=refine)
+                for k in range(3):
+                    np.testing.assert_allclose(one.lower[k][0], res.lower[k][0], rtol=1e-9, atol=1e-9)
+                    np.testing.assert_allclose(one.upper[k][0], res.upper[k][0], rtol=1e-9, atol=1e-9)
             if mode == "merged":
                 rows = torch.arange(1, B)
                 res.merge_rows(rows, prop.bound(torch.from_numpy(lo[1:]), torch.from_numpy(hi[1:]), C, d,

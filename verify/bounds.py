@@ -172,6 +172,17 @@ class BoundPropagator:
             todo &= only[None, :]
         if sp is not None:
             todo |= sp != 0
+        if l.shape[0] == 1:  # one branch: a dense pass over its neurons is cheaper
+            cols = todo[0].nonzero()[:, 0]
+            if len(cols) == 0:
+                return l, u
+            eye = torch.eye(l.shape[1], dtype=l.dtype)[cols]
+            bnd, _, _ = self._backsub(k, torch.cat([eye, -eye], 0)[None], None, None, lo, hi,
+                                      relax=relax)
+            l, u = l.clone(), u.clone()
+            l[0, cols] = torch.maximum(l[0, cols], _widen_lower(bnd[0, :len(cols)]))
+            u[0, cols] = torch.minimum(u[0, cols], _widen_upper(-bnd[0, len(cols):]))
+            return l, u
         rows, cols = todo.nonzero(as_tuple=True)
         n_q = len(rows)
         if n_q == 0:
