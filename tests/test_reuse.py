@@ -351,16 +351,21 @@ def test_bound_core_closes_the_box_and_no_neuron_can_be_dropped(digits_mlp):
     its neurons (intervals for the rest) closes the box, intervals alone do
     not, and dropping any one neuron does not either.  The proof carries it
     (through JSON), and reverify closes variants with it, agreeing with scratch."""
-    from verify.reuse.bound_core import _Check, bound_core, core_neurons
+    from verify.result import Statistics
+    from verify.reuse.bound_core import bound_core, bound_with, core_neurons
     from verify.reuse.proof import ProofRecord
+    from verify.search import RegionSearch
     net, X, _ = digits_mlp
     i, eps = 2, 0.05  # its root bound needs a few back-substituted neurons
     prop = local_robustness(X[i], eps, int(np.argmax(net.forward(X[i]))), 10)
     region = prop.regions[0]
-    core = bound_core(net, region, region.lower, region.upper, budget=5.0)
+    search = RegionSearch(net, region, 0, OPTS, float("inf"), Statistics())
+    core = bound_core(search, region.lower, region.upper, budget=5.0)
     assert core is not None and core.minimal and core.checked
     assert 0 < len(core.names) < core.total
-    check = _Check(net, region, region.lower, region.upper, None)
+    def check(neurons):
+        return bound_with(search, region.lower, region.upper, neurons)[1]
+
     neurons = core_neurons(core.names)
     assert check(neurons) and not check([])
     for j in range(len(neurons)):

@@ -91,6 +91,11 @@ class BatchBounds:
         self.spec_coeffs = torch.where(pick[..., None], coeffs, self.spec_coeffs)
         self.spec_const = torch.where(pick, const, self.spec_const)
 
+    def unstable(self) -> np.ndarray:
+        """(B,) number of unstable ReLUs (pre-activation bounds straddling 0)."""
+        return sum((((l < 0) & (u > 0)).sum(-1) for l, u in zip(self.lower, self.upper)),
+                   torch.zeros(self.spec_lower.shape[0], dtype=torch.int64)).numpy()
+
     def minimisers(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
         """Box corner minimising each spec row's linear lower bound: (B, m, n)."""
         return torch.where(self.spec_coeffs > 0, lo[:, None, :], hi[:, None, :])
@@ -161,28 +166,14 @@ class BoundPropagator:
         interval arithmetic through tight bounds of stable neurons sometimes
         beats back-substitution on the next layer: "every" is the tightest.)"""
         if every:
-            n_k = l.shape[1]
-            eye = torch.eye(n_k, dtype=l.dtype)
-            lam = torch.cat([eye, -eye], 0).expand(l.shape[0], 2 * n_k, n_k)
-            bnd, _, _ = self._backsub(k, lam, None, None, lo, hi, relax=relax)
-            return (torch.maximum(l, _widen_lower(bnd[:, :n_k])),
-                    torch.minimum(u, _widen_upper(-bnd[:, n_k:])))
+            return self._backsub_columns(k, l, u, None, relax, lo, hi)
         todo = (l < 0) & (u > 0)
         if only is not None:
             todo &= only[None, :]
         if sp is not None:
             todo |= sp != 0
         if l.shape[0] == 1:  # one branch: a dense pass over its neurons is cheaper
-            cols = todo[0].nonzero()[:, 0]
-            if len(cols) == 0:
-                return l, u
-            eye = torch.eye(l.shape[1], dtype=l.dtype)[cols]
-            bnd, _, _ = self._backsub(k, torch.cat([eye, -eye], 0)[None], None, None, lo, hi,
-                                      relax=relax)
-            l, u = l.clone(), u.clone()
-            l[0, cols] = torch.maximum(l[0, cols], _widen_lower(bnd[0, :len(cols)]))
-            u[0, cols] = torch.minimum(u[0, cols], _widen_upper(-bnd[0, len(cols):]))
-            return l, u
+            return self._backsub_columns(k, l, u, todo[0].nonzero()[:, 0], relax, lo, hi)
         rows, cols = todo.nonzero(as_tuple=True)
         n_q = len(rows)
         if n_q == 0:
@@ -196,6 +187,25 @@ class BoundPropagator:
         l, u = l.clone(), u.clone()
         l[rows, cols] = torch.maximum(l[rows, cols], _widen_lower(bnd[:, 0]))
         u[rows, cols] = torch.minimum(u[rows, cols], _widen_upper(-bnd[:, 1]))
+        return l, u
+
+    def _backsub_columns(self, k, l, u, cols, relax, lo, hi):
+        """Back-substitute neurons ``cols`` (None: all) of layer ``k`` in every
+        branch (one dense pass) and intersect their bounds."""
+        eye = torch.eye(l.shape[1], dtype=l.dtype)
+        if cols is not None:
+            if len(cols) == 0:
+                return l, u
+            eye = eye[cols]
+        m = eye.shape[0]
+        bnd, _, _ = self._backsub(k, torch.cat([eye, -eye], 0).expand(l.shape[0], 2 * m, l.shape[1]),
+                                  None, None, lo, hi, relax=relax)
+        new_l, new_u = _widen_lower(bnd[:, :m]), _widen_upper(-bnd[:, m:])
+        if cols is None:
+            return torch.maximum(l, new_l), torch.minimum(u, new_u)
+        l, u = l.clone(), u.clone()
+        l[:, cols] = torch.maximum(l[:, cols], new_l)
+        u[:, cols] = torch.minimum(u[:, cols], new_u)
         return l, u
 
     def _spec_backsub(self, K, lam, relax, lo, hi):

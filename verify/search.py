@@ -174,21 +174,24 @@ class RegionSearch:
                                     forward=True, backward=True)
             self.stats.bound_evaluations += len(rows)
             # bounds are not monotone in the intermediate bounds: keep the better
-            res.merge_rows(rows, again)
-            r = rows.numpy()
-            again_refuted, _ = self._refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())
-            refuted[r] |= again_refuted
-            closed[r] = refuted[r].all(axis=1) | res.infeasible.numpy()[r]
+            self._merge(res, rows, again, lo, hi, refuted, closed)
             self._alpha_tier(res, lo, hi, refuted, closed)
         return res, refuted, closed
+
+    def _merge(self, res, rows, again, lo, hi, refuted, closed) -> None:
+        """Merge ``again`` (branches ``rows`` bounded again) into ``res`` and
+        update ``refuted``/``closed`` of those rows in place."""
+        res.merge_rows(rows, again)
+        r = rows.numpy()
+        refuted[r] |= self._refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())[0]
+        closed[r] = refuted[r].all(axis=1) | res.infeasible.numpy()[r]
 
     def _alpha_tier(self, res, lo, hi, refuted, closed) -> None:
         """alpha-CROWN steps on the spec rows of the open branches with few
         unstable ReLUs (over their intermediate bounds); updates in place."""
         if not self.opt.alpha_tier_iterations or closed.all() or not self.prop.n_hidden:
             return
-        unstable = sum(((l < 0) & (u > 0)).sum(-1) for l, u in zip(res.lower, res.upper)).numpy()
-        r = np.flatnonzero(~closed & (unstable <= self.opt.alpha_tier_max_unstable))
+        r = np.flatnonzero(~closed & (res.unstable() <= self.opt.alpha_tier_max_unstable))
         if len(r) == 0:
             return
         rows = torch.from_numpy(r)
@@ -196,9 +199,7 @@ class RegionSearch:
                                      [l[rows] for l in res.lower], [u[rows] for u in res.upper],
                                      self.opt.alpha_tier_iterations, deadline=self.deadline)
         self.stats.bound_evaluations += len(r)
-        res.merge_rows(rows, again)
-        refuted[r] |= self._refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())[0]
-        closed[r] = refuted[r].all(axis=1) | res.infeasible.numpy()[r]
+        self._merge(res, rows, again, lo, hi, refuted, closed)
 
     @property
     def alpha_iterations(self) -> int:
@@ -281,8 +282,7 @@ class RegionSearch:
                              torch.from_numpy(np.stack([n.parent_spec[1] for n in batch])))
             res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited)
             spec_lower = res.spec_lower.numpy()
-            unstable = sum(((l < 0) & (u > 0)).sum(-1) for l, u in zip(res.lower, res.upper))
-            unstable = unstable.numpy() if n_hidden else np.zeros(len(batch), dtype=np.int64)
+            unstable = res.unstable()
             if first:
                 self._root_statistics(res)
                 first = False

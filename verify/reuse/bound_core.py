@@ -24,11 +24,8 @@ import time
 import numpy as np
 import torch
 
-from ..bounds import BoundPropagator
 from ..encode import neuron_name
-from ..network import Network
-from ..properties import Region
-from ..search import refuted_conjunctions, region_rows
+from ..search import RegionSearch
 from .cores import Core
 
 
@@ -49,46 +46,38 @@ def core_neurons(names) -> list[tuple[int, int]]:
     return out
 
 
-class _Check:
-    """Does refining only a given set of neurons close the branch?"""
-
-    def __init__(self, net: Network, region: Region, lower, upper, propagator):
-        self.net, self.region = net, region
-        self.prop = propagator or BoundPropagator(net)
-        self.C, self.d, self.owner = region_rows(region, net.n_outputs)
-        self.lo = torch.from_numpy(np.asarray(lower, dtype=np.float64)[None, :].copy())
-        self.hi = torch.from_numpy(np.asarray(upper, dtype=np.float64)[None, :].copy())
-        self.calls = 0
-
-    def bound(self, neurons):
-        self.calls += 1
-        return self.prop.bound(self.lo, self.hi, self.C, self.d,
-                               refine=refine_masks(neurons, self.net.hidden_sizes))
-
-    def closes(self, res) -> bool:
-        refuted = refuted_conjunctions(res, self.owner, len(self.region.unsafe),
-                                       self.lo.numpy(), self.hi.numpy())
-        return bool(refuted.all() or res.infeasible.all())
-
-    def __call__(self, neurons) -> bool:
-        return self.closes(self.bound(neurons))
+def bound_with(search: RegionSearch, lower, upper, neurons):
+    """Bound the box ``[lower, upper]`` of ``search``'s region, back-substituting
+    only ``neurons`` ((layer, index) pairs; intervals for the rest): (bounds,
+    whether they close the box)."""
+    lo = torch.from_numpy(np.asarray(lower, dtype=np.float64)[None, :].copy())
+    hi = torch.from_numpy(np.asarray(upper, dtype=np.float64)[None, :].copy())
+    res, _, closed = search.bound_branches(lo, hi, None, None, 0, "backward",
+                                           refine=refine_masks(neurons, search.net.hidden_sizes))
+    return res, bool(closed.all())
 
 
-def bound_core(net: Network, region: Region, lower, upper, budget: float,
-               propagator: BoundPropagator | None = None) -> Core | None:
+def bound_core(search: RegionSearch, lower, upper, budget: float) -> Core | None:
     """A minimal (within ``budget`` seconds) set of neurons to back-substitute
-    for the box ``[lower, upper]`` of ``region`` to be closed by bounds; None
-    when even refining every neuron does not close it."""
-    check = _Check(net, region, lower, upper, propagator)
+    for the box ``[lower, upper]`` of ``search``'s region to be closed by
+    bounds; None when even refining every candidate does not close it."""
+    calls = 0
+
+    def closes(neurons) -> bool:
+        nonlocal calls
+        calls += 1
+        return bound_with(search, lower, upper, neurons)[1]
+
     t0 = time.monotonic()
-    plain = check.bound([])
+    plain, plain_closes = bound_with(search, lower, upper, [])
+    calls += 1
     # candidates: what interval bounds leave unstable (layer 0's interval is exact);
     # a neuron they show stable is never back-substituted anyway
-    candidates = [(k, int(i)) for k in range(1, len(net.hidden_sizes))
+    candidates = [(k, int(i)) for k in range(1, len(search.net.hidden_sizes))
                   for i in np.flatnonzero(((plain.lower[k][0] < 0) & (plain.upper[k][0] > 0)).numpy())]
-    if check.closes(plain):
-        return Core((), True, True, len(candidates), time.monotonic() - t0, 0.0, 0.0, check.calls)
-    if not check(candidates):
+    if plain_closes:
+        return Core((), True, True, len(candidates), time.monotonic() - t0, 0.0, 0.0, calls)
+    if not closes(candidates):
         return None
     t1 = time.monotonic()
     deadline = t1 + budget
@@ -97,7 +86,7 @@ def bound_core(net: Network, region: Region, lower, upper, budget: float,
         dropped, i = False, 0
         while i < len(core) and time.monotonic() < deadline:
             trial = core[:i] + core[i + size:]
-            if check(trial):
+            if closes(trial):
                 core, dropped = trial, True
             else:
                 i += size
@@ -108,9 +97,9 @@ def bound_core(net: Network, region: Region, lower, upper, budget: float,
             break
         size = max(1, size // 2)
     t2 = time.monotonic()
-    checked = check(core)
+    checked = closes(core)
     if not checked:  # cannot happen (every kept set was checked); keep all candidates
         core, minimal, checked = list(candidates), False, True
     names = tuple(neuron_name(k, i, "bounds") for k, i in core)
     return Core(names, minimal, checked, len(candidates), t1 - t0, t2 - t1,
-                time.monotonic() - t2, check.calls)
+                time.monotonic() - t2, calls)

@@ -23,9 +23,9 @@ from ..network import Network
 from ..options import VerifyOptions
 from ..proof_store import ProofStore, options_key
 from ..properties import Property, Region
-from ..search import Leaf
+from ..search import Leaf, RegionSearch
 from ..verifier import Proof, verify_property
-from ..result import Counterexample, Status, VerificationResult
+from ..result import Counterexample, Statistics, Status, VerificationResult
 from .bound_core import bound_core
 from .cores import Core, extract_core
 from .options import ReuseOptions
@@ -214,7 +214,8 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
                              for i, l in enumerate(leaves)]
         root = record.regions[r][0] if len(leaves) == 1 else None
         if root is not None and root.method == "bounds" and not root.splits:
-            root.bound_core = bound_core(network, prop.regions[r], root.lower, root.upper,
+            search = RegionSearch(network, prop.regions[r], r, options, core_deadline, Statistics())
+            root.bound_core = bound_core(search, root.lower, root.upper,
                                          min(reuse_options.minimise_budget,
                                              max(core_deadline - time.monotonic(), 0.0)))
     record.core_time_s = time.monotonic() - t1

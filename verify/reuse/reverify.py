@@ -36,7 +36,7 @@ from ..search import Node, RegionSearch, split_arrays
 from ..result import Counterexample, Statistics, Status, VerificationResult
 from ..verifier import verify_property
 from ..vnnlib import check_fits
-from .bound_core import core_neurons, refine_masks
+from .bound_core import bound_with, core_neurons
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, covers, load_proof, save_proof
@@ -209,11 +209,8 @@ class _Reuser:
         the original's bound core that the variant keeps (intervals for the
         rest): True when that closes it; else the full path follows."""
         names = [self.cmap.map_name(n) for n in b.bound_core.names]
-        masks = refine_masks(core_neurons(n for n in names if n is not None), self.net.hidden_sizes)
-        _, _, closed = search.bound_branches(torch.from_numpy(b.lower[None, :].copy()),
-                                             torch.from_numpy(b.upper[None, :].copy()),
-                                             None, None, 0, "backward", refine=masks)
-        if not closed.all():
+        if not bound_with(search, b.lower, b.upper,
+                          core_neurons(n for n in names if n is not None))[1]:
             return False
         self.stats.closed_by_bounds += 1
         self.stats.closed_by_bound_core += 1
