@@ -7,7 +7,8 @@ Families: (a) digits MLPs trained here (fixed seed), local robustness around
 test images; (b) ACAS Xu networks with properties 1-4 (where the VNN-COMP
 instances csv lists them) and small local-robustness boxes; (c)
 mnist-net_256x2 with boxes around the centres of the MNIST-FC VNN-LIB
-properties (small eps).  Variants: magnitude pruning 10/30/50 %, int8, int4.
+properties (small eps); (d) mnist-net_256x2 with the 30 MNIST-FC VNN-LIB
+properties of VNN-COMP 2021 themselves.  Variants: magnitude pruning 10/30/50 %, int8, int4.
 
 Per (variant, property): the original's proof is built once per property
 (timed), then reverify and scratch verification run on the variant in the
@@ -123,6 +124,18 @@ def mnist_family(quick: bool):
                                             prefix="mnist"))]
 
 
+def mnistfc_family(quick: bool):
+    """mnist-net_256x2 with the VNN-COMP 2021 MNIST-FC properties themselves (eps
+    0.03 and 0.05; some need branch and bound, some are violated, two are
+    undecided in 30 s)."""
+    folder = DATA / "mnistfc"
+    net = load_network(folder / "mnist-net_256x2.onnx")
+    names = [f"prop_{i}_{eps}" for eps in ("0.03", "0.05") for i in range(15)]
+    if quick:
+        names = ["prop_0_0.03", "prop_7_0.03"]
+    return [("mnistfc", net, [load_property(folder / f"{n}.vnnlib", net) for n in names])]
+
+
 # ---- running --------------------------------------------------------------------------
 def run_family(family, net, props, options, ropt, out, counters):
     rows = []
@@ -175,7 +188,8 @@ def table(rows) -> str:
     lines = ["| family | pairs | holds | violated | unknown | reuse rate | fallbacks | "
              "speedup (geo-mean) | compared | disagreements | reuse time (s) | scratch time (s) |",
              "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    families = sorted({r["family"] for r in rows}, key=lambda f: ["digits", "acasxu", "mnist"].index(f))
+    order = ["digits", "acasxu", "mnist", "mnistfc"]
+    families = sorted({r["family"] for r in rows}, key=order.index)
     groups = [(f, [r for r in rows if r["family"] == f]) for f in families] + [("**all**", rows)]
     for name, rs in groups:
         g = aggregate(rs)["total"]
@@ -193,14 +207,15 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a subset that runs in a few minutes")
     ap.add_argument("--timeout", type=float, default=None,
                     help="seconds per verification (default: 10 with --quick, else 30)")
-    ap.add_argument("--only", choices=["digits", "acasxu", "mnist"])
+    ap.add_argument("--only", choices=["digits", "acasxu", "mnist", "mnistfc"])
     ap.add_argument("--jsonl", help="write one JSON line per (variant, property)")
     args = ap.parse_args()
     timeout = args.timeout or (10.0 if args.quick else 30.0)
     options, ropt = VerifyOptions(timeout=timeout), ReuseOptions()
     out = open(args.jsonl, "w") if args.jsonl else None
     counters = {"disagreements": 0}
-    builders = {"digits": digits_family, "acasxu": acasxu_family, "mnist": mnist_family}
+    builders = {"digits": digits_family, "acasxu": acasxu_family, "mnist": mnist_family,
+                "mnistfc": mnistfc_family}
     if not DATA.is_dir():
         print(f"benchmark data not found at {DATA}: digits family only", file=sys.stderr)
         builders = {"digits": digits_family}

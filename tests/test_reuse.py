@@ -1,5 +1,6 @@
 """Proof reuse (issue 4): reverify agrees with scratch verification, cores are
 real minimal unsat cores, broken variants are caught, and the CLI commands."""
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from verify.cli import main
 from verify.encode import Branch, encode, solve
 from verify.network import Affine
 from verify.reuse import ReuseOptions, build_proof, reverify
+from verify.reuse.proof import covers
 from verify.verifier import Proof
 from conftest import assert_bad_input
 
@@ -97,6 +99,76 @@ def test_local_robustness_on_acasxu_variants_agrees():
         assert proof.status == "holds"
         for v in variants:
             _agree(net, v, prop, proof)
+
+
+@pytest.fixture(scope="module")
+def acas_prop2_proof():
+    """ACAS Xu 1_1 prop 2: its proof needs input splitting (many branches)."""
+    net = load_network(ACAS)
+    prop = load_property(PROP2, net)
+    proof = build_proof(net, prop, VerifyOptions(timeout=30))
+    assert proof.status == "holds" and proof.n_branches > 8
+    return net, prop, proof
+
+
+def test_split_proof_branches_must_tile_the_region(acas_prop2_proof):
+    net, prop, proof = acas_prop2_proof
+    region, branches = prop.regions[0], proof.regions[0]
+    assert covers(region, branches)
+    assert covers(region, branches[::-1])  # order does not matter
+    assert not covers(region, branches[1:])  # a hole
+    b = branches[len(branches) // 2]
+    d = int(np.argmax(b.upper - b.lower))
+    shrunk = b.upper.copy()
+    shrunk[d] = (b.lower[d] + b.upper[d]) / 2
+    assert not covers(region, [dataclasses.replace(b, upper=shrunk) if x is b else x
+                               for x in branches])
+    # reverify checks it: a proof with a hole falls back to scratch verification
+    holed = dataclasses.replace(proof, regions={0: branches[1:]})
+    assert holed.covers(0, region) is False and proof.covers(0, region) is True
+    variant = next(iter(sweep(net, ["magnitude:0.1"])))
+    r = reverify(net, variant, prop, OPTS, proof=holed)
+    assert r.reuse.fallback and "do not cover" in r.reuse.fallback_reason, r.reuse
+    assert r.status == verify_property(variant.network, prop, OPTS).status
+
+
+def test_relu_split_proof_branches_must_tile_the_region(digits_mlp):
+    net, X, _ = digits_mlp
+    i, eps = DIGITS_CASES[-1]
+    prop = local_robustness(X[i], eps, int(np.argmax(net.forward(X[i]))), 10)
+    proof = build_proof(net, prop, OPTS)
+    branches = proof.regions[0]
+    assert proof.status == "holds" and any(b.splits for b in branches), proof.n_branches
+    assert covers(prop.regions[0], branches)
+    for k in range(len(branches)):  # no branch of a ReLU split tree can be dropped
+        assert not covers(prop.regions[0], branches[:k] + branches[k + 1:])
+    # a leaf's last phase fact flipped: its side of that split is covered twice and
+    # the other side not at all
+    k = next(k for k, b in enumerate(branches) if b.splits)
+    *rest, last = branches[k].splits
+    flipped = last.replace("inactive", "active") if last.endswith("inactive") \
+        else last.replace("active", "inactive")
+    cut = dataclasses.replace(branches[k], splits=(*rest, flipped))
+    assert not covers(prop.regions[0], branches[:k] + [cut] + branches[k + 1:])
+
+
+def test_variant_easier_than_the_original_is_closed_at_its_root(acas_prop2_proof):
+    """prop 2 (unsafe: COC maximal) on a variant whose COC score is pushed far
+    down: one bound of the region settles it, before the proof tree is re-checked."""
+    net, prop, proof = acas_prop2_proof
+    last = net.affines[-1]
+    bias = last.bias.copy()
+    bias[0] -= 1000.0  # the root bound of this box is loose by hundreds
+    easy = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "easy")
+    r = reverify(net, easy, prop, OPTS, proof=proof)
+    assert r.status.value == "holds" and r.method == "reuse-root-bound", (r.method, r.reason)
+    assert r.reuse.closed_at_root == 1 and r.reuse.closed_by_bounds == 0
+    assert not r.reuse.fallback
+    assert verify_property(easy, prop, OPTS).status.value == "holds"
+    # on the original itself the root bound does not close it: the proof tree does
+    r = reverify(net, net, prop, OPTS, proof=proof)
+    assert r.status.value == "holds" and r.reuse.closed_at_root == 0
+    assert r.reuse.closed_by_bounds + r.reuse.closed_by_split >= proof.n_branches
 
 
 # ---- cores ---------------------------------------------------------------------------

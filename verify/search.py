@@ -72,6 +72,7 @@ def region_rows(region: Region, n_outputs: int):
             rows.append((conj.coeffs[r], conj.rhs[r]))
             owner.append(j)
     m = len(rows)
+    assert all(a <= b for a, b in zip(owner, owner[1:]))  # refuted_conjunctions needs it
     C = torch.tensor(np.array([r[0] for r in rows]).reshape(m, n_outputs))
     d = torch.tensor(np.array([r[1] for r in rows], dtype=np.float64).reshape(m))
     return C, d, np.array(owner, dtype=np.int64)
@@ -79,20 +80,27 @@ def region_rows(region: Region, n_outputs: int):
 
 def refuted_conjunctions(res, owner, n_conj: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """(B, n_conj): conjunction refuted on the branch -- one of its rows has a
-    positive lower bound, or (multi-row) a convex combination of its rows does."""
+    positive lower bound, or (multi-row) a convex combination of its rows does.
+    ``owner``: the conjunction of each spec row, ascending (as ``region_rows``)."""
     spec = res.spec_lower.numpy()
     out = np.zeros((spec.shape[0], n_conj), dtype=bool)
-    coeffs, const = res.spec_coeffs.numpy(), res.spec_const.numpy()
-    for j in range(n_conj):
-        cols = np.flatnonzero(owner == j)
-        if len(cols) == 0:
-            continue
-        out[:, j] = (spec[:, cols] > 0).any(axis=1)
-        todo = np.flatnonzero(~out[:, j])
-        if len(cols) > 1 and len(todo):
-            ok = refute_conjunction(coeffs[np.ix_(todo, cols)], const[np.ix_(todo, cols)],
-                                    lo[todo], hi[todo])
-            out[todo[ok], j] = True
+    counts = np.bincount(owner, minlength=n_conj)
+    rows = np.flatnonzero(counts)
+    if len(rows) == 0:
+        return out
+    starts = np.cumsum(counts) - counts
+    # per conjunction: any of its (consecutive) rows positive
+    out[:, rows] = np.logical_or.reduceat(spec > 0, starts[rows], axis=1)
+    multi = np.flatnonzero(counts > 1)
+    if len(multi):
+        coeffs, const = res.spec_coeffs.numpy(), res.spec_const.numpy()
+        for j in multi:
+            cols = np.arange(starts[j], starts[j] + counts[j])
+            todo = np.flatnonzero(~out[:, j])
+            if len(todo):
+                ok = refute_conjunction(coeffs[np.ix_(todo, cols)], const[np.ix_(todo, cols)],
+                                        lo[todo], hi[todo])
+                out[todo[ok], j] = True
     return out
 
 

@@ -73,6 +73,16 @@ class ProofRecord:
     property_name: str = ""
     reason: str | None = None
     counterexample: Counterexample | None = None
+    # covers() answers per (region index, box): the structure is checked once per
+    # record, however many variants reuse it (the record is not modified after)
+    _covered: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def covers(self, r: int, region: Region) -> bool:
+        """Whether the branches of region ``r`` tile ``region``'s box (see :func:`covers`)."""
+        key = (r, region.lower.tobytes(), region.upper.tobytes())
+        if key not in self._covered:
+            self._covered[key] = bool(self.regions.get(r)) and covers(region, self.regions[r])
+        return self._covered[key]
 
     def cores(self):
         """Every core of the proof: Z3 cores and bound-fact cores."""
@@ -122,27 +132,33 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
     """True when the branches tile the region's box: they form a tree of input
     bisections (at the exact midpoint) and two-way ReLU phase splits whose
     leaves are exactly the branches."""
-    leaves = [(b.lower, b.upper, dict(_parse_fact(f) for f in b.splits)) for b in branches]
+    if not branches:
+        return False
+    LO = np.stack([np.asarray(b.lower, dtype=np.float64) for b in branches])
+    HI = np.stack([np.asarray(b.upper, dtype=np.float64) for b in branches])
+    facts_of = [dict(_parse_fact(f) for f in b.splits) for b in branches]
 
-    def rec(lo, hi, facts, items) -> bool:
-        for l, h, fs in items:
-            if np.array_equal(l, lo) and np.array_equal(h, hi) and fs == facts:
-                return True
-        if not items:
+    def rec(lo, hi, facts, idx: np.ndarray) -> bool:
+        if len(idx) == 0:
             return False
-        for d in range(lo.size):  # an input bisection every leaf respects
-            mid = (lo[d] + hi[d]) / 2
-            left = [it for it in items if it[1][d] <= mid]
-            right = [it for it in items if it[0][d] >= mid]
-            if left and right and len(left) + len(right) == len(items):
-                a_hi = hi.copy(); a_hi[d] = mid
-                b_lo = lo.copy(); b_lo[d] = mid
-                return rec(lo, a_hi, facts, left) and rec(b_lo, hi, facts, right)
-        common = set.intersection(*(set(fs) - set(facts) for _, _, fs in items))
+        same = np.flatnonzero((LO[idx] == lo).all(axis=1) & (HI[idx] == hi).all(axis=1))
+        if any(facts_of[i] == facts for i in idx[same]):
+            return True
+        # an input bisection every leaf respects (the first such dimension)
+        mid = (lo + hi) / 2
+        left, right = HI[idx] <= mid, LO[idx] >= mid
+        ok = left.any(axis=0) & right.any(axis=0) & (left.sum(axis=0) + right.sum(axis=0) == len(idx))
+        if ok.any():
+            d = int(np.argmax(ok))
+            a_hi = hi.copy(); a_hi[d] = mid[d]
+            b_lo = lo.copy(); b_lo[d] = mid[d]
+            return (rec(lo, a_hi, facts, idx[left[:, d]])
+                    and rec(b_lo, hi, facts, idx[right[:, d]]))
+        common = set.intersection(*(set(facts_of[i]) - set(facts) for i in idx))
         for neuron in sorted(common):  # a ReLU split every leaf carries
             sides = []
             for phase in (1, -1):
-                sub = [it for it in items if it[2][neuron] == phase]
+                sub = np.array([i for i in idx if facts_of[i][neuron] == phase], dtype=np.int64)
                 sides.append(rec(lo, hi, {**facts, neuron: phase}, sub))
             return all(sides)
         return False
@@ -150,7 +166,8 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
     try:
         import sys
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
-        return rec(region.lower, region.upper, {}, leaves)
+        return rec(np.asarray(region.lower, dtype=np.float64),
+                   np.asarray(region.upper, dtype=np.float64), {}, np.arange(len(branches)))
     except RecursionError:
         return False
 

@@ -39,7 +39,7 @@ from ..vnnlib import check_fits
 from .bound_core import bound_with, core_neurons
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
 from .options import ReuseOptions
-from .proof import ProofBranch, ProofRecord, build_proof, covers, load_proof, save_proof
+from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 
 
 @dataclass
@@ -54,6 +54,7 @@ class ReuseStats:
     branches: int = 0  # branches of the original proof
     closed_by_bounds: int = 0  # branches the variant's own bounds closed
     closed_by_bound_core: int = 0  # ... back-substituting only a bound core's neurons
+    closed_at_root: int = 0  # regions of a split proof closed by one bound of the region
     closed_by_core: int = 0  # branch conjunctions closed by a reused (refined) core
     closed_by_full: int = 0  # ... by the full query of the branch
     closed_by_split: int = 0  # branches re-proved by branch and bound on the variant
@@ -126,16 +127,36 @@ class _Reuser:
         return self.deadline - time.monotonic()
 
     # ---- one region --------------------------------------------------------------
-    def region(self, region: Region, r: int, branches: list[ProofBranch]):
-        """Returns a confirmed counterexample, or None when every branch is closed."""
+    def region(self, region: Region, r: int, proof: ProofRecord):
+        """Returns a confirmed counterexample, or None when every branch of the
+        proof's region ``r`` is closed on the variant."""
         # the variant's own search on this region: its batched bounding (hybrid
         # intermediate bounds with few inputs) and, for branches that stay open,
         # its branch and bound
         search = RegionSearch(self.net, region, r, self.opt, self.deadline, Statistics(),
                               self.propagator)
-        if len(branches) == 1 and branches[0].bound_core is not None and not branches[0].splits:
-            if self._closed_by_bound_core(search, branches[0]):
+        branches = proof.regions.get(r) or []
+        if len(branches) > 1:
+            # a compressed variant can be easier than the original: one bound of the
+            # whole region (milliseconds) before re-checking a proof tree of many
+            # branches; its minimisers are counterexample candidates otherwise
+            if search.closed_at_root():
+                self.stats.closed_at_root += 1
                 return None
+            if search.root_candidates is not None:
+                cex = confirm_batch(self.net, region, r, search.root_candidates)
+                if cex is not None:
+                    return cex
+        if not proof.covers(r, region):
+            raise _NoFit(f"the proof's branches do not cover region {r}")
+        if len(branches) == 1 and branches[0].bound_core is not None and not branches[0].splits:
+            closed, candidates = self._closed_by_bound_core(search, branches[0])
+            if closed:
+                return None
+            # the bound's minimisers: a broken variant's counterexample is often one
+            cex = confirm_batch(self.net, region, r, candidates)
+            if cex is not None:
+                return cex
         relu_split = any(b.splits for b in branches)
         splits = [split_arrays(self.cmap.map_splits(b.splits), self.net.hidden_sizes)
                   if relu_split else None for b in branches]
@@ -204,17 +225,22 @@ class _Reuser:
             self.stats.closed_by_split += len(to_split)
         return None
 
-    def _closed_by_bound_core(self, search: RegionSearch, b: ProofBranch) -> bool:
+    def _closed_by_bound_core(self, search: RegionSearch, b: ProofBranch):
         """Bound the variant on the branch back-substituting only the neurons of
         the original's bound core that the variant keeps (intervals for the
-        rest): True when that closes it; else the full path follows."""
+        rest): (True, None) when that closes it, else (False, the bound's
+        minimisers and the box centre as counterexample candidates) and the
+        full path follows."""
         names = [self.cmap.map_name(n) for n in b.bound_core.names]
-        if not bound_with(search, b.lower, b.upper,
-                          core_neurons(n for n in names if n is not None))[1]:
-            return False
+        res, closed = bound_with(search, b.lower, b.upper,
+                                 core_neurons(n for n in names if n is not None))
+        if not closed:
+            lo, hi = (torch.from_numpy(np.asarray(x, dtype=np.float64)[None, :].copy())
+                      for x in (b.lower, b.upper))
+            return False, np.vstack([res.minimisers(lo, hi).numpy()[0], (lo + hi).numpy() / 2])
         self.stats.closed_by_bounds += 1
         self.stats.closed_by_bound_core += 1
-        return True
+        return True, None
 
     def _bound(self, search: RegionSearch, branches, splits, idx, alpha) -> list[tuple]:
         """Bound branches ``idx`` on the variant, counting those closed; returns the
@@ -413,9 +439,6 @@ def reverify(original: Network, variant, prop: Property,
         except ShapeMismatchError as exc:
             raise _NoFit(str(exc)) from None
         _proof_stats(stats, proof, cmap)
-        for r, region in enumerate(prop.regions):
-            if not proof.regions.get(r) or not covers(region, proof.regions[r]):
-                raise _NoFit(f"the proof's branches do not cover region {r}")
         # the reuse attempt gets a share of the budget; the fallback the rest
         reuser = _Reuser(variant, cmap, options, reuse_options, stats,
                          t0 + reuse_options.reuse_share * options.timeout)
@@ -423,11 +446,12 @@ def reverify(original: Network, variant, prop: Property,
         # any region with a branch left open find a counterexample (a proof that
         # carries over needs neither)
         for r, region in enumerate(prop.regions):
-            cex = reuser.region(region, r, proof.regions[r])
+            cex = reuser.region(region, r, proof)
             if cex is not None:
                 return done(Status.VIOLATED, "reuse", cex)
         method = ("bab" if stats.closed_by_split else "core" if stats.closed_by_core
                   else "z3" if stats.closed_by_full
+                  else "root-bound" if stats.closed_at_root and not stats.closed_by_bounds
                   else "bound-core" if stats.closed_by_bound_core == stats.closed_by_bounds
                   else "bounds")
         return done(Status.HOLDS, f"reuse-{method}")
