@@ -446,8 +446,17 @@ def test_bound_core_closes_the_box_and_no_neuron_can_be_dropped(digits_mlp):
     assert proof.regions[0][0].bound_core.names == core.names
     again = ProofRecord.from_dict(json.loads(json.dumps(proof.to_dict(prop))), prop)
     assert again.regions[0][0].bound_core.names == core.names
+    gain = again.regions[0][0].bound_core_gain
+    assert gain is not None and gain > 0
+    eager = ReuseOptions(bound_core_min_gain=0.0)  # always try the core first
     methods = []
     for variant in sweep(net, RECIPES):
-        r, s = _agree(net, variant, prop, again)
+        r = reverify(net, variant, prop, OPTS, proof=again, reuse_options=eager)
+        s = verify_property(variant.network, prop, OPTS)
+        assert r.status == s.status or "unknown" in (r.status.value, s.status.value)
         methods.append(r.method)
+        # with the measured gain below the threshold, the core is not even tried
+        lazy = reverify(net, variant, prop, OPTS, proof=again,
+                        reuse_options=ReuseOptions(bound_core_min_gain=gain * 1.01))
+        assert lazy.reuse.closed_by_bound_core == 0 and lazy.status == r.status
     assert "reuse-bound-core" in methods

@@ -22,6 +22,7 @@ from ..errors import ShapeMismatchError
 from ..network import Network
 
 UNCHANGED, REVALUED, REMOVED = "unchanged", "revalued", "removed"
+_KINDS = (UNCHANGED, REVALUED, REMOVED)  # the status codes of ChangeMap._comparison
 _NEURON = re.compile(r"^L(\d+)\.N(\d+)\.(affine|relu|bounds|active|inactive)$")
 _OUTPUT = re.compile(r"^out\.(\d+)\.affine$")
 
@@ -47,29 +48,34 @@ class ChangeMap:
     # neither the per-neuron status nor the graph
     @cached_property
     def _comparison(self):
-        status: dict[tuple[int, int], str] = {}
+        """Per layer: the status code of each original neuron (index into
+        ``_KINDS``) and the edges (variant column -> original column, kept rows,
+        variant weight)."""
+        codes, edges = [], []
         prev = np.arange(self.original.n_inputs)  # original column -> variant column (-1: removed)
-        edges = []  # per layer: (variant column -> original column, kept rows, weight)
         for k, (oa, va) in enumerate(zip(self.original.affines, self.variant.affines)):
             kept_rows = np.flatnonzero(self.maps[k] >= 0)  # variant row r <- original kept_rows[r]
             kept_cols = prev >= 0
             back = np.flatnonzero(kept_cols)  # variant column c <- original column back[c]
-            w_o = oa.weight[kept_rows]
-            changed = ((oa.bias[kept_rows] != va.bias)
-                       | np.any(w_o[:, kept_cols] != va.weight, axis=1)
-                       | np.any(w_o[:, ~kept_cols] != 0, axis=1))
-            for i in np.flatnonzero(self.maps[k] < 0):
-                status[(k, int(i))] = REMOVED
-            for i, c in zip(kept_rows, changed):
-                status[(k, int(i))] = REVALUED if c else UNCHANGED
+            if len(kept_rows) == len(self.maps[k]) and kept_cols.all():  # same shape
+                changed = (oa.bias != va.bias) | (oa.weight != va.weight).any(axis=1)
+            else:
+                w_o = oa.weight[kept_rows]
+                changed = ((oa.bias[kept_rows] != va.bias)
+                           | np.any(w_o[:, kept_cols] != va.weight, axis=1)
+                           | np.any(w_o[:, ~kept_cols] != 0, axis=1))
+            code = np.full(len(self.maps[k]), _KINDS.index(REMOVED), dtype=np.int8)
+            code[kept_rows] = np.where(changed, _KINDS.index(REVALUED), _KINDS.index(UNCHANGED))
+            codes.append(code)
             edges.append((back, kept_rows, va.weight))
             prev = self.maps[k]
-        return status, edges
+        return codes, edges
 
-    @property
+    @cached_property
     def status(self) -> dict[tuple[int, int], str]:
         """Per neuron ``(layer, index)`` of the original: unchanged, revalued or removed."""
-        return self._comparison[0]
+        return {(k, i): _KINDS[c] for k, code in enumerate(self._comparison[0])
+                for i, c in enumerate(code.tolist())}
 
     # the graph is built on first use only (on mnist-net_256x2 it takes about
     # 0.25 s, more than most proofs the variant's own bounds settle)
@@ -85,22 +91,25 @@ class ChangeMap:
         return graph
 
     @cached_property
-    def affected(self) -> set[tuple[int, int]]:
-        """Every changed neuron and all its descendants in the variant's graph
-        (propagated layer by layer over the nonzero weights: the same set as
-        ``networkx.descendants`` on :attr:`graph`, without building it)."""
-        status = self.status
-        out: set[tuple[int, int]] = set()
+    def _affected_masks(self) -> list[np.ndarray]:
+        """Per layer, over the original's neurons: in the affected region
+        (propagated layer by layer over the variant's nonzero weights)."""
+        masks = []
         prev = np.zeros(self.original.n_inputs, dtype=bool)  # inputs never change
-        for k, (back, kept_rows, weight) in enumerate(self._comparison[1]):
+        revalued = _KINDS.index(REVALUED)
+        for code, (back, kept_rows, weight) in zip(*self._comparison):
             cols = prev[back]  # the variant's columns that are affected
             reach = (weight[:, cols] != 0).any(axis=1) if cols.any() else np.zeros(len(kept_rows), bool)
-            revalued = np.array([status[(k, int(i))] == REVALUED for i in kept_rows], dtype=bool)
-            rows = kept_rows[reach | revalued]
-            out.update((k, int(i)) for i in rows)
-            prev = np.zeros(len(self.maps[k]), dtype=bool)
-            prev[rows] = True
-        return out
+            prev = np.zeros(len(code), dtype=bool)
+            prev[kept_rows[reach | (code[kept_rows] == revalued)]] = True
+            masks.append(prev)
+        return masks
+
+    @cached_property
+    def affected(self) -> set[tuple[int, int]]:
+        """Every changed neuron and all its descendants in the variant's graph
+        (the same set as ``networkx.descendants`` on :attr:`graph`, without building it)."""
+        return {(k, int(i)) for k, m in enumerate(self._affected_masks) for i in np.flatnonzero(m)}
 
     # ---- neurons ---------------------------------------------------------------
     def neuron_of(self, name: str) -> tuple[int, int] | None:
@@ -117,11 +126,13 @@ class ChangeMap:
         neuron = self.neuron_of(name)
         if neuron is None:
             return UNCHANGED
-        status = self.status.get(neuron, REMOVED)
+        k, i = neuron
+        codes = self._comparison[0]
+        status = _KINDS[codes[k][i]] if k < len(codes) and i < len(codes[k]) else REMOVED
         if status == REMOVED or name.endswith(".relu"):
             return status if status == REMOVED else UNCHANGED
         if name.endswith(".bounds"):  # the values of an affected neuron move
-            return REVALUED if neuron in self.affected else UNCHANGED
+            return REVALUED if self._affected_masks[k][i] else UNCHANGED
         return status
 
     def map_name(self, name: str) -> str | None:
@@ -139,10 +150,29 @@ class ChangeMap:
         return tuple(n for n in (self.map_name(f) for f in facts) if n is not None)
 
     def counts(self, names) -> dict[str, int]:
-        out = {UNCHANGED: 0, REVALUED: 0, REMOVED: 0}
+        """How many of ``names`` are unchanged / revalued / removed (:meth:`classify`
+        of each, tallied with one lookup table per layer)."""
+        codes, masks = self._comparison[0], None
+        out = [0, 0, 0]
+        removed, revalued, unchanged = (_KINDS.index(x) for x in (REMOVED, REVALUED, UNCHANGED))
         for n in names:
-            out[self.classify(n)] += 1
-        return out
+            m = _NEURON.match(n)
+            if m:
+                k, i, kind = int(m.group(1)), int(m.group(2)), m.group(3)
+            else:
+                m = _OUTPUT.match(n)
+                if not m:  # in.{i}.box, spec.{r}
+                    out[unchanged] += 1
+                    continue
+                k, i, kind = self.n_layers - 1, int(m.group(1)), "affine"
+            c = int(codes[k][i]) if k < len(codes) and i < len(codes[k]) else removed
+            if c != removed and kind == "relu":
+                c = unchanged
+            elif c != removed and kind == "bounds":
+                masks = masks if masks is not None else self._affected_masks
+                c = revalued if masks[k][i] else unchanged
+            out[c] += 1
+        return dict(zip(_KINDS, out))
 
     def affected_names(self, constraint_names) -> list[str]:
         """The variant's constraints (by name) of neurons in the affected region."""

@@ -26,12 +26,12 @@ from ..properties import Property, Region
 from ..search import Leaf, RegionSearch
 from ..verifier import Proof, verify_property
 from ..result import Counterexample, Statistics, Status, VerificationResult
-from .bound_core import bound_core
+from .bound_core import bound_core, core_gain, core_neurons
 from .cores import Core, extract_core
 from .options import ReuseOptions
 
 SCHEMA = "coreproof.reuse-proof"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass
@@ -43,6 +43,8 @@ class ProofBranch:
     depth: int = 0
     cores: dict[int, Core] = field(default_factory=dict)
     bound_core: Core | None = None  # neurons to back-substitute (bounds-closed branches)
+    # measured on the original: a full bound's time over the bound core's (None: unknown)
+    bound_core_gain: float | None = None
 
     def to_dict(self, region: Region) -> dict:
         same = np.array_equal(self.lower, region.lower) and np.array_equal(self.upper, region.upper)
@@ -50,7 +52,9 @@ class ProofBranch:
                 "upper": None if same else [float(v) for v in self.upper],
                 "splits": list(self.splits), "method": self.method, "depth": self.depth,
                 "cores": {str(j): c.to_dict() for j, c in self.cores.items()},
-                "bound_core": None if self.bound_core is None else self.bound_core.to_dict()}
+                "bound_core": None if self.bound_core is None else self.bound_core.to_dict(),
+                "bound_core_gain": None if self.bound_core_gain is None
+                else round(self.bound_core_gain, 3)}
 
     @classmethod
     def from_dict(cls, d: dict, region: Region) -> "ProofBranch":
@@ -58,7 +62,8 @@ class ProofBranch:
         hi = region.upper if d["upper"] is None else np.array(d["upper"], dtype=np.float64)
         return cls(lo, hi, tuple(str(s) for s in d["splits"]), str(d["method"]), int(d["depth"]),
                    {int(j): Core.from_dict(c) for j, c in d["cores"].items()},
-                   None if d.get("bound_core") is None else Core.from_dict(d["bound_core"]))
+                   None if d.get("bound_core") is None else Core.from_dict(d["bound_core"]),
+                   None if d.get("bound_core_gain") is None else float(d["bound_core_gain"]))
 
 
 @dataclass
@@ -235,6 +240,9 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
             root.bound_core = bound_core(search, root.lower, root.upper,
                                          min(reuse_options.minimise_budget,
                                              max(core_deadline - time.monotonic(), 0.0)))
+            if root.bound_core is not None:
+                root.bound_core_gain = core_gain(search, root.lower, root.upper,
+                                                 core_neurons(root.bound_core.names))
     record.core_time_s = time.monotonic() - t1
     return record
 

@@ -149,7 +149,7 @@ class _Reuser:
                     return cex
         if not proof.covers(r, region):
             raise _NoFit(f"the proof's branches do not cover region {r}")
-        if len(branches) == 1 and branches[0].bound_core is not None and not branches[0].splits:
+        if len(branches) == 1 and self._try_bound_core(branches[0]):
             closed, candidates = self._closed_by_bound_core(search, branches[0])
             if closed:
                 return None
@@ -224,6 +224,17 @@ class _Reuser:
                              f"({out.reason})")
             self.stats.closed_by_split += len(to_split)
         return None
+
+    def _try_bound_core(self, b: ProofBranch) -> bool:
+        """Whether the branch's bound core promises to be cheaper than a full bound
+        of it, counting the checks that fail (see ``ReuseOptions.bound_core_min_gain``)."""
+        if b.bound_core is None or b.splits:
+            return False
+        if b.bound_core_gain is None:  # not measured: try it
+            return True
+        need = (self.ropt.empty_bound_core_min_gain if not b.bound_core.names
+                else self.ropt.bound_core_min_gain)
+        return b.bound_core_gain >= need
 
     def _closed_by_bound_core(self, search: RegionSearch, b: ProofBranch):
         """Bound the variant on the branch back-substituting only the neurons of
