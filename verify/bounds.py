@@ -100,6 +100,12 @@ class BatchBounds:
         """Box corner minimising each spec row's linear lower bound: (B, m, n)."""
         return torch.where(self.spec_coeffs > 0, lo[:, None, :], hi[:, None, :])
 
+    def candidates(self, lo: torch.Tensor, hi: torch.Tensor, i: int = 0) -> np.ndarray:
+        """Counterexample candidates of branch ``i``: its spec rows' minimising
+        corners and the box centre, (m + 1, n)."""
+        return np.vstack([self.minimisers(lo[i:i + 1], hi[i:i + 1]).numpy()[0],
+                          ((lo[i] + hi[i]) / 2).numpy()[None, :]])
+
 
 class BoundPropagator:
     """Holds a network's weights as float64 tensors and bounds batches of branches."""

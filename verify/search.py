@@ -240,8 +240,7 @@ class RegionSearch:
         res, _, closed = self.bound_branches(lo, hi, splits, None, alpha=0, mode="backward")
         if not closed.all():
             # the bound's minimisers and the centre: free counterexample candidates
-            self.root_candidates = np.vstack([res.minimisers(lo, hi).numpy()[0],
-                                              (lo + hi).numpy() / 2])
+            self.root_candidates = res.candidates(lo, hi)
             return False
         self._root_statistics(res)
         self._close(self._root(), res, 0)

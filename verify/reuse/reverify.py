@@ -248,7 +248,7 @@ class _Reuser:
         if not closed:
             lo, hi = (torch.from_numpy(np.asarray(x, dtype=np.float64)[None, :].copy())
                       for x in (b.lower, b.upper))
-            return False, np.vstack([res.minimisers(lo, hi).numpy()[0], (lo + hi).numpy() / 2])
+            return False, res.candidates(lo, hi)
         self.stats.closed_by_bounds += 1
         self.stats.closed_by_bound_core += 1
         return True, None
@@ -269,7 +269,6 @@ class _Reuser:
         res, refuted, _ = search.bound_branches(tlo, thi, sp, None, alpha,
                                         "backward" if len(branches) == 1 else None)
         infeasible = res.infeasible.numpy()
-        corners = res.minimisers(tlo, thi).numpy()
         out = []
         for b, i in enumerate(idx):
             if self.ropt.bounds_first and (infeasible[b] or refuted[b].all()):
@@ -279,8 +278,7 @@ class _Reuser:
             unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in lb))
             todo = np.flatnonzero(~refuted[b]) if self.ropt.bounds_first \
                 else np.arange(search.n_conj)
-            out.append((i, lb, todo, unstable, bool(infeasible[b]),
-                        np.vstack([corners[b], (lo[b] + hi[b])[None, :] / 2])))
+            out.append((i, lb, todo, unstable, bool(infeasible[b]), res.candidates(tlo, thi, b)))
         return out
 
     def _candidates(self, region: Region, r: int, batch):
