@@ -115,6 +115,10 @@ class BoundPropagator:
         self.weights = [torch.from_numpy(np.array(a.weight)) for a in network.affines]
         self.biases = [torch.from_numpy(np.array(a.bias)) for a in network.affines]
         self.n_hidden = len(network.affines) - 1
+        # positive / negative parts of the weights, transposed (interval arithmetic on
+        # every bound; on mnist-net_256x2 clamping them each time took ~1 ms a bound)
+        self.pos_t = [W.clamp(min=0).T.contiguous() for W in self.weights]
+        self.neg_t = [W.clamp(max=0).T.contiguous() for W in self.weights]
 
     # ---- relaxation ----------------------------------------------------------
     @staticmethod
@@ -301,13 +305,14 @@ class BoundPropagator:
             mid, rad = (hi + lo)[:, :, None] / 2, (hi - lo)[:, :, None] / 2
         for k in range(self.n_hidden):
             W, b = self.weights[k], self.biases[k]
+            Wp_t, Wn_t = self.pos_t[k], self.neg_t[k]
             if k == 0:
-                l = lo @ W.clamp(min=0).T + hi @ W.clamp(max=0).T + b
-                u = hi @ W.clamp(min=0).T + lo @ W.clamp(max=0).T + b
+                l = lo @ Wp_t + hi @ Wn_t + b
+                u = hi @ Wp_t + lo @ Wn_t + b
             else:
                 pl, pu = lower[k - 1].clamp(min=0), upper[k - 1].clamp(min=0)
-                l = pl @ W.clamp(min=0).T + pu @ W.clamp(max=0).T + b
-                u = pu @ W.clamp(min=0).T + pl @ W.clamp(max=0).T + b
+                l = pl @ Wp_t + pu @ Wn_t + b
+                u = pu @ Wp_t + pl @ Wn_t + b
             if forward and k == 0:  # linear bounds of layer 0: itself (its interval is exact)
                 P = Q = W.expand(B, -1, -1)
                 p = q = b.expand(B, -1)
@@ -316,7 +321,7 @@ class BoundPropagator:
                 # relu(z) >= alpha*z >= alpha*L(x);  relu(z) <= s*z + t <= s*U(x) + t
                 hP, hp = P * alpha[:, :, None], p * alpha
                 hQ, hq = Q * s[:, :, None], q * s + t
-                Wp, Wn = W.clamp(min=0), W.clamp(max=0)
+                Wp, Wn = Wp_t.T, Wn_t.T
                 P, p = Wp @ hP + Wn @ hQ, hp @ Wp.T + hq @ Wn.T + b
                 Q, q = Wp @ hQ + Wn @ hP, hq @ Wp.T + hp @ Wn.T + b
                 l = torch.maximum(l, (P @ mid)[..., 0] - (P.abs() @ rad)[..., 0] + p)
