@@ -115,10 +115,16 @@ class BoundPropagator:
         self.weights = [torch.from_numpy(np.array(a.weight)) for a in network.affines]
         self.biases = [torch.from_numpy(np.array(a.bias)) for a in network.affines]
         self.n_hidden = len(network.affines) - 1
-        # positive / negative parts of the weights, transposed (interval arithmetic on
-        # every bound; on mnist-net_256x2 clamping them each time took ~1 ms a bound)
-        self.pos_t = [W.clamp(min=0).T.contiguous() for W in self.weights]
-        self.neg_t = [W.clamp(max=0).T.contiguous() for W in self.weights]
+        self._parts: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.weights)
+
+    def weight_parts(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positive and negative parts of layer ``k``'s weights, transposed; made
+        on first use (interval arithmetic needs them on every bound: clamping them
+        each time took ~1 ms a bound on mnist-net_256x2)."""
+        if self._parts[k] is None:
+            W = self.weights[k]
+            self._parts[k] = (W.clamp(min=0).T, W.clamp(max=0).T)
+        return self._parts[k]
 
     # ---- relaxation ----------------------------------------------------------
     @staticmethod
@@ -305,7 +311,7 @@ class BoundPropagator:
             mid, rad = (hi + lo)[:, :, None] / 2, (hi - lo)[:, :, None] / 2
         for k in range(self.n_hidden):
             W, b = self.weights[k], self.biases[k]
-            Wp_t, Wn_t = self.pos_t[k], self.neg_t[k]
+            Wp_t, Wn_t = self.weight_parts(k)
             if k == 0:
                 l = lo @ Wp_t + hi @ Wn_t + b
                 u = hi @ Wp_t + lo @ Wn_t + b
