@@ -415,6 +415,19 @@ def test_change_map_classifies_neurons_and_affected_region(digits_mlp, recipe):
     some = next(iter(sorted(cmap.affected)))
     assert cmap.classify(f"L{some[0]}.N{some[1]}.bounds") == (
         REMOVED if some in removed else REVALUED)
+    # every kind of name, against the per-neuron status and affected region
+    for (k, i), status in cmap.status.items():
+        for kind in ("affine", "relu", "bounds"):
+            name = f"out.{i}.affine" if k == len(cmap.maps) - 1 else f"L{k}.N{i}.{kind}"
+            want = (REMOVED if status == REMOVED
+                    else UNCHANGED if name.endswith(".relu")
+                    else (REVALUED if (k, i) in cmap.affected else UNCHANGED)
+                    if name.endswith(".bounds") else status)
+            assert cmap.classify(name) == want, (name, status)
+    names = [f"L{k}.N{i}.{kind}" for k, i in cmap.status if k < len(cmap.maps) - 1
+             for kind in ("affine", "relu", "bounds")] + ["in.0.box", "spec.0"]
+    tally = {s: sum(1 for n in names if cmap.classify(n) == s) for s in (UNCHANGED, REVALUED, REMOVED)}
+    assert cmap.counts(names) == tally and tally[REVALUED] > 0
 
 
 # ---- bound-fact cores -----------------------------------------------------------------

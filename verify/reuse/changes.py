@@ -23,6 +23,7 @@ from ..network import Network
 
 UNCHANGED, REVALUED, REMOVED = "unchanged", "revalued", "removed"
 _KINDS = (UNCHANGED, REVALUED, REMOVED)  # the status codes of ChangeMap._comparison
+_UNCHANGED_C, _REVALUED_C, _REMOVED_C = range(3)  # their indices
 _NEURON = re.compile(r"^L(\d+)\.N(\d+)\.(affine|relu|bounds|active|inactive)$")
 _OUTPUT = re.compile(r"^out\.(\d+)\.affine$")
 
@@ -64,8 +65,8 @@ class ChangeMap:
                 changed = ((oa.bias[kept_rows] != va.bias)
                            | np.any(w_o[:, kept_cols] != va.weight, axis=1)
                            | np.any(w_o[:, ~kept_cols] != 0, axis=1))
-            code = np.full(len(self.maps[k]), _KINDS.index(REMOVED), dtype=np.int8)
-            code[kept_rows] = np.where(changed, _KINDS.index(REVALUED), _KINDS.index(UNCHANGED))
+            code = np.full(len(self.maps[k]), _REMOVED_C, dtype=np.int8)
+            code[kept_rows] = np.where(changed, _REVALUED_C, _UNCHANGED_C)
             codes.append(code)
             edges.append((back, kept_rows, va.weight))
             prev = self.maps[k]
@@ -96,7 +97,7 @@ class ChangeMap:
         (propagated layer by layer over the variant's nonzero weights)."""
         masks = []
         prev = np.zeros(self.original.n_inputs, dtype=bool)  # inputs never change
-        revalued = _KINDS.index(REVALUED)
+        revalued = _REVALUED_C
         for code, (back, kept_rows, weight) in zip(*self._comparison):
             cols = prev[back]  # the variant's columns that are affected
             reach = (weight[:, cols] != 0).any(axis=1) if cols.any() else np.zeros(len(kept_rows), bool)
@@ -123,17 +124,20 @@ class ChangeMap:
 
     def classify(self, name: str) -> str:
         """``unchanged`` / ``revalued`` / ``removed`` for a constraint name of the original."""
+        return _KINDS[self._code(name)]
+
+    def _code(self, name: str) -> int:
         neuron = self.neuron_of(name)
         if neuron is None:
-            return UNCHANGED
+            return _UNCHANGED_C  # in.{i}.box, spec.{r}
         k, i = neuron
         codes = self._comparison[0]
-        status = _KINDS[codes[k][i]] if k < len(codes) and i < len(codes[k]) else REMOVED
-        if status == REMOVED or name.endswith(".relu"):
-            return status if status == REMOVED else UNCHANGED
+        code = int(codes[k][i]) if k < len(codes) and i < len(codes[k]) else _REMOVED_C
+        if code == _REMOVED_C or name.endswith(".relu"):
+            return code if code == _REMOVED_C else _UNCHANGED_C
         if name.endswith(".bounds"):  # the values of an affected neuron move
-            return REVALUED if self._affected_masks[k][i] else UNCHANGED
-        return status
+            return _REVALUED_C if self._affected_masks[k][i] else _UNCHANGED_C
+        return code
 
     def map_name(self, name: str) -> str | None:
         """The variant's name of the same constraint (``None``: the neuron was removed)."""
@@ -150,28 +154,9 @@ class ChangeMap:
         return tuple(n for n in (self.map_name(f) for f in facts) if n is not None)
 
     def counts(self, names) -> dict[str, int]:
-        """How many of ``names`` are unchanged / revalued / removed (:meth:`classify`
-        of each, tallied with one lookup table per layer)."""
-        codes, masks = self._comparison[0], None
         out = [0, 0, 0]
-        removed, revalued, unchanged = (_KINDS.index(x) for x in (REMOVED, REVALUED, UNCHANGED))
         for n in names:
-            m = _NEURON.match(n)
-            if m:
-                k, i, kind = int(m.group(1)), int(m.group(2)), m.group(3)
-            else:
-                m = _OUTPUT.match(n)
-                if not m:  # in.{i}.box, spec.{r}
-                    out[unchanged] += 1
-                    continue
-                k, i, kind = self.n_layers - 1, int(m.group(1)), "affine"
-            c = int(codes[k][i]) if k < len(codes) and i < len(codes[k]) else removed
-            if c != removed and kind == "relu":
-                c = unchanged
-            elif c != removed and kind == "bounds":
-                masks = masks if masks is not None else self._affected_masks
-                c = revalued if masks[k][i] else unchanged
-            out[c] += 1
+            out[self._code(n)] += 1
         return dict(zip(_KINDS, out))
 
     def affected_names(self, constraint_names) -> list[str]:
