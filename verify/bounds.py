@@ -29,6 +29,14 @@ def _widen_upper(x: torch.Tensor) -> torch.Tensor:
     return x + TOLERANCE * (1.0 + x.abs())
 
 
+def _linear_min(const: torch.Tensor, coeffs: torch.Tensor, lo: torch.Tensor,
+                hi: torch.Tensor) -> torch.Tensor:
+    """Minimum over each box of ``coeffs @ x + const`` (``coeffs`` (B, m, n),
+    ``const`` (B, m), boxes ``lo``/``hi`` (B, n)), before outward rounding."""
+    return (const + (coeffs.clamp(min=0) * lo[:, None, :]).sum(-1)
+            + (coeffs.clamp(max=0) * hi[:, None, :]).sum(-1))
+
+
 @dataclass
 class BatchBounds:
     """Bounds for a batch of ``B`` branches.
@@ -84,8 +92,7 @@ class BatchBounds:
         """Combine with other linear lower bounds of the spec rows that hold on
         these boxes (``coeffs`` (B, m, n), ``const`` (B, m); e.g. a parent
         box's): per row, the better minimum over the box is kept."""
-        value = _widen_lower(const + (coeffs.clamp(min=0) * lo[:, None, :]).sum(-1)
-                             + (coeffs.clamp(max=0) * hi[:, None, :]).sum(-1))
+        value = _widen_lower(_linear_min(const, coeffs, lo, hi))
         pick = value > self.spec_lower
         self.spec_lower = torch.where(pick, value, self.spec_lower)
         self.spec_coeffs = torch.where(pick[..., None], coeffs, self.spec_coeffs)
@@ -170,8 +177,7 @@ class BoundPropagator:
                 A = A - betas[k] * signs[k][:, None, :]
             const = const + A @ self.biases[k]
             A = A @ self.weights[k]
-        bound = const + (A.clamp(min=0) * lo[:, None, :]).sum(-1) + (A.clamp(max=0) * hi[:, None, :]).sum(-1)
-        return bound, A, recorded
+        return _linear_min(const, A, lo, hi), A, recorded
 
     def _backsub_neurons(self, k, l, u, sp, relax, lo, hi, every: bool, only=None):
         """Tighten layer ``k``'s bounds by back-substitution: of ``every``

@@ -85,12 +85,12 @@ def refuted_conjunctions(res, owner, n_conj: int, lo: np.ndarray, hi: np.ndarray
     spec = res.spec_lower.numpy()
     out = np.zeros((spec.shape[0], n_conj), dtype=bool)
     counts = np.bincount(owner, minlength=n_conj)
-    rows = np.flatnonzero(counts)
-    if len(rows) == 0:
+    nonempty = np.flatnonzero(counts)
+    if len(nonempty) == 0:
         return out
     starts = np.cumsum(counts) - counts
     # per conjunction: any of its (consecutive) rows positive
-    out[:, rows] = np.logical_or.reduceat(spec > 0, starts[rows], axis=1)
+    out[:, nonempty] = np.logical_or.reduceat(spec > 0, starts[nonempty], axis=1)
     multi = np.flatnonzero(counts > 1)
     if len(multi):
         coeffs, const = res.spec_coeffs.numpy(), res.spec_const.numpy()
@@ -245,6 +245,13 @@ class RegionSearch:
         self._root_statistics(res)
         self._close(self._root(), res, 0)
         return True
+
+    def root_counterexample(self) -> Counterexample | None:
+        """After :meth:`closed_at_root` said no: a confirmed counterexample among
+        its bound's minimisers and the box centre, or None."""
+        if self.root_candidates is None:
+            return None
+        return confirm_batch(self.net, self.region, self.index, self.root_candidates)
 
     def _root(self) -> Node:
         return Node(self.region.lower.copy(), self.region.upper.copy(),

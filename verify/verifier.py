@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .attack import Attacker, confirm_batch
+from .attack import Attacker
 from .bounds import BoundPropagator
 from .network import Network
 from .options import VerifyOptions
@@ -60,8 +60,8 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
             settled.add(r)
             if proof is not None:
                 proof.leaves[r] = search.leaves
-        elif search.root_candidates is not None:
-            cex = confirm_batch(network, region, r, search.root_candidates)
+        else:
+            cex = search.root_counterexample()
             if cex is not None:
                 return done(Status.VIOLATED, "attack", cex)
     if len(settled) == len(prop.regions):

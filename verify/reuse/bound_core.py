@@ -46,12 +46,17 @@ def core_neurons(names) -> list[tuple[int, int]]:
     return out
 
 
+def box_tensors(lower, upper) -> tuple[torch.Tensor, torch.Tensor]:
+    """One box as a batch of one: (1, n) float64 tensors."""
+    return tuple(torch.from_numpy(np.asarray(x, dtype=np.float64)[None, :].copy())
+                 for x in (lower, upper))
+
+
 def bound_with(search: RegionSearch, lower, upper, neurons):
     """Bound the box ``[lower, upper]`` of ``search``'s region, back-substituting
     only ``neurons`` ((layer, index) pairs; intervals for the rest): (bounds,
     whether they close the box)."""
-    lo = torch.from_numpy(np.asarray(lower, dtype=np.float64)[None, :].copy())
-    hi = torch.from_numpy(np.asarray(upper, dtype=np.float64)[None, :].copy())
+    lo, hi = box_tensors(lower, upper)
     res, _, closed = search.bound_branches(lo, hi, None, None, 0, "backward",
                                            refine=refine_masks(neurons, search.net.hidden_sizes))
     return res, bool(closed.all())
@@ -64,8 +69,7 @@ def core_gain(search: RegionSearch, lower, upper, neurons, repeats: int = 3) -> 
     On narrow layers the two cost about the same -- per-layer overhead, not
     the neuron count, dominates -- and a core check that fails is then pure
     extra cost."""
-    lo = torch.from_numpy(np.asarray(lower, dtype=np.float64)[None, :].copy())
-    hi = torch.from_numpy(np.asarray(upper, dtype=np.float64)[None, :].copy())
+    lo, hi = box_tensors(lower, upper)
 
     def best(f) -> float:
         times = []

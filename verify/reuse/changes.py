@@ -97,12 +97,11 @@ class ChangeMap:
         (propagated layer by layer over the variant's nonzero weights)."""
         masks = []
         prev = np.zeros(self.original.n_inputs, dtype=bool)  # inputs never change
-        revalued = _REVALUED_C
         for code, (back, kept_rows, weight) in zip(*self._comparison):
             cols = prev[back]  # the variant's columns that are affected
             reach = (weight[:, cols] != 0).any(axis=1) if cols.any() else np.zeros(len(kept_rows), bool)
             prev = np.zeros(len(code), dtype=bool)
-            prev[kept_rows[reach | (code[kept_rows] == revalued)]] = True
+            prev[kept_rows[reach | (code[kept_rows] == _REVALUED_C)]] = True
             masks.append(prev)
         return masks
 

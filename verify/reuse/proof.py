@@ -2,7 +2,8 @@
 region with its minimal unsat cores, as versioned JSON in the proof store.
 
 A branch is an input box plus ReLU phase split facts.  The branches of a
-region tile its box exactly (checked by :func:`covers` before any reuse);
+region tile its box exactly (checked by :func:`covers` before any branch is
+reused; a variant that one bound of the whole region settles needs none);
 ``method`` says what closed it on the original: ``bounds`` (the variant
 re-derives its own bounds on the branch), ``z3`` or ``infeasible``.
 ``cores`` maps a conjunction index to a :class:`~verify.reuse.cores.Core`;
@@ -86,7 +87,7 @@ class ProofRecord:
         """Whether the branches of region ``r`` tile ``region``'s box (see :func:`covers`)."""
         key = (r, region.lower.tobytes(), region.upper.tobytes())
         if key not in self._covered:
-            self._covered[key] = bool(self.regions.get(r)) and covers(region, self.regions[r])
+            self._covered[key] = covers(region, self.regions.get(r) or [])
         return self._covered[key]
 
     def cores(self):

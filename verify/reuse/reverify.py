@@ -36,7 +36,7 @@ from ..search import Node, RegionSearch, split_arrays
 from ..result import Counterexample, Statistics, Status, VerificationResult
 from ..verifier import verify_property
 from ..vnnlib import check_fits
-from .bound_core import bound_with, core_neurons
+from .bound_core import bound_with, box_tensors, core_neurons
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
@@ -143,10 +143,9 @@ class _Reuser:
             if search.closed_at_root():
                 self.stats.closed_at_root += 1
                 return None
-            if search.root_candidates is not None:
-                cex = confirm_batch(self.net, region, r, search.root_candidates)
-                if cex is not None:
-                    return cex
+            cex = search.root_counterexample()
+            if cex is not None:
+                return cex
         if not proof.covers(r, region):
             raise _NoFit(f"the proof's branches do not cover region {r}")
         if len(branches) == 1 and self._try_bound_core(branches[0]):
@@ -246,9 +245,7 @@ class _Reuser:
         res, closed = bound_with(search, b.lower, b.upper,
                                  core_neurons(n for n in names if n is not None))
         if not closed:
-            lo, hi = (torch.from_numpy(np.asarray(x, dtype=np.float64)[None, :].copy())
-                      for x in (b.lower, b.upper))
-            return False, res.candidates(lo, hi)
+            return False, res.candidates(*box_tensors(b.lower, b.upper))
         self.stats.closed_by_bounds += 1
         self.stats.closed_by_bound_core += 1
         return True, None
@@ -268,17 +265,17 @@ class _Reuser:
         # would only be computed in vain (as in RegionSearch.closed_at_root)
         res, refuted, _ = search.bound_branches(tlo, thi, sp, None, alpha,
                                         "backward" if len(branches) == 1 else None)
-        infeasible = res.infeasible.numpy()
+        infeasible, unstable = res.infeasible.numpy(), res.unstable()
         out = []
         for b, i in enumerate(idx):
             if self.ropt.bounds_first and (infeasible[b] or refuted[b].all()):
                 self.stats.closed_by_bounds += 1
                 continue
             lb = [(res.lower[k][b].numpy(), res.upper[k][b].numpy()) for k in range(n_hidden)]
-            unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in lb))
             todo = np.flatnonzero(~refuted[b]) if self.ropt.bounds_first \
                 else np.arange(search.n_conj)
-            out.append((i, lb, todo, unstable, bool(infeasible[b]), res.candidates(tlo, thi, b)))
+            out.append((i, lb, todo, int(unstable[b]), bool(infeasible[b]),
+                        res.candidates(tlo, thi, b)))
         return out
 
     def _candidates(self, region: Region, r: int, batch):
