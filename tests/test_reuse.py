@@ -461,7 +461,8 @@ def test_bound_core_closes_the_box_and_no_neuron_can_be_dropped(digits_mlp):
     assert again.regions[0][0].bound_core.names == core.names
     gain = again.regions[0][0].bound_core_gain
     assert gain is not None and gain > 0
-    eager = ReuseOptions(bound_core_min_gain=0.0)  # always try the core first
+    # always try the core first (the moved original bounds would come before it)
+    eager = ReuseOptions(bound_core_min_gain=0.0, difference=False)
     methods = []
     for variant in sweep(net, RECIPES):
         r = reverify(net, variant, prop, OPTS, proof=again, reuse_options=eager)
@@ -470,6 +471,7 @@ def test_bound_core_closes_the_box_and_no_neuron_can_be_dropped(digits_mlp):
         methods.append(r.method)
         # with the measured gain below the threshold, the core is not even tried
         lazy = reverify(net, variant, prop, OPTS, proof=again,
-                        reuse_options=ReuseOptions(bound_core_min_gain=gain * 1.01))
+                        reuse_options=ReuseOptions(bound_core_min_gain=gain * 1.01,
+                                                   difference=False))
         assert lazy.reuse.closed_by_bound_core == 0 and lazy.status == r.status
     assert "reuse-bound-core" in methods

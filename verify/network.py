@@ -80,7 +80,7 @@ class Network:
     affines: tuple[Affine, ...]
     input_shape: tuple[int, ...] = ()
     name: str = "network"
-    _digest: list = field(default_factory=list, repr=False, compare=False)
+    _digest: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         affines = tuple(self.affines)

@@ -8,7 +8,7 @@ maps into that region's unsafe set (the VNN-LIB query is UNSAT).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -83,6 +83,7 @@ class Property:
     n_outputs: int
     name: str = "property"
     source: str | None = None
+    _digest: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         regions = tuple(self.regions)
@@ -102,17 +103,20 @@ class Property:
         return self.regions[0].n_inputs
 
     def digest(self) -> str:
-        h = hashlib.sha256()
-        h.update(f"{self.n_inputs},{self.n_outputs}".encode())
-        for r in self.regions:
-            h.update(r.lower.tobytes())
-            h.update(r.upper.tobytes())
-            for c in r.unsafe:
-                h.update(c.coeffs.tobytes())
-                h.update(c.rhs.tobytes())
-                h.update(b"|")
-            h.update(b"#")
-        return h.hexdigest()
+        """SHA-256 of the regions and unsafe sets (computed once: a property is immutable)."""
+        if not self._digest:
+            h = hashlib.sha256()
+            h.update(f"{self.n_inputs},{self.n_outputs}".encode())
+            for r in self.regions:
+                h.update(r.lower.tobytes())
+                h.update(r.upper.tobytes())
+                for c in r.unsafe:
+                    h.update(c.coeffs.tobytes())
+                    h.update(c.rhs.tobytes())
+                    h.update(b"|")
+                h.update(b"#")
+            self._digest.append(h.hexdigest())
+        return self._digest[0]
 
     def violated_by(self, x: np.ndarray, y: np.ndarray) -> bool:
         """True when input ``x`` lies in some region whose unsafe set contains ``y``."""

@@ -147,7 +147,7 @@ class RegionSearch:
     def time_left(self) -> float:
         return self.deadline - time.monotonic()
 
-    def _refutation(self, res, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def refutation(self, res, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(refuted (B, n_conj), closed (B,)) of a bounded batch: a branch is closed
         when every unsafe conjunction is refuted or the branch is infeasible."""
         refuted = refuted_conjunctions(res, self.owner, self.n_conj, lo, hi)
@@ -172,7 +172,7 @@ class RegionSearch:
         self.stats.bound_evaluations += len(lo)
         if inherited is not None:
             res.merge_linear(*inherited, lo, hi)
-        refuted, closed = self._refutation(res, lo.numpy(), hi.numpy())
+        refuted, closed = self.refutation(res, lo.numpy(), hi.numpy())
         if mode == "hybrid" and not closed.all():
             rows = torch.from_numpy(np.flatnonzero(~closed))
             again = self.prop.bound(lo[rows], hi[rows], self.C, self.d,
@@ -191,7 +191,7 @@ class RegionSearch:
         update ``refuted``/``closed`` of those rows in place."""
         res.merge_rows(rows, again)
         r = rows.numpy()
-        refuted[r] |= self._refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())[0]
+        refuted[r] |= self.refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())[0]
         closed[r] = refuted[r].all(axis=1) | res.infeasible.numpy()[r]
 
     def _alpha_tier(self, res, lo, hi, refuted, closed) -> None:
@@ -232,19 +232,29 @@ class RegionSearch:
         the proof's single leaf recorded, when it refutes every unsafe conjunction."""
         if self.whole_box_unsafe:
             return False
-        lo = torch.from_numpy(self.region.lower[None, :].copy())
-        hi = torch.from_numpy(self.region.upper[None, :].copy())
-        splits = None if self.input_split else [torch.zeros((1, n), dtype=torch.int8)
-                                                for n in self.net.hidden_sizes]
-        # plain CROWN: forward-mode bounds are loose on a box this large
-        res, _, closed = self.bound_branches(lo, hi, splits, None, alpha=0, mode="backward")
-        if not closed.all():
+        res, closed = self.root_bound()
+        if not closed:
+            lo, hi = self.root_box()
             # the bound's minimisers and the centre: free counterexample candidates
             self.root_candidates = res.candidates(lo, hi)
             return False
         self._root_statistics(res)
         self._close(self._root(), res, 0)
         return True
+
+    def root_box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The region's box as a batch of one."""
+        return (torch.from_numpy(self.region.lower[None, :].copy()),
+                torch.from_numpy(self.region.upper[None, :].copy()))
+
+    def root_bound(self):
+        """One plain CROWN bound of the whole region: (bounds, closed)."""
+        lo, hi = self.root_box()
+        splits = None if self.input_split else [torch.zeros((1, n), dtype=torch.int8)
+                                                for n in self.net.hidden_sizes]
+        # plain CROWN: forward-mode bounds are loose on a box this large
+        res, _, closed = self.bound_branches(lo, hi, splits, None, alpha=0, mode="backward")
+        return res, bool(closed.all())
 
     def root_counterexample(self) -> Counterexample | None:
         """After :meth:`closed_at_root` said no: a confirmed counterexample among
@@ -356,7 +366,7 @@ class RegionSearch:
                               alpha_iterations=self.opt.fixed_leaf_iterations,
                               deadline=self.deadline)
         self.stats.bound_evaluations += len(idx)
-        if not self._refutation(res, lo[sel].numpy(), hi[sel].numpy())[1].all():
+        if not self.refutation(res, lo[sel].numpy(), hi[sel].numpy())[1].all():
             return False
         for row, i in enumerate(idx):
             self._close(batch[i], res, row)

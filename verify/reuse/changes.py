@@ -45,6 +45,30 @@ class ChangeMap:
             self.maps = [np.arange(a.out_size) for a in original.affines]
         self.n_layers = original.n_layers
 
+    @cached_property
+    def kept_rows(self) -> list[np.ndarray]:
+        """Per layer: the original index of each of the variant's neurons."""
+        return [np.flatnonzero(m >= 0) for m in self.maps]
+
+    @cached_property
+    def embedded(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per layer, the variant's weights and bias in the original's numbering
+        and shape: a removed neuron's row, bias and outgoing column are zero (it
+        computes relu(0) = 0 and feeds nothing), so this is the variant's function."""
+        out, kept_cols = [], np.ones(self.original.n_inputs, dtype=bool)
+        for k, (oa, va) in enumerate(zip(self.original.affines, self.variant.affines)):
+            rows = self.kept_rows[k]
+            if len(rows) == len(self.maps[k]) and kept_cols.all():  # same shape
+                out.append((va.weight, va.bias))
+            else:
+                W = np.zeros_like(oa.weight)
+                W[np.ix_(rows, np.flatnonzero(kept_cols))] = va.weight
+                b = np.zeros_like(oa.bias)
+                b[rows] = va.bias
+                out.append((W, b))
+            kept_cols = self.maps[k] >= 0
+        return out
+
     # compared on first use: a proof closed by the variant's own bounds needs
     # neither the per-neuron status nor the graph
     @cached_property
@@ -53,23 +77,19 @@ class ChangeMap:
         ``_KINDS``) and the edges (variant column -> original column, kept rows,
         variant weight)."""
         codes, edges = [], []
-        prev = np.arange(self.original.n_inputs)  # original column -> variant column (-1: removed)
-        for k, (oa, va) in enumerate(zip(self.original.affines, self.variant.affines)):
-            kept_rows = np.flatnonzero(self.maps[k] >= 0)  # variant row r <- original kept_rows[r]
-            kept_cols = prev >= 0
-            back = np.flatnonzero(kept_cols)  # variant column c <- original column back[c]
-            if len(kept_rows) == len(self.maps[k]) and kept_cols.all():  # same shape
-                changed = (oa.bias != va.bias) | (oa.weight != va.weight).any(axis=1)
+        back = np.arange(self.original.n_inputs)  # variant column c <- original column back[c]
+        for k, (oa, va, (W, b)) in enumerate(zip(self.original.affines, self.variant.affines,
+                                                 self.embedded)):
+            rows = self.kept_rows[k]
+            if len(rows) == len(self.maps[k]):
+                changed = (oa.bias != b) | (oa.weight != W).any(axis=1)
             else:
-                w_o = oa.weight[kept_rows]
-                changed = ((oa.bias[kept_rows] != va.bias)
-                           | np.any(w_o[:, kept_cols] != va.weight, axis=1)
-                           | np.any(w_o[:, ~kept_cols] != 0, axis=1))
+                changed = (oa.bias[rows] != b[rows]) | (oa.weight[rows] != W[rows]).any(axis=1)
             code = np.full(len(self.maps[k]), _REMOVED_C, dtype=np.int8)
-            code[kept_rows] = np.where(changed, _REVALUED_C, _UNCHANGED_C)
+            code[rows] = np.where(changed, _REVALUED_C, _UNCHANGED_C)
             codes.append(code)
-            edges.append((back, kept_rows, va.weight))
-            prev = self.maps[k]
+            edges.append((back, rows, va.weight))
+            back = rows
         return codes, edges
 
     @cached_property

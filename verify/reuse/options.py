@@ -27,6 +27,11 @@ class ReuseOptions:
     # bound on top, so the gain must beat 1 / (the share of variants the core carries
     # over to): measured 46 % for cores with neurons (55 of 120 benchmark pairs) and
     # 97 % for empty ones (intervals suffice; 167 of 172)
+    # a region the original settled with one bound: the original's bounds moved by
+    # the change first (verify.reuse.difference), then the variant's spec rows
+    # back-substituted over the moved intermediate bounds
+    difference: bool = True
+    difference_backsub: bool = True
     bound_core_min_gain: float = 2.0
     empty_bound_core_min_gain: float = 1.05
 

@@ -29,6 +29,7 @@ from ..verifier import Proof, verify_property
 from ..result import Counterexample, Statistics, Status, VerificationResult
 from .bound_core import bound_core, core_gain, core_neurons
 from .cores import Core, extract_core
+from .difference import OriginalBounds, original_bounds
 from .options import ReuseOptions
 
 SCHEMA = "coreproof.reuse-proof"
@@ -82,6 +83,10 @@ class ProofRecord:
     # covers() answers per (region index, box): the structure is checked once per
     # record, however many variants reuse it (the record is not modified after)
     _covered: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # per region settled by one bound: the original's bounds of it (derived from the
+    # original network in this process, never stored: see verify.reuse.difference)
+    root_bounds: dict[int, OriginalBounds] = field(default_factory=dict, init=False, repr=False,
+                                                   compare=False)
 
     def covers(self, r: int, region: Region) -> bool:
         """Whether the branches of region ``r`` tile ``region``'s box (see :func:`covers`)."""
@@ -238,6 +243,7 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
         root = record.regions[r][0] if len(leaves) == 1 else None
         if root is not None and root.method == "bounds" and not root.splits:
             search = RegionSearch(network, prop.regions[r], r, options, core_deadline, Statistics())
+            record.root_bounds[r] = original_bounds(search)
             root.bound_core = bound_core(search, root.lower, root.upper,
                                          min(reuse_options.minimise_budget,
                                              max(core_deadline - time.monotonic(), 0.0)))

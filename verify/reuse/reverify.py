@@ -38,6 +38,7 @@ from ..verifier import verify_property
 from ..vnnlib import check_fits
 from .bound_core import bound_with, box_tensors, core_neurons
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
+from .difference import original_bounds, variant_bounds
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 
@@ -54,6 +55,8 @@ class ReuseStats:
     branches: int = 0  # branches of the original proof
     closed_by_bounds: int = 0  # branches the variant's own bounds closed
     closed_by_bound_core: int = 0  # ... back-substituting only a bound core's neurons
+    closed_by_difference: int = 0  # ... by the original's bounds moved by the change
+    closed_by_difference_backsub: int = 0  # ... of which over the moved intermediate bounds
     closed_at_root: int = 0  # regions of a split proof closed by one bound of the region
     closed_by_core: int = 0  # branch conjunctions closed by a reused (refined) core
     closed_by_full: int = 0  # ... by the full query of the branch
@@ -148,8 +151,12 @@ class _Reuser:
                 return cex
         if not proof.covers(r, region):
             raise _NoFit(f"the proof's branches do not cover region {r}")
-        if len(branches) == 1 and self._try_bound_core(branches[0]):
-            closed, candidates = self._closed_by_bound_core(search, branches[0])
+        single = branches[0] if len(branches) == 1 and not branches[0].splits else None
+        if single is not None and single.method == "bounds" and self.ropt.difference \
+                and self._closed_by_difference(search, proof):
+            return None
+        if single is not None and self._try_bound_core(single):
+            closed, candidates = self._closed_by_bound_core(search, single)
             if closed:
                 return None
             # the bound's minimisers: a broken variant's counterexample is often one
@@ -234,6 +241,30 @@ class _Reuser:
         need = (self.ropt.empty_bound_core_min_gain if not b.bound_core.names
                 else self.ropt.bound_core_min_gain)
         return b.bound_core_gain >= need
+
+    def _closed_by_difference(self, search: RegionSearch, proof: ProofRecord) -> bool:
+        """A region the original settled with one bound: the variant's bounds
+        from the original's moved by the change (:mod:`verify.reuse.difference`);
+        if they do not settle it, the variant's spec rows back-substituted over
+        the moved intermediate bounds."""
+        r = search.index
+        ob = proof.root_bounds.get(r)
+        if ob is None:  # a record from the store: the original's bound is derived here
+            ob = proof.root_bounds[r] = original_bounds(RegionSearch(
+                self.cmap.original, search.region, r, self.opt, self.deadline, Statistics()))
+        lower, upper = search.region.lower, search.region.upper
+        res = variant_bounds(self.cmap, ob, lower, upper, search.C.numpy())
+        if not search.refutation(res, lower[None, :], upper[None, :])[1].all():
+            if not self.ropt.difference_backsub:
+                return False
+            lo, hi = search.root_box()
+            res = search.prop.spec_bound(lo, hi, search.C, search.d, res.lower, res.upper, 0)
+            if not search.refutation(res, lower[None, :], upper[None, :])[1].all():
+                return False
+            self.stats.closed_by_difference_backsub += 1
+        self.stats.closed_by_bounds += 1
+        self.stats.closed_by_difference += 1
+        return True
 
     def _closed_by_bound_core(self, search: RegionSearch, b: ProofBranch):
         """Bound the variant on the branch back-substituting only the neurons of
@@ -458,6 +489,7 @@ def reverify(original: Network, variant, prop: Property,
         method = ("bab" if stats.closed_by_split else "core" if stats.closed_by_core
                   else "z3" if stats.closed_by_full
                   else "root-bound" if stats.closed_at_root and not stats.closed_by_bounds
+                  else "difference" if stats.closed_by_difference == stats.closed_by_bounds > 0
                   else "bound-core" if stats.closed_by_bound_core == stats.closed_by_bounds
                   else "bounds")
         return done(Status.HOLDS, f"reuse-{method}")

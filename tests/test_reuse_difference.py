@@ -1,0 +1,161 @@
+"""Differential bounds (verify.reuse.difference): the variant's change bounded
+from the original's bounds, checked against sampled points of the box, and
+their use in reverify (agreement with scratch; a broken variant not closed)."""
+import numpy as np
+import pytest
+
+from compress import compress
+from verify.api import VerifyOptions, local_robustness, verify_property
+from verify.network import Affine, Network
+from verify.result import Statistics
+from verify.reuse import ReuseOptions, build_proof, reverify
+from verify.reuse.changes import ChangeMap
+from verify.reuse.difference import OriginalBounds, deviation, original_bounds, variant_bounds
+from verify.search import RegionSearch
+
+OPTS = VerifyOptions(timeout=5, z3_query_timeout=1)
+# weight pruning, quantization, neuron pruning (the variant is smaller: its
+# neurons are embedded in the original's numbering) and both at once
+RECIPES = ["magnitude:0.3", "int4", "neurons:0.25", "neurons:0.25,int8"]
+
+
+def _box_samples(region, rng, n=3000):
+    """Uniform points and random vertices of the box (where bounds are attained)."""
+    lo, hi = region.lower, region.upper
+    inside = rng.uniform(lo, hi, size=(n, len(lo)))
+    corners = np.where(rng.random((n, len(lo))) < 0.5, lo, hi)
+    return np.vstack([inside, corners])
+
+
+def _embedded_pre(cmap, x):
+    """The variant's pre-activations in the original's numbering."""
+    out, h = [], x
+    for k, (W, b) in enumerate(cmap.embedded):
+        z = h @ W.T + b
+        out.append(z)
+        h = np.maximum(z, 0.0)
+    return out
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_deviation_and_moved_bounds_contain_every_sampled_point(digits_mlp, recipe):
+    net, X, _ = digits_mlp
+    # a wide box: many neurons change phase in one network or the other
+    prop = local_robustness(X[3], 0.15, int(np.argmax(net.forward(X[3]))), 10)
+    region = prop.regions[0]
+    variant = compress(net, recipe)
+    cmap = ChangeMap(net, variant.network, variant.record)
+    search = RegionSearch(net, region, 0, OPTS, float("inf"), Statistics())
+    ob = original_bounds(search)
+    C, d = search.C.numpy(), search.d.numpy()
+    changes, spec_shift = deviation(cmap, ob, region.lower, region.upper, C)
+    xs = _box_samples(region, np.random.default_rng(1))
+    # the embedding is the variant's function
+    np.testing.assert_allclose(_embedded_pre(cmap, xs)[-1], variant.network.forward(xs),
+                               rtol=1e-9, atol=1e-9)
+    z_orig = net.pre_activations(xs)
+    z_var = _embedded_pre(cmap, xs)
+    unstable_both = 0
+    for k, (dl, du) in enumerate(changes):
+        dz = z_var[k] - z_orig[k]
+        assert (dz >= dl - 1e-9).all() and (dz <= du + 1e-9).all(), (recipe, k)
+        assert np.isfinite(dl).all() and np.isfinite(du).all()
+        unstable_both += int(((ob.lower[k] < 0) & (ob.upper[k] > 0)).sum())
+    assert unstable_both > 0  # the ReLU rule for changing phases is exercised
+    dspec = (z_var[-1] - z_orig[-1]) @ C.T
+    assert (dspec >= spec_shift - 1e-9).all(), recipe
+    # the moved bounds are the variant's own (in its numbering), and its spec rows
+    # lie above the moved linear bound at every point
+    res = variant_bounds(cmap, ob, region.lower, region.upper, C)
+    for k, z in enumerate(variant.network.pre_activations(xs)[:-1]):
+        assert (z >= res.lower[k][0].numpy() - 1e-9).all()
+        assert (z <= res.upper[k][0].numpy() + 1e-9).all()
+    rows = variant.network.forward(xs) @ C.T - d
+    linear = xs @ res.spec_coeffs[0].numpy().T + res.spec_const[0].numpy()
+    assert (rows >= linear - 1e-9).all(), recipe
+    assert (rows.min(axis=0) >= res.spec_lower[0].numpy() - 1e-9).all()
+
+
+def _one_neuron(w1, b1, w2):
+    return Network((Affine([[w1]], [b1]), Affine([[w2]], [0.0])))
+
+
+# one input x in [0, 1], one hidden neuron, output = w2 * relu(w1 * x + b1): each
+# case forces one rule of the ReLU change (random boxes rarely reach them)
+CASES = {
+    # the original's neuron is inactive on the box (z = -x), the variant's active
+    # (z' = x): the change of the activation, x, is capped by relu(u + du), not relu(u)
+    "variant-wakes-up": ((-1.0, 0.0, 1.0), (1.0, 0.0, 1.0)),
+    # active in the original (z = x + 1), inactive in the variant (z' = x - 2): the
+    # activation changes by -(x + 1), not by dz = -3
+    "variant-falls-asleep": ((1.0, 1.0, 1.0), (1.0, -2.0, 1.0)),
+    # the same neuron, a doubled output weight: the change x needs the original's
+    # activation bound relu(u) = 1 in full
+    "output-weight": ((1.0, 0.0, 1.0), (1.0, 0.0, 2.0)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_relu_change_rules_on_forced_cases(case):
+    a, b = CASES[case]
+    net, var = _one_neuron(*a), _one_neuron(*b)
+    lo, hi = np.zeros(1), np.ones(1)
+    z = [a[0] * 0.0 + a[1], a[0] * 1.0 + a[1]]
+    ob = OriginalBounds((np.array([min(z)]),), (np.array([max(z)]),), np.zeros((2, 1)),
+                        np.zeros(2))
+    C = np.array([[1.0], [-1.0]])  # both sides of the output change
+    changes, shift = deviation(ChangeMap(net, var), ob, lo, hi, C)
+    xs = np.linspace(0.0, 1.0, 101)[:, None]
+    dz = var.pre_activations(xs)[0] - net.pre_activations(xs)[0]
+    assert (dz >= changes[0][0] - 1e-9).all() and (dz <= changes[0][1] + 1e-9).all()
+    dy = (var.forward(xs) - net.forward(xs)) @ C.T
+    assert (dy >= shift - 1e-9).all(), (case, shift, dy.min(axis=0))
+    assert (shift > dy.min(axis=0) - 2.0).all()  # and not vacuous
+
+
+def test_no_change_moves_nothing(digits_mlp):
+    """The original against itself: every change bound is (up to rounding) zero,
+    so the moved bounds are the original's."""
+    net, X, _ = digits_mlp
+    prop = local_robustness(X[3], 0.15, int(np.argmax(net.forward(X[3]))), 10)
+    region = prop.regions[0]
+    search = RegionSearch(net, region, 0, OPTS, float("inf"), Statistics())
+    ob = original_bounds(search)
+    changes, spec_shift = deviation(ChangeMap(net, net), ob, region.lower, region.upper,
+                                    search.C.numpy())
+    for dl, du in changes:
+        assert np.abs(dl).max() < 1e-6 and np.abs(du).max() < 1e-6
+    assert np.abs(spec_shift).max() < 1e-6
+
+
+def test_reverify_settles_small_changes_by_difference_and_agrees(digits_mlp):
+    """Properties the original settles with one bound: small changes are closed
+    by the moved bounds, in agreement with scratch; with the tier switched off
+    the verdicts are the same; a variant broken at the box centre is never
+    closed by it."""
+    net, X, _ = digits_mlp
+    methods = []
+    for i in (0, 4, 9):
+        target = int(np.argmax(net.forward(X[i])))
+        prop = local_robustness(X[i], 0.02, target, 10)
+        proof = build_proof(net, prop, OPTS)
+        assert proof.status == "holds" and proof.n_branches == 1
+        for recipe in ("magnitude:0.1", "int8", "neurons:0.1", "int4"):
+            v = compress(net, recipe)
+            r = reverify(net, v, prop, OPTS, proof=proof)
+            s = verify_property(v.network, prop, OPTS)
+            off = reverify(net, v, prop, OPTS, proof=proof,
+                           reuse_options=ReuseOptions(difference=False))
+            assert r.status == s.status == off.status, (i, recipe, r.method)
+            assert off.reuse.closed_by_difference == 0
+            methods.append(r.method)
+        # broken: the last layer's bias makes another class win at the centre
+        y = net.forward(X[i])
+        other = (target + 1) % 10
+        bias = net.affines[-1].bias.copy()
+        bias[other] += y[target] - y[other] + 0.01
+        broken = net.with_affines(net.affines[:-1] + (Affine(net.affines[-1].weight, bias),),
+                                  "broken")
+        r = reverify(net, broken, prop, OPTS, proof=proof)
+        assert r.status.value == "violated" and r.reuse.closed_by_difference == 0
+    assert methods.count("reuse-difference") >= 6, methods
