@@ -134,7 +134,7 @@ def test_reverify_settles_small_changes_by_difference_and_agrees(digits_mlp):
     the verdicts are the same; a variant broken at the box centre is never
     closed by it."""
     net, X, _ = digits_mlp
-    methods = []
+    methods, backsub = [], 0
     for i in (0, 4, 9):
         target = int(np.argmax(net.forward(X[i])))
         prop = local_robustness(X[i], 0.02, target, 10)
@@ -146,9 +146,13 @@ def test_reverify_settles_small_changes_by_difference_and_agrees(digits_mlp):
             s = verify_property(v.network, prop, OPTS)
             off = reverify(net, v, prop, OPTS, proof=proof,
                            reuse_options=ReuseOptions(difference=False))
-            assert r.status == s.status == off.status, (i, recipe, r.method)
+            no_backsub = reverify(net, v, prop, OPTS, proof=proof,
+                                  reuse_options=ReuseOptions(difference_backsub_max_loss=0))
+            assert r.status == s.status == off.status == no_backsub.status, (i, recipe, r.method)
             assert off.reuse.closed_by_difference == 0
+            assert no_backsub.reuse.closed_by_difference_backsub == 0
             methods.append(r.method)
+            backsub += r.reuse.closed_by_difference_backsub
         # broken: the last layer's bias makes another class win at the centre
         y = net.forward(X[i])
         other = (target + 1) % 10
@@ -159,3 +163,4 @@ def test_reverify_settles_small_changes_by_difference_and_agrees(digits_mlp):
         r = reverify(net, broken, prop, OPTS, proof=proof)
         assert r.status.value == "violated" and r.reuse.closed_by_difference == 0
     assert methods.count("reuse-difference") >= 6, methods
+    assert backsub >= 1, methods  # the second step closes some the first did not

@@ -44,6 +44,7 @@ class OriginalBounds:
     upper: tuple[np.ndarray, ...]
     spec_coeffs: np.ndarray  # (m, n_inputs)
     spec_const: np.ndarray  # (m,)
+    spec_lower: np.ndarray  # (m,) the rows' lower bounds (the original's margins)
     # derived once (one record's bounds serve every variant): per hidden layer the
     # original's activation interval [relu(l), relu(u)] as centre and radius, and
     # which neurons are active on the whole box
@@ -65,7 +66,8 @@ def original_bounds(search: RegionSearch) -> OriginalBounds:
     res, _ = search.root_bound()
     return OriginalBounds(tuple(l[0].numpy() for l in res.lower),
                           tuple(u[0].numpy() for u in res.upper),
-                          res.spec_coeffs[0].numpy(), res.spec_const[0].numpy())
+                          res.spec_coeffs[0].numpy(), res.spec_const[0].numpy(),
+                          res.spec_lower[0].numpy())
 
 
 def deviation(cmap: ChangeMap, ob: OriginalBounds, lower: np.ndarray, upper: np.ndarray,
@@ -124,3 +126,16 @@ def variant_bounds(cmap: ChangeMap, ob: OriginalBounds, lower: np.ndarray, upper
     return BatchBounds(lows, ups, torch.from_numpy(spec_lower)[None], coeffs,
                        torch.zeros(1, dtype=torch.bool), [None] * len(lows),
                        torch.from_numpy(const)[None], coeffs)
+
+
+def margin_loss(ob: OriginalBounds, moved: BatchBounds, owner: np.ndarray,
+                refuted: np.ndarray) -> float:
+    """How far the moved bound fell short: over the conjunctions it leaves
+    unrefuted, the largest (of each one's best row) drop of a row's lower bound
+    relative to the original's positive margin; inf where a row had none."""
+    orig, now = ob.spec_lower, moved.spec_lower[0].numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = np.where(orig > 0, (orig - now) / orig, np.inf)
+    per_conj = np.full(len(refuted), np.inf)
+    np.minimum.at(per_conj, owner, loss)
+    return float(per_conj[~refuted].max(initial=0.0))

@@ -38,7 +38,7 @@ from ..verifier import verify_property
 from ..vnnlib import check_fits
 from .bound_core import bound_with, box_tensors, core_neurons
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
-from .difference import original_bounds, variant_bounds
+from .difference import margin_loss, original_bounds, variant_bounds
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 
@@ -152,9 +152,19 @@ class _Reuser:
         if not proof.covers(r, region):
             raise _NoFit(f"the proof's branches do not cover region {r}")
         single = branches[0] if len(branches) == 1 and not branches[0].splits else None
-        if single is not None and single.method == "bounds" and self.ropt.difference \
-                and self._closed_by_difference(search, proof):
-            return None
+        if single is not None and single.method == "bounds" and self.ropt.difference:
+            closed, moved, loss = self._closed_by_difference(search, proof)
+            if closed:
+                return None
+            # the minimisers of the moved bound: where a broken variant usually fails
+            cex = confirm_batch(self.net, region, r, moved.candidates(*search.root_box()))
+            if cex is not None:
+                return cex
+            # then back-substitution over the moved intermediate bounds, unless the
+            # moved bound fell too far short (see ReuseOptions.difference_backsub_max_loss)
+            if loss <= self.ropt.difference_backsub_max_loss \
+                    and self._closed_by_moved_bounds(search, moved):
+                return None
         if single is not None and self._try_bound_core(single):
             closed, candidates = self._closed_by_bound_core(search, single)
             if closed:
@@ -242,28 +252,35 @@ class _Reuser:
                 else self.ropt.bound_core_min_gain)
         return b.bound_core_gain >= need
 
-    def _closed_by_difference(self, search: RegionSearch, proof: ProofRecord) -> bool:
-        """A region the original settled with one bound: the variant's bounds
-        from the original's moved by the change (:mod:`verify.reuse.difference`);
-        if they do not settle it, the variant's spec rows back-substituted over
-        the moved intermediate bounds."""
+    def _closed_by_difference(self, search: RegionSearch, proof: ProofRecord):
+        """A region the original settled with one bound: the variant's bounds are
+        the original's moved by the change (:mod:`verify.reuse.difference`).
+        Returns (closed, the moved bounds, their :func:`margin_loss`)."""
         r = search.index
         ob = proof.root_bounds.get(r)
         if ob is None:  # a record from the store: the original's bound is derived here
             ob = proof.root_bounds[r] = original_bounds(RegionSearch(
                 self.cmap.original, search.region, r, self.opt, self.deadline, Statistics()))
         lower, upper = search.region.lower, search.region.upper
-        res = variant_bounds(self.cmap, ob, lower, upper, search.C.numpy())
-        if not search.refutation(res, lower[None, :], upper[None, :])[1].all():
-            if not self.ropt.difference_backsub:
-                return False
-            lo, hi = search.root_box()
-            res = search.prop.spec_bound(lo, hi, search.C, search.d, res.lower, res.upper, 0)
-            if not search.refutation(res, lower[None, :], upper[None, :])[1].all():
-                return False
-            self.stats.closed_by_difference_backsub += 1
+        moved = variant_bounds(self.cmap, ob, lower, upper, search.C.numpy())
+        refuted, closed = search.refutation(moved, lower[None, :], upper[None, :])
+        if not closed.all():
+            return False, moved, margin_loss(ob, moved, search.owner, refuted[0])
         self.stats.closed_by_bounds += 1
         self.stats.closed_by_difference += 1
+        return True, moved, 0.0
+
+    def _closed_by_moved_bounds(self, search: RegionSearch, moved) -> bool:
+        """After :meth:`_closed_by_difference` said no: the variant's spec rows
+        back-substituted over the moved intermediate bounds (no intermediate
+        neuron back-substituted: the costly part of a bound on wide layers)."""
+        lo, hi = search.root_box()
+        res = search.prop.spec_bound(lo, hi, search.C, search.d, moved.lower, moved.upper, 0)
+        if not search.refutation(res, lo.numpy(), hi.numpy())[1].all():
+            return False
+        self.stats.closed_by_bounds += 1
+        self.stats.closed_by_difference += 1
+        self.stats.closed_by_difference_backsub += 1
         return True
 
     def _closed_by_bound_core(self, search: RegionSearch, b: ProofBranch):
