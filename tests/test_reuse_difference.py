@@ -102,7 +102,7 @@ def test_relu_change_rules_on_forced_cases(case):
     lo, hi = np.zeros(1), np.ones(1)
     z = [a[0] * 0.0 + a[1], a[0] * 1.0 + a[1]]
     ob = OriginalBounds((np.array([min(z)]),), (np.array([max(z)]),), np.zeros((2, 1)),
-                        np.zeros(2))
+                        np.zeros(2), np.zeros(2))
     C = np.array([[1.0], [-1.0]])  # both sides of the output change
     changes, shift = deviation(ChangeMap(net, var), ob, lo, hi, C)
     xs = np.linspace(0.0, 1.0, 101)[:, None]

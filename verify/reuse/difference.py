@@ -60,6 +60,12 @@ class OriginalBounds:
         object.__setattr__(self, "active", tuple(l >= 0 for l in self.lower))
 
 
+    def candidates(self, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+        """The box corners minimising each spec row's linear bound, and the
+        centre: (m + 1, n) counterexample candidates."""
+        return np.vstack([np.where(self.spec_coeffs > 0, lower, upper), (lower + upper) / 2])
+
+
 def original_bounds(search: RegionSearch) -> OriginalBounds:
     """The bound of ``search``'s whole region on its (original) network (the
     bound :meth:`RegionSearch.closed_at_root` takes)."""

@@ -83,8 +83,10 @@ class ProofRecord:
     # covers() answers per (region index, box): the structure is checked once per
     # record, however many variants reuse it (the record is not modified after)
     _covered: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-    # per region settled by one bound: the original's bounds of it (derived from the
-    # original network in this process, never stored: see verify.reuse.difference)
+    # per region: the original's plain CROWN bound of the whole region (moved to the
+    # variant where one bound settled the region; its minimisers are counterexample
+    # candidates for any proof), derived from the original network in this process,
+    # never stored (see verify.reuse.difference)
     root_bounds: dict[int, OriginalBounds] = field(default_factory=dict, init=False, repr=False,
                                                    compare=False)
 
@@ -240,10 +242,10 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
                 misses = 0 if cores[i] else misses + 1
         record.regions[r] = [ProofBranch(l.lo, l.hi, l.splits, l.method, l.depth, cores[i])
                              for i, l in enumerate(leaves)]
+        search = RegionSearch(network, prop.regions[r], r, options, core_deadline, Statistics())
+        record.root_bounds[r] = original_bounds(search)
         root = record.regions[r][0] if len(leaves) == 1 else None
         if root is not None and root.method == "bounds" and not root.splits:
-            search = RegionSearch(network, prop.regions[r], r, options, core_deadline, Statistics())
-            record.root_bounds[r] = original_bounds(search)
             root.bound_core = bound_core(search, root.lower, root.upper,
                                          min(reuse_options.minimise_budget,
                                              max(core_deadline - time.monotonic(), 0.0)))

@@ -38,7 +38,7 @@ from ..verifier import verify_property
 from ..vnnlib import check_fits
 from .bound_core import bound_with, box_tensors, core_neurons
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
-from .difference import margin_loss, original_bounds, variant_bounds
+from .difference import OriginalBounds, margin_loss, original_bounds, variant_bounds
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 
@@ -139,7 +139,11 @@ class _Reuser:
         search = RegionSearch(self.net, region, r, self.opt, self.deadline, Statistics(),
                               self.propagator)
         branches = proof.regions.get(r) or []
+        ob = self._original_bounds(search, proof) if self.ropt.difference else None
         if len(branches) > 1:
+            cex = self._original_candidates(region, r, ob)
+            if cex is not None:
+                return cex
             # a compressed variant can be easier than the original: one bound of the
             # whole region (milliseconds) before re-checking a proof tree of many
             # branches; its minimisers are counterexample candidates otherwise
@@ -152,12 +156,11 @@ class _Reuser:
         if not proof.covers(r, region):
             raise _NoFit(f"the proof's branches do not cover region {r}")
         single = branches[0] if len(branches) == 1 and not branches[0].splits else None
-        if single is not None and single.method == "bounds" and self.ropt.difference:
-            closed, moved, loss = self._closed_by_difference(search, proof)
+        if single is not None and single.method == "bounds" and ob is not None:
+            closed, moved, loss = self._closed_by_difference(search, ob)
             if closed:
                 return None
-            # the minimisers of the moved bound: where a broken variant usually fails
-            cex = confirm_batch(self.net, region, r, moved.candidates(*search.root_box()))
+            cex = self._original_candidates(region, r, ob)
             if cex is not None:
                 return cex
             # then back-substitution over the moved intermediate bounds, unless the
@@ -252,15 +255,27 @@ class _Reuser:
                 else self.ropt.bound_core_min_gain)
         return b.bound_core_gain >= need
 
-    def _closed_by_difference(self, search: RegionSearch, proof: ProofRecord):
+    def _original_bounds(self, search: RegionSearch, proof: ProofRecord) -> OriginalBounds:
+        """The original's bound of the region, kept with the proof record (derived
+        here, once, for a record from the store)."""
+        r = search.index
+        if r not in proof.root_bounds:
+            proof.root_bounds[r] = original_bounds(RegionSearch(
+                self.cmap.original, search.region, r, self.opt, self.deadline, Statistics()))
+        return proof.root_bounds[r]
+
+    def _original_candidates(self, region: Region, r: int, ob: OriginalBounds | None):
+        """A confirmed counterexample among the minimisers of the original's bound
+        of the region and its centre: where a broken variant usually fails (the
+        variant's own bound has nearly the same minimisers, at the cost of a bound)."""
+        if ob is None:
+            return None
+        return confirm_batch(self.net, region, r, ob.candidates(region.lower, region.upper))
+
+    def _closed_by_difference(self, search: RegionSearch, ob: OriginalBounds):
         """A region the original settled with one bound: the variant's bounds are
         the original's moved by the change (:mod:`verify.reuse.difference`).
         Returns (closed, the moved bounds, their :func:`margin_loss`)."""
-        r = search.index
-        ob = proof.root_bounds.get(r)
-        if ob is None:  # a record from the store: the original's bound is derived here
-            ob = proof.root_bounds[r] = original_bounds(RegionSearch(
-                self.cmap.original, search.region, r, self.opt, self.deadline, Statistics()))
         lower, upper = search.region.lower, search.region.upper
         moved = variant_bounds(self.cmap, ob, lower, upper, search.C.numpy())
         refuted, closed = search.refutation(moved, lower[None, :], upper[None, :])
