@@ -13,6 +13,7 @@ and all its descendants -- exactly the neurons whose values can differ.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cached_property
 
 import networkx as nx
@@ -26,6 +27,38 @@ _KINDS = (UNCHANGED, REVALUED, REMOVED)  # the status codes of ChangeMap._compar
 _UNCHANGED_C, _REVALUED_C, _REMOVED_C = range(3)  # their indices
 _NEURON = re.compile(r"^L(\d+)\.N(\d+)\.(affine|relu|bounds|active|inactive)$")
 _OUTPUT = re.compile(r"^out\.(\d+)\.affine$")
+
+
+_NOT_A_NEURON, _OUTPUT_LAYER = -1, -2  # ParsedNames.layer of in./spec. and out. names
+_OTHER_KIND, _RELU_KIND, _BOUNDS_KIND = range(3)
+
+
+@dataclass(frozen=True)
+class ParsedNames:
+    """Constraint names as arrays: layer (or ``_NOT_A_NEURON`` / ``_OUTPUT_LAYER``),
+    neuron index and kind (a ReLU relation, bound facts, anything else)."""
+
+    layer: np.ndarray
+    index: np.ndarray
+    kind: np.ndarray
+
+
+def parse_names(names) -> ParsedNames:
+    layer, index, kind = [], [], []
+    for name in names:
+        m = _NEURON.match(name)
+        if m:
+            layer.append(int(m.group(1)))
+            index.append(int(m.group(2)))
+            kind.append(_RELU_KIND if m.group(3) == "relu" else
+                        _BOUNDS_KIND if m.group(3) == "bounds" else _OTHER_KIND)
+            continue
+        m = _OUTPUT.match(name)
+        layer.append(_OUTPUT_LAYER if m else _NOT_A_NEURON)
+        index.append(int(m.group(1)) if m else 0)
+        kind.append(_OTHER_KIND)
+    return ParsedNames(np.array(layer, dtype=np.int64), np.array(index, dtype=np.int64),
+                       np.array(kind, dtype=np.int8))
 
 
 class ChangeMap:
@@ -69,6 +102,12 @@ class ChangeMap:
             kept_cols = self.maps[k] >= 0
         return out
 
+    @cached_property
+    def deltas(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per layer, the change of weights and bias: :attr:`embedded` minus the original's."""
+        return [(W - oa.weight, b - oa.bias)
+                for oa, (W, b) in zip(self.original.affines, self.embedded)]
+
     # compared on first use: a proof closed by the variant's own bounds needs
     # neither the per-neuron status nor the graph
     @cached_property
@@ -78,13 +117,11 @@ class ChangeMap:
         variant weight)."""
         codes, edges = [], []
         back = np.arange(self.original.n_inputs)  # variant column c <- original column back[c]
-        for k, (oa, va, (W, b)) in enumerate(zip(self.original.affines, self.variant.affines,
-                                                 self.embedded)):
+        for k, (va, (dW, db)) in enumerate(zip(self.variant.affines, self.deltas)):
             rows = self.kept_rows[k]
-            if len(rows) == len(self.maps[k]):
-                changed = (oa.bias != b) | (oa.weight != W).any(axis=1)
-            else:
-                changed = (oa.bias[rows] != b[rows]) | (oa.weight[rows] != W[rows]).any(axis=1)
+            changed = (db != 0) | (dW != 0).any(axis=1)
+            if len(rows) < len(changed):
+                changed = changed[rows]
             code = np.full(len(self.maps[k]), _REMOVED_C, dtype=np.int8)
             code[rows] = np.where(changed, _REVALUED_C, _UNCHANGED_C)
             codes.append(code)
@@ -132,31 +169,32 @@ class ChangeMap:
         return {(k, int(i)) for k, m in enumerate(self._affected_masks) for i in np.flatnonzero(m)}
 
     # ---- neurons ---------------------------------------------------------------
-    def neuron_of(self, name: str) -> tuple[int, int] | None:
-        m = _NEURON.match(name)
-        if m:
-            return int(m.group(1)), int(m.group(2))
-        m = _OUTPUT.match(name)
-        if m:
-            return self.n_layers - 1, int(m.group(1))
-        return None  # in.{i}.box, spec.{r}
-
     def classify(self, name: str) -> str:
         """``unchanged`` / ``revalued`` / ``removed`` for a constraint name of the original."""
-        return _KINDS[self._code(name)]
+        return _KINDS[int(self._codes(parse_names([name]))[0])]
 
-    def _code(self, name: str) -> int:
-        neuron = self.neuron_of(name)
-        if neuron is None:
-            return _UNCHANGED_C  # in.{i}.box, spec.{r}
-        k, i = neuron
-        codes = self._comparison[0]
-        code = int(codes[k][i]) if k < len(codes) and i < len(codes[k]) else _REMOVED_C
-        if code == _REMOVED_C or name.endswith(".relu"):
-            return code if code == _REMOVED_C else _UNCHANGED_C
-        if name.endswith(".bounds"):  # the values of an affected neuron move
-            return _REVALUED_C if self._affected_masks[k][i] else _UNCHANGED_C
-        return code
+    def _codes(self, p: "ParsedNames") -> np.ndarray:
+        """The status code of each parsed name: its neuron's (removed, revalued or
+        unchanged); a ReLU relation of a kept neuron is unchanged; a kept neuron's
+        bound facts are revalued exactly when it is in the affected region."""
+        codes = np.full(len(p.layer), _UNCHANGED_C, dtype=np.int8)
+        layer = np.where(p.layer == _OUTPUT_LAYER, self.n_layers - 1, p.layer)
+        layers = np.unique(layer[layer >= 0]).tolist()
+        status = self._comparison[0] if layers else None
+        for k in layers:
+            sel = np.flatnonzero(layer == k)
+            idx = p.index[sel]
+            valid = (idx < len(status[k])) if k < len(status) else np.zeros(len(idx), bool)
+            code = np.full(len(idx), _REMOVED_C, dtype=np.int8)
+            code[valid] = status[k][idx[valid]]
+            kept = code != _REMOVED_C
+            code[kept & (p.kind[sel] == _RELU_KIND)] = _UNCHANGED_C
+            bounds = np.flatnonzero(kept & (p.kind[sel] == _BOUNDS_KIND))
+            if len(bounds):
+                code[bounds] = np.where(self._affected_masks[k][idx[bounds]], _REVALUED_C,
+                                        _UNCHANGED_C)
+            codes[sel] = code
+        return codes
 
     def map_name(self, name: str) -> str | None:
         """The variant's name of the same constraint (``None``: the neuron was removed)."""
@@ -173,10 +211,10 @@ class ChangeMap:
         return tuple(n for n in (self.map_name(f) for f in facts) if n is not None)
 
     def counts(self, names) -> dict[str, int]:
-        out = [0, 0, 0]
-        for n in names:
-            out[self._code(n)] += 1
-        return dict(zip(_KINDS, out))
+        """How many of ``names`` (constraint names, or :func:`parse_names` of them)
+        are unchanged, revalued and removed."""
+        p = names if isinstance(names, ParsedNames) else parse_names(names)
+        return dict(zip(_KINDS, np.bincount(self._codes(p), minlength=3).tolist()))
 
     def affected_names(self, constraint_names) -> list[str]:
         """The variant's constraints (by name) of neurons in the affected region."""

@@ -81,13 +81,11 @@ def deviation(cmap: ChangeMap, ob: OriginalBounds, lower: np.ndarray, upper: np.
     """Bounds of the variant's change on the box ``[lower, upper]``: per hidden
     layer ``(dl, du)`` with ``dl <= dz_k <= du`` (original numbering), and the
     (m,) lower bound of ``spec_c @ (y' - y)``."""
-    affines = cmap.original.affines
-    last = len(affines) - 1
+    last = len(cmap.embedded) - 1
     h_mid, h_rad = (lower + upper) / 2, (upper - lower) / 2  # the original's activations
     e_mid = e_rad = None  # the change of the activations (none at the input)
     out = []
-    for k, (a, (W2, b2)) in enumerate(zip(affines, cmap.embedded)):
-        dW, db = W2 - a.weight, b2 - a.bias
+    for k, ((W2, _), (dW, db)) in enumerate(zip(cmap.embedded, cmap.deltas)):
         if k == last:  # fold the spec in: one bound per spec row
             W2, dW, db = spec_c @ W2, spec_c @ dW, spec_c @ db
         centre = dW @ h_mid + db

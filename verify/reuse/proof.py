@@ -28,6 +28,7 @@ from ..search import Leaf, RegionSearch
 from ..verifier import Proof, verify_property
 from ..result import Counterexample, Statistics, Status, VerificationResult
 from .bound_core import bound_core, core_gain, core_neurons
+from .changes import ParsedNames, parse_names
 from .cores import Core, extract_core
 from .difference import OriginalBounds, original_bounds
 from .options import ReuseOptions
@@ -87,6 +88,7 @@ class ProofRecord:
     # variant where one bound settled the region; its minimisers are counterexample
     # candidates for any proof), derived from the original network in this process,
     # never stored (see verify.reuse.difference)
+    _core_names: ParsedNames | None = field(default=None, init=False, repr=False, compare=False)
     root_bounds: dict[int, OriginalBounds] = field(default_factory=dict, init=False, repr=False,
                                                    compare=False)
 
@@ -96,6 +98,13 @@ class ProofRecord:
         if key not in self._covered:
             self._covered[key] = covers(region, self.regions.get(r) or [])
         return self._covered[key]
+
+    def core_names(self) -> ParsedNames:
+        """The names of every core, parsed once (each variant's change statistics
+        count them)."""
+        if self._core_names is None:
+            self._core_names = parse_names([n for c in self.cores() for n in c.names])
+        return self._core_names
 
     def cores(self):
         """Every core of the proof: Z3 cores and bound-fact cores."""

@@ -433,10 +433,9 @@ def _proof_stats(stats: ReuseStats, proof: ProofRecord, cmap: ChangeMap) -> None
         stats.cores_minimal += int(core.minimal)
         stats.core_size += len(core.names)
         stats.constraints_total += core.total
-        counts = cmap.counts(core.names)
-        stats.reused += counts[UNCHANGED]
-        stats.revalued += counts[REVALUED]
-        stats.dropped += counts[REMOVED]
+    counts = cmap.counts(proof.core_names())
+    stats.reused, stats.revalued, stats.dropped = (counts[UNCHANGED], counts[REVALUED],
+                                                   counts[REMOVED])
 
 
 def _unwrap(variant, record):
