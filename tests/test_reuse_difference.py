@@ -1,6 +1,8 @@
 """Differential bounds (verify.reuse.difference): the variant's change bounded
 from the original's bounds, checked against sampled points of the box, and
 their use in reverify (agreement with scratch; a broken variant not closed)."""
+import json
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from verify.result import Statistics
 from verify.reuse import ReuseOptions, build_proof, reverify
 from verify.reuse.changes import ChangeMap
 from verify.reuse.difference import OriginalBounds, deviation, original_bounds, variant_bounds
+from verify.reuse.proof import ProofRecord
 from verify.search import RegionSearch
 
 OPTS = VerifyOptions(timeout=5, z3_query_timeout=1)
@@ -64,6 +67,11 @@ def test_deviation_and_moved_bounds_contain_every_sampled_point(digits_mlp, reci
     assert unstable_both > 0  # the ReLU rule for changing phases is exercised
     dspec = (z_var[-1] - z_orig[-1]) @ C.T
     assert (dspec >= spec_shift - 1e-9).all(), recipe
+    # each of the two bounds of the spec's change on its own
+    for how in ("interval", "through-active"):
+        alone = deviation(cmap, ob, region.lower, region.upper, C, spec_bound=how)[1]
+        assert (dspec >= alone - 1e-9).all(), (recipe, how)
+        assert (alone <= spec_shift + 1e-12).all()
     # the moved bounds are the variant's own (in its numbering), and its spec rows
     # lie above the moved linear bound at every point
     res = variant_bounds(cmap, ob, region.lower, region.upper, C)
@@ -113,6 +121,36 @@ def test_relu_change_rules_on_forced_cases(case):
     assert (shift > dy.min(axis=0) - 2.0).all()  # and not vacuous
 
 
+def test_spec_change_through_neurons_active_in_both():
+    """x in [0, 1]; h1 = x + 1, h2 = h1 + 0.5, y = h2 (all active); the variant has
+    h1' = 1.5 x + 1 and y' = 2 h2': y' - y = 2 x + 1.5, and written through the
+    active second layer the bound is exact on both sides.  Then two copies of
+    h1 in the second layer and y = h2[0] - h2[1] = 0 (y' doubles the weights):
+    the change is 0, which the interval bound does not see and the bound
+    through the active layer does."""
+    C = np.array([[1.0], [-1.0]])  # both sides of the output change
+    box = (np.zeros(1), np.ones(1))
+
+    def bounds(net, var, z_lo, z_hi, how):
+        ob = OriginalBounds(tuple(np.array(v) for v in z_lo), tuple(np.array(v) for v in z_hi),
+                            np.zeros((2, 1)), np.zeros(2), np.zeros(2))
+        return deviation(ChangeMap(net, var), ob, *box, C, spec_bound=how)[1]
+
+    net = Network((Affine([[1.0]], [1.0]), Affine([[1.0]], [0.5]), Affine([[1.0]], [0.0])))
+    var = Network((Affine([[1.5]], [1.0]), Affine([[1.0]], [0.5]), Affine([[2.0]], [0.0])))
+    z = ([[1.0], [1.5]], [[2.0], [2.5]])
+    np.testing.assert_allclose(bounds(net, var, *z, "through-active"), [1.5, -3.5], atol=1e-6)
+    twins = Network((Affine([[1.0]], [1.0]), Affine([[1.0], [1.0]], [0.0, 0.0]),
+                     Affine([[1.0, -1.0]], [0.0])))
+    doubled = Network(twins.affines[:2] + (Affine([[2.0, -2.0]], [0.0]),))
+    z = ([[1.0], [1.0, 1.0]], [[2.0], [2.0, 2.0]])
+    through = bounds(twins, doubled, *z, "through-active")
+    interval = bounds(twins, doubled, *z, "interval")
+    np.testing.assert_allclose(through, [0.0, 0.0], atol=1e-6)
+    assert (interval < -0.5).all()
+    np.testing.assert_allclose(bounds(twins, doubled, *z, "best"), through)
+
+
 def test_no_change_moves_nothing(digits_mlp):
     """The original against itself: every change bound is (up to rounding) zero,
     so the moved bounds are the original's."""
@@ -138,9 +176,12 @@ def test_reverify_settles_small_changes_by_difference_and_agrees(digits_mlp):
     for i in (0, 4, 9):
         target = int(np.argmax(net.forward(X[i])))
         prop = local_robustness(X[i], 0.02, target, 10)
-        proof = build_proof(net, prop, OPTS)
-        assert proof.status == "holds" and proof.n_branches == 1
-        for recipe in ("magnitude:0.1", "int8", "neurons:0.1", "int4"):
+        built = build_proof(net, prop, OPTS)
+        assert built.status == "holds" and built.n_branches == 1 and 0 in built.root_bounds
+        # as from the store: the original's bounds are not stored but derived again
+        proof = ProofRecord.from_dict(json.loads(json.dumps(built.to_dict(prop))), prop)
+        assert proof.root_bounds == {}
+        for recipe in ("magnitude:0.1", "int8", "neurons:0.1", "int4", "magnitude:0.5"):
             v = compress(net, recipe)
             r = reverify(net, v, prop, OPTS, proof=proof)
             s = verify_property(v.network, prop, OPTS)
@@ -153,6 +194,7 @@ def test_reverify_settles_small_changes_by_difference_and_agrees(digits_mlp):
             assert no_backsub.reuse.closed_by_difference_backsub == 0
             methods.append(r.method)
             backsub += r.reuse.closed_by_difference_backsub
+            assert 0 in proof.root_bounds
         # broken: the last layer's bias makes another class win at the centre
         y = net.forward(X[i])
         other = (target + 1) % 10

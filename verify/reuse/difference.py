@@ -76,27 +76,45 @@ def original_bounds(search: RegionSearch) -> OriginalBounds:
                           res.spec_lower[0].numpy())
 
 
+def _interval(terms, const) -> tuple[np.ndarray, np.ndarray]:
+    """``sum(A @ mid) + const +- sum(|A| @ rad)`` over (A, mid, rad) terms
+    (``mid`` None: a zero interval), widened outward for rounding."""
+    centre, radius = const, 0.0
+    for A, mid, rad in terms:
+        if mid is not None:
+            centre = centre + A @ mid
+            radius = radius + np.abs(A) @ rad
+    radius = radius + TOLERANCE * (1.0 + np.abs(centre) + radius)
+    return centre - radius, centre + radius
+
+
 def deviation(cmap: ChangeMap, ob: OriginalBounds, lower: np.ndarray, upper: np.ndarray,
-              spec_c: np.ndarray) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+              spec_c: np.ndarray, spec_bound: str = "best"
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
     """Bounds of the variant's change on the box ``[lower, upper]``: per hidden
     layer ``(dl, du)`` with ``dl <= dz_k <= du`` (original numbering), and the
-    (m,) lower bound of ``spec_c @ (y' - y)``."""
+    (m,) lower bound of ``spec_c @ (y' - y)``.
+
+    The spec's bound also takes the last hidden layer's neurons active in both
+    networks one layer further back, where ``dh = dz`` and ``h = z`` are affine
+    in the layer before: the two networks' terms then cancel before any interval
+    is taken.  ``spec_bound``: "interval", "through-active" (where the last
+    hidden layer has such neurons) or "best" (the better of the two, per row)."""
     last = len(cmap.embedded) - 1
-    h_mid, h_rad = (lower + upper) / 2, (upper - lower) / 2  # the original's activations
-    e_mid = e_rad = None  # the change of the activations (none at the input)
+    h = ((lower + upper) / 2, (upper - lower) / 2)  # the original's activations: centre, radius
+    e = (None, None)  # the change of the activations (none at the input)
+    both = h_before = e_before = None
     out = []
     for k, ((W2, _), (dW, db)) in enumerate(zip(cmap.embedded, cmap.deltas)):
         if k == last:  # fold the spec in: one bound per spec row
-            W2, dW, db = spec_c @ W2, spec_c @ dW, spec_c @ db
-        centre = dW @ h_mid + db
-        radius = np.abs(dW) @ h_rad
-        if e_mid is not None:
-            centre += W2 @ e_mid
-            radius += np.abs(W2) @ e_rad
-        radius += TOLERANCE * (1.0 + np.abs(centre) + radius)  # outward, for rounding
-        dl, du = centre - radius, centre + radius
-        if k == last:
+            G, H = spec_c @ W2, spec_c @ dW
+            dl, _ = _interval([(H, *h), (G, *e)], spec_c @ db)
+            if spec_bound != "interval" and both is not None and both.any():
+                through = _through_active(cmap, k - 1, G, H, spec_c @ db, both, h, e,
+                                          h_before, e_before)
+                dl = through if spec_bound == "through-active" else np.maximum(dl, through)
             return out, dl
+        dl, du = _interval([(dW, *h), (W2, *e)], db)
         out.append((dl, du))
         # dh = relu(z + dz) - relu(z): between 0 and dz, above -relu(z), below
         # relu(z + dz); equal to dz where both are active
@@ -104,9 +122,28 @@ def deviation(cmap: ChangeMap, ob: OriginalBounds, lower: np.ndarray, upper: np.
         hi_h = np.minimum(np.maximum(du, 0.0), np.maximum(ob.upper[k] + du, 0.0))
         both = ob.active[k] & (ob.lower[k] + dl >= 0)
         lo_h[both], hi_h[both] = dl[both], du[both]
-        e_mid, e_rad = (lo_h + hi_h) / 2, (hi_h - lo_h) / 2
-        h_mid, h_rad = ob.act_mid[k], ob.act_rad[k]
+        h_before, e_before = h, e
+        e = ((lo_h + hi_h) / 2, (hi_h - lo_h) / 2)
+        h = (ob.act_mid[k], ob.act_rad[k])
     raise AssertionError("unreachable: the last layer returns")
+
+
+def _through_active(cmap: ChangeMap, j: int, G, H, const, both, h, e, h_before, e_before):
+    """Lower bound of ``G @ dh_j + H @ h_j + const`` (the spec's change) with
+    layer ``j``'s neurons in ``both`` (active in both networks) written through
+    layer ``j``: ``dh = W'_j dh_{j-1} + dW_j h_{j-1} + db_j`` and ``h = W_j
+    h_{j-1} + b_j``; the others by their intervals."""
+    W2, _ = cmap.embedded[j]
+    dW, db = cmap.deltas[j]
+    a = cmap.original.affines[j]
+    rest = ~both
+    GA, HA = G[:, both], H[:, both]
+    lo, _ = _interval([(G[:, rest], e[0][rest], e[1][rest]),
+                       (H[:, rest], h[0][rest], h[1][rest]),
+                       (GA @ W2[both], *e_before),
+                       (GA @ dW[both] + HA @ a.weight[both], *h_before)],
+                      const + GA @ db[both] + HA @ a.bias[both])
+    return lo
 
 
 def variant_bounds(cmap: ChangeMap, ob: OriginalBounds, lower: np.ndarray, upper: np.ndarray,
