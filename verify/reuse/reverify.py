@@ -1,8 +1,12 @@
 """Core-guided verification of a compressed variant from the original's proof.
 
-For every branch of the original proof (the branches tile each region's box,
-checked first) the VARIANT's own bounds are derived on the branch box and the
-split facts mapped through the change record.  A branch they do not close is
+A region the original settled with one bound of its box is first re-checked
+with the original's bound moved by a bound of the variant's change
+(:mod:`verify.reuse.difference`), then by back-substituting the variant's spec
+rows over the moved intermediate bounds.  For every branch of the original
+proof (the branches tile each region's box, checked first) the VARIANT's own
+bounds are derived on the branch box and the split facts mapped through the
+change record.  A branch they do not close is
 encoded for the variant and only the constraints named by the original's
 core for that branch are asserted (removed neurons' constraints dropped):
 UNSAT closes it; a SAT model is replayed on the variant (a confirmed
@@ -12,8 +16,10 @@ no core) comes the full query, then branch and bound on just that branch,
 and if even that fails, verification from scratch.
 
 Soundness: only the variant's constraints are ever asserted, and ``holds``
-needs every branch of every region closed on the variant (by its bounds or an
-UNSAT answer); ``violated`` needs a counterexample re-run on the variant.
+needs every branch of every region closed on the variant (by its bounds, the
+original's bounds -- derived in this process -- plus a proven bound of the
+change, or an UNSAT answer); ``violated`` needs a counterexample re-run on
+the variant.
 """
 from __future__ import annotations
 
