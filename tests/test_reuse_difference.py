@@ -51,7 +51,8 @@ def test_deviation_and_moved_bounds_contain_every_sampled_point(digits_mlp, reci
     search = RegionSearch(net, region, 0, OPTS, float("inf"), Statistics())
     ob = original_bounds(search)
     C, d = search.C.numpy(), search.d.numpy()
-    changes, spec_shift = deviation(cmap, ob, region.lower, region.upper, C)
+    dev = deviation(cmap, ob, region.lower, region.upper, C)
+    changes, spec_shift = dev.changes, dev.best()
     xs = _box_samples(region, np.random.default_rng(1))
     # the embedding is the variant's function
     np.testing.assert_allclose(_embedded_pre(cmap, xs)[-1], variant.network.forward(xs),
@@ -68,13 +69,14 @@ def test_deviation_and_moved_bounds_contain_every_sampled_point(digits_mlp, reci
     dspec = (z_var[-1] - z_orig[-1]) @ C.T
     assert (dspec >= spec_shift - 1e-9).all(), recipe
     # each of the two bounds of the spec's change on its own
-    for how in ("interval", "through-active"):
-        alone = deviation(cmap, ob, region.lower, region.upper, C, spec_bound=how)[1]
-        assert (dspec >= alone - 1e-9).all(), (recipe, how)
+    through = dev.through_active()  # None: no neuron of the last hidden layer active in both
+    assert through is not None or recipe.startswith("neurons")
+    for alone in (dev.spec,) if through is None else (dev.spec, through):
+        assert (dspec >= alone - 1e-9).all(), recipe
         assert (alone <= spec_shift + 1e-12).all()
     # the moved bounds are the variant's own (in its numbering), and its spec rows
     # lie above the moved linear bound at every point
-    res = variant_bounds(cmap, ob, region.lower, region.upper, C)
+    res = variant_bounds(cmap, ob, dev, region.lower, region.upper, spec_shift)
     for k, z in enumerate(variant.network.pre_activations(xs)[:-1]):
         assert (z >= res.lower[k][0].numpy() - 1e-9).all()
         assert (z <= res.upper[k][0].numpy() + 1e-9).all()
@@ -112,7 +114,8 @@ def test_relu_change_rules_on_forced_cases(case):
     ob = OriginalBounds((np.array([min(z)]),), (np.array([max(z)]),), np.zeros((2, 1)),
                         np.zeros(2), np.zeros(2))
     C = np.array([[1.0], [-1.0]])  # both sides of the output change
-    changes, shift = deviation(ChangeMap(net, var), ob, lo, hi, C)
+    dev = deviation(ChangeMap(net, var), ob, lo, hi, C)
+    changes, shift = dev.changes, dev.best()
     xs = np.linspace(0.0, 1.0, 101)[:, None]
     dz = var.pre_activations(xs)[0] - net.pre_activations(xs)[0]
     assert (dz >= changes[0][0] - 1e-9).all() and (dz <= changes[0][1] + 1e-9).all()
@@ -134,7 +137,9 @@ def test_spec_change_through_neurons_active_in_both():
     def bounds(net, var, z_lo, z_hi, how):
         ob = OriginalBounds(tuple(np.array(v) for v in z_lo), tuple(np.array(v) for v in z_hi),
                             np.zeros((2, 1)), np.zeros(2), np.zeros(2))
-        return deviation(ChangeMap(net, var), ob, *box, C, spec_bound=how)[1]
+        dev = deviation(ChangeMap(net, var), ob, *box, C)
+        return {"interval": dev.spec, "through-active": dev.through_active(),
+                "best": dev.best()}[how]
 
     net = Network((Affine([[1.0]], [1.0]), Affine([[1.0]], [0.5]), Affine([[1.0]], [0.0])))
     var = Network((Affine([[1.5]], [1.0]), Affine([[1.0]], [0.5]), Affine([[2.0]], [0.0])))
@@ -159,11 +164,10 @@ def test_no_change_moves_nothing(digits_mlp):
     region = prop.regions[0]
     search = RegionSearch(net, region, 0, OPTS, float("inf"), Statistics())
     ob = original_bounds(search)
-    changes, spec_shift = deviation(ChangeMap(net, net), ob, region.lower, region.upper,
-                                    search.C.numpy())
-    for dl, du in changes:
+    dev = deviation(ChangeMap(net, net), ob, region.lower, region.upper, search.C.numpy())
+    for dl, du in dev.changes:
         assert np.abs(dl).max() < 1e-6 and np.abs(du).max() < 1e-6
-    assert np.abs(spec_shift).max() < 1e-6
+    assert np.abs(dev.best()).max() < 1e-6
 
 
 def test_reverify_settles_small_changes_by_difference_and_agrees(digits_mlp):

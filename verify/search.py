@@ -83,6 +83,8 @@ def refuted_conjunctions(res, owner, n_conj: int, lo: np.ndarray, hi: np.ndarray
     positive lower bound, or (multi-row) a convex combination of its rows does.
     ``owner``: the conjunction of each spec row, ascending (as ``region_rows``)."""
     spec = res.spec_lower.numpy()
+    if len(owner) == n_conj and (owner == np.arange(n_conj)).all():
+        return spec > 0  # one row per conjunction (local robustness): the common case
     out = np.zeros((spec.shape[0], n_conj), dtype=bool)
     counts = np.bincount(owner, minlength=n_conj)
     nonempty = np.flatnonzero(counts)

@@ -25,6 +25,7 @@ from a proof store, so a stored record cannot make a verdict unsound.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,18 +89,33 @@ def _interval(terms, const) -> tuple[np.ndarray, np.ndarray]:
     return centre - radius, centre + radius
 
 
+@dataclass
+class Deviation:
+    """Bounds of the variant's change on a box (see :func:`deviation`)."""
+
+    changes: list[tuple[np.ndarray, np.ndarray]]  # per hidden layer: dl <= dz_k <= du
+    spec: np.ndarray  # (m,) interval lower bound of spec_c @ (y' - y)
+    # the last hidden layer's neurons active in both networks, and the intervals
+    # around it (what :meth:`through_active` needs); None when there are none
+    _last: tuple | None = field(default=None, repr=False)
+
+    def through_active(self) -> np.ndarray | None:
+        """The (m,) lower bound of the spec's change with the last hidden layer's
+        neurons active in both networks written one layer further back (see
+        :func:`_through_active`); None when it has no such neuron."""
+        return None if self._last is None else _through_active(*self._last)
+
+    def best(self) -> np.ndarray:
+        through = self.through_active()
+        return self.spec if through is None else np.maximum(self.spec, through)
+
+
 def deviation(cmap: ChangeMap, ob: OriginalBounds, lower: np.ndarray, upper: np.ndarray,
-              spec_c: np.ndarray, spec_bound: str = "best"
-              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], np.ndarray]:
+              spec_c: np.ndarray) -> Deviation:
     """Bounds of the variant's change on the box ``[lower, upper]``: per hidden
     layer ``(dl, du)`` with ``dl <= dz_k <= du`` (original numbering), and the
-    (m,) lower bound of ``spec_c @ (y' - y)``.
-
-    The spec's bound also takes the last hidden layer's neurons active in both
-    networks one layer further back, where ``dh = dz`` and ``h = z`` are affine
-    in the layer before: the two networks' terms then cancel before any interval
-    is taken.  ``spec_bound``: "interval", "through-active" (where the last
-    hidden layer has such neurons) or "best" (the better of the two, per row)."""
+    (m,) lower bound of ``spec_c @ (y' - y)`` by intervals; a second, often
+    tighter bound of the latter on demand (:meth:`Deviation.through_active`)."""
     last = len(cmap.embedded) - 1
     h = ((lower + upper) / 2, (upper - lower) / 2)  # the original's activations: centre, radius
     e = (None, None)  # the change of the activations (none at the input)
@@ -107,13 +123,11 @@ def deviation(cmap: ChangeMap, ob: OriginalBounds, lower: np.ndarray, upper: np.
     out = []
     for k, ((W2, _), (dW, db)) in enumerate(zip(cmap.embedded, cmap.deltas)):
         if k == last:  # fold the spec in: one bound per spec row
-            G, H = spec_c @ W2, spec_c @ dW
-            dl, _ = _interval([(H, *h), (G, *e)], spec_c @ db)
-            if spec_bound != "interval" and both is not None and both.any():
-                through = _through_active(cmap, k - 1, G, H, spec_c @ db, both, h, e,
-                                          h_before, e_before)
-                dl = through if spec_bound == "through-active" else np.maximum(dl, through)
-            return out, dl
+            G, H, const = spec_c @ W2, spec_c @ dW, spec_c @ db
+            dl, _ = _interval([(H, *h), (G, *e)], const)
+            through = None if both is None or not both.any() else (
+                cmap, k - 1, G, H, const, both, h, e, h_before, e_before)
+            return Deviation(out, dl, through)
         dl, du = _interval([(dW, *h), (W2, *e)], db)
         out.append((dl, du))
         # dh = relu(z + dz) - relu(z): between 0 and dz, above -relu(z), below
@@ -132,7 +146,8 @@ def _through_active(cmap: ChangeMap, j: int, G, H, const, both, h, e, h_before, 
     """Lower bound of ``G @ dh_j + H @ h_j + const`` (the spec's change) with
     layer ``j``'s neurons in ``both`` (active in both networks) written through
     layer ``j``: ``dh = W'_j dh_{j-1} + dW_j h_{j-1} + db_j`` and ``h = W_j
-    h_{j-1} + b_j``; the others by their intervals."""
+    h_{j-1} + b_j``, so the two networks' terms cancel before any interval is
+    taken; the others by their intervals."""
     W2, _ = cmap.embedded[j]
     dW, db = cmap.deltas[j]
     a = cmap.original.affines[j]
@@ -146,27 +161,41 @@ def _through_active(cmap: ChangeMap, j: int, G, H, const, both, h, e, h_before, 
     return lo
 
 
-def variant_bounds(cmap: ChangeMap, ob: OriginalBounds, lower: np.ndarray, upper: np.ndarray,
-                   spec_c: np.ndarray) -> BatchBounds:
+def variant_bounds(cmap: ChangeMap, ob: OriginalBounds, dev: Deviation, lower: np.ndarray,
+                   upper: np.ndarray, spec_shift: np.ndarray | None = None) -> BatchBounds:
     """The variant's bounds on the box (a batch of one, in the variant's
-    numbering): the original's bounds moved by :func:`deviation`."""
-    changes, spec_shift = deviation(cmap, ob, lower, upper, spec_c)
+    numbering): the original's bounds moved by ``dev``; the spec rows by
+    ``spec_shift`` (default: ``dev.spec``)."""
     lows, ups = [], []
-    for k, (dl, du) in enumerate(changes):
+    for k, (dl, du) in enumerate(dev.changes):
         rows = cmap.kept_rows[k]
         l, u = ob.lower[k] + dl, ob.upper[k] + du
         if len(rows) < len(l):
             l, u = l[rows], u[rows]
         lows.append(torch.from_numpy(l - TOLERANCE * (1.0 + np.abs(l)))[None, :])
         ups.append(torch.from_numpy(u + TOLERANCE * (1.0 + np.abs(u)))[None, :])
+    coeffs = torch.from_numpy(ob.spec_coeffs)[None]
+    spec_lower, const = _moved_spec(ob, dev.spec if spec_shift is None else spec_shift,
+                                    lower, upper)
+    return BatchBounds(lows, ups, spec_lower, coeffs, torch.zeros(1, dtype=torch.bool),
+                       [None] * len(lows), const, coeffs)
+
+
+def with_spec_shift(moved: BatchBounds, ob: OriginalBounds, spec_shift: np.ndarray,
+                    lower: np.ndarray, upper: np.ndarray) -> BatchBounds:
+    """``moved`` with its spec rows moved by ``spec_shift`` instead."""
+    spec_lower, const = _moved_spec(ob, spec_shift, lower, upper)
+    return dataclasses.replace(moved, spec_lower=spec_lower, spec_const=const)
+
+
+def _moved_spec(ob: OriginalBounds, spec_shift, lower, upper):
+    """(spec_lower, spec_const) batch-of-one tensors of the original's linear spec
+    bound shifted by ``spec_shift``, its minimum widened outward."""
     const = ob.spec_const + spec_shift
     a = ob.spec_coeffs
     value = const + np.where(a > 0, a * lower, a * upper).sum(axis=1)
-    spec_lower = value - TOLERANCE * (1.0 + np.abs(value))
-    coeffs = torch.from_numpy(a)[None]
-    return BatchBounds(lows, ups, torch.from_numpy(spec_lower)[None], coeffs,
-                       torch.zeros(1, dtype=torch.bool), [None] * len(lows),
-                       torch.from_numpy(const)[None], coeffs)
+    return (torch.from_numpy(value - TOLERANCE * (1.0 + np.abs(value)))[None],
+            torch.from_numpy(const)[None])
 
 
 def margin_loss(ob: OriginalBounds, moved: BatchBounds, owner: np.ndarray,

@@ -44,7 +44,8 @@ from ..verifier import verify_property
 from ..vnnlib import check_fits
 from .bound_core import bound_with, box_tensors, core_neurons
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
-from .difference import OriginalBounds, margin_loss, original_bounds, variant_bounds
+from .difference import (OriginalBounds, deviation, margin_loss, original_bounds,
+                         variant_bounds, with_spec_shift)
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 
@@ -283,8 +284,13 @@ class _Reuser:
         the original's moved by the change (:mod:`verify.reuse.difference`).
         Returns (closed, the moved bounds, their :func:`margin_loss`)."""
         lower, upper = search.region.lower, search.region.upper
-        moved = variant_bounds(self.cmap, ob, lower, upper, search.C.numpy())
+        dev = deviation(self.cmap, ob, lower, upper, search.C.numpy())
+        moved = variant_bounds(self.cmap, ob, dev, lower, upper)
         refuted, closed = search.refutation(moved, lower[None, :], upper[None, :])
+        through = None if closed.all() else dev.through_active()
+        if through is not None:  # the tighter bound of the spec's change, when needed
+            moved = with_spec_shift(moved, ob, np.maximum(dev.spec, through), lower, upper)
+            refuted, closed = search.refutation(moved, lower[None, :], upper[None, :])
         if not closed.all():
             return False, moved, margin_loss(ob, moved, search.owner, refuted[0])
         self.stats.closed_by_bounds += 1
