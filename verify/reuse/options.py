@@ -21,15 +21,10 @@ class ReuseOptions:
     attack: bool = True  # quick attack on a region when some branch stays open
     fallback: bool = True  # verify from scratch when the proof does not carry over
     reuse_share: float = 0.5  # of the timeout for the reuse attempt; the fallback gets the rest
-    # a single-box proof's bound core is tried on the variant first only when, measured
-    # on the original, it bounds the box at least this many times faster than a full
-    # bound; else the full bound comes straight away.  A failed check costs a core
-    # bound on top, so the gain must beat 1 / (the share of variants the core carries
-    # over to): measured 46 % for cores with neurons (55 of 120 benchmark pairs) and
-    # 97 % for empty ones (intervals suffice; 167 of 172)
-    # a region the original settled with one bound: the original's bounds moved by
-    # the change first (verify.reuse.difference), then the variant's spec rows
-    # back-substituted over the moved intermediate bounds
+    # the original's bound of each region (verify.reuse.difference): where one bound
+    # settled the region, moved by the change before anything else, then the variant's
+    # spec rows back-substituted over the moved intermediate bounds; for any proof,
+    # its minimisers are tried as counterexamples on the variant
     difference: bool = True
     # the back-substitution costs about a third of a full bound; it is tried only when
     # the moved bound lost at most this many times the original's margin (measured:
@@ -37,6 +32,12 @@ class ReuseOptions:
     # close lost more or failed anyway; the ACAS Xu boxes lost over 80x and it never
     # closed one).  0 switches it off
     difference_backsub_max_loss: float = 20.0
+    # a single-box proof's bound core is tried on the variant first only when, measured
+    # on the original, it bounds the box at least this many times faster than a full
+    # bound; else the full bound comes straight away.  A failed check costs a core
+    # bound on top, so the gain must beat 1 / (the share of variants the core carries
+    # over to): measured 46 % for cores with neurons (55 of 120 benchmark pairs) and
+    # 97 % for empty ones (intervals suffice; 167 of 172)
     bound_core_min_gain: float = 2.0
     empty_bound_core_min_gain: float = 1.05
 

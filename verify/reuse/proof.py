@@ -84,11 +84,12 @@ class ProofRecord:
     # covers() answers per (region index, box): the structure is checked once per
     # record, however many variants reuse it (the record is not modified after)
     _covered: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # every core's names, parsed on first use (see core_names)
+    _core_names: ParsedNames | None = field(default=None, init=False, repr=False, compare=False)
     # per region: the original's plain CROWN bound of the whole region (moved to the
     # variant where one bound settled the region; its minimisers are counterexample
     # candidates for any proof), derived from the original network in this process,
     # never stored (see verify.reuse.difference)
-    _core_names: ParsedNames | None = field(default=None, init=False, repr=False, compare=False)
     root_bounds: dict[int, OriginalBounds] = field(default_factory=dict, init=False, repr=False,
                                                    compare=False)
 
