@@ -60,7 +60,6 @@ class OriginalBounds:
         object.__setattr__(self, "act_rad", tuple((b - a) / 2 for a, b in zip(lo, hi)))
         object.__setattr__(self, "active", tuple(l >= 0 for l in self.lower))
 
-
     def candidates(self, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
         """The box corners minimising each spec row's linear bound, and the
         centre: (m + 1, n) counterexample candidates."""

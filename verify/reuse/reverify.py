@@ -146,7 +146,11 @@ class _Reuser:
         search = RegionSearch(self.net, region, r, self.opt, self.deadline, Statistics(),
                               self.propagator)
         branches = proof.regions.get(r) or []
-        ob = self._original_bounds(search, proof) if self.ropt.difference else None
+        single = branches[0] if len(branches) == 1 and not branches[0].splits else None
+        # the original's bound of the region, where it is used: counterexample
+        # candidates for a split proof, moved bounds for a region one bound settled
+        ob = self._original_bounds(search, proof) if self.ropt.difference and (
+            len(branches) > 1 or single is not None and single.method == "bounds") else None
         if len(branches) > 1:
             cex = self._original_candidates(region, r, ob)
             if cex is not None:
@@ -162,7 +166,6 @@ class _Reuser:
                 return cex
         if not proof.covers(r, region):
             raise _NoFit(f"the proof's branches do not cover region {r}")
-        single = branches[0] if len(branches) == 1 and not branches[0].splits else None
         if single is not None and single.method == "bounds" and ob is not None:
             closed, moved, loss = self._closed_by_difference(search, ob)
             if closed:
