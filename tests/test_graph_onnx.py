@@ -480,6 +480,9 @@ def test_gzipped_onnx_loads_like_the_plain_file(tmp_path):
     acas.write_bytes(gzip.compress(src.read_bytes()))
     chain = load_network(acas)
     assert isinstance(chain, Network) and chain.digest() == load_onnx(src).digest()
+    sneaky = tmp_path / "packed-without-suffix.onnx"  # gzip is recognised by its magic
+    sneaky.write_bytes(packed.read_bytes())
+    assert load_network(sneaky).digest() == a.digest()
     bad = tmp_path / "bad.onnx.gz"
     bad.write_bytes(b"not gzip at all")
     with pytest.raises(InputError, match="bad.onnx.gz"):

@@ -15,6 +15,7 @@ from .errors import InputError
 from .graph import GraphNetwork
 from .network import Network
 
+_GZIP_MAGIC = b"\x1f\x8b"
 FORMATS = {".onnx": "ONNX", ".onnx.gz": "gzipped ONNX", ".nnet": "NNet, the ACAS Xu text format"}
 
 
@@ -48,16 +49,17 @@ def read_onnx_model(path):
     if not path.is_file():
         raise InputError("not a regular file", path=str(path), expected="an ONNX file")
     try:
-        if path.suffix.lower() == ".gz":
-            with gzip.open(path, "rb") as fh:
-                data = fh.read()
-        else:
-            data = path.read_bytes()
+        data = path.read_bytes()
+        if data[:2] == _GZIP_MAGIC or path.suffix.lower() == ".gz":
+            data = gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as exc:
         raise InputError(f"cannot read: {exc}", path=str(path),
-                         expected="an ONNX file, gzipped if its name ends in .gz") from None
+                         expected="an ONNX file, or a gzipped one") from None
     try:
         model = onnx.load_model_from_string(data)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            from onnx.external_data_helper import load_external_data_for_model
+            load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # protobuf raises assorted errors on garbage
         raise InputError(f"not a valid ONNX model ({type(exc).__name__})", path=str(path),
                          expected="an ONNX ModelProto file") from None

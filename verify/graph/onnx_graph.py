@@ -10,10 +10,10 @@ operators:
   constant is on the left); Conv (strides, pads incl. static ``auto_pad``, dilations,
   groups) -> :class:`Conv`;
 * BatchNormalization, and Add / Sub / Mul / Div / Neg by a constant -> folded into the
-  preceding Conv / Gemm / Scale when that node has no other consumer (BatchNormalization
-  always, as the issue asks; the others only where the float64 result is exact: a bias
-  ``b + c`` without rounding, products of float32 values or by powers of two), else a
-  :class:`Scale`;
+  preceding Conv / Gemm / Scale when that node has no other consumer and the constant is
+  one value per output channel (BatchNormalization with float64 rounding, as the issue asks;
+  the others only where the float64 result is exact: a bias ``b + c`` without rounding,
+  products of float32 values or by powers of two), else a :class:`Scale`;
 * Add / Sub of two computed tensors -> :class:`Sum` (residual connections);
 * Flatten, Reshape, Squeeze, Unsqueeze -> :class:`Reshape`; Transpose; Pad (constant mode);
   Identity, Dropout, Cast to a float type -> nothing;
@@ -470,12 +470,18 @@ def _quant_weight(b: _Builder, name: str, weight_rows_axis: int):
     return dict(weight_int=integer, weight_scale=scale)
 
 
+def _layer_inputs(ins, kind: str):
+    """(computed input, constant weight, constant bias or None) of a Gemm or Conv."""
+    x = _var(ins[0], f"the first {kind} input")
+    weight = _constant(ins[1], f"the {kind} weight").astype(np.float64)
+    bias = ins[2] if len(ins) > 2 else None
+    if isinstance(bias, int):
+        raise _Unsupported(f"the {kind} bias must be a constant")
+    return x, weight, bias
+
+
 def _gemm(b: _Builder, attrs, ins):
-    a = _var(ins[0], "the first Gemm input")
-    B = _constant(ins[1], "the Gemm weight").astype(np.float64)
-    C = ins[2] if len(ins) > 2 else None
-    if isinstance(C, int):
-        raise _Unsupported("the Gemm bias must be a constant")
+    a, B, C = _layer_inputs(ins, "Gemm")
     if len(b.shape(a)) != 2 or B.ndim != 2:
         raise _Unsupported(f"Gemm of shapes {b.shape(a)} and {B.shape}")
     if attrs.get("transA", 0):
@@ -552,11 +558,7 @@ def _spatial(b: _Builder, attrs, t: int, kernel) -> dict:
 
 
 def _conv(b: _Builder, attrs, ins):
-    x = _var(ins[0], "the Conv input")
-    W = _constant(ins[1], "the Conv weight").astype(np.float64)
-    B = ins[2] if len(ins) > 2 else None
-    if isinstance(B, int):
-        raise _Unsupported("the Conv bias must be a constant")
+    x, W, B = _layer_inputs(ins, "Conv")
     if W.ndim != 4:
         raise _Unsupported(f"only 2-d convolutions (weight of shape {W.shape})")
     kernel = tuple(int(k) for k in attrs.get("kernel_shape", W.shape[2:]))

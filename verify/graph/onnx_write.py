@@ -1,7 +1,7 @@
 """Write a :class:`GraphNetwork` as a standard ONNX model that onnxruntime runs.
 
 :func:`save_graph_onnx` writes opset 13, float32 by default (``dtype=np.float64`` writes the
-parameters exactly), and can keep the input and output of an original model (``like``):
+parameters exactly, but onnxruntime's CPU provider has no float64 Conv), and can keep the input and output of an original model (``like``):
 names, shapes (a symbolic batch axis too: leading size-1 axes of reshapes are written as
 ``0``, "copy", so any batch size runs) and element type (a Cast is added where the element
 type differs from ``dtype``).
