@@ -88,7 +88,8 @@ class _Builder:
         self.tensors: dict[str, int] = {}  # computed tensor name -> node index
         self.owner: dict[int, str] = {}  # node index -> the tensor name that may fold into it
         self.uses: dict[str, int] = {}
-        self.label = ""
+        self.label = ""  # the current ONNX node, for messages
+        self.node_name = ""  # and for the names of the nodes made from it
         self.names: list[str] = []  # the current ONNX node's input names
 
     # ---- errors ------------------------------------------------------------------
@@ -126,6 +127,7 @@ class _Builder:
         for index, node in _topological(graph, known, self.path):
             if index in needed:
                 self.label = _node_label(node, index)
+                self.node_name = node.name or node.output[0]
                 self.run(node)
         self.label = ""
         if out_name not in self.tensors:
@@ -249,7 +251,7 @@ class _Builder:
     def add(self, op: Op, inputs, label: str | None = None) -> int:
         inputs = tuple(int(i) for i in inputs)
         shape = tuple(op.out_shape(*(self.nodes[i].shape for i in inputs)))
-        self.nodes.append(_Pending(op, inputs, shape, label or self.label))
+        self.nodes.append(_Pending(op, inputs, shape, label or self.node_name))
         return len(self.nodes) - 1
 
     def foldable(self, t: int) -> bool:
@@ -590,7 +592,7 @@ def _average_pool(b: _Builder, attrs, ins):
     shape = b.shape(t)
     return pooling.average_pool(b.add, t, shape[1], shape[2:], kernel, g["strides"], g["pads"],
                                 g["dilations"], bool(attrs.get("count_include_pad", 0)),
-                                b.label)
+                                b.node_name)
 
 
 def _global_average_pool(b: _Builder, attrs, ins):
@@ -599,7 +601,7 @@ def _global_average_pool(b: _Builder, attrs, ins):
     if len(shape) != 4:
         raise _Unsupported(f"only (N, C, H, W) tensors (shape {shape})")
     return pooling.average_pool(b.add, t, shape[1], shape[2:], shape[2:], (1, 1),
-                                (0, 0, 0, 0), (1, 1), True, b.label)
+                                (0, 0, 0, 0), (1, 1), True, b.node_name)
 
 
 def _max_pool(b: _Builder, attrs, ins):
@@ -609,7 +611,7 @@ def _max_pool(b: _Builder, attrs, ins):
     shape = b.shape(t)
     try:
         return pooling.max_pool(b.add, t, shape[1], shape[2:], kernel, g["strides"], g["pads"],
-                                g["dilations"], b.label)
+                                g["dilations"], b.node_name)
     except ValueError as exc:
         raise _Unsupported(f"MaxPool: {exc}") from None
 
