@@ -1,14 +1,22 @@
-"""One entry point for every network source: :func:`load_network`."""
+"""One entry point for every network source: :func:`load_network`.
+
+ONNX files may be gzipped (``.onnx.gz``, as VNN-COMP ships them); :func:`read_onnx_model`
+reads both forms for every ONNX loader.  Nothing is ever unpickled.
+"""
 from __future__ import annotations
 
+import gzip
 import os
 import sys
+import zlib
 from pathlib import Path
 
 from .errors import InputError
+from .graph import GraphNetwork
 from .network import Network
 
-FORMATS = {".onnx": "ONNX", ".nnet": "NNet, the ACAS Xu text format"}
+_GZIP_MAGIC = b"\x1f\x8b"
+FORMATS = {".onnx": "ONNX", ".onnx.gz": "gzipped ONNX", ".nnet": "NNet, the ACAS Xu text format"}
 
 
 def _is_torch_module(source) -> bool:
@@ -16,9 +24,57 @@ def _is_torch_module(source) -> bool:
     return torch is not None and isinstance(source, torch.nn.Module)
 
 
-def load_network(source) -> Network:
-    """A :class:`Network` from a Network, a ``torch.nn.Module`` or a ``.onnx``/``.nnet`` path."""
-    if isinstance(source, Network):
+def _format(path: Path) -> str:
+    """The format suffix of ``path``: ``.onnx``, ``.onnx.gz``, ``.nnet``, ... (lower case)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes[-1:] == [".gz"] and len(suffixes) > 1:
+        return "".join(suffixes[-2:])
+    return path.suffix.lower()
+
+
+def network_name(path) -> str:
+    """The file name without its format suffix (``net.onnx.gz`` -> ``net``)."""
+    path = Path(path)
+    name = path.name
+    fmt = _format(path)
+    return name[:-len(fmt)] if fmt and name.lower().endswith(fmt) else path.stem
+
+
+def read_onnx_model(path):
+    """The ``ModelProto`` of an ``.onnx`` or ``.onnx.gz`` file (InputError if unreadable)."""
+    import onnx
+    path = Path(path)
+    if not path.exists():
+        raise InputError("no such file", path=str(path))
+    if not path.is_file():
+        raise InputError("not a regular file", path=str(path), expected="an ONNX file")
+    try:
+        data = path.read_bytes()
+        if data[:2] == _GZIP_MAGIC or path.suffix.lower() == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"cannot read: {exc}", path=str(path),
+                         expected="an ONNX file, or a gzipped one") from None
+    try:
+        model = onnx.load_model_from_string(data)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+            from onnx.external_data_helper import load_external_data_for_model
+            load_external_data_for_model(model, str(path.parent))
+    except Exception as exc:  # protobuf raises assorted errors on garbage
+        raise InputError(f"not a valid ONNX model ({type(exc).__name__})", path=str(path),
+                         expected="an ONNX ModelProto file") from None
+    if not model.graph.node or not model.graph.output:
+        raise InputError("not a valid ONNX model (empty graph)", path=str(path),
+                         expected="an ONNX ModelProto file")
+    return model
+
+
+def load_network(source) -> Network | GraphNetwork:
+    """A network from a Network / GraphNetwork, a ``torch.nn.Module`` or a path to an
+    ``.onnx`` / ``.onnx.gz`` / ``.nnet`` file.  ONNX files give a fully-connected
+    :class:`Network` when they are a chain of affine maps and ReLUs, else a
+    :class:`GraphNetwork` (see :func:`verify.onnx_io.load_onnx`)."""
+    if isinstance(source, (Network, GraphNetwork)):
         return source
     if _is_torch_module(source):
         from .torch_io import from_torch
@@ -29,13 +85,13 @@ def load_network(source) -> Network:
     path = Path(source)
     if not path.exists():
         raise InputError("no such file", path=str(path))
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
+    fmt = _format(path)
+    if fmt in (".onnx", ".onnx.gz"):
         from .onnx_io import load_onnx
         return load_onnx(path)
-    if suffix == ".nnet":
+    if fmt == ".nnet":
         from .nnet_io import load_nnet
         return load_nnet(path)
     listed = ", ".join(f"{k} ({v})" for k, v in FORMATS.items())
-    raise InputError(f"unknown network format {suffix or '(no suffix)'!r}", path=str(path),
+    raise InputError(f"unknown network format {fmt or '(no suffix)'!r}", path=str(path),
                      expected=f"one of {listed}")

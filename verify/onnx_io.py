@@ -18,11 +18,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError, UnsupportedNetworkError
 from .network import Affine, Network
+
+if TYPE_CHECKING:
+    from .graph import GraphNetwork
 
 SUPPORTED_OPS = ("Add", "Constant", "Div", "Dropout", "Flatten", "Gemm", "Identity", "MatMul",
                  "Mul", "Neg", "Relu", "Reshape", "Squeeze", "Sub", "Transpose", "Unsqueeze")
@@ -367,23 +371,6 @@ class _Walker:
 
 
 # ---------------------------------------------------------------- public API
-def _read_model(path: Path):
-    import onnx
-    if not path.exists():
-        raise InputError("no such file", path=str(path))
-    if not path.is_file():
-        raise InputError("not a regular file", path=str(path), expected="an ONNX file")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf raises assorted errors on garbage
-        raise InputError(f"not a valid ONNX model ({type(exc).__name__})", path=str(path),
-                         expected="an ONNX ModelProto file") from None
-    if not model.graph.node or not model.graph.output:
-        raise InputError("not a valid ONNX model (empty graph)", path=str(path),
-                         expected="an ONNX ModelProto file")
-    return model
-
-
 def _input_shape(value_info) -> tuple[int, ...]:
     dims = value_info.type.tensor_type.shape.dim
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in dims)
@@ -419,10 +406,23 @@ def _requantize(a: Affine, text: str) -> Affine:
     return a
 
 
-def load_onnx(path) -> Network:
-    """Load a feed-forward ReLU network from an ONNX file (float64, canonical form)."""
+def load_onnx(path) -> "Network | GraphNetwork":
+    """Load an ONNX file (``.onnx`` or ``.onnx.gz``): a fully-connected :class:`Network`
+    (float64, canonical form) when the chain walker accepts the graph, else a
+    :class:`~verify.graph.GraphNetwork` (:mod:`verify.graph.onnx_graph`)."""
+    from .graph.onnx_graph import graph_from_model
+    from .loading import network_name, read_onnx_model
     path = Path(path)
-    model = _read_model(path)
+    model = read_onnx_model(path)
+    if {n.op_type for n in model.graph.node} <= set(SUPPORTED_OPS):
+        try:
+            return _load_chain(model, path, network_name(path))
+        except UnsupportedNetworkError:
+            pass  # a branching graph, say: the graph loader names what it cannot read
+    return graph_from_model(model, str(path), network_name(path))
+
+
+def _load_chain(model, path: Path, name: str) -> Network:
     graph = model.graph
     walker = _Walker(str(path))
     from onnx import numpy_helper
@@ -451,7 +451,7 @@ def load_onnx(path) -> Network:
             f"the output '{graph.output[0].name}' is not computed from the input by a chain",
             path=str(path), expected=_EXPECTED)
     affines, shape = _restore_metadata(model, walker.finish(), shape)
-    return Network(tuple(affines), shape, path.stem)
+    return Network(tuple(affines), shape, name)
 
 
 def save_onnx(network: Network, path) -> None:
