@@ -536,7 +536,9 @@ def test_cli_acas_sweep_with_box(tmp_path):
     assert len(list(tmp_path.glob("*.onnx"))) == 3
     assert len(list(tmp_path.glob("*.changes.json"))) == 3
     dead_line = next(line for line in res.output.splitlines() if line.startswith("dead "))
-    assert dead_line.split()[4] == "0"  # max deviation on the box: exact
+    # max deviation on the box: the same function; dropping zero terms from a
+    # float sum may only change the last bits of the rounding
+    assert float(dead_line.split()[4]) <= 1e-12
 
 
 def test_cli_calibration_and_labels(tmp_path, digits):
