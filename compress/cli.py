@@ -207,24 +207,27 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
 
     click.echo(f"network: {parent.describe()}  digest {parent.digest()[:12]}")
     click.echo(f"deviation: max/mean over {samples} random points in {box_text}; "
-               "bytes = non-zero weights at their bit width (float32 if not quantized) "
+               "bytes = size of the written ONNX file (float32, int8 QDQ weights); "
+               "packed = non-zero weights at their bit width (float32 if not quantized) "
                "+ scales + biases")
-    header = ["variant", "params", "non-zero", "bytes", "max dev", "mean dev"]
+    like = net if str(net).lower().endswith((".onnx", ".onnx.gz")) else None
+    header = ["variant", "params", "non-zero", "bytes", "packed", "max dev", "mean dev"]
     if y_cal is not None:
         header.append("accuracy")
     rows = []
     total, nnz = parameter_counts(parent)
-    base = ["original", f"{total:,}", f"{nnz:,}", _fmt_bytes(storage_bytes(parent)), "0", "0"]
+    base = ["original", f"{total:,}", f"{nnz:,}", _fmt_bytes(Path(net).stat().st_size),
+            _fmt_bytes(storage_bytes(parent)), "0", "0"]
     if y_cal is not None:
         base.append(f"{100 * accuracy(parent, x_cal, y_cal):.2f}%")
     rows.append(base + [""])
     for recipe in family:
         variant = recipe.apply(parent, box=box, calibration=x_cal)
         stem = f"{stem0}.{recipe.slug}"
-        onnx_path, _ = save_variant(variant.network, variant.record, out_dir, stem)
+        onnx_path, _ = save_variant(variant.network, variant.record, out_dir, stem, like=like)
         total, nnz = parameter_counts(variant.network)
         dmax, dmean = output_deviation(parent, variant.network, points)
-        row = [str(recipe), f"{total:,}", f"{nnz:,}",
+        row = [str(recipe), f"{total:,}", f"{nnz:,}", _fmt_bytes(onnx_path.stat().st_size),
                _fmt_bytes(storage_bytes(variant.network, variant.record)),
                f"{dmax:.3g}", f"{dmean:.3g}"]
         if y_cal is not None:
