@@ -1,0 +1,221 @@
+"""Graph bounds (verify.graphbounds): sound on sampled points through every operator kind
+(Conv with stride/padding/dilation/groups, pooling, residual Sum, normalisation Scale,
+layout ops), interval >= CROWN >= samples, the chain propagator's bounds on chain graphs,
+split branches, chunking under a memory budget; and a mutation of each transfer rule is
+caught by these checks."""
+import numpy as np
+import pytest
+import torch
+
+from graph_nets import NETS
+from verify.bounds import BoundPropagator
+from verify.graph import Conv, Gemm, Pad, Scale, Sum, Transpose, chain_graph
+from verify.graphbounds import GraphBoundOptions, GraphBoundPropagator, make_propagator
+from verify.graphbounds import propagator as propagator_module
+from verify.graphbounds import rules
+from verify.network import Affine, Network
+
+torch.set_num_threads(1)
+
+
+def _box(net, seed, eps=0.3, B=1):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(B, net.n_inputs))
+    return c - eps, c + eps
+
+
+def _spec(m):
+    return torch.cat([torch.eye(m), -torch.eye(m)]).double(), torch.zeros(2 * m)
+
+
+def _samples(lo, hi, rng, n=3000):
+    xs = rng.uniform(lo, hi, size=(n, lo.size))
+    corners = np.where(rng.random((n // 2, lo.size)) < 0.5, lo, hi)
+    return np.vstack([xs, corners, (lo + hi)[None] / 2])
+
+
+def _violations(net, res, b, xs, keep=None) -> int:
+    """Sampled points of branch ``b`` outside its layer or spec bounds (``keep``: the
+    points that lie in the branch, for split branches)."""
+    pre = net.pre_activations(xs)
+    if keep is not None:
+        pre = [p[keep] for p in pre]
+    bad = 0
+    for k in range(net.n_hidden):
+        l, u = res.lower[k][b].numpy(), res.upper[k][b].numpy()
+        bad += int(((pre[k] < l) | (pre[k] > u)).sum())
+    y = pre[-1]
+    bad += int((np.hstack([y, -y]) < res.spec_lower[b].numpy()).sum())
+    return bad
+
+
+def _all_violations(seed=1) -> int:
+    """Violations over every test network, plain, alpha-optimised and interval-only."""
+    bad = 0
+    for name, make in NETS.items():
+        net = make(np.random.default_rng(seed))
+        prop = GraphBoundPropagator(net)
+        lo, hi = _box(net, seed)
+        C, d = _spec(net.n_outputs)
+        xs = _samples(lo[0], hi[0], np.random.default_rng(seed))
+        for kw in ({}, {"alpha_iterations": 10}, {"backward": False}):
+            res = prop.bound(torch.tensor(lo), torch.tensor(hi), C, d, **kw)
+            bad += _violations(net, res, 0, xs)
+    return bad
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_bounds_contain_samples_and_crown_within_interval(name, seed):
+    net = NETS[name](np.random.default_rng(seed))
+    prop = GraphBoundPropagator(net)
+    lo, hi = _box(net, seed)
+    C, d = _spec(net.n_outputs)
+    xs = _samples(lo[0], hi[0], np.random.default_rng(seed))
+    tlo, thi = torch.tensor(lo), torch.tensor(hi)
+    crown = prop.bound(tlo, thi, C, d)
+    interval = prop.bound(tlo, thi, C, d, backward=False)
+    alpha = prop.bound(tlo, thi, C, d, alpha_iterations=20)
+    for res in (crown, interval, alpha):
+        assert _violations(net, res, 0, xs) == 0
+    tighter = 0.0
+    for k in range(net.n_hidden):  # interval >= CROWN (up to rounding of the two runs)
+        assert (crown.lower[k] >= interval.lower[k] - 1e-9).all()
+        assert (crown.upper[k] <= interval.upper[k] + 1e-9).all()
+        tighter += float((crown.lower[k] - interval.lower[k]).sum()
+                         + (interval.upper[k] - crown.upper[k]).sum())
+    if name != "conv_stride_pad" or seed != 2:
+        assert tighter > 1e-3  # back-substitution did something
+    # alpha optimisation keeps the best iterate: never worse than plain CROWN's bound
+    assert (alpha.spec_lower >= crown.spec_lower - 1e-9).all()
+    # the linear bound is a lower bound too: its value at every sample
+    y = net.forward(xs)
+    lin = xs @ crown.spec_coeffs[0].numpy().T + crown.spec_const[0].numpy()
+    assert (np.hstack([y, -y]) >= lin - 1e-9).all()
+
+
+def test_chain_graph_gets_the_chain_propagators_bounds():
+    rng = np.random.default_rng(3)
+    sizes = [5, 12, 12, 4]
+    net = Network(tuple(Affine(rng.normal(size=(sizes[i + 1], sizes[i])) / np.sqrt(sizes[i]),
+                               rng.normal(size=sizes[i + 1]) * 0.3) for i in range(3)))
+    lo, hi = _box(net, 3, eps=0.5)
+    C, d = _spec(4)
+    # the graph propagator back-substitutes the unstable neurons only: so does the
+    # chain's when asked to refine every neuron
+    every = [torch.ones(12, dtype=torch.bool)] * 2
+    a = BoundPropagator(net).bound(torch.tensor(lo), torch.tensor(hi), C, d, refine=every)
+    g = GraphBoundPropagator(chain_graph(net)).bound(torch.tensor(lo), torch.tensor(hi), C, d)
+    for k in range(2):
+        assert torch.allclose(a.lower[k], g.lower[k], atol=1e-8)
+        assert torch.allclose(a.upper[k], g.upper[k], atol=1e-8)
+    assert torch.allclose(a.spec_lower, g.spec_lower, atol=1e-8)
+    assert isinstance(make_propagator(net), BoundPropagator)
+    assert isinstance(make_propagator(chain_graph(net)), GraphBoundPropagator)
+
+
+@pytest.mark.parametrize("name", ["residual", "pooling"])
+def test_batches_splits_and_memory_budget(name):
+    """A batch of branches bounds each at least as tightly as alone; a tiny memory budget (many chunks) gives
+    the same bounds; split branches are sound on the points that satisfy their splits and
+    an inactive split is honoured (upper <= 0), with beta-CROWN too."""
+    net = NETS[name](np.random.default_rng(4))
+    lo, hi = _box(net, 4, eps=0.25, B=3)
+    C, d = _spec(net.n_outputs)
+    tlo, thi = torch.tensor(lo), torch.tensor(hi)
+    prop = GraphBoundPropagator(net)
+    small = GraphBoundPropagator(net, GraphBoundOptions(memory_bytes=1 << 20))
+    assert small._rows_per_chunk(net.relu_nodes[-2] - 1, 3) < max(net.hidden_sizes)
+    batch = prop.bound(tlo, thi, C, d)
+    chunked = small.bound(tlo, thi, C, d)
+    one = prop.bound(tlo[1:2], thi[1:2], C, d)
+    for k in range(net.n_hidden):
+        assert torch.allclose(batch.lower[k], chunked.lower[k], atol=1e-9)
+        # in a batch, a neuron unstable in any branch is back-substituted in all of them
+        assert (batch.upper[k][1:2] <= one.upper[k] + 1e-9).all()
+        assert (batch.lower[k][1:2] >= one.lower[k] - 1e-9).all()
+    assert torch.allclose(batch.spec_lower, chunked.spec_lower, atol=1e-9)
+    # splits: branch 0 fixes two unstable neurons of layer 1 inactive/active
+    k = 1
+    unstable = np.flatnonzero(((batch.lower[k][0] < 0) & (batch.upper[k][0] > 0)).numpy())
+    assert len(unstable) >= 2
+    splits = [torch.zeros((3, n), dtype=torch.int8) for n in net.hidden_sizes]
+    splits[k][0, unstable[0]] = -1
+    splits[k][0, unstable[1]] = 1
+    rng = np.random.default_rng(4)
+    xs = _samples(lo[0], hi[0], rng, n=20000)
+    z = net.pre_activations(xs)[k]
+    keep = (z[:, unstable[0]] <= 0) & (z[:, unstable[1]] >= 0)
+    assert keep.sum() > 10
+    for alpha in (0, 30):
+        res = prop.bound(tlo, thi, C, d, splits, alpha_iterations=alpha)
+        assert res.upper[k][0, unstable[0]] <= 0 and res.lower[k][0, unstable[1]] >= 0
+        assert _violations(net, res, 0, xs[keep]) == 0
+        assert (res.spec_lower[0] >= batch.spec_lower[0] - 1e-9).all() or alpha == 0
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="memory_bytes"):
+        GraphBoundOptions(memory_bytes=10)
+
+
+def _scaled(method, factor):
+    def patched(self, *args):
+        out = method(self, *args)
+        return [factor * o for o in out] if isinstance(out, list) else factor * out
+    return patched
+
+
+MUTATIONS = {
+    "conv transpose halved": (Conv, "transpose", lambda m: _scaled(m, 0.5)),
+    "conv radius halved": (Conv, "abs_forward", lambda m: _scaled(m, 0.5)),
+    "gemm transpose halved": (Gemm, "transpose", lambda m: _scaled(m, 0.5)),
+    "gemm radius halved": (Gemm, "abs_forward", lambda m: _scaled(m, 0.5)),
+    "scale transpose ignores the scale": (Scale, "transpose", lambda m: lambda self, A, s: [A]),
+    "sum transpose drops a branch": (Sum, "transpose",
+                                     lambda m: lambda self, A, *s: [A * self.weights[0]] +
+                                     [0 * A for _ in self.weights[1:]]),
+    "sum radius drops a branch": (Sum, "abs_forward", lambda m: lambda self, *r: abs(self.weights[0]) * r[0]),
+    "pad constant dropped": (Pad, "constant", lambda m: lambda self, s=None: None),
+    "transpose rule uses the forward permutation": (Transpose, "transpose",
+                                                    lambda m: lambda self, A, s: [self.forward(A)]),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_mutated_operator_rule_is_caught(monkeypatch, mutation):
+    cls, name, make = MUTATIONS[mutation]
+    monkeypatch.setattr(cls, name, make(getattr(cls, name)))
+    try:
+        caught = _all_violations() > 0
+    except (RuntimeError, ValueError):
+        caught = True  # a shape error is a caught mutation too
+    assert caught
+
+
+def _relu_no_intercept(A, alpha, s, t, beta=None, sign=None):
+    return rules.relu_backward(A, alpha, s, 0 * t, beta, sign)
+
+
+def _conv_no_bias(op, A, in_shapes):
+    parts, const = rules.AffineRule.backward(op, A, in_shapes)
+    return parts, 0 * const
+
+
+def _relu_interval_shrunk(op, bounds):
+    l, u = bounds
+    return l.clamp(min=0), 0.8 * u.clamp(min=0)
+
+
+BOUND_MUTATIONS = {
+    "relu upper intercept dropped": (propagator_module, "relu_backward", _relu_no_intercept),
+    "conv bias dropped from the constant": (rules.ConvRule, "backward", staticmethod(_conv_no_bias)),
+    "relu interval shrunk": (rules.ReluRule, "interval", staticmethod(_relu_interval_shrunk)),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(BOUND_MUTATIONS))
+def test_mutated_relu_and_conv_rule_is_caught(monkeypatch, mutation):
+    owner, name, value = BOUND_MUTATIONS[mutation]
+    monkeypatch.setattr(owner, name, value)
+    assert _all_violations() > 0

@@ -1,0 +1,259 @@
+"""Sound bounds of a :class:`verify.graph.GraphNetwork` over batches of branches.
+
+Per branch (an input box plus optional ReLU phase splits): interval bounds of every node
+in topological order; at each ReLU, the bounds of its input are tightened by
+back-substitution (CROWN / DeepPoly) to the input box through every earlier operator --
+residual Sums back-substitute into both branches and the coefficients add up at the node
+they share -- then the final spec rows are back-substituted, with alpha-CROWN (and
+beta-CROWN multipliers of the split constraints) when asked.
+
+The spec machinery (two slopes per unstable neuron, alpha/beta optimisation, the linear
+bound kept for refutation and attack candidates) is the chain propagator's
+(:class:`verify.bounds.BoundPropagator`); this class supplies the graph's
+back-substitution and intermediate bounds and returns the same :class:`BatchBounds`
+(hidden layer ``k`` = ReLU node ``k``, flattened in C order), so the search uses either.
+Every concrete bound is widened outward for float64 rounding, as in the chain code.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..bounds import BatchBounds, BoundPropagator, _linear_min, _widen_lower, _widen_upper
+from ..graph.model import GraphNetwork
+from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Sum, Transpose
+from .rules import relu_backward, rule_for
+
+#: operators that map a box onto a box exactly (elementwise or layout)
+_BOX_PRESERVING = (Scale, Reshape, Transpose, Pad)
+
+
+@dataclass(frozen=True)
+class GraphBoundOptions:
+    """How a :class:`GraphBoundPropagator` spends memory and time."""
+
+    # bytes the back-substitution tensors of one bounding call may take (query rows are
+    # chunked, and the search's batch of branches is sized, to stay within it)
+    memory_bytes: int = 2 << 30
+    # tighten each ReLU layer's input bounds by back-substitution (else interval only)
+    crown_intermediate: bool = True
+
+    def __post_init__(self):
+        if self.memory_bytes < 1 << 20:
+            raise ValueError(f"memory_bytes must be at least 1 MiB, got {self.memory_bytes}")
+
+
+class GraphBoundPropagator(BoundPropagator):
+    """Bounds batches of branches of one graph network (see the module docstring)."""
+
+    def __init__(self, network: GraphNetwork, options: GraphBoundOptions = GraphBoundOptions()):
+        self.network = network
+        self.options = options
+        self.nodes = network.nodes
+        self.relus = network.relu_nodes
+        self.n_hidden = len(self.relus)
+        self._relu_of = {i: k for k, i in enumerate(self.relus)}
+        self._in_shapes = [tuple(self.nodes[j].shape for j in n.inputs) for n in self.nodes]
+        self._sizes = [n.size for n in self.nodes]
+        consumers = network.consumers()
+        self._last_use = [max(c, default=len(self.nodes)) for c in consumers]
+        self._exact = self._exact_nodes()
+        self._peaks: dict[int, int] = {}
+
+    # ---- structure ---------------------------------------------------------------
+    def _exact_nodes(self) -> list[bool]:
+        """Per node: are interval bounds on it exact over a box?  (Box-preserving
+        operators from the input, then at most one Gemm/Conv.)"""
+        box = [True] + [False] * (len(self.nodes) - 1)
+        exact = [True] + [False] * (len(self.nodes) - 1)
+        for i, n in enumerate(self.nodes[1:], 1):
+            if n.op.arity != 1 or not box[n.inputs[0]]:
+                continue
+            if isinstance(n.op, _BOX_PRESERVING):
+                box[i] = exact[i] = True
+            elif isinstance(n.op, (Gemm, Conv)):
+                exact[i] = True
+        return exact
+
+    def _peak(self, start: int) -> int:
+        """Elements per query row of the coefficient tensors alive at once while
+        back-substituting from node ``start`` (the pending ones plus the one being
+        transposed), plus the input's."""
+        if start not in self._peaks:
+            pending, live, peak = {start}, self._sizes[start], 0
+            for i in range(start, 0, -1):
+                if i not in pending:
+                    continue
+                pending.discard(i)
+                for j in self.nodes[i].inputs:
+                    if j not in pending:
+                        pending.add(j)
+                        live += self._sizes[j]
+                peak = max(peak, live)
+                live -= self._sizes[i]
+            self._peaks[start] = peak + self._sizes[0]
+        return self._peaks[start]
+
+    # one element of a query row costs about this many float64s at once (the
+    # coefficients, their positive and negative parts and the products)
+    _TEMPORARIES = 4
+    # ... and with alpha/beta optimisation autograd keeps every step's tensors
+    _AUTOGRAD = 8
+
+    def _rows_per_chunk(self, start: int, branches: int) -> int:
+        per_row = 8 * self._TEMPORARIES * self._peak(start) * branches
+        return max(1, int(self.options.memory_bytes // per_row))
+
+    def max_batch(self, m: int) -> int:
+        """Branches one bounding call may take within the memory budget, for ``m``
+        spec rows (intermediate queries are chunked to fit, at least one neuron each)."""
+        spec = 8 * self._AUTOGRAD * max(1, m) * sum(self._sizes)
+        inter = max((8 * self._TEMPORARIES * 2 * self._peak(self.nodes[r].inputs[0])
+                     for r in self.relus), default=0)
+        return max(1, int(self.options.memory_bytes // max(spec, inter)))
+
+    # ---- back-substitution ------------------------------------------------------------
+    def _backsub_from(self, start: int, lam: torch.Tensor, relax, lo, hi, record=False,
+                      betas=None, signs=None):
+        """Lower bound over the boxes of ``lam @ node[start]``, given the relaxation
+        ``(alpha, s, t)`` (flat ``(B, n_k)``) of every ReLU before ``start``.
+
+        ``lam``: (B, m, size) or (B, m, *shape).  ``betas`` (B, m, n_k) >= 0 and
+        ``signs`` (B, n_k): beta-CROWN terms of split constraints ``sign*z >= 0``.
+        Returns (bound (B, m), input coefficients (B, m, n0), per hidden layer the
+        coefficients (B, m, n_k) on its output when ``record``, else Nones)."""
+        B, m = lam.shape[:2]
+        acc = {start: lam.reshape(B, m, *self.nodes[start].shape)}
+        const = torch.zeros(B, m, dtype=lam.dtype)
+        recorded = [None] * self.n_hidden
+        for i in range(start, 0, -1):
+            A = acc.pop(i, None)
+            if A is None:
+                continue
+            node = self.nodes[i]
+            if isinstance(node.op, Relu):
+                k = self._relu_of[i]
+                if record:
+                    recorded[k] = A.reshape(B, m, -1)
+                shape = self.nodes[i].shape
+                alpha, s, t = (x.reshape(B, *shape) for x in relax[k])
+                beta = sign = None
+                if betas is not None and betas[k] is not None:
+                    beta, sign = betas[k].reshape(B, m, *shape), signs[k].reshape(B, *shape)
+                P, c = relu_backward(A, alpha, s, t, beta, sign)
+                parts = [P]
+            else:
+                parts, c = rule_for(node.op).backward(node.op, A, self._in_shapes[i])
+            del A
+            if c is not None:
+                const = const + c
+            for j, P in zip(node.inputs, parts):
+                acc[j] = P if j not in acc else acc[j] + P
+        A0 = acc.pop(0).reshape(B, m, -1)
+        return _linear_min(const, A0, lo, hi), A0, recorded
+
+    def _backsub(self, K, lam, lower, upper, lo, hi, record=False, alphas=None, betas=None,
+                 signs=None, relax=None):
+        """The chain propagator's back-substitution of the spec rows (its signature, so its
+        spec and alpha/beta machinery runs on graphs): from the output node."""
+        if relax is None or alphas is not None:
+            relax = [self._relaxation(lower[k], upper[k], None if alphas is None else alphas[k])
+                     for k in range(self.n_hidden)]
+        return self._backsub_from(self.network.output, lam, relax, lo, hi, record, betas, signs)
+
+    # ---- intermediate bounds ---------------------------------------------------------
+    def _crown_neurons(self, src: int, l, u, sp, relax, lo, hi, only=None, deadline=None):
+        """Tighten the bounds ``l``/``u`` (B, n) of node ``src`` by back-substitution of
+        the neurons unstable in some branch (and in ``only``, when given) or split, in
+        chunks of query rows that fit the memory budget.  Past ``deadline`` the rest keep
+        their interval bounds (sound, looser)."""
+        todo = (l < 0) & (u > 0)
+        if only is not None:
+            todo &= only[None, :]
+        if sp is not None:
+            todo |= sp != 0
+        cols = todo.any(0).nonzero()[:, 0]
+        if len(cols) == 0:
+            return l, u
+        B, n = l.shape
+        step = max(1, self._rows_per_chunk(src, B) // 2)
+        l, u = l.clone(), u.clone()
+        for s0 in range(0, len(cols), step):
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            c = cols[s0:s0 + step]
+            q = len(c)
+            lam = torch.zeros(B, 2 * q, n, dtype=l.dtype)
+            r = torch.arange(q)
+            lam[:, r, c] = 1.0
+            lam[:, q + r, c] = -1.0
+            bnd, _, _ = self._backsub_from(src, lam, relax, lo, hi)
+            l[:, c] = torch.maximum(l[:, c], _widen_lower(bnd[:, :q]))
+            u[:, c] = torch.minimum(u[:, c], _widen_upper(-bnd[:, q:]))
+        return l, u
+
+    # ---- main entry ------------------------------------------------------------------
+    def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
+              alpha_iterations: int = 0, deadline: float | None = None,
+              forward: bool = False, backward: bool | None = None,
+              refine: list | None = None) -> BatchBounds:
+        """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result).
+
+        Intermediate bounds: interval arithmetic through every node, intersected with
+        ``fixed``; each ReLU's input bounds tightened by back-substitution unless they are
+        exact already (a box through one Gemm/Conv) or ``backward`` is False (default: the
+        options' ``crown_intermediate``; ``forward`` alone means the cheap bound, interval
+        only -- a graph has no forward-mode linear bounds).  ``refine``: per hidden layer
+        an optional (n_k,) mask of the neurons to back-substitute.  Splits clip the bounds
+        (+1: lower >= 0, -1: upper <= 0), which fixes their relaxation; with
+        ``alpha_iterations`` beta-CROWN multipliers of the split constraints are
+        optimised too."""
+        B = lo.shape[0]
+        if backward is None:
+            backward = self.options.crown_intermediate and not forward
+        values: list = [None] * len(self.nodes)
+        values[0] = (lo.reshape(B, *self.nodes[0].shape), hi.reshape(B, *self.nodes[0].shape))
+        lower, upper, relax = [], [], []
+        infeasible = torch.zeros(B, dtype=torch.bool)
+        for i, node in enumerate(self.nodes[1:], 1):
+            if isinstance(node.op, Relu):
+                k = self._relu_of[i]
+                src = node.inputs[0]
+                l, u = (v.reshape(B, -1) for v in values[src])
+                if fixed is not None and fixed[k] is not None:
+                    l = torch.maximum(l, fixed[k][0])
+                    u = torch.minimum(u, fixed[k][1])
+                sp = None if splits is None else splits[k]
+                if backward and not self._exact[src]:
+                    l, u = self._crown_neurons(src, l, u, sp, relax, lo, hi,
+                                               None if refine is None else refine[k], deadline)
+                if sp is not None:
+                    l = torch.where(sp > 0, l.clamp(min=0), l)
+                    u = torch.where(sp < 0, u.clamp(max=0), u)
+                infeasible |= (l > u).any(-1)
+                lower.append(l)
+                upper.append(u)
+                relax.append(self._relaxation(l, u))
+                shape = self.nodes[src].shape
+                values[src] = (l.reshape(B, *shape), u.reshape(B, *shape))
+                values[i] = rule_for(node.op).interval(node.op, values[src])
+            else:
+                nl, nu = rule_for(node.op).interval(node.op, *(values[j] for j in node.inputs))
+                values[i] = (_widen_lower(nl), _widen_upper(nu))
+            for j in node.inputs:  # free what no later node reads
+                if self._last_use[j] == i:
+                    values[j] = None
+        return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
+                                 alpha_iterations, deadline, splits)
+
+
+def make_propagator(network, options: GraphBoundOptions | None = None) -> BoundPropagator:
+    """The bound propagator for ``network``: the chain's for a :class:`verify.network.Network`,
+    the graph's for a :class:`GraphNetwork`."""
+    if isinstance(network, GraphNetwork):
+        return GraphBoundPropagator(network, options or GraphBoundOptions())
+    return BoundPropagator(network)
+

@@ -1,0 +1,87 @@
+"""Bound transfer rules, one per operator kind of the graph model.
+
+Each rule has two halves:
+
+* ``interval(op, *bounds)`` -- sound elementwise bounds of the operator's output from
+  bounds ``(lower, upper)`` of its inputs (each ``(B, *shape)``), before outward rounding;
+* ``backward(op, A, in_shapes)`` -- back-substitution (CROWN / DeepPoly): given
+  coefficients ``A`` ``(B, m, *out_shape)`` of a linear function of the operator's output,
+  the coefficients on each input and the constant ``(B, m)`` that make it a function of
+  the inputs.  An affine operator's rule is exact; :func:`relu_backward` relaxes.
+
+The affine rules use the operators' own linear algebra (:mod:`verify.graph.ops`): the
+forward map and ``|L|`` in centre/radius form, and ``L^T`` with torch's convolution
+operators for a Conv (never a dense matrix).  :data:`RULES` maps an operator class to its
+rule; :func:`rule_for` finds it (a new operator without a rule is an error, not a guess).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Sum, Transpose
+
+
+def _flat_sum(x: torch.Tensor, B: int, m: int) -> torch.Tensor:
+    return x.reshape(B, m, -1).sum(-1)
+
+
+class AffineRule:
+    """``y = L(x_1..x_n) + c``: interval in centre/radius form, exact back-substitution."""
+
+    @staticmethod
+    def interval(op, *bounds):
+        mids = [(l + u) / 2 for l, u in bounds]
+        rads = [(u - l) / 2 for l, u in bounds]
+        mid, rad = op.forward(*mids), op.abs_forward(*rads)
+        return mid - rad, mid + rad
+
+    @staticmethod
+    def backward(op, A, in_shapes):
+        B, m = A.shape[:2]
+        c = op.constant(*in_shapes)
+        const = None if c is None else _flat_sum(A * c, B, m)
+        return op.transpose(A, *in_shapes), const
+
+
+class ConvRule(AffineRule):
+    """Conv: the bias enters the constant once per output position (summed over H, W
+    before multiplying, a (B, m, C) product instead of a full-size one)."""
+
+    @staticmethod
+    def backward(op, A, in_shapes):
+        const = (A.sum((-1, -2)) * op._b).reshape(A.shape[0], A.shape[1], -1).sum(-1)
+        return op.transpose(A, *in_shapes), const
+
+
+class ReluRule:
+    @staticmethod
+    def interval(op, bounds):
+        l, u = bounds
+        return l.clamp(min=0), u.clamp(min=0)
+
+
+def relu_backward(A, alpha, s, t, beta=None, sign=None):
+    """Back-substitute ``A @ relu(z)`` to ``A' @ z + const`` with the relaxation
+    ``alpha*z <= relu(z) <= s*z + t`` (``alpha``, ``s``, ``t`` shaped ``(B, *shape)`` like
+    ``z``): positive coefficients take the lower line, negative ones the upper.  With
+    ``beta`` ``(B, m, *shape)`` >= 0 and ``sign`` ``(B, *shape)`` (split constraints
+    ``sign*z >= 0``), ``beta*sign*z`` is subtracted (beta-CROWN: a lower bound on the
+    branch).  Returns (coefficients on ``z``, constant (B, m))."""
+    B, m = A.shape[:2]
+    a_pos, a_neg = A.clamp(min=0), A.clamp(max=0)
+    const = _flat_sum(a_neg * t[:, None], B, m)
+    out = a_pos * alpha[:, None] + a_neg * s[:, None]
+    if beta is not None:
+        out = out - beta * sign[:, None]
+    return out, const
+
+
+RULES = {Gemm: AffineRule, Conv: ConvRule, Scale: AffineRule, Sum: AffineRule,
+         Reshape: AffineRule, Transpose: AffineRule, Pad: AffineRule, Relu: ReluRule}
+
+
+def rule_for(op):
+    try:
+        return RULES[type(op)]
+    except KeyError:
+        raise TypeError(f"no bound rule for operator {op.describe()}") from None
