@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from verify.errors import CoreproofError, InputError, OptionError, ShapeMismatchError
+from verify.network import Network
 
 from .io import save_variant
 from .metrics import (accuracy, output_deviation, parameter_counts, sample_box,
@@ -160,10 +161,15 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
         raise OptionError("give either --domain or --box, not both")
     if labels is not None and calibration is None:
         raise OptionError("--labels needs --calibration (the labelled inputs)")
-    family = _recipes(prunes, quantizes, recipes, per_channel, sweep)
     if not Path(net).is_file():
         raise InputError("no such file", path=str(net))
     parent = load_network(net)
+    graph = not isinstance(parent, Network)  # a CNN / residual network
+    if graph:
+        from .graph_cli import graph_family
+        family = graph_family(prunes, quantizes, recipes, sweep)
+    else:
+        family = _recipes(prunes, quantizes, recipes, per_channel, sweep)
     n_in = parent.n_inputs
 
     box = None
@@ -174,7 +180,7 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
         lo, hi = _parse_domain(domain)
         box = (np.full(n_in, lo), np.full(n_in, hi))
         box_text = f"[{lo:g}, {hi:g}]^{n_in}"
-    if any(r.needs_box for r in family) and box is None:
+    if not graph and any(r.needs_box for r in family) and box is None:
         raise OptionError("dead-neuron removal needs --domain LO,HI or --box PROP.vnnlib")
     sample_lo, sample_hi = box if box is not None else (np.full(n_in, DEFAULT_DOMAIN[0]),
                                                         np.full(n_in, DEFAULT_DOMAIN[1]))
@@ -191,7 +197,7 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
         if x_cal.shape[1] != n_in:
             raise ShapeMismatchError(f"calibration inputs have {x_cal.shape[1]} values, the "
                                      f"network takes {n_in}", path=calibration)
-    if any(r.needs_calibration for r in family) and x_cal is None:
+    if not graph and any(r.needs_calibration for r in family) and x_cal is None:
         raise OptionError("neuron pruning by activation needs --calibration DATA.npy")
     if labels is not None:
         y_cal = _load_array(labels, "labels").reshape(-1)
@@ -200,6 +206,9 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
                                      "calibration inputs", path=labels)
 
     points = sample_box(sample_lo, sample_hi, samples, seed)
+    if graph:
+        from .graph_cli import run_graph
+        return run_graph(parent, net, out_dir, family, points, box_text, x_cal, y_cal)
     stem0 = Path(net).name
     for suffix in (".onnx", ".nnet"):
         if stem0.lower().endswith(suffix):
