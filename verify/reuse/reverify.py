@@ -77,6 +77,7 @@ class ReuseStats:
     original_time_s: float = 0.0
     original_core_time_s: float = 0.0
     proof_from_store: bool = False
+    change_map: str = ""  # how the variant's neurons were related: change record, position, matched by weights
 
 
 @dataclass
@@ -530,6 +531,7 @@ def reverify(original: Network, variant, prop: Property,
             cmap = ChangeMap(original, variant, record)
         except ShapeMismatchError as exc:
             raise _NoFit(str(exc)) from None
+        stats.change_map = cmap.how
         _proof_stats(stats, proof, cmap)
         # the reuse attempt gets a share of the budget; the fallback the rest
         reuser = _Reuser(variant, cmap, options, reuse_options, stats,
