@@ -163,3 +163,106 @@ def test_options_reject_an_infinite_timeout():
     from verify.options import VerifyOptions
     with pytest.raises(OptionError, match="finite"):
         VerifyOptions(timeout=float("inf"))
+
+
+# ---- networks: NaN / Inf / huge weights ------------------------------------------------
+def _with_weight(value, k=0):
+    net = small_net()
+    w = np.array(net.affines[k].weight)
+    w[1, 2] = value
+    from verify.network import Affine
+    affines = list(net.affines)
+    affines[k] = Affine(w, net.affines[k].bias)
+    return net.with_affines(affines)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -float("inf")])
+def test_onnx_nonfinite_weight_is_bad_input_naming_the_tensor(tmp_path, value):
+    from verify.onnx_io import save_onnx
+    save_onnx(_with_weight(value), tmp_path / "bad.onnx")
+    prop = box_prop(tmp_path / "p.vnnlib")
+    assert_bad_input(run("verify", tmp_path / "bad.onnx", prop, "--timeout", "5"),
+                     "bad.onnx", "layer0.weight", "NaN or Inf")
+
+
+def test_nnet_nonfinite_weight_is_bad_input_naming_the_line(tmp_path):
+    from verify.nnet_io import save_nnet
+    save_nnet(_with_weight(float("nan"), k=1), tmp_path / "bad.nnet")
+    prop = box_prop(tmp_path / "p.vnnlib")
+    res = run("verify", tmp_path / "bad.nnet", prop, "--timeout", "5")
+    assert_bad_input(res, "bad.nnet:", "layer 1 weight row 1", "NaN or Inf")
+
+
+def test_torch_nonfinite_parameter_is_an_input_error():
+    import torch
+
+    from verify.api import load_network
+    from verify.errors import InputError
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        model[2].bias[1] = float("inf")
+    with pytest.raises(InputError, match=r"parameter '2.bias' holds NaN or Inf"):
+        load_network(model)
+
+
+def test_weight_too_large_for_the_encoder_is_bad_input(tmp_path):
+    from verify.onnx_io import save_onnx
+    save_onnx(_with_weight(1e200), tmp_path / "huge.onnx")
+    prop = box_prop(tmp_path / "p.vnnlib")
+    assert_bad_input(run("verify", tmp_path / "huge.onnx", prop, "--timeout", "5"),
+                     "layer0.weight", "too large")
+
+
+def test_api_rejects_a_network_with_nan_weights(tmp_path):
+    from verify.api import load_property, verify_property
+    from verify.errors import InputError
+    net = _with_weight(float("nan"))
+    prop = load_property(box_prop(tmp_path / "p.vnnlib"), net)
+    with pytest.raises(InputError, match="layer 0 weight holds NaN or Inf"):
+        verify_property(net, prop)
+
+
+def test_encoder_rounds_huge_coefficients_without_overflow():
+    from verify.encode import Branch, encode, solve
+    net = _with_weight(1e300)
+    lo, hi = -np.ones(5), np.ones(5)
+    lb = [(np.full(8, -1e301), np.full(8, 1e301))]
+    q = encode(net, Branch(lo, hi, lb, np.eye(5)[:1], np.array([-1e6])), digits=4)
+    assert q.constraints  # built (was OverflowError: cannot convert float infinity)
+
+
+def test_verify_instances_reports_an_inf_network_row_and_goes_on(tmp_path):
+    from verify.onnx_io import save_onnx
+    save_onnx(_with_weight(float("inf")), tmp_path / "inf.onnx")
+    csv_path = _instances(tmp_path, [("inf.onnx", "prop_1.vnnlib", 10),
+                                     (Path(NET).name, "prop_1.vnnlib", 30)])
+    res = run("verify-instances", csv_path, "--quiet")
+    assert res.exit_code == 2
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert ",error," in rows[1] and "NaN or Inf" in rows[1] and ",holds," in rows[2]
+
+
+def test_compress_of_an_inf_network_leaves_no_artifact(tmp_path):
+    from verify.onnx_io import save_onnx
+    save_onnx(_with_weight(float("inf")), tmp_path / "inf.onnx")
+    out = tmp_path / "out"
+    res = run("compress", tmp_path / "inf.onnx", "-o", out, "--prune", "magnitude:0.3")
+    assert_bad_input(res, "NaN or Inf")
+    assert not out.exists() or not any(out.iterdir())
+
+
+# ---- messages ------------------------------------------------------------------------------
+def test_relu_statistics_count_each_relu_once(tmp_path):
+    from verify.api import load_property, verify_property
+    net = small_net(hidden=8)
+    text = "".join(f"(declare-const X_{i} Real)\n" for i in range(5))
+    text += "".join(f"(declare-const Y_{i} Real)\n" for i in range(5))
+    boxes = [" ".join(f"(>= X_{i} {c - 0.2}) (<= X_{i} {c + 0.2})" for i in range(5))
+             for c in (-0.5, 0.0, 0.5)]
+    text += "(assert (or " + " ".join(f"(and {b} (<= Y_0 -1000000))" for b in boxes) + "))\n"
+    (tmp_path / "three.vnnlib").write_text(text)
+    prop = load_property(tmp_path / "three.vnnlib", net)
+    assert len(prop.regions) == 3
+    s = verify_property(net, prop).statistics
+    assert s.n_relus == 8
+    assert s.stable_active + s.stable_inactive + s.unstable == 8, s

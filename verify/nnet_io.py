@@ -12,6 +12,8 @@ the network takes normalised inputs (as the VNN-COMP ACAS Xu ONNX models do).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +77,9 @@ class _Lines:
         if len(values) != count:
             raise InputError(f"found {len(values)} value(s)", path=self.path, line=lineno,
                              expected=f"{count} value(s): {what}")
+        if not integer and not all(math.isfinite(v) for v in values):
+            raise InputError(f"{what} holds NaN or Inf", path=self.path, line=lineno,
+                             expected="finite numbers")
         return values
 
     def check_end(self) -> None:

@@ -261,6 +261,9 @@ class _Walker:
     def fold(self, node, op: str, attrs: dict) -> None:
         if op == "Constant":
             self.consts[node.output[0]] = _constant_value(node, attrs)
+            from .loading import check_parameters
+            check_parameters(f"tensor '{node.output[0]}' (Constant node '{node.name}')",
+                             self.consts[node.output[0]], self.path)
             return
         args = [self.consts[x] if x else None for x in node.input]
         if op in ("Add", "Sub", "Mul", "Div"):
@@ -426,8 +429,10 @@ def _load_chain(model, path: Path, name: str) -> Network:
     graph = model.graph
     walker = _Walker(str(path))
     from onnx import numpy_helper
+    from .loading import check_parameters
     for init in graph.initializer:
         walker.consts[init.name] = numpy_helper.to_array(init)
+        check_parameters(f"tensor '{init.name}'", walker.consts[init.name], path)
     inputs = [i for i in graph.input if i.name not in walker.consts]
     if len(inputs) != 1:
         raise UnsupportedNetworkError(f"the graph has {len(inputs)} variable inputs",
