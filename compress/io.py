@@ -36,11 +36,16 @@ def save_variant(network: Network, record: ChangeRecord, out_dir, stem: str
         raise InputError(f"cannot create the output directory: {exc.strerror or exc}",
                          path=str(out)) from None
     onnx_path, record_path = variant_paths(out, stem)
-    save_onnx(network, onnx_path)
+    from verify.atomic import atomic_path
+    # both files are written to temporary names first; then the record is renamed
+    # into place, then the network: no .onnx ever appears without its record
+    # (a record without its .onnx fails to load, loudly), and a failure leaves neither
     try:
-        record.save(record_path)
+        with atomic_path(onnx_path) as onnx_tmp, atomic_path(record_path) as record_tmp:
+            save_onnx(network, onnx_tmp)
+            record.save(record_tmp)
     except OSError as exc:
-        raise InputError(f"cannot write: {exc.strerror or exc}", path=str(record_path)) from None
+        raise InputError(f"cannot write: {exc.strerror or exc}", path=str(out)) from None
     return onnx_path, record_path
 
 

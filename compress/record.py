@@ -246,8 +246,9 @@ class ChangeRecord:
         return "{\n" + ",\n".join(parts) + "\n}"
 
     def save(self, path) -> Path:
+        from verify.atomic import atomic_write
         path = Path(path)
-        path.write_text(self.to_json() + "\n")
+        atomic_write(path, self.to_json() + "\n")  # never a partial record
         return path
 
     @classmethod

@@ -427,3 +427,46 @@ def test_pytest_cache_edited_to_holds_does_not_make_a_failing_test_pass(suite):
     _forge_holds(entry)
     trusted = run_suite(suite, "--coreproof-trust-cache")
     trusted.assert_outcomes(passed=1)
+
+
+# ---- atomic outputs ------------------------------------------------------------------------
+@pytest.mark.parametrize("fails", ["record", "network"])
+def test_compress_failing_mid_write_leaves_no_partial_variant(tmp_path, monkeypatch, fails):
+    import compress.record
+    import verify.onnx_io
+    out = tmp_path / "out"
+    real_save = verify.onnx_io.save_onnx
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    def half_written(network, path):  # writes a partial file, then dies
+        Path(path).write_bytes(b"\x08\x07partial")
+        raise KeyboardInterrupt
+    if fails == "record":
+        monkeypatch.setattr(compress.record.ChangeRecord, "save", broken)
+        res = run("compress", NET, "-o", out, "--prune", "magnitude:0.3")
+        assert_bad_input(res, "No space left")
+    else:
+        monkeypatch.setattr(verify.onnx_io, "save_onnx", half_written)
+        res = run("compress", NET, "-o", out, "--prune", "magnitude:0.3")
+        assert res.exit_code == 130
+    assert list(out.iterdir()) == []  # neither file, no temporary left over
+    monkeypatch.setattr(verify.onnx_io, "save_onnx", real_save)
+
+
+def test_report_is_never_partial(tmp_path, monkeypatch):
+    from verify.reuse.report import write_report
+    out = tmp_path / "r.html"
+    out.write_text("old complete report")
+    real_bytes = Path.write_bytes
+
+    def dies_half_way(self, data, *a, **k):  # a full disk or Ctrl-C in mid-write
+        real_bytes(self, (data if isinstance(data, bytes) else data.encode())[:10])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "write_text", dies_half_way)
+    monkeypatch.setattr(Path, "write_bytes", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        write_report([], out)
+    monkeypatch.undo()
+    assert out.read_text() == "old complete report" and len(list(tmp_path.iterdir())) == 1

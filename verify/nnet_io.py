@@ -147,6 +147,7 @@ def save_nnet(network: Network, path, normalisation: NnetNormalisation | None = 
         out.extend(_row(r) for r in a.weight)
         out.extend(_row([b]) for b in a.bias)
     try:
-        Path(path).write_text("\n".join(out) + "\n")
+        from .atomic import atomic_write
+        atomic_write(path, "\n".join(out) + "\n")
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None

@@ -488,6 +488,8 @@ def save_onnx(network: Network, path) -> None:
             meta[_META_SCALE.format(k)] = json.dumps([float(s) for s in a.weight_scale])
     helper.set_model_props(model, meta)
     try:
-        onnx.save(model, str(path))
+        from .atomic import atomic_path
+        with atomic_path(path) as tmp:  # never a partial .onnx
+            onnx.save(model, str(tmp))
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None
