@@ -470,3 +470,21 @@ def test_report_is_never_partial(tmp_path, monkeypatch):
         write_report([], out)
     monkeypatch.undo()
     assert out.read_text() == "old complete report" and len(list(tmp_path.iterdir())) == 1
+
+
+# ---- fast start ------------------------------------------------------------------------------
+def test_help_imports_no_heavy_module():
+    code = ("import sys\nfrom verify.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'z3', 'onnx', 'compress', 'verify.reuse')"
+            " if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    assert "check-proof" in out.stdout and "compress" in out.stdout  # listed, not imported
+
+
+def test_every_lazy_command_loads():
+    from verify.cli import LAZY_COMMANDS
+    for name in LAZY_COMMANDS:
+        res = run(name, "--help")
+        assert res.exit_code == 0 and "Usage:" in res.stdout, (name, res.output)
