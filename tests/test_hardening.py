@@ -488,3 +488,65 @@ def test_every_lazy_command_loads():
     for name in LAZY_COMMANDS:
         res = run(name, "--help")
         assert res.exit_code == 0 and "Usage:" in res.stdout, (name, res.output)
+
+
+# ---- messages (VNN-LIB, compress) ------------------------------------------------------------
+VNN = """(declare-const X_0 Real)
+(declare-const X_1 Real)
+(declare-const Y_0 Real)
+(assert (>= X_0 0.0))
+(assert (<= X_0 1.0))
+(assert (>= X_1 LOW))
+(assert (<= X_1 HIGH))
+(assert (<= Y_0 0.0))
+"""
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "+Infinity"])
+def test_vnnlib_nonfinite_bound_is_named_as_a_number(bad):
+    from verify.errors import PropertyError
+    from verify.vnnlib import parse_vnnlib
+    with pytest.raises(PropertyError) as exc:
+        parse_vnnlib(VNN.replace("LOW", bad).replace("HIGH", "1"), "p.vnnlib")
+    assert f"p.vnnlib:6: bad number '{bad}' (not finite)" in str(exc.value)
+    assert "unknown variable" not in str(exc.value)
+
+
+def test_vnnlib_lower_above_upper_names_the_variable_and_lines():
+    from verify.errors import PropertyError
+    from verify.vnnlib import parse_vnnlib
+    with pytest.raises(PropertyError) as exc:
+        parse_vnnlib(VNN.replace("LOW", "0.7").replace("HIGH", "0.2"), "p.vnnlib")
+    text = str(exc.value)
+    assert "X_1" in text and "0.7 (line 6)" in text and "0.2 (line 7)" in text
+
+
+def test_neurons_ratio_one_is_an_error_said_in_the_help(tmp_path):
+    res = run("compress", NET, "-o", tmp_path / "out", "--prune", "neurons:1.0")
+    assert_bad_input(res, "neuron pruning ratio must be below 1")
+    assert not (tmp_path / "out").exists()
+    assert "neurons:1 is an error" in " ".join(run("compress", "--help").stdout.split())
+
+
+def test_compress_samples_the_input_bounds_an_nnet_records(tmp_path):
+    from verify.nnet_io import NnetNormalisation, save_nnet
+    net = small_net()
+    norm = NnetNormalisation((0.0,) * 5, (10.0,) * 5, (5.0,) * 6, (20.0,) * 6)  # -> [-0.25, 0.25]
+    save_nnet(net, tmp_path / "n.nnet", norm)
+    res = run("compress", tmp_path / "n.nnet", "-o", tmp_path / "out", "--prune", "magnitude:0.3")
+    assert res.exit_code == 0, res.output
+    assert "the input bounds recorded in n.nnet" in res.stdout
+    # the deviation is the one over that box, not over [0, 1]^5
+    from compress.io import load_variant
+    from compress.metrics import output_deviation, sample_box
+    variant = load_variant(tmp_path / "out" / "n.magnitude-0.3.onnx").network
+    pts = sample_box(np.full(5, -0.25), np.full(5, 0.25), 1000, 0)
+    dmax, _ = output_deviation(net, variant, pts)
+    row = next(line for line in res.stdout.splitlines() if line.startswith("magnitude:0.3"))
+    assert row.split()[4] == f"{dmax:.3g}"
+
+
+def test_compress_says_when_it_samples_the_unit_box(tmp_path):
+    res = run("compress", NET, "-o", tmp_path / "out", "--prune", "magnitude:0.3")
+    assert res.exit_code == 0, res.output
+    assert "[0, 1]^5 (sampling the default: no --domain or --box given" in res.stdout

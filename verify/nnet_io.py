@@ -40,6 +40,18 @@ class NnetNormalisation:
         return cls((-_BIG,) * n_inputs, (_BIG,) * n_inputs, (0.0,) * (n_inputs + 1),
                    (1.0,) * (n_inputs + 1))
 
+    def input_box(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The recorded input bounds in the units the raw network takes
+        ((x - mean) / range), or None when the file records no finite bounds."""
+        n = len(self.mins)
+        mins, maxes = np.array(self.mins), np.array(self.maxes)
+        means, ranges = np.array(self.means[:n]), np.array(self.ranges[:n])
+        if not (np.all(np.abs(mins) < 1e300) and np.all(np.abs(maxes) < 1e300)
+                and np.all(ranges > 0) and np.all(np.isfinite(means))):
+            return None
+        lo, hi = (mins - means) / ranges, (maxes - means) / ranges
+        return (lo, hi) if np.all(lo <= hi) and np.all(np.isfinite(hi - lo)) else None
+
 
 class _Lines:
     """Non-comment lines of a file with their 1-based line numbers."""
