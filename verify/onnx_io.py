@@ -34,6 +34,9 @@ _EXPECTED = "a feed-forward network of " + ", ".join(SUPPORTED_OPS)
 _META_SHAPE = "coreproof.input_shape"
 _META_SCALE = "coreproof.layer{}.weight_scale"
 OPSET = 13
+#: the chain loader tracks dense (inputs x values) Jacobians: larger inputs go to
+#: the graph loader (an identity Jacobian of 8192 inputs is 512 MB)
+MAX_DENSE_INPUTS = 8192
 
 
 # ---------------------------------------------------------------- the tracked tensor
@@ -441,6 +444,10 @@ def _load_chain(model, path: Path, name: str) -> Network:
         raise UnsupportedNetworkError(f"the graph has {len(graph.output)} outputs",
                                       path=str(path), expected="exactly one output")
     shape = _input_shape(inputs[0])
+    if int(np.prod(shape, dtype=np.float64)) > MAX_DENSE_INPUTS:  # dense Jacobians: n x n
+        raise UnsupportedNetworkError(f"an input of shape {shape} is too large for a dense "
+                                      "fully-connected network", path=str(path),
+                                      expected=f"at most {MAX_DENSE_INPUTS} input values")
     walker.var_name, walker.var = inputs[0].name, _fresh(shape)
     uses: dict[str, int] = {graph.output[0].name: 1}
     for node in graph.node:

@@ -583,7 +583,7 @@ def _proof_rechecks(payload: dict, net, prop, options, store) -> bool:
     from .reuse.proof import ProofRecord
     try:
         record = ProofRecord.from_dict(proof, prop)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
         store.problems.append(f"cached proof for {where} is malformed ({exc}); re-verifying")
         return False
     outcome = check_proof(net, prop, record, options)

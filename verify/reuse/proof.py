@@ -310,7 +310,7 @@ def load_proof(store: ProofStore, network: Network, prop: Property,
         return None
     try:
         rec = ProofRecord.from_dict(payload["proof"], prop)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
         store._problem(f"reuse proof for {network.name} / {prop.name} ignored: {exc}")
         return None
     if rec.network != network.digest() or rec.property != prop.digest():
