@@ -11,6 +11,7 @@ import torch
 from .attack import Attacker
 from .bounds import BoundPropagator
 from .errors import UnsupportedNetworkError
+from .loading import check_network_values
 from .network import Network
 from .options import VerifyOptions
 from .properties import Property
@@ -35,6 +36,7 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
     ``progress``: optional callable taking a one-line message (for long runs).
     ``proof``: optional :class:`Proof` filled with the closed branches."""
     check_fits(network, prop)
+    check_network_values(network)  # NaN/Inf or huge weights: a clean InputError
     if not isinstance(network, Network):
         # graph networks (CNNs) load, but the search is not wired to them yet
         raise UnsupportedNetworkError(

@@ -151,22 +151,35 @@ def _parse_fact(f: str) -> tuple[tuple[int, int], int]:
     return (int(layer[1:]), int(neuron[1:])), (1 if phase == "active" else -1)
 
 
-def covers(region: Region, branches: list[ProofBranch]) -> bool:
-    """True when the branches tile the region's box: they form a tree of input
-    bisections (at the exact midpoint) and two-way ReLU phase splits whose
-    leaves are exactly the branches."""
+@dataclass(frozen=True)
+class TreeNode:
+    """A node of a proof tree: a box and ReLU phase facts ({(layer, neuron): +-1});
+    a leaf is branch ``leaf`` of the record, an inner node has two children
+    (an input bisection at the exact midpoint, or a two-way ReLU phase split)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    facts: dict
+    children: tuple = ()
+    leaf: int | None = None
+
+
+def proof_tree(region: Region, branches: list[ProofBranch]) -> TreeNode | None:
+    """The tree of input bisections and ReLU phase splits whose leaves are
+    exactly ``branches``, rooted at the region's box; None when they do not tile it."""
     if not branches:
-        return False
+        return None
     LO = np.stack([np.asarray(b.lower, dtype=np.float64) for b in branches])
     HI = np.stack([np.asarray(b.upper, dtype=np.float64) for b in branches])
     facts_of = [dict(_parse_fact(f) for f in b.splits) for b in branches]
 
-    def rec(lo, hi, facts, idx: np.ndarray) -> bool:
+    def rec(lo, hi, facts, idx: np.ndarray) -> TreeNode | None:
         if len(idx) == 0:
-            return False
+            return None
         same = np.flatnonzero((LO[idx] == lo).all(axis=1) & (HI[idx] == hi).all(axis=1))
-        if any(facts_of[i] == facts for i in idx[same]):
-            return True
+        for i in idx[same]:
+            if facts_of[i] == facts:
+                return TreeNode(lo, hi, facts, leaf=int(i))
         # an input bisection every leaf respects (the first such dimension)
         mid = (lo + hi) / 2
         left, right = HI[idx] <= mid, LO[idx] >= mid
@@ -175,16 +188,20 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
             d = int(np.argmax(ok))
             a_hi = hi.copy(); a_hi[d] = mid[d]
             b_lo = lo.copy(); b_lo[d] = mid[d]
-            return (rec(lo, a_hi, facts, idx[left[:, d]])
-                    and rec(b_lo, hi, facts, idx[right[:, d]]))
+            a = rec(lo, a_hi, facts, idx[left[:, d]])
+            b = rec(b_lo, hi, facts, idx[right[:, d]]) if a is not None else None
+            return None if b is None else TreeNode(lo, hi, facts, (a, b))
         common = set.intersection(*(set(facts_of[i]) - set(facts) for i in idx))
         for neuron in sorted(common):  # a ReLU split every leaf carries
             sides = []
             for phase in (1, -1):
                 sub = np.array([i for i in idx if facts_of[i][neuron] == phase], dtype=np.int64)
-                sides.append(rec(lo, hi, {**facts, neuron: phase}, sub))
-            return all(sides)
-        return False
+                side = rec(lo, hi, {**facts, neuron: phase}, sub)
+                if side is None:
+                    return None
+                sides.append(side)
+            return TreeNode(lo, hi, facts, tuple(sides))
+        return None
 
     try:
         import sys
@@ -192,7 +209,14 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
         return rec(np.asarray(region.lower, dtype=np.float64),
                    np.asarray(region.upper, dtype=np.float64), {}, np.arange(len(branches)))
     except RecursionError:
-        return False
+        return None
+
+
+def covers(region: Region, branches: list[ProofBranch]) -> bool:
+    """True when the branches tile the region's box: they form a tree of input
+    bisections (at the exact midpoint) and two-way ReLU phase splits whose
+    leaves are exactly the branches (:func:`proof_tree`)."""
+    return proof_tree(region, branches) is not None
 
 
 # ---- building ---------------------------------------------------------------------
@@ -286,7 +310,7 @@ def load_proof(store: ProofStore, network: Network, prop: Property,
         return None
     try:
         rec = ProofRecord.from_dict(payload["proof"], prop)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
         store._problem(f"reuse proof for {network.name} / {prop.name} ignored: {exc}")
         return None
     if rec.network != network.digest() or rec.property != prop.digest():
