@@ -1,7 +1,9 @@
 """Falsification: random sampling and a projected-gradient attack.
 
 Candidates are only ever reported after :func:`confirm` re-ran them through
-the concrete float64 network (``Network.forward``) and saw them violate.
+the concrete float64 network (``Network.forward``, or a graph network's float64
+forward) and saw them violate.  The attack's gradients go through the chain's
+torch layers or the graph's own torch forward (``GraphNetwork.evaluate``).
 """
 from __future__ import annotations
 
@@ -54,6 +56,9 @@ class Attacker:
 
     def __init__(self, network: Network):
         self.network = network
+        if not isinstance(network, Network):  # a graph network: its own torch forward
+            self.model = network.evaluate
+            return
         layers = []
         for k, a in enumerate(network.affines):
             lin = torch.nn.Linear(a.in_size, a.out_size, dtype=torch.float64)

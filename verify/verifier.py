@@ -9,8 +9,7 @@ import numpy as np
 import torch
 
 from .attack import Attacker
-from .bounds import BoundPropagator
-from .errors import UnsupportedNetworkError
+from .graphbounds import make_propagator
 from .network import Network
 from .options import VerifyOptions
 from .properties import Property
@@ -35,11 +34,6 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
     ``progress``: optional callable taking a one-line message (for long runs).
     ``proof``: optional :class:`Proof` filled with the closed branches."""
     check_fits(network, prop)
-    if not isinstance(network, Network):
-        # graph networks (CNNs) load, but the search is not wired to them yet
-        raise UnsupportedNetworkError(
-            f"{network.describe()}: convolutional and residual networks are read but not yet "
-            "verified", expected="a fully-connected ReLU network")
     # Intra-op threads only slow down these small matrix products (measured
     # 100x on 50-wide layers on 2 cores); one thread is also fair to xdist.
     torch.set_num_threads(1)
@@ -50,7 +44,7 @@ def verify_property(network: Network, prop: Property, options: VerifyOptions = V
     deadline = t0 + options.timeout - min(1.5 + 0.005 * options.timeout, 0.05 * options.timeout)
     stats = Statistics(n_relus=network.n_relus)
     rng = np.random.default_rng(options.seed)
-    propagator = BoundPropagator(network)
+    propagator = make_propagator(network)
     say = progress or (lambda msg: None)
 
     def done(status, method, cex=None, reason=None):
