@@ -147,11 +147,19 @@ def test_batches_splits_and_memory_budget(name):
     z = net.pre_activations(xs)[k]
     keep = (z[:, unstable[0]] <= 0) & (z[:, unstable[1]] >= 0)
     assert keep.sum() > 10
-    for alpha in (0, 30):
-        res = prop.bound(tlo, thi, C, d, splits, alpha_iterations=alpha)
+    parent = [(l, u) for l, u in zip(batch.lower, batch.upper)]
+    for alpha, fixed in ((0, None), (30, None), (0, parent)):
+        res = prop.bound(tlo, thi, C, d, splits, fixed, alpha_iterations=alpha)
         assert res.upper[k][0, unstable[0]] <= 0 and res.lower[k][0, unstable[1]] >= 0
         assert _violations(net, res, 0, xs[keep]) == 0
         assert (res.spec_lower[0] >= batch.spec_lower[0] - 1e-9).all() or alpha == 0
+        if fixed is not None:  # the parent's bounds kept; later layers of branch 0 redone
+            for j in range(net.n_hidden):
+                assert (res.upper[j] <= parent[j][1] + 1e-12).all()
+            assert any(bool((res.upper[j][0] < parent[j][1][0] - 1e-9).any()
+                            or (res.lower[j][0] > parent[j][0][0] + 1e-9).any())
+                       for j in range(k + 1, net.n_hidden))
+            assert torch.equal(res.upper[k + 1][1:], parent[k + 1][1][1:])
 
 
 def test_options_are_checked():

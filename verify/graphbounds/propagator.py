@@ -204,7 +204,10 @@ class GraphBoundPropagator(BoundPropagator):
 
         Intermediate bounds: interval arithmetic through every node, intersected with
         ``fixed``; each ReLU's input bounds tightened by back-substitution unless they are
-        exact already (a box through one Gemm/Conv) or ``backward`` is False (default: the
+        exact already (a box through one Gemm/Conv), or -- with ``splits`` and ``fixed``
+        bounds of every layer, taken to be the parent's on the same box -- the branch has
+        no split since the parent's bound in an earlier layer (the parent's bounds are
+        as good), or ``backward`` is False (default: the
         options' ``crown_intermediate``; ``forward`` alone means the cheap bound, interval
         only -- a graph has no forward-mode linear bounds).  ``refine``: per hidden layer
         an optional (n_k,) mask of the neurons to back-substitute.  Splits clip the bounds
@@ -218,6 +221,12 @@ class GraphBoundPropagator(BoundPropagator):
         values[0] = (lo.reshape(B, *self.nodes[0].shape), hi.reshape(B, *self.nodes[0].shape))
         lower, upper, relax = [], [], []
         infeasible = torch.zeros(B, dtype=torch.bool)
+        # ReLU splitting passes the parent's bounds as ``fixed`` with the parent's box:
+        # a layer's back-substitution can only improve on them in a branch with a split
+        # of an earlier layer that the parent's bounds leave unstable (one made since)
+        fresh = None
+        if fixed is not None and splits is not None and all(f is not None for f in fixed):
+            fresh = torch.zeros(B, dtype=torch.bool)
         for i, node in enumerate(self.nodes[1:], 1):
             if isinstance(node.op, Relu):
                 k = self._relu_of[i]
@@ -228,8 +237,18 @@ class GraphBoundPropagator(BoundPropagator):
                     u = torch.minimum(u, fixed[k][1])
                 sp = None if splits is None else splits[k]
                 if backward and not self._exact[src]:
-                    l, u = self._crown_neurons(src, l, u, sp, relax, lo, hi,
-                                               None if refine is None else refine[k], deadline)
+                    rows = None if fresh is None else fresh.nonzero()[:, 0]
+                    if rows is None or len(rows) == B:
+                        l, u = self._crown_neurons(src, l, u, sp, relax, lo, hi,
+                                                   None if refine is None else refine[k], deadline)
+                    elif len(rows):
+                        l, u = l.clone(), u.clone()
+                        l[rows], u[rows] = self._crown_neurons(
+                            src, l[rows], u[rows], None if sp is None else sp[rows],
+                            [tuple(x[rows] for x in r) for r in relax], lo[rows], hi[rows],
+                            None if refine is None else refine[k], deadline)
+                if fresh is not None and sp is not None:
+                    fresh |= ((sp != 0) & (fixed[k][0] < 0) & (fixed[k][1] > 0)).any(-1)
                 if sp is not None:
                     l = torch.where(sp > 0, l.clamp(min=0), l)
                     u = torch.where(sp < 0, u.clamp(max=0), u)
