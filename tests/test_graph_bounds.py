@@ -227,3 +227,26 @@ def test_mutated_relu_and_conv_rule_is_caught(monkeypatch, mutation):
     owner, name, value = BOUND_MUTATIONS[mutation]
     monkeypatch.setattr(owner, name, value)
     assert _all_violations() > 0
+
+
+def test_lazy_intermediate_bounds_back_substitute_only_unsettled_branches():
+    """A branch whose spec rows the cheap (interval-intermediate) bound settles keeps that
+    bound; the others get back-substituted intermediate bounds (as without laziness)."""
+    net = NETS["residual"](np.random.default_rng(5))
+    lo, hi = _box(net, 5, B=2)
+    C, _ = _spec(net.n_outputs)
+    d = torch.zeros(2 * net.n_outputs)
+    easy = torch.full_like(d, -1e3)  # every row settled by any bound
+    tlo, thi = torch.tensor(lo), torch.tensor(hi)
+    prop = GraphBoundPropagator(net)
+    strict = GraphBoundPropagator(net, GraphBoundOptions(lazy_intermediate=False))
+    interval = prop.bound(tlo, thi, C, d, backward=False)
+    settled = prop.bound(tlo, thi, C, easy)
+    full = prop.bound(tlo, thi, C, d)
+    ref = strict.bound(tlo, thi, C, d)
+    for k in range(net.n_hidden):
+        assert torch.equal(settled.upper[k], interval.upper[k])
+        assert torch.allclose(full.upper[k], ref.upper[k], atol=1e-12)
+    assert (settled.spec_lower > 0).all()
+    assert not torch.equal(full.upper[-2], interval.upper[-2])
+    assert (full.spec_lower >= ref.spec_lower - 1e-12).all()

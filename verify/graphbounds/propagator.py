@@ -40,6 +40,9 @@ class GraphBoundOptions:
     memory_bytes: int = 2 << 30
     # tighten each ReLU layer's input bounds by back-substitution (else interval only)
     crown_intermediate: bool = True
+    # ... but first try interval intermediate bounds, and back-substitute only for the
+    # branches they do not settle (CROWN of a wide layer can take a minute)
+    lazy_intermediate: bool = True
 
     def __post_init__(self):
         if self.memory_bytes < 1 << 20:
@@ -99,7 +102,7 @@ class GraphBoundPropagator(BoundPropagator):
 
     # one element of a query row costs about this many float64s at once (the
     # coefficients, their positive and negative parts and the products)
-    _TEMPORARIES = 4
+    _TEMPORARIES = 6
     # ... and with alpha/beta optimisation autograd keeps every step's tensors
     _AUTOGRAD = 8
 
@@ -200,23 +203,47 @@ class GraphBoundPropagator(BoundPropagator):
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
               refine: list | None = None) -> BatchBounds:
-        """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result).
+        """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result);
+        see :meth:`_bound`.  With the options' ``lazy_intermediate`` (and back-substituted
+        intermediate bounds asked for), the batch is first bounded with interval
+        intermediate bounds and no alpha steps (milliseconds); only the branches where
+        that leaves some spec row nonpositive are bounded again in full, and the two
+        bounds of those are merged (both are sound: layer bounds intersected, the better
+        bound of each spec row kept)."""
+        if backward is None:
+            backward = self.options.crown_intermediate and not forward
+        if not backward or not self.options.lazy_intermediate:
+            return self._bound(lo, hi, spec_c, spec_d, splits, fixed, alpha_iterations,
+                               deadline, backward, refine)
+        cheap = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, False, None)
+        rows = (~(cheap.spec_lower > 0).all(1) & ~cheap.infeasible).nonzero()[:, 0]
+        if len(rows) == 0:
+            return cheap
+        full = self._bound(lo[rows], hi[rows], spec_c, spec_d,
+                           None if splits is None else [s[rows] for s in splits],
+                           None if fixed is None else [None if f is None else (f[0][rows], f[1][rows])
+                                                       for f in fixed],
+                           alpha_iterations, deadline, True, refine)
+        cheap.merge_rows(rows, full)
+        return cheap
+
+    def _bound(self, lo, hi, spec_c, spec_d, splits, fixed, alpha_iterations, deadline,
+               backward: bool, refine) -> BatchBounds:
+        """Bound a batch.
 
         Intermediate bounds: interval arithmetic through every node, intersected with
         ``fixed``; each ReLU's input bounds tightened by back-substitution unless they are
         exact already (a box through one Gemm/Conv), or -- with ``splits`` and ``fixed``
         bounds of every layer, taken to be the parent's on the same box -- the branch has
         no split since the parent's bound in an earlier layer (the parent's bounds are
-        as good), or ``backward`` is False (default: the
-        options' ``crown_intermediate``; ``forward`` alone means the cheap bound, interval
-        only -- a graph has no forward-mode linear bounds).  ``refine``: per hidden layer
+        as good), or ``backward`` is False (:meth:`bound`'s default: the options'
+        ``crown_intermediate``; ``forward`` alone means the cheap bound, interval only --
+        a graph has no forward-mode linear bounds).  ``refine``: per hidden layer
         an optional (n_k,) mask of the neurons to back-substitute.  Splits clip the bounds
         (+1: lower >= 0, -1: upper <= 0), which fixes their relaxation; with
         ``alpha_iterations`` beta-CROWN multipliers of the split constraints are
         optimised too."""
         B = lo.shape[0]
-        if backward is None:
-            backward = self.options.crown_intermediate and not forward
         values: list = [None] * len(self.nodes)
         values[0] = (lo.reshape(B, *self.nodes[0].shape), hi.reshape(B, *self.nodes[0].shape))
         lower, upper, relax = [], [], []
