@@ -209,22 +209,34 @@ class GraphBoundPropagator(BoundPropagator):
         intermediate bounds and no alpha steps (milliseconds); only the branches where
         that leaves some spec row nonpositive are bounded again in full, and the two
         bounds of those are merged (both are sound: layer bounds intersected, the better
-        bound of each spec row kept)."""
+        bound of each spec row kept).  Likewise ``alpha_iterations`` of alpha/beta-CROWN
+        are spent only on the branches plain CROWN leaves open."""
         if backward is None:
             backward = self.options.crown_intermediate and not forward
-        if not backward or not self.options.lazy_intermediate:
-            return self._bound(lo, hi, spec_c, spec_d, splits, fixed, alpha_iterations,
-                               deadline, backward, refine)
-        cheap = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, False, None)
-        rows = (~(cheap.spec_lower > 0).all(1) & ~cheap.infeasible).nonzero()[:, 0]
-        if len(rows) == 0:
-            return cheap
-        full = self._bound(lo[rows], hi[rows], spec_c, spec_d,
-                           None if splits is None else [s[rows] for s in splits],
-                           None if fixed is None else [None if f is None else (f[0][rows], f[1][rows])
-                                                       for f in fixed],
-                           alpha_iterations, deadline, True, refine)
-        cheap.merge_rows(rows, full)
+        cheap, rows = None, None
+        if backward and self.options.lazy_intermediate:
+            cheap = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, False, None)
+            rows = _open_rows(cheap)
+            if len(rows) == 0:
+                return cheap
+            lo, hi = lo[rows], hi[rows]
+            splits = None if splits is None else [s[rows] for s in splits]
+            fixed = None if fixed is None else [None if f is None else (f[0][rows], f[1][rows])
+                                                for f in fixed]
+        res = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, backward, refine)
+        if alpha_iterations and self.n_hidden:
+            r = _open_rows(res)
+            if len(r):
+                pick = lambda ts: [t[r] for t in ts]
+                lower, upper = pick(res.lower), pick(res.upper)
+                again = self._spec_result(lo[r], hi[r], spec_c, spec_d, lower, upper,
+                                          [self._relaxation(l, u) for l, u in zip(lower, upper)],
+                                          res.infeasible[r], alpha_iterations, deadline,
+                                          None if splits is None else pick(splits))
+                res.merge_rows(r, again)
+        if cheap is None:
+            return res
+        cheap.merge_rows(rows, res)
         return cheap
 
     def _bound(self, lo, hi, spec_c, spec_d, splits, fixed, alpha_iterations, deadline,
@@ -294,6 +306,11 @@ class GraphBoundPropagator(BoundPropagator):
                     values[j] = None
         return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
                                  alpha_iterations, deadline, splits)
+
+
+def _open_rows(res: BatchBounds) -> torch.Tensor:
+    """Branches that some spec row's bound leaves open (and that are not infeasible)."""
+    return (~(res.spec_lower > 0).all(1) & ~res.infeasible).nonzero()[:, 0]
 
 
 def make_propagator(network, options: GraphBoundOptions | None = None) -> BoundPropagator:
