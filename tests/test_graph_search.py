@@ -139,3 +139,43 @@ def test_digits_cnn_relu_splitting_proves_what_the_root_bound_cannot(digits_cnn)
                 split_holds += 1
                 break
     assert split_holds, "no property needed (and got) ReLU splitting"
+
+
+def _robustness_vnnlib(x, eps, target, n_out=10) -> str:
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(x))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
+    for i, v in enumerate(x):
+        lines += [f"(assert (>= X_{i} {float(max(0.0, v - eps))!r}))",
+                  f"(assert (<= X_{i} {float(min(1.0, v + eps))!r}))"]
+    others = " ".join(f"(and (>= Y_{j} Y_{target}))" for j in range(n_out) if j != target)
+    return "\n".join(lines + [f"(assert (or {others}))"]) + "\n"
+
+
+def test_cli_verifies_the_cnn_from_onnx(digits_cnn, tmp_path):
+    """``coreproof verify`` on the CNN written as .onnx.gz: exit 0 at a small eps, exit 1
+    with a counterexample that replays at a large one."""
+    import json
+
+    from click.testing import CliRunner
+
+    from verify.api import load_network
+    from verify.cli import main
+    from verify.graph.onnx_write import save_graph_onnx
+    net, X, y = digits_cnn
+    idx = int(np.flatnonzero(net.forward(X).argmax(1) == y)[0])
+    path = tmp_path / "cnn.onnx.gz"
+    save_graph_onnx(net, path, dtype=np.float64)
+    loaded = load_network(path)
+    assert np.array_equal(loaded.forward(X[:5]), net.forward(X[:5]))
+    for eps, code in ((0.005, 0), (0.5, 1)):
+        spec = tmp_path / f"robust_{eps}.vnnlib"
+        spec.write_text(_robustness_vnnlib(X[idx], eps, int(y[idx])))
+        res = CliRunner().invoke(main, ["verify", str(path), str(spec), "--json", "--quiet",
+                                        "--timeout", "30"])
+        assert res.exit_code == code, res.output
+        out = json.loads(res.stdout)
+        if code == 1:
+            x = np.array(out["counterexample"]["input"])
+            assert loaded.forward(x).argmax() != y[idx] or np.isclose(
+                np.sort(loaded.forward(x))[-1], np.sort(loaded.forward(x))[-2])
+            assert (np.abs(x - X[idx]) <= 0.5 + 1e-12).all()
