@@ -10,6 +10,7 @@ import torch
 
 from .attack import Attacker
 from .graphbounds import make_propagator
+from .graph import GraphNetwork
 from .network import Network
 from .options import VerifyOptions
 from .properties import Property
@@ -26,10 +27,13 @@ class Proof:
     leaves: dict[int, list[Leaf]] = field(default_factory=dict)
 
 
-def verify_property(network: Network, prop: Property, options: VerifyOptions = VerifyOptions(),
-                    progress=None, proof: Proof | None = None) -> VerificationResult:
+def verify_property(network: Network | GraphNetwork, prop: Property,
+                    options: VerifyOptions = VerifyOptions(), progress=None,
+                    proof: Proof | None = None) -> VerificationResult:
     """Decide ``prop`` on ``network``: ``holds`` (sound), ``violated`` (with a
     counterexample re-run on the network) or ``unknown`` (with the reason).
+    A fully-connected :class:`Network` or a :class:`GraphNetwork` (CNNs, residual
+    networks: bounded by the graph propagator, no Z3 leaves; see :mod:`verify.search`).
 
     ``progress``: optional callable taking a one-line message (for long runs).
     ``proof``: optional :class:`Proof` filled with the closed branches."""
