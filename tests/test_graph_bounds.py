@@ -9,11 +9,16 @@ import torch
 
 from graph_nets import NETS
 from verify.bounds import BoundPropagator
+from verify.errors import OptionError
 from verify.graph import Conv, Gemm, Pad, Scale, Sum, Transpose, chain_graph
 from verify.graphbounds import GraphBoundOptions, GraphBoundPropagator, make_propagator
 from verify.graphbounds import propagator as propagator_module
 from verify.graphbounds import rules
 from verify.network import Affine, Network
+from verify.options import VerifyOptions
+from verify.properties import local_robustness
+from verify.result import Statistics
+from verify.search import RegionSearch
 
 torch.set_num_threads(1)
 
@@ -163,7 +168,7 @@ def test_batches_splits_and_memory_budget(name):
 
 
 def test_options_are_checked():
-    with pytest.raises(ValueError, match="memory_bytes"):
+    with pytest.raises(OptionError, match="memory_bytes"):
         GraphBoundOptions(memory_bytes=10)
 
 
@@ -250,3 +255,9 @@ def test_lazy_intermediate_bounds_back_substitute_only_unsettled_branches():
     assert (settled.spec_lower > 0).all()
     assert not torch.equal(full.upper[-2], interval.upper[-2])
     assert (full.spec_lower >= ref.spec_lower - 1e-12).all()
+    # the verifier's options carry them to the search's propagator
+    net = NETS["residual"](np.random.default_rng(0))
+    opts = VerifyOptions(graph_bounds=GraphBoundOptions(memory_bytes=3 << 20))
+    prop = local_robustness(np.zeros(net.n_inputs), 0.1, 0, net.n_outputs, domain=None)
+    search = RegionSearch(net, prop.regions[0], 0, opts, float("inf"), Statistics())
+    assert search.prop.options.memory_bytes == 3 << 20 and not search.use_z3

@@ -7,6 +7,24 @@ from .errors import OptionError
 
 
 @dataclass(frozen=True)
+class GraphBoundOptions:
+    """How the graph bound propagator (:mod:`verify.graphbounds`) spends memory and time."""
+
+    # bytes the back-substitution tensors of one bounding call may take (query rows are
+    # chunked, and the search's batch of branches is sized, to stay within it)
+    memory_bytes: int = 2 << 30
+    # tighten each ReLU layer's input bounds by back-substitution (else interval only)
+    crown_intermediate: bool = True
+    # ... but first try interval intermediate bounds, and back-substitute only for the
+    # branches they do not settle (CROWN of a wide layer can take a minute)
+    lazy_intermediate: bool = True
+
+    def __post_init__(self):
+        if self.memory_bytes < 1 << 20:
+            raise OptionError(f"memory_bytes must be at least 1 MiB, got {self.memory_bytes}")
+
+
+@dataclass(frozen=True)
 class VerifyOptions:
     timeout: float = 60.0  # wall-clock seconds for the whole property (hard)
     attack_restarts: int = 8  # gradient-attack random restarts per round
@@ -45,6 +63,7 @@ class VerifyOptions:
     intermediate_bounds: str = "hybrid"
     seed: int = 0
     use_z3: bool = True
+    graph_bounds: GraphBoundOptions = GraphBoundOptions()  # graph networks (CNNs) only
 
     def __post_init__(self):
         if not self.timeout > 0:

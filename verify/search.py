@@ -142,7 +142,7 @@ class RegionSearch:
         self.opt = options
         self.deadline = deadline
         self.stats = stats
-        self.prop = propagator or make_propagator(network)
+        self.prop = propagator or make_propagator(network, options.graph_bounds)
         self.use_z3 = options.use_z3 and isinstance(network, Network)  # chains only
         self.record = record  # keep each leaf's box and layer bounds
         self.n_conj = len(region.unsafe)

@@ -48,7 +48,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
     deadline = t0 + options.timeout - min(1.5 + 0.005 * options.timeout, 0.05 * options.timeout)
     stats = Statistics(n_relus=network.n_relus)
     rng = np.random.default_rng(options.seed)
-    propagator = make_propagator(network)
+    propagator = make_propagator(network, options.graph_bounds)
     say = progress or (lambda msg: None)
 
     def done(status, method, cex=None, reason=None):

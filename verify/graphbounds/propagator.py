@@ -17,36 +17,17 @@ Every concrete bound is widened outward for float64 rounding, as in the chain co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from ..bounds import BatchBounds, BoundPropagator, _linear_min, _widen_lower, _widen_upper
 from ..graph.model import GraphNetwork
-from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Sum, Transpose
+from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Transpose
+from ..options import GraphBoundOptions
 from .rules import relu_backward, rule_for
 
 #: operators that map a box onto a box exactly (elementwise or layout)
 _BOX_PRESERVING = (Scale, Reshape, Transpose, Pad)
-
-
-@dataclass(frozen=True)
-class GraphBoundOptions:
-    """How a :class:`GraphBoundPropagator` spends memory and time."""
-
-    # bytes the back-substitution tensors of one bounding call may take (query rows are
-    # chunked, and the search's batch of branches is sized, to stay within it)
-    memory_bytes: int = 2 << 30
-    # tighten each ReLU layer's input bounds by back-substitution (else interval only)
-    crown_intermediate: bool = True
-    # ... but first try interval intermediate bounds, and back-substitute only for the
-    # branches they do not settle (CROWN of a wide layer can take a minute)
-    lazy_intermediate: bool = True
-
-    def __post_init__(self):
-        if self.memory_bytes < 1 << 20:
-            raise ValueError(f"memory_bytes must be at least 1 MiB, got {self.memory_bytes}")
 
 
 class GraphBoundPropagator(BoundPropagator):
