@@ -179,3 +179,37 @@ def test_cli_verifies_the_cnn_from_onnx(digits_cnn, tmp_path):
             assert loaded.forward(x).argmax() != y[idx] or np.isclose(
                 np.sort(loaded.forward(x))[-1], np.sort(loaded.forward(x))[-2])
             assert (np.abs(x - X[idx]) <= 0.5 + 1e-12).all()
+
+
+def test_small_input_graph_searched_by_input_splitting_agrees_with_sampling():
+    """Residual graphs with 3 inputs (input splitting): holds only when no sample
+    violates; violated always replays; both verdicts occur."""
+    verdicts = {_small_input_verdict(seed, margin) for seed in range(2) for margin in (-0.2, 0.01)}
+    assert verdicts == {"holds", "violated"}
+
+
+def _small_input_verdict(seed: int, margin: float) -> str:
+    from graph_nets import Builder
+
+    from verify.properties import Conjunction, Property, Region
+    rng = np.random.default_rng(seed)
+    b = Builder((1, 3))
+    a = b.add(Gemm(rng.normal(size=(8, 3)), rng.normal(size=8) * 0.3), (0,))
+    a = b.add(Relu(), (a,))
+    x = b.add(Gemm(rng.normal(size=(8, 8)) / 3, rng.normal(size=8) * 0.3), (a,))
+    x = b.add(Relu(), (x,))
+    x = b.add(Sum((1.0, 0.5)), (x, a))
+    net = b.head(x, rng, hidden=6, n_out=2)
+    lo, hi = -np.ones(3), np.ones(3)
+    xs = rng.uniform(lo, hi, size=(20000, 3))
+    ys = net.forward(xs)
+    # unsafe: y0 - y1 <= t, with t around the sampled minimum
+    t = float((ys[:, 0] - ys[:, 1]).min()) + margin
+    prop = Property((Region(lo, hi, (Conjunction(np.array([[1.0, -1.0]]), np.array([t])),)),), 2)
+    res = verify_property(net, prop, VerifyOptions(timeout=30))
+    assert res.status.value in ("holds", "violated")
+    if res.status.value == "holds":
+        assert (ys[:, 0] - ys[:, 1] > t).all()
+    else:
+        _replays(net, prop, res)
+    return res.status.value
