@@ -17,6 +17,7 @@ Every concrete bound is widened outward for float64 rounding, as in the chain co
 from __future__ import annotations
 
 import time
+
 import numpy as np
 import torch
 
@@ -25,6 +26,11 @@ from ..graph.model import GraphNetwork
 from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Transpose
 from ..options import GraphBoundOptions
 from .rules import relu_backward, rule_for
+
+class _OutOfTime(Exception):
+    """A back-substitution of intermediate bounds passed its deadline (the neurons keep
+    the bounds they have: sound, looser)."""
+
 
 #: operators that map a box onto a box exactly (elementwise or layout)
 _BOX_PRESERVING = (Scale, Reshape, Transpose, Pad)
@@ -101,14 +107,15 @@ class GraphBoundPropagator(BoundPropagator):
 
     # ---- back-substitution ------------------------------------------------------------
     def _backsub_from(self, start: int, lam: torch.Tensor, relax, lo, hi, record=False,
-                      betas=None, signs=None):
+                      betas=None, signs=None, deadline: float | None = None):
         """Lower bound over the boxes of ``lam @ node[start]``, given the relaxation
         ``(alpha, s, t)`` (flat ``(B, n_k)``) of every ReLU before ``start``.
 
         ``lam``: (B, m, size) or (B, m, *shape).  ``betas`` (B, m, n_k) >= 0 and
         ``signs`` (B, n_k): beta-CROWN terms of split constraints ``sign*z >= 0``.
         Returns (bound (B, m), input coefficients (B, m, n0), per hidden layer the
-        coefficients (B, m, n_k) on its output when ``record``, else Nones)."""
+        coefficients (B, m, n_k) on its output when ``record``, else Nones).  Raises
+        :class:`_OutOfTime` when ``deadline`` passes on the way."""
         B, m = lam.shape[:2]
         acc = {start: lam.reshape(B, m, *self.nodes[start].shape)}
         const = torch.zeros(B, m, dtype=lam.dtype)
@@ -117,6 +124,8 @@ class GraphBoundPropagator(BoundPropagator):
             A = acc.pop(i, None)
             if A is None:
                 continue
+            if deadline is not None and time.monotonic() > deadline:
+                raise _OutOfTime
             node = self.nodes[i]
             if isinstance(node.op, Relu):
                 k = self._relu_of[i]
@@ -174,7 +183,10 @@ class GraphBoundPropagator(BoundPropagator):
             r = torch.arange(q)
             lam[:, r, c] = 1.0
             lam[:, q + r, c] = -1.0
-            bnd, _, _ = self._backsub_from(src, lam, relax, lo, hi)
+            try:
+                bnd, _, _ = self._backsub_from(src, lam, relax, lo, hi, deadline=deadline)
+            except _OutOfTime:
+                break
             l[:, c] = torch.maximum(l[:, c], _widen_lower(bnd[:, :q]))
             u[:, c] = torch.minimum(u[:, c], _widen_upper(-bnd[:, q:]))
         return l, u
