@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from verify.errors import CoreproofError, InputError, OptionError, ShapeMismatchError
+from verify.network import Network
 
 from .io import save_variant
 from .metrics import (accuracy, output_deviation, parameter_counts, sample_box,
@@ -160,10 +161,15 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
         raise OptionError("give either --domain or --box, not both")
     if labels is not None and calibration is None:
         raise OptionError("--labels needs --calibration (the labelled inputs)")
-    family = _recipes(prunes, quantizes, recipes, per_channel, sweep)
     if not Path(net).is_file():
         raise InputError("no such file", path=str(net))
     parent = load_network(net)
+    graph = not isinstance(parent, Network)  # a CNN / residual network
+    if graph:
+        from .graph_cli import graph_family
+        family = graph_family(prunes, quantizes, recipes, sweep)
+    else:
+        family = _recipes(prunes, quantizes, recipes, per_channel, sweep)
     n_in = parent.n_inputs
 
     box = None
@@ -174,7 +180,7 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
         lo, hi = _parse_domain(domain)
         box = (np.full(n_in, lo), np.full(n_in, hi))
         box_text = f"[{lo:g}, {hi:g}]^{n_in}"
-    if any(r.needs_box for r in family) and box is None:
+    if not graph and any(r.needs_box for r in family) and box is None:
         raise OptionError("dead-neuron removal needs --domain LO,HI or --box PROP.vnnlib")
     sample_lo, sample_hi = box if box is not None else (np.full(n_in, DEFAULT_DOMAIN[0]),
                                                         np.full(n_in, DEFAULT_DOMAIN[1]))
@@ -191,7 +197,7 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
         if x_cal.shape[1] != n_in:
             raise ShapeMismatchError(f"calibration inputs have {x_cal.shape[1]} values, the "
                                      f"network takes {n_in}", path=calibration)
-    if any(r.needs_calibration for r in family) and x_cal is None:
+    if not graph and any(r.needs_calibration for r in family) and x_cal is None:
         raise OptionError("neuron pruning by activation needs --calibration DATA.npy")
     if labels is not None:
         y_cal = _load_array(labels, "labels").reshape(-1)
@@ -200,6 +206,9 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
                                      "calibration inputs", path=labels)
 
     points = sample_box(sample_lo, sample_hi, samples, seed)
+    if graph:
+        from .graph_cli import run_graph
+        return run_graph(parent, net, out_dir, family, points, box_text, x_cal, y_cal)
     stem0 = Path(net).name
     for suffix in (".onnx", ".nnet"):
         if stem0.lower().endswith(suffix):
@@ -207,24 +216,27 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
 
     click.echo(f"network: {parent.describe()}  digest {parent.digest()[:12]}")
     click.echo(f"deviation: max/mean over {samples} random points in {box_text}; "
-               "bytes = non-zero weights at their bit width (float32 if not quantized) "
+               "bytes = size of the written ONNX file (float32, int8 QDQ weights); "
+               "packed = non-zero weights at their bit width (float32 if not quantized) "
                "+ scales + biases")
-    header = ["variant", "params", "non-zero", "bytes", "max dev", "mean dev"]
+    like = net if str(net).lower().endswith((".onnx", ".onnx.gz")) else None
+    header = ["variant", "params", "non-zero", "bytes", "packed", "max dev", "mean dev"]
     if y_cal is not None:
         header.append("accuracy")
     rows = []
     total, nnz = parameter_counts(parent)
-    base = ["original", f"{total:,}", f"{nnz:,}", _fmt_bytes(storage_bytes(parent)), "0", "0"]
+    base = ["original", f"{total:,}", f"{nnz:,}", _fmt_bytes(Path(net).stat().st_size),
+            _fmt_bytes(storage_bytes(parent)), "0", "0"]
     if y_cal is not None:
         base.append(f"{100 * accuracy(parent, x_cal, y_cal):.2f}%")
     rows.append(base + [""])
     for recipe in family:
         variant = recipe.apply(parent, box=box, calibration=x_cal)
         stem = f"{stem0}.{recipe.slug}"
-        onnx_path, _ = save_variant(variant.network, variant.record, out_dir, stem)
+        onnx_path, _ = save_variant(variant.network, variant.record, out_dir, stem, like=like)
         total, nnz = parameter_counts(variant.network)
         dmax, dmean = output_deviation(parent, variant.network, points)
-        row = [str(recipe), f"{total:,}", f"{nnz:,}",
+        row = [str(recipe), f"{total:,}", f"{nnz:,}", _fmt_bytes(onnx_path.stat().st_size),
                _fmt_bytes(storage_bytes(variant.network, variant.record)),
                f"{dmax:.3g}", f"{dmean:.3g}"]
         if y_cal is not None:

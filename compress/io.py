@@ -1,8 +1,12 @@
 """Saving and loading variants: ``STEM.onnx`` next to ``STEM.changes.json``."""
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from verify.errors import InputError, OptionError
 from verify.network import Network
@@ -19,11 +23,48 @@ def variant_paths(out_dir, stem: str) -> tuple[Path, Path]:
     return out / f"{stem}{ONNX_SUFFIX}", out / f"{stem}{RECORD_SUFFIX}"
 
 
-def save_variant(network: Network, record: ChangeRecord, out_dir, stem: str
+def deployable_model(network: Network, like=None):
+    """The ONNX ``ModelProto`` of a variant, as a drop-in replacement for its original.
+
+    Written in float32 (quantized layers as int8 -- or int32 for wider codes -- QDQ
+    weights with float32 scales) with ``like``'s input and output names, shapes and element
+    type when given (a path or ModelProto of the original).  The file must read back as
+    exactly ``network`` (same digest), because that is the network coreproof verifies;
+    when some parameter is not a float32 number (a parent read from a float64 ``.nnet``,
+    say) the model is written in float64 instead, still behind the original's signature,
+    and a warning says so.  Returns ``(model, dtype_name)``."""
+    from verify.graph import chain_graph
+    from onnx import helper
+
+    from verify.graph.onnx_write import graph_to_onnx
+    from verify.onnx_io import load_onnx_model, quantization_metadata
+    graph = chain_graph(network)
+    for dtype in (np.float32, np.float64):
+        model = graph_to_onnx(graph, like=like, dtype=dtype)
+        helper.set_model_props(model, quantization_metadata(network))
+        back = load_onnx_model(model, network.name)
+        if back.digest() == network.digest() and _same_integers(back, network):
+            if dtype is np.float64:
+                warnings.warn(f"{network.name}: some parameters are not float32 numbers; "
+                              "the variant is written in float64 (exact, not compact)",
+                              stacklevel=3)
+            return model, np.dtype(dtype).name
+    raise OptionError(f"{network.name}: the written ONNX model does not read back as the "
+                      "variant (internal error)")
+
+
+def _same_integers(a: Network, b: Network) -> bool:
+    return all((x.weight_int is None) == (y.weight_int is None) and
+               (x.weight_int is None or np.array_equal(x.weight_int, y.weight_int))
+               for x, y in zip(a.affines, b.affines))
+
+
+def save_variant(network: Network, record: ChangeRecord, out_dir, stem: str, *, like=None
                  ) -> tuple[Path, Path]:
-    """Write ``OUT_DIR/STEM.onnx`` (float64, integer scales in the metadata) and
-    ``OUT_DIR/STEM.changes.json``; returns both paths."""
-    from verify.onnx_io import save_onnx
+    """Write ``OUT_DIR/STEM.onnx`` (:func:`deployable_model`: float32, QDQ weights, the
+    original's signature when ``like`` names it) and ``OUT_DIR/STEM.changes.json``;
+    returns both paths.  Each file is written to a temporary name and renamed, so a
+    failure never leaves a partial artifact."""
     if not stem or re.search(r"[/\\]", stem) or stem in (".", ".."):
         raise OptionError(f"invalid file stem {stem!r}")
     if record.variant_digest != network.digest():
@@ -36,12 +77,20 @@ def save_variant(network: Network, record: ChangeRecord, out_dir, stem: str
         raise InputError(f"cannot create the output directory: {exc.strerror or exc}",
                          path=str(out)) from None
     onnx_path, record_path = variant_paths(out, stem)
-    save_onnx(network, onnx_path)
-    try:
-        record.save(record_path)
-    except OSError as exc:
-        raise InputError(f"cannot write: {exc.strerror or exc}", path=str(record_path)) from None
+    model, _ = deployable_model(network, like)
+    _write_atomic(onnx_path, model.SerializeToString())
+    _write_atomic(record_path, (record.to_json() + "\n").encode())
     return onnx_path, record_path
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None
 
 
 def _stem_of(path: Path) -> tuple[Path, str]:

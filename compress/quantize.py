@@ -2,7 +2,8 @@
 
 Symmetric uniform quantization with ``b`` bits uses the integer range
 ``[-qmax, qmax]`` with ``qmax = 2**(b-1) - 1`` and the scale
-``scale = max|w| / qmax`` (float64), per tensor or per output channel (row).
+``scale = max|w| / qmax`` (rounded up to a float32 number, as a written variant
+stores it), per tensor or per output channel (row).
 The quantized weight is ``w_int = clip(round(w / scale), -qmax, qmax)`` and the
 new float weight is *defined* as ``w_int * scale`` (computed in float64), so
 ``Affine.weight == Affine.weight_int * Affine.weight_scale[:, None]`` holds
@@ -70,7 +71,16 @@ def scales_for(magnitude: np.ndarray, bits: int, scheme: str) -> np.ndarray:
         out[nz] = np.exp2(-f)
     else:
         raise OptionError(f"unknown quantization scheme {scheme!r} (expected one of {SCHEMES})")
-    return out
+    return _float32_up(out)
+
+
+def _float32_up(x: np.ndarray) -> np.ndarray:
+    """The smallest float32 numbers >= ``x``: a written variant stores its scales in
+    float32 (QDQ), and rounding up keeps ``|w| / scale <= qmax`` (no extra clipping)."""
+    y = x.astype(np.float32)
+    low = y.astype(np.float64) < x
+    y[low] = np.nextafter(y[low], np.float32(np.inf))
+    return y.astype(np.float64)
 
 
 def quantize_array(values: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:

@@ -85,7 +85,7 @@ def test_compressed_variant_is_robust(coreproof, digits_model, clear_points):
         pytest.skip("the compress package is not available")
     model, _, _ = digits_model
     points, labels = clear_points
-    variant = compress(coreproof.network(model), RECIPE).network
-    # verifies the original first (usually served from the cache), then the
-    # variant, reusing the original's proof where coreproof can
-    coreproof.assert_variant_holds(model, variant, points, labels, eps=EPS)
+    quantized = compress(model, RECIPE)  # a compress.Variant: network + change record
+    # as in the README: verifies the original first (usually served from the cache),
+    # then the variant, reusing the original's proof where coreproof can
+    coreproof.assert_variant_holds(model, quantized, points, labels, eps=EPS)

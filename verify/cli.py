@@ -1,26 +1,42 @@
 """``coreproof`` command line: a thin layer over :mod:`verify.api`.
 
-Exit codes of ``verify``: 0 holds, 1 violated, 3 unknown, 2 bad input.
+Exit codes (:mod:`verify.exit_codes`): 0 holds, 1 violated, 2 bad input or
+internal error (one line on stderr; the traceback only with ``--debug``),
+3 unknown, 130 interrupted.  :class:`CoreproofGroup` maps exceptions to them
+for every command, and loads the commands lazily: ``coreproof --help``
+imports neither numpy nor torch.
 """
 from __future__ import annotations
 
 import csv
+import importlib
+import io
+import os
 import sys
+import time
+import traceback
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
+from . import exit_codes
 from .errors import CoreproofError, InputError
-from .options import VerifyOptions
-from .result import Status, VerificationResult
 
-BAD_INPUT = 2
+#: commands defined outside this module: name -> (module, attribute, short help)
+LAZY_COMMANDS = {
+    "compress": ("compress.cli", "compress_cmd",
+                 "Write pruned and/or quantized variants of NET, each with a change record."),
+    "reverify": ("verify.reuse.cli_commands", "reverify_cmd",
+                 "Verify compressed VARIANTS of ORIGINAL reusing the original's proof."),
+    "report": ("verify.reuse.cli_commands", "report_cmd",
+               "Write a proof-reuse statistics report from RESULTS.jsonl."),
+    "check-proof": ("verify.reuse.check_cli", "check_proof_cmd",
+                    "Re-check a stored proof of PROP on NET, as a certificate."),
+}
 
 
-def _fail(error: Exception) -> NoReturn:
-    click.echo("error: " + " ".join(str(error).split()), err=True)
-    sys.exit(BAD_INPUT)
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
 
 
 def _progress(quiet: bool):
@@ -29,17 +45,81 @@ def _progress(quiet: bool):
     return lambda msg: click.echo(f"[coreproof] {msg}", err=True)
 
 
-def run_one(net_path: str, prop_path: str, timeout: float, progress=None) -> VerificationResult:
-    """Load a network and a VNN-LIB property and decide it."""
+class CoreproofGroup(click.Group):
+    """The ``coreproof`` group: lazy sub-commands and one mapping from exceptions
+    to exit codes (a CoreproofError is bad input, any other exception an
+    internal error: both exit 2 with one line on stderr; Ctrl-C exits 130)."""
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in LAZY_COMMANDS:
+            module, attr, _ = LAZY_COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                rows.append((name, self.commands[name].get_short_help_str(60)))
+            else:  # not imported for --help
+                rows.append((name, LAZY_COMMANDS[name][2]))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx):
+        debug = bool(ctx.params.get("debug")) or bool(os.environ.get("COREPROOF_DEBUG"))
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(exit_codes.INTERRUPTED)
+        except CoreproofError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {one_line(exc)}", err=True)
+            ctx.exit(exit_codes.BAD_INPUT)
+        except Exception as exc:  # noqa: BLE001 - an internal error is exit 2, not a traceback
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: internal error: {type(exc).__name__}: {one_line(exc)}"
+                       + ("" if debug else " (run with --debug for the traceback)"), err=True)
+            ctx.exit(exit_codes.BAD_INPUT)
+
+
+def run_one(net_path: str, prop_path: str, timeout: float, progress=None,
+            save_proof: str | None = None):
+    """Load a network and a VNN-LIB property and decide it; with ``save_proof``,
+    a ``holds`` also writes its re-checkable proof record there."""
     from .api import load_network, load_property, verify_property
+    from .options import VerifyOptions
+    options = VerifyOptions(timeout=timeout)
     network = load_network(net_path)
     prop = load_property(prop_path, network)
     if progress:
         progress(f"{network.describe()} / {prop.name}: {len(prop.regions)} region(s), timeout {timeout:g} s")
-    return verify_property(network, prop, VerifyOptions(timeout=timeout), progress=progress)
+    if save_proof is None:
+        return verify_property(network, prop, options, progress=progress)
+    import json
+    from .atomic import atomic_write
+    from .reuse.check import record_of
+    from .verifier import Proof
+    proof = Proof()
+    result = verify_property(network, prop, options, progress=progress, proof=proof)
+    record = record_of(network, prop, result, proof)
+    if record is not None:
+        try:
+            atomic_write(save_proof, json.dumps(record.to_dict(prop)))
+        except OSError as exc:
+            raise InputError(f"cannot write: {exc.strerror or exc}", path=save_proof) from None
+    return result
 
 
-def _describe(result: VerificationResult) -> str:
+def _describe(result) -> str:
     lines = [f"{result.status.value.upper()}  ({result.method}, {result.time_s:.2f} s)"]
     if result.reason:
         lines.append(f"  reason: {result.reason}")
@@ -56,28 +136,35 @@ def _describe(result: VerificationResult) -> str:
     return "\n".join(lines)
 
 
-@click.group()
+def _timeout(value, what: str = "--timeout") -> float:
+    from .options import check_timeout
+    return check_timeout(value, what)
+
+
+@click.group(cls=CoreproofGroup)
 @click.version_option(package_name="coreproof")
-def main():
-    """coreproof: verify ReLU networks and their compressed variants."""
+@click.option("--debug", is_flag=True, help="Print the traceback of an error.")
+def main(debug):
+    """coreproof: verify ReLU networks and their compressed variants.
+
+    Exit codes: 0 holds, 1 violated, 2 bad input or internal error, 3 unknown,
+    130 interrupted."""
 
 
 @main.command()
 @click.argument("net")
 @click.argument("prop")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds (hard limit).")
+@click.option("--timeout", default="60", show_default=True,
+              help="Seconds (hard limit; finite and > 0).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress messages on stderr.")
-def verify(net, prop, timeout, as_json, quiet):
+@click.option("--save-proof", metavar="PROOF.json", default=None,
+              help="On holds, write the proof (for `coreproof check-proof`).")
+def verify(net, prop, timeout, as_json, quiet, save_proof):
     """Verify NET (.onnx or .nnet) against the VNN-LIB property PROP.
 
     Exit code: 0 holds, 1 violated, 3 unknown, 2 bad input."""
-    try:
-        if not timeout > 0:
-            raise InputError(f"--timeout must be positive, got {timeout:g}")
-        result = run_one(net, prop, timeout, _progress(quiet))
-    except CoreproofError as exc:
-        _fail(exc)
+    result = run_one(net, prop, _timeout(timeout), _progress(quiet), save_proof)
     click.echo(result.to_json() if as_json else _describe(result))
     sys.exit(result.exit_code)
 
@@ -85,34 +172,44 @@ def verify(net, prop, timeout, as_json, quiet):
 @main.command("verify-instances")
 @click.argument("instances", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", default=None, help="Results csv (default: results.csv next to the instances).")
-@click.option("--timeout-scale", type=float, default=1.0, show_default=True,
+@click.option("--timeout-scale", default="1", show_default=True,
               help="Multiply every instance timeout by this.")
 @click.option("--quiet", is_flag=True)
 def verify_instances(instances, output, timeout_scale, quiet):
-    """Run a VNN-COMP instances csv (onnx, vnnlib, timeout; paths relative to the csv)."""
-    try:
-        rows = read_instances(instances)
-    except CoreproofError as exc:
-        _fail(exc)
+    """Run a VNN-COMP instances csv (onnx, vnnlib, timeout; paths relative to the csv).
+
+    A row that fails (bad file, ...) is an `error` row and the batch goes on.
+    Exit code: the worst over the rows (error 2, violated 1, unknown 3, holds 0)."""
+    from .atomic import atomic_write
+    scale = _timeout(timeout_scale, "--timeout-scale")
+    rows = read_instances(instances)
     out = Path(output) if output else Path(instances).with_name("results.csv")
     say = _progress(quiet)
-    counts = {s.value: 0 for s in Status}
-    with open(out, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["onnx", "vnnlib", "status", "time_s", "method", "reason"])
-        for n, (net, prop, timeout) in enumerate(rows, 1):
-            try:
-                res = run_one(str(net), str(prop), timeout * timeout_scale)
-                row = [net.name, prop.name, res.status.value, f"{res.time_s:.3f}", res.method, res.reason or ""]
-                counts[res.status.value] += 1
-            except CoreproofError as exc:
-                row = [net.name, prop.name, "error", "", "", " ".join(str(exc).split())]
-            writer.writerow(row)
-            fh.flush()
-            if say:
-                say(f"{n}/{len(rows)} {net.name} {prop.name}: {row[2]} {row[3]}s")
+    counts = {s: 0 for s in ("holds", "violated", "unknown", "error")}
+    table = [["onnx", "vnnlib", "status", "time_s", "method", "reason"]]
+    for n, (net, prop, timeout) in enumerate(rows, 1):
+        t0 = time.monotonic()
+        try:
+            res = run_one(str(net), str(prop), _timeout(timeout * scale, "timeout"))
+            row = [net.name, prop.name, res.status.value, f"{res.time_s:.3f}", res.method,
+                   res.reason or ""]
+        except CoreproofError as exc:
+            row = [net.name, prop.name, "error", f"{time.monotonic() - t0:.3f}", "",
+                   one_line(exc)]
+        except Exception as exc:  # noqa: BLE001 - one broken row does not stop the batch
+            row = [net.name, prop.name, "error", f"{time.monotonic() - t0:.3f}", "",
+                   f"internal error: {type(exc).__name__}: {one_line(exc)}"]
+        counts[row[2]] += 1
+        table.append(row)
+        buf = io.StringIO()
+        csv.writer(buf).writerows(table)
+        atomic_write(out, buf.getvalue(), durable=False)  # complete after every row
+        if say:
+            say(f"{n}/{len(rows)} {net.name} {prop.name}: {row[2]} ({row[3]} s)"
+                + (f": {row[5]}" if row[2] == "error" else ""))
     click.echo(f"{len(rows)} instances: " + ", ".join(f"{k} {v}" for k, v in counts.items())
                + f"; results in {out}")
+    sys.exit(exit_codes.worst(exit_codes.of_status(r[2]) for r in table[1:]))
 
 
 def read_instances(path: str) -> list[tuple[Path, Path, float]]:
@@ -120,36 +217,27 @@ def read_instances(path: str) -> list[tuple[Path, Path, float]]:
     if not p.is_file():
         raise InputError("no such file", path=path, expected="a VNN-COMP instances csv")
     rows = []
-    with open(p, newline="") as fh:
-        for line_no, row in enumerate(csv.reader(fh), 1):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) != 3:
-                raise InputError(f"{len(row)} columns", path=path, line=line_no,
-                                 expected="3 columns: onnx, vnnlib, timeout")
-            try:
-                timeout = float(row[2])
-            except ValueError:
-                raise InputError(f"bad timeout {row[2]!r}", path=path, line=line_no,
-                                 expected="a number of seconds") from None
-            rows.append((p.parent / row[0].strip(), p.parent / row[1].strip(), timeout))
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read: {exc}", path=path,
+                         expected="a VNN-COMP instances csv (UTF-8 text)") from None
+    for line_no, row in enumerate(csv.reader(text.splitlines()), 1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 3:
+            raise InputError(f"{len(row)} columns", path=path, line=line_no,
+                             expected="3 columns: onnx, vnnlib, timeout")
+        try:
+            timeout = float(row[2])
+        except ValueError:
+            timeout = float("nan")
+        if not (timeout > 0 and timeout != float("inf")):
+            raise InputError(f"bad timeout {row[2].strip()!r}", path=path, line=line_no,
+                             expected="a finite number of seconds > 0")
+        rows.append((p.parent / row[0].strip(), p.parent / row[1].strip(), timeout))
     return rows
 
-
-def _register_optional_commands():
-    from compress.cli import compress_cmd
-    main.add_command(compress_cmd, "compress")
-    try:
-        from .reuse.cli_commands import report_cmd, reverify_cmd
-    except ModuleNotFoundError as exc:  # only a missing module; a broken one raises
-        if exc.name not in ("verify.reuse", "verify.reuse.cli_commands"):
-            raise
-        return
-    main.add_command(reverify_cmd, "reverify")
-    main.add_command(report_cmd, "report")
-
-
-_register_optional_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -70,18 +70,22 @@ def read_onnx_model(path):
 
 
 def load_network(source) -> Network | GraphNetwork:
-    """A network from a Network / GraphNetwork, a ``torch.nn.Module`` or a path to an
+    """A network from a Network / GraphNetwork, a ``compress.Variant`` (what ``compress``
+    returns), a ``torch.nn.Module`` or a path to an
     ``.onnx`` / ``.onnx.gz`` / ``.nnet`` file.  ONNX files give a fully-connected
     :class:`Network` when they are a chain of affine maps and ReLUs, else a
     :class:`GraphNetwork` (see :func:`verify.onnx_io.load_onnx`)."""
     if isinstance(source, (Network, GraphNetwork)):
         return source
+    inner = getattr(source, "network", None)  # a compress.Variant: its network (the record
+    if isinstance(inner, (Network, GraphNetwork)) and hasattr(source, "record"):  # rides along)
+        return inner
     if _is_torch_module(source):
         from .torch_io import from_torch
         return from_torch(source)
     if not isinstance(source, (str, os.PathLike)):
         raise InputError(f"cannot load a network from a {type(source).__name__}",
-                         expected="a Network, a torch.nn.Module or a file path")
+                         expected="a Network, a compress.Variant, a torch.nn.Module or a file path")
     path = Path(source)
     if not path.exists():
         raise InputError("no such file", path=str(path))

@@ -408,18 +408,36 @@ def _requantize(a: Affine, text: str) -> Affine:
 
 def load_onnx(path) -> "Network | GraphNetwork":
     """Load an ONNX file (``.onnx`` or ``.onnx.gz``): a fully-connected :class:`Network`
-    (float64, canonical form) when the chain walker accepts the graph, else a
+    (float64, canonical form) when the graph is a chain of affine maps and ReLUs, else a
     :class:`~verify.graph.GraphNetwork` (:mod:`verify.graph.onnx_graph`)."""
-    from .graph.onnx_graph import graph_from_model
     from .loading import network_name, read_onnx_model
     path = Path(path)
-    model = read_onnx_model(path)
+    return load_onnx_model(read_onnx_model(path), network_name(path), str(path))
+
+
+def load_onnx_model(model, name: str, path: str | None = None) -> "Network | GraphNetwork":
+    """:func:`load_onnx` of a ``ModelProto`` (``path`` names it in messages)."""
+    from .graph.model import as_chain
+    from .graph.onnx_graph import graph_from_model
+    path = path or name
     if {n.op_type for n in model.graph.node} <= set(SUPPORTED_OPS):
         try:
-            return _load_chain(model, path, network_name(path))
+            return _load_chain(model, Path(path), name)
         except UnsupportedNetworkError:
             pass  # a branching graph, say: the graph loader names what it cannot read
-    return graph_from_model(model, str(path), network_name(path))
+    graph = graph_from_model(model, path, name)
+    chain = as_chain(graph)  # e.g. a chain whose weights are int8 QDQ (a written variant)
+    if chain is None:
+        return graph
+    affines, _ = _restore_metadata(model, list(chain.affines), chain.input_shape)
+    return chain.with_affines(affines)
+
+
+def quantization_metadata(network: Network) -> dict[str, str]:
+    """Model properties that keep the integer form of quantized layers in a file whose
+    weights are plain floats (read back by :func:`load_onnx`)."""
+    return {_META_SCALE.format(k): json.dumps([float(s) for s in a.weight_scale])
+            for k, a in enumerate(network.affines) if a.weight_scale is not None}
 
 
 def _load_chain(model, path: Path, name: str) -> Network:

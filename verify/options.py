@@ -1,9 +1,22 @@
 """Explicit, frozen option sets (no global configuration)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import OptionError
+
+
+def check_timeout(value, what: str = "timeout") -> float:
+    """``value`` as seconds when it is a finite number > 0, else an OptionError
+    (``inf`` would make every deadline NaN and the run never end)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{what} must be a finite number of seconds > 0, got {value!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise OptionError(f"{what} must be a finite number of seconds > 0, got {value!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -66,8 +79,9 @@ class VerifyOptions:
     graph_bounds: GraphBoundOptions = GraphBoundOptions()  # graph networks (CNNs) only
 
     def __post_init__(self):
-        if not self.timeout > 0:
-            raise OptionError(f"timeout must be positive, got {self.timeout}")
+        check_timeout(self.timeout)
+        check_timeout(self.z3_query_timeout, "z3_query_timeout")
+        check_timeout(self.z3_input_query_timeout, "z3_input_query_timeout")
         if self.intermediate_bounds not in ("backward", "forward", "hybrid"):
             raise OptionError("intermediate_bounds must be backward, forward or hybrid, got "
                               f"{self.intermediate_bounds!r}")

@@ -8,7 +8,13 @@ with the payload ::
 
     {"schema": 1, "network": <sha256>, "property": <sha256>,
      "result": VerificationResult.to_dict(), "proof": <dict or null>,
-     "created": <ISO-8601 UTC>, "coreproof_version": <str>}
+     "created": <ISO-8601 UTC>, "coreproof_version": <str>,
+     "digest": <sha256 of the rest, see content_digest>}
+
+Entries are untrusted input: one whose bytes are not UTF-8 JSON or whose
+content does not match its digest is a miss; a ``holds`` read back is only
+used after its proof re-checks on the network (:mod:`verify.reuse.check`),
+unless the caller trusts the store explicitly.
 
 Only decided verdicts (``holds`` / ``violated``) are stored; ``unknown`` never
 is, so a later run with a larger budget tries again.  Writes are atomic (temp
@@ -25,11 +31,10 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .atomic import atomic_write
 from .result import Status, VerificationResult, _json_default
 
 log = logging.getLogger(__name__)
@@ -86,6 +91,25 @@ def make_payload(net_digest: str, prop_digest: str, result: VerificationResult |
     }
 
 
+def content_digest(payload: dict) -> str:
+    """sha256 of the payload's canonical JSON without its ``digest`` field: an
+    entry whose content does not match its digest is damaged or edited (a
+    deliberate edit can recompute it, so a stored ``holds`` is re-checked too)."""
+    body = {k: v for k, v in payload.items() if k != "digest"}
+    text = json.dumps(body, default=_json_default, sort_keys=True, separators=(",", ":"),
+                      allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def decode_payload(data: bytes):
+    """The JSON value of a stored entry's bytes (ValueError when they are not
+    UTF-8 JSON: a corrupt entry, never a crash)."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"not UTF-8 JSON ({type(exc).__name__})") from None
+
+
 def result_from_dict(d: dict) -> VerificationResult:
     return VerificationResult.from_dict(d)
 
@@ -118,14 +142,14 @@ class ProofStore:
         """The stored payload, or ``None`` on a miss (absent, corrupt or mismatching)."""
         path = self.path_for(net_digest, prop_digest, key)
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             self._problem(f"cannot read {path}: {exc}")
             return None
         try:
-            payload = json.loads(text)
+            payload = decode_payload(data)
         except ValueError as exc:
             self._problem(f"corrupt entry {path} ignored: {exc}")
             return None
@@ -140,11 +164,13 @@ class ProofStore:
         return None if payload is None else VerificationResult.from_dict(payload["result"])
 
     @staticmethod
-    def _invalid(payload, net_digest: str, prop_digest: str) -> str | None:
+    def _invalid(payload, net_digest: str, prop_digest: str, sealed: bool = True) -> str | None:
         if not isinstance(payload, dict):
             return "not a JSON object"
         if payload.get("schema") != SCHEMA:
             return f"schema {payload.get('schema')!r}, expected {SCHEMA}"
+        if sealed and payload.get("digest") != content_digest(payload):
+            return "content digest does not match (edited or damaged entry)"
         if payload.get("network") != net_digest:
             return "network digest differs"
         if payload.get("property") != prop_digest:
@@ -165,7 +191,7 @@ class ProofStore:
     def put(self, net_digest: str, prop_digest: str, key: str, payload: dict) -> Path | None:
         """Store ``payload`` atomically; returns the path, or ``None`` when the
         verdict is not cacheable (``unknown``) or the write failed (reported)."""
-        why = self._invalid(payload, net_digest, prop_digest)
+        why = self._invalid(payload, net_digest, prop_digest, sealed=False)
         if why:
             if isinstance(payload, dict) and isinstance(payload.get("result"), dict) \
                     and payload["result"].get("status") == Status.UNKNOWN.value:
@@ -173,6 +199,7 @@ class ProofStore:
             raise ValueError(f"refusing to store an invalid payload: {why}")
         path = self.path_for(net_digest, prop_digest, key)
         try:
+            payload = {**payload, "digest": content_digest(payload)}
             data = json.dumps(payload, default=_json_default, indent=1, sort_keys=True)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"payload is not JSON serialisable: {exc}") from exc
@@ -201,32 +228,4 @@ class ProofStore:
 
 
 def _atomic_write(path: Path, data: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        for attempt in range(20):
-            try:
-                os.replace(tmp, path)
-                break
-            except PermissionError:  # Windows: target open by a reader; retry
-                if attempt == 19:
-                    raise
-                time.sleep(0.01 * (attempt + 1))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        try:
-            dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+    atomic_write(path, data)

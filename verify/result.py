@@ -11,6 +11,8 @@ from enum import Enum
 
 import numpy as np
 
+from . import exit_codes
+
 
 class Status(str, Enum):
     HOLDS = "holds"
@@ -21,8 +23,8 @@ class Status(str, Enum):
         return self.value
 
 
-#: CLI exit codes per status (2 is bad input, raised as CoreproofError).
-EXIT_CODES = {Status.HOLDS: 0, Status.VIOLATED: 1, Status.UNKNOWN: 3}
+#: CLI exit codes per status (all codes: :mod:`verify.exit_codes`).
+EXIT_CODES = {s: exit_codes.of_status(s.value) for s in Status}
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,10 @@ class Counterexample:
 
 @dataclass
 class Statistics:
-    """What the decision procedure did (counts are summed over regions)."""
+    """What the decision procedure did.  Work counts (branches, queries, ...)
+    are summed over regions; the ReLU phase counts count each ReLU once:
+    unstable when it is unstable at the root bound of any region, else by its
+    phase at the first root bound (so they add up to at most ``n_relus``)."""
 
     n_relus: int = 0
     stable_active: int = 0
@@ -60,6 +65,19 @@ class Statistics:
     z3_time_s: float = 0.0
     core_size: int | None = None
     constraints_total: int | None = None
+
+    def record_root(self, lowers, uppers) -> None:
+        """Note the hidden-layer bounds of one region's root bound (numpy arrays)."""
+        lo = np.concatenate([np.asarray(l).reshape(-1) for l in lowers]) if lowers else np.zeros(0)
+        hi = np.concatenate([np.asarray(u).reshape(-1) for u in uppers]) if uppers else np.zeros(0)
+        phase = np.where(lo >= 0, 1, np.where(hi <= 0, -1, 0)).astype(np.int8)
+        seen = self.__dict__.get("_root_phase")  # not a field: never serialised
+        if seen is not None and seen.shape == phase.shape:
+            phase = np.where((seen == 0) | (phase == 0), 0, seen).astype(np.int8)
+        self.__dict__["_root_phase"] = phase
+        self.stable_active = int((phase > 0).sum())
+        self.stable_inactive = int((phase < 0).sum())
+        self.unstable = int((phase == 0).sum())
 
 
 @dataclass

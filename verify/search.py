@@ -424,11 +424,7 @@ class RegionSearch:
         return "branch cannot be split further"
 
     def _root_statistics(self, res) -> None:
-        for l, u in zip(res.lower, res.upper):
-            l, u = l[0].numpy(), u[0].numpy()
-            self.stats.stable_active += int((l >= 0).sum())
-            self.stats.stable_inactive += int((u <= 0).sum())
-            self.stats.unstable += int(((l < 0) & (u > 0)).sum())
+        self.stats.record_root([l[0].numpy() for l in res.lower], [u[0].numpy() for u in res.upper])
 
     # ------------------------------------------------------------------
     def _z3_leaf(self, node: Node, layer_b, refuted_row) -> RegionOutcome | None:

@@ -197,3 +197,32 @@ def chain_graph(network) -> GraphNetwork:
         if k < network.n_layers - 1:
             nodes.append(Node(Relu(), (len(nodes) - 1,), (1, a.out_size), f"relu{k}"))
     return GraphNetwork(tuple(nodes), network.name)
+
+
+def as_chain(graph: GraphNetwork):
+    """The fully-connected :class:`verify.network.Network` of ``graph`` when it is one
+    (input, an optional flattening Reshape, then ``Gemm (Relu Gemm)*`` each feeding the
+    next), else None.  Quantized Gemms keep their integer form.  Inverse of
+    :func:`chain_graph`."""
+    from ..network import Affine, Network
+    nodes = graph.nodes
+    i = 1
+    if isinstance(nodes[1].op, Reshape) and nodes[1].shape == (1, graph.n_inputs):
+        i = 2
+    affines, expect_gemm = [], True
+    for j in range(i, len(nodes)):
+        node = nodes[j]
+        if node.inputs != (j - 1,):
+            return None
+        if expect_gemm and isinstance(node.op, Gemm) and len(node.shape) == 2 \
+                and nodes[j - 1].shape == (1, node.op.in_size):
+            op = node.op
+            affines.append(Affine(op.weight, op.bias, op.weight_int, op.weight_scale))
+        elif not expect_gemm and isinstance(node.op, Relu):
+            pass
+        else:
+            return None
+        expect_gemm = not expect_gemm
+    if expect_gemm or not affines:  # ends with a Relu (or has no layer)
+        return None
+    return Network(tuple(affines), graph.input_shape, graph.name)

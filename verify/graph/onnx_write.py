@@ -143,13 +143,16 @@ class _Writer:
                     n.input[k] = new
 
     def weight(self, tag: str, op) -> str:
-        """The weight tensor: an initializer, or int8 QDQ for a quantized layer."""
+        """The weight tensor: an initializer, or QDQ for a quantized layer: int8 when its
+        integers fit (int4 codes too), else int32 (int16 codes: exact where a float32
+        ``q * scale`` would round)."""
         wi = op.weight_int
-        if wi is None or self.dtype != np.float32 or wi.min() < -128 or wi.max() > 127:
+        if wi is None or self.dtype != np.float32 or np.abs(wi).max(initial=0) >= 2 ** 31:
             return self.const(f"{tag}.weight", op.weight)
-        q = self.const(f"{tag}.weight_q", wi, np.int8)
+        itype = np.int8 if wi.min() >= -128 and wi.max() <= 127 else np.int32
+        q = self.const(f"{tag}.weight_q", wi, itype)
         scale = self.const(f"{tag}.weight_scale", op.weight_scale, np.float32)
-        zero = self.const(f"{tag}.weight_zero", np.zeros(len(op.weight_scale)), np.int8)
+        zero = self.const(f"{tag}.weight_zero", np.zeros(len(op.weight_scale)), itype)
         return self.node("DequantizeLinear", [q, scale, zero], f"{tag}.weight", axis=0)
 
     def write(self, i: int, node) -> None:

@@ -70,12 +70,10 @@ class ChangeMap:
                                          "(parent or variant digest differs)")
             self.maps = [np.array([-1 if v is None else v for v in lc.index_map], dtype=np.int64)
                          for lc in record.layers]
-        else:
-            if original.layer_sizes() != variant.layer_sizes():
-                raise ShapeMismatchError(
-                    f"without a change record the networks must have the same shape: "
-                    f"{original.layer_sizes()} vs {variant.layer_sizes()}")
-            self.maps = [np.arange(a.out_size) for a in original.affines]
+            self.how = "change record"
+        else:  # same sizes: position by position; else neurons matched by their weights
+            from .derive import derive_neuron_maps
+            self.maps, self.how = derive_neuron_maps(original, variant)
         self.n_layers = original.n_layers
 
     @cached_property

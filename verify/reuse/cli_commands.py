@@ -1,27 +1,21 @@
 """``coreproof reverify`` and ``coreproof report`` (registered by :mod:`verify.cli`).
 
-``reverify`` exit codes: 0 every pair holds, 1 some pair is violated, 3 some
-pair is unknown (and none violated), 2 bad input.
+Exit codes (:mod:`verify.exit_codes`; errors are mapped by
+:class:`verify.cli.CoreproofGroup`): ``reverify`` exits with the worst over
+its rows (error 2, violated 1, unknown 3, holds 0).
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
+from .. import exit_codes
 from ..errors import CoreproofError, InputError
 from ..options import VerifyOptions
-from ..result import EXIT_CODES, Status, _json_default
-
-BAD_INPUT = 2
-
-
-def _fail(error: Exception) -> NoReturn:  # same format as verify.cli
-    click.echo("error: " + " ".join(str(error).split()), err=True)
-    sys.exit(BAD_INPUT)
+from ..result import _json_default
 
 
 def load_variant_file(path: str, original):
@@ -43,15 +37,6 @@ def load_variant_file(path: str, original):
                              expected=f"a variant of the original (or no {RECORD_SUFFIX})")
         return v.network, v.record
     return load_network(path), None
-
-
-def exit_code(statuses) -> int:
-    statuses = list(statuses)
-    if any(s is Status.VIOLATED for s in statuses):
-        return EXIT_CODES[Status.VIOLATED]
-    if any(s is Status.UNKNOWN for s in statuses):
-        return EXIT_CODES[Status.UNKNOWN]
-    return EXIT_CODES[Status.HOLDS]
 
 
 def row_of(result, variant_path: str, prop_path: str, record) -> dict:
@@ -87,49 +72,61 @@ def describe(row: dict) -> str:
 @click.argument("variants", nargs=-1, required=True)
 @click.option("--property", "-p", "properties", multiple=True, required=True,
               help="A VNN-LIB property (repeat for several).")
-@click.option("--timeout", type=float, default=60.0, show_default=True,
+@click.option("--timeout", default="60", show_default=True,
               help="Seconds per (variant, property) pair, and for the original's proof.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--compare-scratch", is_flag=True,
               help="Also verify each variant from scratch (scratch_status, scratch_time_s).")
 @click.option("--cache", type=click.Path(file_okay=False), default=None,
               help="Proof store directory for the original's proofs (default: in memory).")
+@click.option("--trust-cache", is_flag=True,
+              help="Use a stored proof of the original without re-checking it on the "
+                   "network (faster; the store is then trusted input).")
 @click.option("--quiet", is_flag=True, help="No progress messages on stderr.")
-def reverify_cmd(original, variants, properties, timeout, as_json, compare_scratch, cache, quiet):
+def reverify_cmd(original, variants, properties, timeout, as_json, compare_scratch, cache,
+                 trust_cache, quiet):
     """Verify compressed VARIANTS of ORIGINAL reusing the original's proof.
 
     A change record STEM.changes.json next to a variant STEM.onnx (as written
     by `coreproof compress`) relates its neurons to the original's; without one
     the variant must have the original's shape (or is verified from scratch).
-    Exit code: 0 all hold, 1 some violated, 3 some unknown, 2 bad input."""
+    A stored proof of the original (--cache) is re-checked on the original
+    before use unless --trust-cache.  A variant that cannot be read is an
+    error row and the others go on.  Exit code: the worst over the rows
+    (error 2, violated 1, unknown 3, holds 0)."""
     from ..api import load_network, load_property
+    from ..options import check_timeout
     from ..proof_store import ProofStore
+    from ..vnnlib import check_fits
     from .options import ReuseOptions
     from .reverify import compare_scratch as scratch, get_proof, reverify
 
     say = (lambda msg: None) if quiet else (lambda msg: click.echo(f"[coreproof] {msg}", err=True))
-    try:
-        if not timeout > 0:
-            raise InputError(f"--timeout must be positive, got {timeout:g}")
-        options, ropt = VerifyOptions(timeout=timeout), ReuseOptions()
-        orig = load_network(original)
-        props = [(p, load_property(p, orig)) for p in properties]
-        loaded = [(v, *load_variant_file(v, orig)) for v in variants]
-        for v, net, _ in loaded:
-            for p, _prop in props:
-                load_property(p, net)  # sizes fit the variant too (bad input otherwise)
-        store = ProofStore(cache) if cache else None
-    except CoreproofError as exc:
-        _fail(exc)
-    statuses = []
-    for p, prop in props:
+    options = VerifyOptions(timeout=check_timeout(timeout, "--timeout"))
+    ropt = ReuseOptions()
+    orig = load_network(original)
+    props = [(p, load_property(p, orig)) for p in properties]
+    store = ProofStore(cache) if cache else None
+    loaded, codes = [], []
+    for v in variants:
         try:
-            proof, from_store = get_proof(orig, prop, options, ropt, store)
+            net, record = load_variant_file(v, orig)
+            for _p, prop in props:
+                check_fits(net, prop, path=v)  # sizes fit the variant (named, not the property)
+            loaded.append((v, net, record))
         except CoreproofError as exc:
-            _fail(exc)
+            codes.append(exit_codes.BAD_INPUT)
+            _error_row(v, None, exc, as_json)
+    for p, prop in props:
+        proof, from_store = get_proof(orig, prop, options, ropt, store, trust=trust_cache)
+        for problem in (store.problems if store is not None else []):
+            say(f"proof store: {problem}")
+        if store is not None:
+            store.problems.clear()
         n_cores = sum(1 for _ in proof.cores())
         say(f"original {orig.name} / {Path(p).name}: {proof.status} "
-            + ("(from the proof store)" if from_store else
+            + (("(from the proof store" + (", trusted)" if trust_cache else ", re-checked)"))
+               if from_store else
                f"in {proof.time_s:.2f} s, {proof.n_branches} branches, {n_cores} cores "
                f"({proof.core_time_s:.2f} s)"))
         for v, net, record in loaded:
@@ -139,12 +136,26 @@ def reverify_cmd(original, variants, properties, timeout, as_json, compare_scrat
                 if compare_scratch:
                     scratch(res, net, prop, options)
             except CoreproofError as exc:
-                _fail(exc)
+                codes.append(exit_codes.BAD_INPUT)
+                _error_row(v, p, exc, as_json)
+                continue
             res.reuse.proof_from_store = from_store
-            statuses.append(res.status)
+            codes.append(exit_codes.of_status(res.status))
             row = row_of(res, v, p, record)
             click.echo(json.dumps(row, default=_json_default) if as_json else describe(row))
-    sys.exit(exit_code(statuses))
+    sys.exit(exit_codes.worst(codes))
+
+
+def _error_row(variant: str, prop_path: str | None, exc: Exception, as_json: bool) -> None:
+    """Report a (variant, property) pair that could not be checked; the batch goes on."""
+    message = " ".join(str(exc).split())
+    if as_json:
+        click.echo(json.dumps({"variant": str(variant),
+                               "property": Path(prop_path).name if prop_path else None,
+                               "status": "error", "reason": message}))
+    else:
+        click.echo(f"{Path(variant).name}" + (f" / {Path(prop_path).name}" if prop_path else "")
+                   + f": ERROR  {message}")
 
 
 @click.command("report")
@@ -156,11 +167,8 @@ def report_cmd(results, output):
     plots) from RESULTS.jsonl as written by `coreproof reverify --json
     --compare-scratch`, and print a short summary."""
     from .report import aggregate, load_rows, summary_text, write_report
-    try:
-        rows = load_rows(results)
-        agg = aggregate(rows)
-        out = write_report(rows, output or Path(results).with_suffix(".html"))
-    except CoreproofError as exc:
-        _fail(exc)
+    rows = load_rows(results)
+    agg = aggregate(rows)
+    out = write_report(rows, output or Path(results).with_suffix(".html"))
     click.echo(summary_text(agg))
     click.echo(f"report: {out}")

@@ -22,6 +22,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..atomic import atomic_write
 from ..errors import InputError
 
 DECIDED = ("holds", "violated")
@@ -344,7 +345,7 @@ Disagreements with scratch: <b>{t.disagreements}</b>.</p>
 def write_report(rows: list[dict], out) -> Path:
     out = Path(out)
     try:
-        out.write_text(render_html(rows))
+        atomic_write(out, render_html(rows))
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror or exc}", path=str(out)) from None
     return out

@@ -77,6 +77,7 @@ class ReuseStats:
     original_time_s: float = 0.0
     original_core_time_s: float = 0.0
     proof_from_store: bool = False
+    change_map: str = ""  # how the variant's neurons were related: change record, position, matched by weights
 
 
 @dataclass
@@ -460,10 +461,19 @@ def _unwrap(variant, record):
 
 
 def get_proof(original: Network, prop: Property, options: VerifyOptions,
-              reuse_options: ReuseOptions, store=None) -> tuple[ProofRecord, bool]:
-    """The original's proof record from ``store`` or built now (and stored)."""
+              reuse_options: ReuseOptions, store=None,
+              trust: bool = False) -> tuple[ProofRecord, bool]:
+    """The original's proof record from ``store`` -- re-checked on the original
+    first (:mod:`.check`) unless ``trust`` -- or built now (and stored)."""
     if store is not None:
         rec = load_proof(store, original, prop, options)
+        if rec is not None and not trust:
+            from .check import check_proof
+            outcome = check_proof(original, prop, rec, options)
+            if not outcome.ok:
+                store._problem(f"stored proof of {original.name} / {prop.name} failed its "
+                               f"re-check ({outcome.reason}); proving again")
+                rec = None
         if rec is not None:
             return rec, True
     rec = build_proof(original, prop, options, reuse_options)
@@ -521,6 +531,7 @@ def reverify(original: Network, variant, prop: Property,
             cmap = ChangeMap(original, variant, record)
         except ShapeMismatchError as exc:
             raise _NoFit(str(exc)) from None
+        stats.change_map = cmap.how
         _proof_stats(stats, proof, cmap)
         # the reuse attempt gets a share of the budget; the fallback the rest
         reuser = _Reuser(variant, cmap, options, reuse_options, stats,
