@@ -9,11 +9,16 @@ import torch
 
 from graph_nets import NETS
 from verify.bounds import BoundPropagator
+from verify.errors import OptionError
 from verify.graph import Conv, Gemm, Pad, Scale, Sum, Transpose, chain_graph
 from verify.graphbounds import GraphBoundOptions, GraphBoundPropagator, make_propagator
 from verify.graphbounds import propagator as propagator_module
 from verify.graphbounds import rules
 from verify.network import Affine, Network
+from verify.options import VerifyOptions
+from verify.properties import local_robustness
+from verify.result import Statistics
+from verify.search import RegionSearch
 
 torch.set_num_threads(1)
 
@@ -147,15 +152,23 @@ def test_batches_splits_and_memory_budget(name):
     z = net.pre_activations(xs)[k]
     keep = (z[:, unstable[0]] <= 0) & (z[:, unstable[1]] >= 0)
     assert keep.sum() > 10
-    for alpha in (0, 30):
-        res = prop.bound(tlo, thi, C, d, splits, alpha_iterations=alpha)
+    parent = [(l, u) for l, u in zip(batch.lower, batch.upper)]
+    for alpha, fixed in ((0, None), (30, None), (0, parent)):
+        res = prop.bound(tlo, thi, C, d, splits, fixed, alpha_iterations=alpha)
         assert res.upper[k][0, unstable[0]] <= 0 and res.lower[k][0, unstable[1]] >= 0
         assert _violations(net, res, 0, xs[keep]) == 0
         assert (res.spec_lower[0] >= batch.spec_lower[0] - 1e-9).all() or alpha == 0
+        if fixed is not None:  # the parent's bounds kept; later layers of branch 0 redone
+            for j in range(net.n_hidden):
+                assert (res.upper[j] <= parent[j][1] + 1e-12).all()
+            assert any(bool((res.upper[j][0] < parent[j][1][0] - 1e-9).any()
+                            or (res.lower[j][0] > parent[j][0][0] + 1e-9).any())
+                       for j in range(k + 1, net.n_hidden))
+            assert torch.equal(res.upper[k + 1][1:], parent[k + 1][1][1:])
 
 
 def test_options_are_checked():
-    with pytest.raises(ValueError, match="memory_bytes"):
+    with pytest.raises(OptionError, match="memory_bytes"):
         GraphBoundOptions(memory_bytes=10)
 
 
@@ -219,3 +232,32 @@ def test_mutated_relu_and_conv_rule_is_caught(monkeypatch, mutation):
     owner, name, value = BOUND_MUTATIONS[mutation]
     monkeypatch.setattr(owner, name, value)
     assert _all_violations() > 0
+
+
+def test_lazy_intermediate_bounds_back_substitute_only_unsettled_branches():
+    """A branch whose spec rows the cheap (interval-intermediate) bound settles keeps that
+    bound; the others get back-substituted intermediate bounds (as without laziness)."""
+    net = NETS["residual"](np.random.default_rng(5))
+    lo, hi = _box(net, 5, B=2)
+    C, _ = _spec(net.n_outputs)
+    d = torch.zeros(2 * net.n_outputs)
+    easy = torch.full_like(d, -1e3)  # every row settled by any bound
+    tlo, thi = torch.tensor(lo), torch.tensor(hi)
+    prop = GraphBoundPropagator(net)
+    strict = GraphBoundPropagator(net, GraphBoundOptions(lazy_intermediate=False))
+    interval = prop.bound(tlo, thi, C, d, backward=False)
+    settled = prop.bound(tlo, thi, C, easy)
+    full = prop.bound(tlo, thi, C, d)
+    ref = strict.bound(tlo, thi, C, d)
+    for k in range(net.n_hidden):
+        assert torch.equal(settled.upper[k], interval.upper[k])
+        assert torch.allclose(full.upper[k], ref.upper[k], atol=1e-12)
+    assert (settled.spec_lower > 0).all()
+    assert not torch.equal(full.upper[-2], interval.upper[-2])
+    assert (full.spec_lower >= ref.spec_lower - 1e-12).all()
+    # the verifier's options carry them to the search's propagator
+    net = NETS["residual"](np.random.default_rng(0))
+    opts = VerifyOptions(graph_bounds=GraphBoundOptions(memory_bytes=3 << 20))
+    prop = local_robustness(np.zeros(net.n_inputs), 0.1, 0, net.n_outputs, domain=None)
+    search = RegionSearch(net, prop.regions[0], 0, opts, float("inf"), Statistics())
+    assert search.prop.options.memory_bytes == 3 << 20 and not search.use_z3

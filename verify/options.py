@@ -20,6 +20,24 @@ def check_timeout(value, what: str = "timeout") -> float:
 
 
 @dataclass(frozen=True)
+class GraphBoundOptions:
+    """How the graph bound propagator (:mod:`verify.graphbounds`) spends memory and time."""
+
+    # bytes the back-substitution tensors of one bounding call may take (query rows are
+    # chunked, and the search's batch of branches is sized, to stay within it)
+    memory_bytes: int = 2 << 30
+    # tighten each ReLU layer's input bounds by back-substitution (else interval only)
+    crown_intermediate: bool = True
+    # ... but first try interval intermediate bounds, and back-substitute only for the
+    # branches they do not settle (CROWN of a wide layer can take a minute)
+    lazy_intermediate: bool = True
+
+    def __post_init__(self):
+        if self.memory_bytes < 1 << 20:
+            raise OptionError(f"memory_bytes must be at least 1 MiB, got {self.memory_bytes}")
+
+
+@dataclass(frozen=True)
 class VerifyOptions:
     timeout: float = 60.0  # wall-clock seconds for the whole property (hard)
     attack_restarts: int = 8  # gradient-attack random restarts per round
@@ -58,6 +76,7 @@ class VerifyOptions:
     intermediate_bounds: str = "hybrid"
     seed: int = 0
     use_z3: bool = True
+    graph_bounds: GraphBoundOptions = GraphBoundOptions()  # graph networks (CNNs) only
 
     def __post_init__(self):
         check_timeout(self.timeout)

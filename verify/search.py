@@ -5,6 +5,12 @@ all refuted are closed; otherwise the bound minimisers are tried on the
 concrete network, small leaves go to Z3 (``verify.encode``), and the rest is
 split -- on the input box when the input is small (ACAS Xu), on unstable
 ReLUs otherwise (MNIST-sized inputs), with bounds re-tightened per branch.
+
+Graph networks (CNNs, residual networks: :class:`verify.graph.GraphNetwork`) are
+searched the same way over their ReLU nodes, bounded by
+:class:`verify.graphbounds.GraphBoundPropagator`; their leaves are never sent to Z3
+(the encoder takes chains only): a branch with every ReLU fixed is a linear program
+that beta-CROWN decides at convergence, and one it cannot refute stays ``unknown``.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import torch
 from .attack import confirm_batch
 from .bounds import BoundPropagator, refute_conjunction
 from .encode import Branch, encode, solve
+from .graphbounds import make_propagator
 from .network import Network
 from .options import VerifyOptions
 from .properties import Region
@@ -135,7 +142,8 @@ class RegionSearch:
         self.opt = options
         self.deadline = deadline
         self.stats = stats
-        self.prop = propagator or BoundPropagator(network)
+        self.prop = propagator or make_propagator(network, options.graph_bounds)
+        self.use_z3 = options.use_z3 and isinstance(network, Network)  # chains only
         self.record = record  # keep each leaf's box and layer bounds
         self.n_conj = len(region.unsafe)
         self.whole_box_unsafe = any(c.coeffs.shape[0] == 0 for c in region.unsafe)
@@ -327,7 +335,7 @@ class RegionSearch:
             for i in open_idx:
                 node = batch[i]
                 layer_b = [(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(n_hidden)]
-                if (self.opt.use_z3 and self.z3_unknown < self.opt.z3_max_failures
+                if (self.use_z3 and self.z3_unknown < self.opt.z3_max_failures
                         and unstable[i] <= self._z3_threshold(node)
                         and self._z3_terms(layer_b) <= self.opt.z3_max_terms):
                     outcome = self._z3_leaf(node, layer_b, refuted[i])
@@ -392,6 +400,8 @@ class RegionSearch:
     def _batch_size(self) -> int:
         """Branches bounded at once, so the back-substitution tensors
         (branches x 2*width x inputs doubles) stay around 100 MB."""
+        if hasattr(self.prop, "max_batch"):  # graph bounds size batches by memory
+            return int(max(1, min(self.opt.batch_size, self.prop.max_batch(len(self.C)))))
         width = max(self.net.layer_sizes()[1:])
         per_branch = 2 * width * self.net.n_inputs
         return int(max(1, min(self.opt.batch_size, 1.2e7 // per_branch)))

@@ -17,33 +17,23 @@ Every concrete bound is widened outward for float64 rounding, as in the chain co
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..bounds import BatchBounds, BoundPropagator, _linear_min, _widen_lower, _widen_upper
 from ..graph.model import GraphNetwork
-from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Sum, Transpose
+from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Transpose
+from ..options import GraphBoundOptions
 from .rules import relu_backward, rule_for
+
+class _OutOfTime(Exception):
+    """A back-substitution of intermediate bounds passed its deadline (the neurons keep
+    the bounds they have: sound, looser)."""
+
 
 #: operators that map a box onto a box exactly (elementwise or layout)
 _BOX_PRESERVING = (Scale, Reshape, Transpose, Pad)
-
-
-@dataclass(frozen=True)
-class GraphBoundOptions:
-    """How a :class:`GraphBoundPropagator` spends memory and time."""
-
-    # bytes the back-substitution tensors of one bounding call may take (query rows are
-    # chunked, and the search's batch of branches is sized, to stay within it)
-    memory_bytes: int = 2 << 30
-    # tighten each ReLU layer's input bounds by back-substitution (else interval only)
-    crown_intermediate: bool = True
-
-    def __post_init__(self):
-        if self.memory_bytes < 1 << 20:
-            raise ValueError(f"memory_bytes must be at least 1 MiB, got {self.memory_bytes}")
 
 
 class GraphBoundPropagator(BoundPropagator):
@@ -99,7 +89,7 @@ class GraphBoundPropagator(BoundPropagator):
 
     # one element of a query row costs about this many float64s at once (the
     # coefficients, their positive and negative parts and the products)
-    _TEMPORARIES = 4
+    _TEMPORARIES = 6
     # ... and with alpha/beta optimisation autograd keeps every step's tensors
     _AUTOGRAD = 8
 
@@ -117,14 +107,15 @@ class GraphBoundPropagator(BoundPropagator):
 
     # ---- back-substitution ------------------------------------------------------------
     def _backsub_from(self, start: int, lam: torch.Tensor, relax, lo, hi, record=False,
-                      betas=None, signs=None):
+                      betas=None, signs=None, deadline: float | None = None):
         """Lower bound over the boxes of ``lam @ node[start]``, given the relaxation
         ``(alpha, s, t)`` (flat ``(B, n_k)``) of every ReLU before ``start``.
 
         ``lam``: (B, m, size) or (B, m, *shape).  ``betas`` (B, m, n_k) >= 0 and
         ``signs`` (B, n_k): beta-CROWN terms of split constraints ``sign*z >= 0``.
         Returns (bound (B, m), input coefficients (B, m, n0), per hidden layer the
-        coefficients (B, m, n_k) on its output when ``record``, else Nones)."""
+        coefficients (B, m, n_k) on its output when ``record``, else Nones).  Raises
+        :class:`_OutOfTime` when ``deadline`` passes on the way."""
         B, m = lam.shape[:2]
         acc = {start: lam.reshape(B, m, *self.nodes[start].shape)}
         const = torch.zeros(B, m, dtype=lam.dtype)
@@ -133,6 +124,8 @@ class GraphBoundPropagator(BoundPropagator):
             A = acc.pop(i, None)
             if A is None:
                 continue
+            if deadline is not None and time.monotonic() > deadline:
+                raise _OutOfTime
             node = self.nodes[i]
             if isinstance(node.op, Relu):
                 k = self._relu_of[i]
@@ -190,7 +183,10 @@ class GraphBoundPropagator(BoundPropagator):
             r = torch.arange(q)
             lam[:, r, c] = 1.0
             lam[:, q + r, c] = -1.0
-            bnd, _, _ = self._backsub_from(src, lam, relax, lo, hi)
+            try:
+                bnd, _, _ = self._backsub_from(src, lam, relax, lo, hi, deadline=deadline)
+            except _OutOfTime:
+                break
             l[:, c] = torch.maximum(l[:, c], _widen_lower(bnd[:, :q]))
             u[:, c] = torch.minimum(u[:, c], _widen_upper(-bnd[:, q:]))
         return l, u
@@ -200,24 +196,69 @@ class GraphBoundPropagator(BoundPropagator):
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
               refine: list | None = None) -> BatchBounds:
-        """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result).
+        """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result);
+        see :meth:`_bound`.  With the options' ``lazy_intermediate`` (and back-substituted
+        intermediate bounds asked for), the batch is first bounded with interval
+        intermediate bounds and no alpha steps (milliseconds); only the branches where
+        that leaves some spec row nonpositive are bounded again in full, and the two
+        bounds of those are merged (both are sound: layer bounds intersected, the better
+        bound of each spec row kept).  Likewise ``alpha_iterations`` of alpha/beta-CROWN
+        are spent only on the branches plain CROWN leaves open."""
+        if backward is None:
+            backward = self.options.crown_intermediate and not forward
+        cheap, rows = None, None
+        if backward and self.options.lazy_intermediate:
+            cheap = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, False, None)
+            rows = _open_rows(cheap)
+            if len(rows) == 0:
+                return cheap
+            lo, hi = lo[rows], hi[rows]
+            splits = None if splits is None else [s[rows] for s in splits]
+            fixed = None if fixed is None else [None if f is None else (f[0][rows], f[1][rows])
+                                                for f in fixed]
+        res = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, backward, refine)
+        if alpha_iterations and self.n_hidden:
+            r = _open_rows(res)
+            if len(r):
+                pick = lambda ts: [t[r] for t in ts]
+                lower, upper = pick(res.lower), pick(res.upper)
+                again = self._spec_result(lo[r], hi[r], spec_c, spec_d, lower, upper,
+                                          [self._relaxation(l, u) for l, u in zip(lower, upper)],
+                                          res.infeasible[r], alpha_iterations, deadline,
+                                          None if splits is None else pick(splits))
+                res.merge_rows(r, again)
+        if cheap is None:
+            return res
+        cheap.merge_rows(rows, res)
+        return cheap
+
+    def _bound(self, lo, hi, spec_c, spec_d, splits, fixed, alpha_iterations, deadline,
+               backward: bool, refine) -> BatchBounds:
+        """Bound a batch.
 
         Intermediate bounds: interval arithmetic through every node, intersected with
         ``fixed``; each ReLU's input bounds tightened by back-substitution unless they are
-        exact already (a box through one Gemm/Conv) or ``backward`` is False (default: the
-        options' ``crown_intermediate``; ``forward`` alone means the cheap bound, interval
-        only -- a graph has no forward-mode linear bounds).  ``refine``: per hidden layer
+        exact already (a box through one Gemm/Conv), or -- with ``splits`` and ``fixed``
+        bounds of every layer, taken to be the parent's on the same box -- the branch has
+        no split since the parent's bound in an earlier layer (the parent's bounds are
+        as good), or ``backward`` is False (:meth:`bound`'s default: the options'
+        ``crown_intermediate``; ``forward`` alone means the cheap bound, interval only --
+        a graph has no forward-mode linear bounds).  ``refine``: per hidden layer
         an optional (n_k,) mask of the neurons to back-substitute.  Splits clip the bounds
         (+1: lower >= 0, -1: upper <= 0), which fixes their relaxation; with
         ``alpha_iterations`` beta-CROWN multipliers of the split constraints are
         optimised too."""
         B = lo.shape[0]
-        if backward is None:
-            backward = self.options.crown_intermediate and not forward
         values: list = [None] * len(self.nodes)
         values[0] = (lo.reshape(B, *self.nodes[0].shape), hi.reshape(B, *self.nodes[0].shape))
         lower, upper, relax = [], [], []
         infeasible = torch.zeros(B, dtype=torch.bool)
+        # ReLU splitting passes the parent's bounds as ``fixed`` with the parent's box:
+        # a layer's back-substitution can only improve on them in a branch with a split
+        # of an earlier layer that the parent's bounds leave unstable (one made since)
+        fresh = None
+        if fixed is not None and splits is not None and all(f is not None for f in fixed):
+            fresh = torch.zeros(B, dtype=torch.bool)
         for i, node in enumerate(self.nodes[1:], 1):
             if isinstance(node.op, Relu):
                 k = self._relu_of[i]
@@ -228,8 +269,18 @@ class GraphBoundPropagator(BoundPropagator):
                     u = torch.minimum(u, fixed[k][1])
                 sp = None if splits is None else splits[k]
                 if backward and not self._exact[src]:
-                    l, u = self._crown_neurons(src, l, u, sp, relax, lo, hi,
-                                               None if refine is None else refine[k], deadline)
+                    rows = None if fresh is None else fresh.nonzero()[:, 0]
+                    if rows is None or len(rows) == B:
+                        l, u = self._crown_neurons(src, l, u, sp, relax, lo, hi,
+                                                   None if refine is None else refine[k], deadline)
+                    elif len(rows):
+                        l, u = l.clone(), u.clone()
+                        l[rows], u[rows] = self._crown_neurons(
+                            src, l[rows], u[rows], None if sp is None else sp[rows],
+                            [tuple(x[rows] for x in r) for r in relax], lo[rows], hi[rows],
+                            None if refine is None else refine[k], deadline)
+                if fresh is not None and sp is not None:
+                    fresh |= ((sp != 0) & (fixed[k][0] < 0) & (fixed[k][1] > 0)).any(-1)
                 if sp is not None:
                     l = torch.where(sp > 0, l.clamp(min=0), l)
                     u = torch.where(sp < 0, u.clamp(max=0), u)
@@ -248,6 +299,11 @@ class GraphBoundPropagator(BoundPropagator):
                     values[j] = None
         return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
                                  alpha_iterations, deadline, splits)
+
+
+def _open_rows(res: BatchBounds) -> torch.Tensor:
+    """Branches that some spec row's bound leaves open (and that are not infeasible)."""
+    return (~(res.spec_lower > 0).all(1) & ~res.infeasible).nonzero()[:, 0]
 
 
 def make_propagator(network, options: GraphBoundOptions | None = None) -> BoundPropagator:
