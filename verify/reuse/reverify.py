@@ -48,6 +48,7 @@ from .difference import (OriginalBounds, deviation, margin_loss, original_bounds
                          variant_bounds, with_spec_shift)
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
+from .tree import TreeCheck, TreeOpen, has_leaf_bounds, warm_alphas
 
 
 @dataclass
@@ -155,6 +156,19 @@ class _Reuser:
             cex = self._original_candidates(region, r, ob)
             if cex is not None:
                 return cex
+            if self.ropt.difference and has_leaf_bounds(branches):
+                # the original's tree re-checked leaf by leaf from its own bounds; with
+                # ReLU splits only while the cheap tiers close every leaf (a leaf is
+                # the original's phase domain, the path below splits the variant's)
+                if not proof.covers(r, region):
+                    raise _NoFit(f"the proof's branches do not cover region {r}")
+                relu_split = any(b.splits for b in branches)
+                try:
+                    return TreeCheck(self, search, branches).run(
+                        region, r, lambda: self._root_closes(search), cheap_only=relu_split)
+                except TreeOpen as exc:
+                    if not relu_split:
+                        raise _NoFit(str(exc)) from None
             # a compressed variant can be easier than the original: one bound of the
             # whole region (milliseconds) before re-checking a proof tree of many
             # branches; its minimisers are counterexample candidates otherwise
@@ -178,6 +192,8 @@ class _Reuser:
             if loss <= self.ropt.difference_backsub_max_loss \
                     and self._closed_by_moved_bounds(search, moved):
                 return None
+        if single is not None and single.bound_core is None and self.ropt.bound_core_on_demand:
+            proof.bound_core_of(r, self.cmap.original, region, self.opt, self.ropt.minimise_budget)
         if single is not None and self._try_bound_core(single):
             closed, candidates = self._closed_by_bound_core(search, single)
             if closed:
@@ -253,6 +269,14 @@ class _Reuser:
                              f"({out.reason})")
             self.stats.closed_by_split += len(to_split)
         return None
+
+    def _root_closes(self, search: RegionSearch):
+        """One bound of the variant's whole region: True when it closes it, else a
+        confirmed counterexample among its minimisers, or None."""
+        if search.closed_at_root():
+            self.stats.closed_at_root += 1
+            return True
+        return search.root_counterexample()
 
     def _try_bound_core(self, b: ProofBranch) -> bool:
         """Whether the branch's bound core promises to be cheaper than a full bound
@@ -341,8 +365,10 @@ class _Reuser:
         tlo, thi = torch.from_numpy(lo), torch.from_numpy(hi)
         # a whole region (a proof settled at its root) is large: forward-mode bounds
         # would only be computed in vain (as in RegionSearch.closed_at_root)
-        res, refuted, _ = search.bound_branches(tlo, thi, sp, None, alpha,
-                                        "backward" if len(branches) == 1 else None)
+        # alpha-CROWN starts from the original's slopes of the branch, when kept
+        res, refuted, _ = search.bound_branches(
+            tlo, thi, sp, None, alpha, "backward" if len(branches) == 1 else None,
+            alpha_init=warm_alphas(self.cmap, branches, list(idx)) if alpha else None)
         infeasible, unstable = res.infeasible.numpy(), res.unstable()
         out = []
         for b, i in enumerate(idx):
