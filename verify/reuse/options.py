@@ -21,6 +21,11 @@ class ReuseOptions:
     # alpha-CROWN steps when a variant's branch bound starts from the original's
     # slopes (the search's own count otherwise)
     warm_alpha_iterations: int = 5
+    # a ReLU-split proof tree is re-checked on the original's leaf domains
+    # (verify.reuse.tree) when the differential tiers leave at most this share of
+    # its leaves open; else on the variant's own phase splits (the leaves' boxes
+    # bounded again with the original's splits mapped onto the variant)
+    tree_max_open: float = 0.5
     core_budget: float = 30.0  # seconds for extracting the original's cores (all branches)
     core_timeout: float = 2.0  # per Z3 query while extracting / checking a core
     minimise_budget: float = 2.0  # seconds of deletion checks per core

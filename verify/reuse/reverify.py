@@ -48,7 +48,7 @@ from .difference import (OriginalBounds, deviation, margin_loss, original_bounds
                          variant_bounds, with_spec_shift)
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
-from .tree import TreeCheck, TreeOpen, has_leaf_bounds, warm_alphas
+from .tree import LeafSearch, TreeCheck, TreeOpen, has_leaf_bounds, warm_alphas
 
 
 @dataclass
@@ -75,8 +75,12 @@ class ReuseStats:
     fallback: bool = False
     fallback_reason: str | None = None
     original_status: str = ""
-    original_time_s: float = 0.0
-    original_core_time_s: float = 0.0
+    original_time_s: float = 0.0  # deciding the original (the search that built its proof)
+    original_core_time_s: float = 0.0  # the proof's cores (at build and made on demand since)
+    # building the original's proof in all: original_time_s + original_core_time_s (the
+    # end-to-end accounting charges it once per original, not per variant)
+    original_proof_s: float = 0.0
+    original_name: str = ""  # the original network
     proof_from_store: bool = False
 
 
@@ -163,9 +167,12 @@ class _Reuser:
                 if not proof.covers(r, region):
                     raise _NoFit(f"the proof's branches do not cover region {r}")
                 relu_split = any(b.splits for b in branches)
+                leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
+                                         Statistics(), self.propagator)
                 try:
-                    return TreeCheck(self, search, branches).run(
-                        region, r, lambda: self._root_closes(search), cheap_only=relu_split)
+                    return TreeCheck(self, leaf_search, branches).run(
+                        region, r, lambda: self._root_closes(search),
+                        max_open=self.ropt.tree_max_open if relu_split else 1.0)
                 except TreeOpen as exc:
                     if not relu_split:
                         raise _NoFit(str(exc)) from None
@@ -514,6 +521,8 @@ def reverify(original: Network, variant, prop: Property,
         proof, stats.proof_from_store = get_proof(original, prop, options, reuse_options, store)
     stats.original_status, stats.original_time_s = proof.status, proof.time_s
     stats.original_core_time_s = proof.core_time_s
+    stats.original_proof_s = proof.time_s + proof.core_time_s
+    stats.original_name = proof.network_name or original.name
     t0 = time.monotonic()
 
     def done(status, method, cex=None, reason=None):

@@ -35,6 +35,21 @@ from ..search import Node, RegionSearch
 from .changes import ChangeMap
 
 
+class LeafSearch(RegionSearch):
+    """The variant's search from the leaves of a proof tree: a branch with
+    parent bounds back-substitutes only the neurons those leave unstable
+    (with ReLU splits; the search's own bounds back-substitute every neuron,
+    which costs most of a bound on wide layers and matters little under the
+    tight bounds a leaf inherits)."""
+
+    def bound_branches(self, lo, hi, splits, fixed, alpha=None, mode=None, inherited=None,
+                       refine=None, alpha_init=None):
+        if refine is None and fixed is not None and not self.input_split:
+            refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
+        return super().bound_branches(lo, hi, splits, fixed, alpha, mode, inherited, refine,
+                                      alpha_init)
+
+
 def leaf_deviation(cmap: ChangeMap, lowers, uppers, box_lo: np.ndarray, box_hi: np.ndarray,
                    spec_c: np.ndarray):
     """Batched :func:`verify.reuse.difference.deviation` over ``B`` leaves:
@@ -121,13 +136,14 @@ class TreeCheck:
                        "closed_by_difference_backsub": 0, "closed_by_split": 0}
         self.n_hidden = len(search.net.hidden_sizes)
 
-    def run(self, region, r: int, root_check=None, cheap_only: bool = False):
+    def run(self, region, r: int, root_check=None, max_open: float = 1.0):
         """A confirmed counterexample, None when every leaf closed, or raises
         :class:`TreeOpen` when some leaf stays open.  ``root_check``: called
         when tiers 0-1 leave leaves open, before the costlier tiers; returns
         True (the region is closed on the variant some other way), a
-        counterexample, or None.  ``cheap_only``: raise :class:`TreeOpen` when
-        tiers 0-1 leave a leaf open (the leaves' closures are then discarded)."""
+        counterexample, or None.  ``max_open``: raise :class:`TreeOpen` when
+        tiers 0-1 leave more than this share of the leaves open (the leaves'
+        closures are then discarded)."""
         from ..attack import confirm_batch
         branches, search = self.branches, self.search
         todo = [i for i, b in enumerate(branches) if b.method != "infeasible"]
@@ -141,7 +157,7 @@ class TreeCheck:
             moved_of.update(moved)
         if not open_after_1:
             return self._commit()
-        if cheap_only:
+        if len(open_after_1) > max_open * len(branches):
             raise TreeOpen(f"region {r}: {len(open_after_1)} of {len(branches)} leaves open "
                            "after the differential tiers")
         if root_check is not None:
