@@ -274,12 +274,14 @@ class BoundPropagator:
         coefficients and recorded coefficients -- a consistent linear bound --,
         and the slopes it ended with).  ``alpha_init``: optional (B, n_k) starting
         slopes per hidden layer (a warm start, e.g. the slopes that made the
-        bound of a similar branch tight; None entries: the default); any value
-        is sound, slopes are clipped to [0, 1] where they are used."""
+        bound of a similar branch tight; None entries and non-finite values: the
+        default); any value is sound: :meth:`_relaxation` clips slopes to
+        [0, 1] where they are used."""
         lower = [l.detach() for l in lower]
         upper = [u.detach() for u in upper]
         alphas = [((u > -l).to(u.dtype) if alpha_init is None or alpha_init[k] is None
-                   else alpha_init[k].to(u.dtype).clamp(0.0, 1.0)).clone().requires_grad_(True)
+                   else torch.where(torch.isfinite(alpha_init[k]), alpha_init[k].to(u.dtype),
+                                    (u > -l).to(u.dtype))).clone().requires_grad_(True)
                   for k, (l, u) in enumerate(zip(lower, upper))]
         signs = betas = None
         params = list(alphas)
