@@ -221,13 +221,17 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
     LO = np.stack([np.asarray(b.lower, dtype=np.float64) for b in branches])
     HI = np.stack([np.asarray(b.upper, dtype=np.float64) for b in branches])
     facts_of = [dict(_parse_fact(f) for f in b.splits) for b in branches]
+    # a pure ReLU split tree (every box the region's): no bisection to look for
+    one_box = bool((LO == region.lower).all() and (HI == region.upper).all())
 
     def rec(lo, hi, facts, idx: np.ndarray) -> bool:
         if len(idx) == 0:
             return False
-        same = np.flatnonzero((LO[idx] == lo).all(axis=1) & (HI[idx] == hi).all(axis=1))
-        if any(facts_of[i] == facts for i in idx[same]):
+        same = idx if one_box else idx[(LO[idx] == lo).all(axis=1) & (HI[idx] == hi).all(axis=1)]
+        if any(facts_of[i] == facts for i in same):
             return True
+        if one_box:
+            return _relu_split(lo, hi, facts, idx)
         # an input bisection every leaf respects (the first such dimension)
         mid = (lo + hi) / 2
         left, right = HI[idx] <= mid, LO[idx] >= mid
@@ -238,6 +242,9 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
             b_lo = lo.copy(); b_lo[d] = mid[d]
             return (rec(lo, a_hi, facts, idx[left[:, d]])
                     and rec(b_lo, hi, facts, idx[right[:, d]]))
+        return _relu_split(lo, hi, facts, idx)
+
+    def _relu_split(lo, hi, facts, idx) -> bool:
         common = set.intersection(*(set(facts_of[i]) - set(facts) for i in idx))
         for neuron in sorted(common):  # a ReLU split every leaf carries
             sides = []

@@ -48,7 +48,7 @@ from .difference import (OriginalBounds, deviation, margin_loss, original_bounds
                          variant_bounds, with_spec_shift)
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
-from .tree import LeafSearch, TreeCheck, TreeOpen, has_leaf_bounds, warm_alphas
+from .tree import LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, warm_alphas
 
 
 @dataclass
@@ -125,6 +125,13 @@ class ReuseResult:
                                   self.reason or note, self.network, self.property, stats)
 
 
+def _relu_tree(region: Region, branches) -> bool:
+    """A proof tree of ReLU splits only (every leaf the region's box)."""
+    return any(b.splits for b in branches) and all(
+        np.array_equal(b.lower, region.lower) and np.array_equal(b.upper, region.upper)
+        for b in branches)
+
+
 class _NoFit(Exception):
     """The proof does not carry over; verify from scratch."""
 
@@ -176,6 +183,15 @@ class _Reuser:
                 except TreeOpen as exc:
                     if not relu_split:
                         raise _NoFit(str(exc)) from None
+            if self.ropt.tree_walk and _relu_tree(region, branches):
+                if not proof.covers(r, region):
+                    raise _NoFit(f"the proof's branches do not cover region {r}")
+                leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
+                                         Statistics(), self.propagator)
+                try:
+                    return TreeWalk(self, leaf_search, branches).run(region, r)
+                except TreeOpen as exc:
+                    raise _NoFit(str(exc)) from None
             # a compressed variant can be easier than the original: one bound of the
             # whole region (milliseconds) before re-checking a proof tree of many
             # branches; its minimisers are counterexample candidates otherwise

@@ -276,3 +276,101 @@ class TreeCheck:
         self.closed["closed_by_bounds"] += int(closed.sum())
         rows = {i: j for j, i in enumerate(idx)}
         return [idx[j] for j in np.flatnonzero(~closed)], res, rows
+
+
+def _facts(splits) -> dict[tuple[int, int], int]:
+    out = {}
+    for f in splits:
+        layer, neuron, phase = f.split(".")
+        out[(int(layer[1:]), int(neuron[1:]))] = 1 if phase == "active" else -1
+    return out
+
+
+def _fact_names(facts: dict) -> tuple[str, ...]:
+    return tuple(f"L{k}.N{i}.{'active' if p > 0 else 'inactive'}" for (k, i), p in facts.items())
+
+
+class TreeWalk:
+    """A ReLU-split proof tree (every leaf the region's box) walked top-down on
+    the variant: each node is the variant's domain of the original's split
+    facts mapped onto it (the variant's phases throughout, so the nodes of a
+    level tile their parent), bounded with its parent's bounds intersected (a
+    node closed prunes its subtree: an easier variant closes high up); an open
+    interior node is split as the original split it, an open leaf is searched
+    further by the variant's own branch and bound."""
+
+    def __init__(self, reuser, search: RegionSearch, branches):
+        self.reuser, self.search, self.branches = reuser, search, branches
+        self.cmap: ChangeMap = reuser.cmap
+        self.stats = reuser.stats
+        self.facts = [_facts(b.splits) for b in branches]
+
+    def _node_splits(self, facts: dict) -> list[np.ndarray]:
+        from ..search import split_arrays
+        return split_arrays(self.cmap.map_splits(_fact_names(facts)), self.search.net.hidden_sizes)
+
+    def run(self, region, r: int):
+        """A confirmed counterexample, None when every node closed, or raises
+        :class:`TreeOpen`."""
+        from ..attack import confirm_batch
+        search, n_hidden = self.search, len(self.search.net.hidden_sizes)
+        frontier = [({}, np.arange(len(self.branches)), None, 0)]
+        to_split, closed_nodes = [], 0
+        while frontier:
+            if self.reuser.left() <= 0:
+                raise TreeOpen("time budget used up walking the proof tree")
+            batch, frontier = frontier[:search._batch_size()], frontier[search._batch_size():]
+            n = len(batch)
+            lo = torch.from_numpy(np.repeat(region.lower[None, :], n, axis=0))
+            hi = torch.from_numpy(np.repeat(region.upper[None, :], n, axis=0))
+            arrays = [self._node_splits(f) for f, _, _, _ in batch]
+            splits = [torch.from_numpy(np.stack([a[k] for a in arrays])) for k in range(n_hidden)]
+            fixed = None
+            if all(p is not None for _, _, p, _ in batch):
+                fixed = [(torch.from_numpy(np.stack([p[k][0] for _, _, p, _ in batch])),
+                          torch.from_numpy(np.stack([p[k][1] for _, _, p, _ in batch])))
+                         for k in range(n_hidden)]
+            leaf_of = [int(idx[0]) if len(idx) == 1 and self.facts[idx[0]] == f else None
+                       for f, idx, _, _ in batch]
+            warm = None
+            if all(i is not None for i in leaf_of):
+                warm = warm_alphas(self.cmap, self.branches, leaf_of)
+            res, _, closed = search.bound_branches(lo, hi, splits, fixed, mode="backward",
+                                                   alpha_init=warm)
+            closed_nodes += int(closed.sum())
+            open_rows = np.flatnonzero(~closed)
+            if len(open_rows) == 0:
+                continue
+            cex = confirm_batch(search.net, region, r,
+                                np.vstack([res.candidates(lo, hi, int(i)) for i in open_rows]))
+            if cex is not None:
+                return cex
+            for i in open_rows:
+                facts, idx, _, depth = batch[i]
+                bounds = [(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(n_hidden)]
+                if leaf_of[i] is not None:
+                    to_split.append(Node(region.lower.copy(), region.upper.copy(), arrays[i],
+                                         bounds, depth))
+                    continue
+                common = set.intersection(*(set(self.facts[j]) - set(facts) for j in idx))
+                if not common:
+                    raise TreeOpen("the proof's leaves do not form a split tree")
+                neuron = min(common)  # as covers() reads the tree
+                for phase in (1, -1):
+                    sub = np.array([j for j in idx if self.facts[j][neuron] == phase], dtype=np.int64)
+                    frontier.append(({**facts, neuron: phase}, sub, bounds, depth + 1))
+        self.stats.closed_by_bounds += closed_nodes
+        if not to_split:
+            return None
+        cex = self.reuser.attack(region, r, quick=True)
+        if cex is not None:
+            return cex
+        out = search.run(to_split)
+        self.stats.z3_queries += search.stats.z3_queries
+        if out.status == "violated":
+            return out.counterexample
+        if out.status != "holds":
+            raise TreeOpen(f"region {r}: {len(to_split)} leaves did not close on the variant "
+                           f"({out.reason})")
+        self.stats.closed_by_split += len(to_split)
+        return None
