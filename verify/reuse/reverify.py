@@ -25,21 +25,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import z3
 
 from ..attack import Attacker, confirm_batch
 from ..bounds import BoundPropagator
-from ..encode import Branch, encode, solve
 from ..errors import ShapeMismatchError
 from ..network import Network
 from ..options import VerifyOptions
 from ..properties import Property, Region
 from ..search import Node, RegionSearch, split_arrays
-from ..result import Counterexample, Statistics, Status, VerificationResult
+from ..result import Counterexample, Statistics, Status
 from ..verifier import verify_property
 from ..vnnlib import check_fits
 from .bound_core import bound_with, box_tensors, core_neurons
@@ -48,81 +45,9 @@ from .difference import (OriginalBounds, deviation, margin_loss, original_bounds
                          variant_bounds, with_spec_shift)
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
+from .core_check import CoreChecks
+from .results import ReuseResult, ReuseStats
 from .tree import LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, warm_alphas
-
-
-@dataclass
-class ReuseStats:
-    core_size: int = 0  # names in the original proof's cores (all branches)
-    constraints_total: int = 0  # tracked constraints of the queries those cores came from
-    cores: int = 0  # cores in the original proof
-    cores_minimal: int = 0
-    reused: int = 0  # core names whose constraint is unchanged in the variant
-    revalued: int = 0  # ... whose weights, bias or bound values changed
-    dropped: int = 0  # ... of removed neurons
-    branches: int = 0  # branches of the original proof
-    closed_by_bounds: int = 0  # branches the variant's own bounds closed
-    closed_by_bound_core: int = 0  # ... back-substituting only a bound core's neurons
-    closed_by_difference: int = 0  # ... by the original's bounds moved by the change
-    closed_by_difference_backsub: int = 0  # ... of which over the moved intermediate bounds
-    closed_at_root: int = 0  # regions of a split proof closed by one bound of the region
-    closed_by_core: int = 0  # branch conjunctions closed by a reused (refined) core
-    closed_by_full: int = 0  # ... by the full query of the branch
-    closed_by_split: int = 0  # branches re-proved by branch and bound on the variant
-    cores_used: int = 0
-    refinements: int = 0
-    z3_queries: int = 0
-    fallback: bool = False
-    fallback_reason: str | None = None
-    original_status: str = ""
-    original_time_s: float = 0.0  # deciding the original (the search that built its proof)
-    original_core_time_s: float = 0.0  # the proof's cores (at build and made on demand since)
-    # building the original's proof in all: original_time_s + original_core_time_s (the
-    # end-to-end accounting charges it once per original, not per variant)
-    original_proof_s: float = 0.0
-    original_name: str = ""  # the original network
-    proof_from_store: bool = False
-
-
-@dataclass
-class ReuseResult:
-    status: Status
-    time_s: float
-    method: str  # bounds | core | z3 | bab | scratch | attack ...
-    counterexample: Counterexample | None = None
-    reason: str | None = None
-    network: str | None = None
-    property: str | None = None
-    reuse: ReuseStats = field(default_factory=ReuseStats)
-    scratch_status: str | None = None
-    scratch_time_s: float | None = None
-
-    def __post_init__(self):
-        self.status = Status(self.status)
-        if self.status is Status.VIOLATED and self.counterexample is None:
-            raise ValueError("a violated verdict must carry a confirmed counterexample")
-
-    def to_dict(self) -> dict:
-        d = {"status": self.status.value, "time_s": round(self.time_s, 6), "method": self.method,
-             "counterexample": self.counterexample.to_dict() if self.counterexample else None,
-             "reason": self.reason, "network": self.network, "property": self.property,
-             "reuse": asdict(self.reuse)}
-        if self.scratch_status is not None:
-            d["scratch_status"] = self.scratch_status
-            d["scratch_time_s"] = round(self.scratch_time_s, 6)
-        return d
-
-    def to_verification_result(self) -> VerificationResult:
-        """The plain verdict (what a proof cache or a pytest report holds); the
-        reuse statistics become the note and the core size."""
-        s = self.reuse
-        note = (f"proof reuse: {s.reused} core constraints reused, {s.revalued} re-valued, "
-                f"{s.dropped} dropped, {s.refinements} refinements"
-                + (f"; fallback: {s.fallback_reason}" if s.fallback else ""))
-        stats = Statistics(branches=s.branches, z3_queries=s.z3_queries,
-                           core_size=s.core_size, constraints_total=s.constraints_total)
-        return VerificationResult(self.status, self.time_s, self.method, self.counterexample,
-                                  self.reason or note, self.network, self.property, stats)
 
 
 def _relu_tree(region: Region, branches) -> bool:
@@ -136,7 +61,7 @@ class _NoFit(Exception):
     """The proof does not carry over; verify from scratch."""
 
 
-class _Reuser:
+class _Reuser(CoreChecks):
     def __init__(self, variant: Network, cmap: ChangeMap, options: VerifyOptions,
                  ropt: ReuseOptions, stats: ReuseStats, deadline: float):
         self.net, self.cmap, self.opt, self.ropt = variant, cmap, options, ropt
@@ -420,75 +345,6 @@ class _Reuser:
                                       samples=200 if quick else self.opt.random_samples,
                                       starts=starts)
         return cex
-
-    # ---- one branch, one conjunction ----------------------------------------------------
-    def z3_branch(self, region: Region, r: int, b: ProofBranch, lb, j: int, unstable: int):
-        """"unsat", a confirmed counterexample, or None (not decided)."""
-        conj = region.unsafe[j]
-        core = b.cores.get(j)
-        full_ok = unstable <= max(self.opt.z3_max_unstable, self.ropt.core_max_unstable)
-        if core is None and not full_ok:
-            return None  # no core and a full query this large rarely finishes: split instead
-        names = None
-        if core is not None:
-            names = []
-            for n in core.names:
-                m = self.cmap.map_name(n)
-                if m is not None and m not in names:
-                    names.append(m)
-        for digits in self.opt.z3_digits:
-            q = encode(self.net, Branch(b.lower, b.upper, lb, conj.coeffs, conj.rhs), digits)
-            spurious = False
-            if names is not None:
-                self.stats.cores_used += 1
-                current = [n for n in names if n in q.constraints]
-                for _ in range(self.ropt.refine_rounds + 1):
-                    if self.left() <= 0.05:
-                        return None
-                    ans = solve(q, current, timeout=min(self.opt.z3_query_timeout, self.left()))
-                    self.stats.z3_queries += 1
-                    if ans.status == "unsat":
-                        self.stats.closed_by_core += 1
-                        return "unsat"
-                    if ans.status != "sat":
-                        break
-                    cex = confirm_batch(self.net, region, r, ans.model_input[None, :])
-                    if cex is not None:
-                        return cex
-                    extra = self.violated(q, current)
-                    if not extra:  # the model meets every constraint: rounding slack
-                        spurious = True
-                        break
-                    current += extra
-                    names += [n for n in extra if n not in names]
-                    self.stats.refinements += 1
-            if spurious:
-                continue
-            if not full_ok or self.left() <= 0.05:
-                return None
-            ans = solve(q, None, timeout=min(self.opt.z3_query_timeout, self.left()))
-            self.stats.z3_queries += 1
-            if ans.status == "unsat":
-                self.stats.closed_by_full += 1
-                return "unsat"
-            if ans.status != "sat":
-                return None
-            cex = confirm_batch(self.net, region, r, ans.model_input[None, :])
-            if cex is not None:
-                return cex
-        return None
-
-    def violated(self, q, asserted: list[str]) -> list[str]:
-        """The variant's constraints (not yet asserted) that the last model violates;
-        without a model, those of the neurons in the affected region."""
-        have = set(asserted)
-        try:
-            model = q.solver.model()
-            return [n for n, c in q.constraints.items()
-                    if n not in have and z3.is_false(model.eval(c, model_completion=True))]
-        except z3.Z3Exception:
-            return [n for n in self.cmap.affected_names(q.constraints) if n not in have]
-
 
 def _proof_stats(stats: ReuseStats, proof: ProofRecord, cmap: ChangeMap) -> None:
     stats.branches = proof.n_branches
