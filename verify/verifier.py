@@ -26,6 +26,7 @@ class Proof:
     with its box, ReLU splits, layer bounds and (Z3 leaves) raw unsat cores."""
 
     leaves: dict[int, list[Leaf]] = field(default_factory=dict)
+    roots: dict = field(default_factory=dict)  # per region: its root bound (BatchBounds)
 
 
 def verify_property(network: Network | GraphNetwork, prop: Property,
@@ -62,7 +63,10 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
     for r, region in enumerate(prop.regions):
         search = RegionSearch(network, region, r, options, deadline, stats, propagator,
                               record=proof is not None)
-        if search.closed_at_root():
+        closed = search.closed_at_root()
+        if proof is not None:
+            proof.roots[r] = search.root_result
+        if closed:
             settled.add(r)
             if proof is not None:
                 proof.leaves[r] = search.leaves
