@@ -208,3 +208,24 @@ def test_concurrent_store_writers_leave_every_entry_readable(tmp_path):
         assert store.get_result("n" * 64, "p" * 64, key) is not None, key
     assert not store.problems
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_reverify_with_two_jobs_gives_the_rows_of_one(instances, tmp_path):
+    import json
+
+    from compress import compress
+    from verify.loading import load_network
+    original = instances[0].network
+    net = load_network(original)
+    variants = [str(compress(net, r).save(tmp_path, r.replace(":", "-"))[0])
+                for r in ("int8", "magnitude:0.2")]
+    props = [j.property for j in instances[:4]]
+    args = ["reverify", original, *variants] + [x for p in props for x in ("-p", p)]
+    rows = {}
+    for jobs in ("1", "2"):
+        res = _cli(*args, "--json", "--timeout", "20", "--jobs", jobs)
+        assert res.exit_code in (0, 1), res.output
+        got = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+        rows[jobs] = sorted((Path(r["variant"]).name, Path(r["property"]).name, r["status"])
+                            for r in got)
+    assert len(rows["1"]) == 8 and rows["1"] == rows["2"]

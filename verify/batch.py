@@ -62,6 +62,7 @@ class JobResult:
     error: str | None = None
     attempts: int = 1
     method: str = ""
+    extra: dict | None = None  # what a custom runner returned beside the verdict
 
     def to_dict(self) -> dict:
         return {"key": self.job.key, "network": self.job.network, "property": self.job.property,
@@ -119,7 +120,7 @@ def _result(job: Job, data: dict, attempts: int) -> JobResult:
         from .result import VerificationResult
         res = VerificationResult.from_dict(data["result"])
     return JobResult(job, data["status"], float(data["time_s"]), res, data.get("error"),
-                     attempts, data.get("method", ""))
+                     attempts, data.get("method", ""), data.get("extra"))
 
 
 # ------------------------------------------------------------------ ordering
