@@ -411,8 +411,9 @@ class Coreproof:
             orig_result = self._check(original, prop, options)
             reverify = _reverify_function()
             if reverify is not None and orig_result.status is Status.HOLDS:
+                record = self._records.get(net.digest())
                 result = reverify(original, net, prop, options, store=store,
-                                  record=self._records.get(net.digest()))
+                                  **({} if record is None else {"record": record}))
                 if hasattr(result, "to_verification_result"):
                     result = result.to_verification_result()
                 if result.status is Status.UNKNOWN:
