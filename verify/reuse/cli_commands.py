@@ -31,6 +31,14 @@ def load_variant_file(path: str, original):
     p = Path(path)
     folder, stem = _stem_of(p)
     onnx_path, record_path = variant_paths(folder, stem)
+    if p.suffix.lower() == ".onnx" and record_path.is_file() and not hasattr(original, "affines"):
+        from compress.graph_compress import load_graph_variant
+        g = load_graph_variant(onnx_path)  # a CNN variant: its record is digest-checked
+        if g.record.get("parent_digest") != original.digest():
+            raise InputError(f"the change record {record_path.name} belongs to another parent "
+                             f"network than {original.name}", path=str(record_path),
+                             expected=f"a variant of the original (or no {RECORD_SUFFIX})")
+        return g.network, None
     if p.suffix.lower() == ".onnx" and record_path.is_file():
         v = load_variant(onnx_path)
         if v.record.parent_digest != original.digest():

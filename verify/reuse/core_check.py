@@ -16,7 +16,10 @@ class CoreChecks:
     """Needs ``net``, ``cmap``, ``opt``, ``ropt``, ``stats`` and ``left()``."""
 
     def z3_branch(self, region: Region, r: int, b: ProofBranch, lb, j: int, unstable: int):
-        """"unsat", a confirmed counterexample, or None (not decided)."""
+        """"unsat", a confirmed counterexample, or None (not decided; always for a graph
+        network: its leaves are closed by bounds or split further, not sent to Z3)."""
+        if not hasattr(self.net, "affines"):
+            return None
         conj = region.unsafe[j]
         core = b.cores.get(j)
         full_ok = unstable <= max(self.opt.z3_max_unstable, self.ropt.core_max_unstable)

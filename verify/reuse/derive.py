@@ -69,3 +69,34 @@ def _match_rows(wo, bo, wv, bv, tolerance: float, k: int) -> np.ndarray:
         raise ShapeMismatchError(f"no change record, and neuron {j} of the variant's layer {k} "
                                  "matches no neuron of the original by its weights")
     return out
+
+
+class GraphChangeMap:
+    """The change map of a graph (CNN) variant with its original's ReLU layers, neuron by
+    neuron (quantized, magnitude-pruned, fine-tuned: the same architecture).  It carries
+    what re-checking a ReLU-split proof tree needs -- split facts map to themselves -- and
+    nothing of the chain-only differential tiers.  A channel-pruned variant has other
+    layer sizes: no map (``ShapeMismatchError``), the variant is verified from scratch."""
+
+    how = "position (graph)"
+
+    def __init__(self, original, variant):
+        if original.n_inputs != variant.n_inputs or original.n_outputs != variant.n_outputs \
+                or tuple(original.hidden_sizes) != tuple(variant.hidden_sizes):
+            raise ShapeMismatchError(
+                f"the graph variant's ReLU layers {tuple(variant.hidden_sizes)} differ from "
+                f"the original's {tuple(original.hidden_sizes)} (channel pruning): no neuron "
+                "map for graph networks yet")
+        self.original, self.variant = original, variant
+        self.kept_rows = [np.arange(n) for n in original.hidden_sizes] + \
+            [np.arange(original.n_outputs)]  # per layer, as ChangeMap's (output last)
+
+    def map_name(self, name: str) -> str:
+        return name
+
+    def map_splits(self, facts) -> tuple[str, ...]:
+        return tuple(facts)
+
+    def counts(self, names) -> dict[str, int]:
+        n = len(names.layer) if hasattr(names, "layer") else len(list(names))
+        return {"unchanged": 0, "revalued": n, "removed": 0}  # not compared per neuron

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..attack import Attacker, confirm_batch
-from ..bounds import BoundPropagator
+from ..graphbounds import make_propagator
 from ..errors import ShapeMismatchError
 from ..network import Network
 from ..options import VerifyOptions
@@ -47,6 +47,7 @@ from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
+from .derive import GraphChangeMap
 from .tree import LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, warm_alphas
 
 
@@ -66,7 +67,7 @@ class _Reuser(CoreChecks):
                  ropt: ReuseOptions, stats: ReuseStats, deadline: float):
         self.net, self.cmap, self.opt, self.ropt = variant, cmap, options, ropt
         self.stats, self.deadline = stats, deadline
-        self.propagator = BoundPropagator(variant)
+        self.propagator = make_propagator(variant, options.graph_bounds)
         self.rng = np.random.default_rng(options.seed)
         self.attacker: Attacker | None = None
 
@@ -433,10 +434,15 @@ def reverify(original: Network, variant, prop: Property,
             raise _NoFit(f"the original has no proof ({proof.status})")
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
+        graph = not isinstance(original, Network) or not isinstance(variant, Network)
         try:
-            cmap = ChangeMap(original, variant, record)
+            cmap = GraphChangeMap(original, variant) if graph else \
+                ChangeMap(original, variant, record)
         except ShapeMismatchError as exc:
             raise _NoFit(str(exc)) from None
+        if graph:  # CNNs: the proof tree re-checked with bounds (no chain-only tiers, no Z3)
+            reuse_options = dataclasses.replace(
+                reuse_options, difference=False, bound_core_on_demand=False, tree_walk=True)
         stats.change_map = cmap.how
         _proof_stats(stats, proof, cmap)
         # the reuse attempt gets a share of the budget; the fallback the rest
