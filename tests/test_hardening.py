@@ -241,9 +241,9 @@ def test_api_rejects_a_network_with_nan_weights(tmp_path):
 
 def test_encoder_rounds_huge_coefficients_without_overflow():
     from verify.encode import Branch, encode, solve
-    net = _with_weight(1e300)
+    net = _with_weight(1e306)  # finite, but 1e306 * 10**4 is not
     lo, hi = -np.ones(5), np.ones(5)
-    lb = [(np.full(8, -1e301), np.full(8, 1e301))]
+    lb = [(np.full(8, -1e307), np.full(8, 1e307))]
     q = encode(net, Branch(lo, hi, lb, np.eye(5)[:1], np.array([-1e6])), digits=4)
     assert q.constraints  # built (was OverflowError: cannot convert float infinity)
 
@@ -406,3 +406,18 @@ def test_compress_says_when_it_samples_the_unit_box(tmp_path):
     res = run("compress", NET, "-o", tmp_path / "out", "--prune", "magnitude:0.3")
     assert res.exit_code == 0, res.output
     assert "[0, 1]^5 (sampling the default: no --domain or --box given" in res.stdout
+
+
+def test_change_record_with_a_huge_number_is_an_input_error(tmp_path):
+    """Found by the fuzzer: int(1e4001) raised OverflowError out of the reader."""
+    from compress import compress
+    from compress.record import ChangeRecord
+    from verify.errors import InputError
+    text = compress(small_net(), "magnitude:0.3").record.to_json()
+    path = tmp_path / "v.changes.json"
+    path.write_text(text.replace('"layer": 1,', '"layer": 1e4001,', 1))
+    with pytest.raises(InputError, match="malformed change record"):
+        ChangeRecord.load(path)
+    path.write_bytes(b"\xff" + text.encode())
+    with pytest.raises(InputError, match="cannot read change record"):
+        ChangeRecord.load(path)
