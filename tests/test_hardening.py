@@ -421,3 +421,8 @@ def test_change_record_with_a_huge_number_is_an_input_error(tmp_path):
     path.write_bytes(b"\xff" + text.encode())
     with pytest.raises(InputError, match="cannot read change record"):
         ChangeRecord.load(path)
+
+
+@pytest.mark.parametrize("args", [["--nosuch"], ["nosuch"], ["verify", NET], ["verify", NET, PROP1, "--bogus"]])
+def test_usage_errors_are_one_line(args):
+    assert_bad_input(run(*args), "--help")  # was click's usage block (3 lines)

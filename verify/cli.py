@@ -48,6 +48,8 @@ def _progress(quiet: bool):
     return lambda msg: click.echo(f"[coreproof] {msg}", err=True)
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
 #: seconds a Ctrl-C may take to surface as KeyboardInterrupt before the process
 #: exits 130 anyway (it surfaces when a Z3 query returns, within its timeout; an
 #: interrupt that lands in an object's __del__ is swallowed by Python)
@@ -115,12 +117,28 @@ class CoreproofGroup(click.Group):
                     handled.set()
                 click.echo("interrupted", err=True)
                 ctx.exit(exit_codes.INTERRUPTED)
+            except click.UsageError as exc:  # a bad option or argument: one line too
+                self._usage(exc)
             except (click.exceptions.Exit, click.ClickException, click.Abort):
                 raise
             except CoreproofError as exc:
                 self._fail(ctx, exc, debug, "")
             except Exception as exc:  # noqa: BLE001 - an internal error is exit 2, not a traceback
                 self._fail(ctx, exc, debug, "internal error: ")
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            self._usage(exc)
+
+    @staticmethod
+    def _usage(exc: click.UsageError):
+        if isinstance(exc, _NO_ARGS_IS_HELP):  # bare `coreproof`: click shows the help
+            raise exc
+        where = exc.ctx.command_path if exc.ctx is not None else "coreproof"
+        click.echo(f"error: {one_line(exc.format_message())} (see {where} --help)", err=True)
+        raise click.exceptions.Exit(exit_codes.BAD_INPUT)
 
     @staticmethod
     def _fail(ctx, exc: Exception, debug: bool, kind: str):
