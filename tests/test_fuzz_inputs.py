@@ -61,10 +61,16 @@ def inputs(seeds: list[bytes]):
     return st.integers(min_value=0, max_value=2 ** 63).map(lambda key: make_input(seeds, key))
 
 
-def fuzz(check, seeds: list[bytes], n: int) -> None:
-    """Run ``check(data)`` on ``n`` examples; it may return or raise InputError."""
+def fuzz(check, seeds: list[bytes], n: int, known: tuple[int, ...] = ()) -> None:
+    """Run ``check(data)`` on ``n`` examples; it may return or raise InputError.
+    ``known``: example keys that once failed (always run)."""
     for s in seeds:  # the seeds themselves parse
         check(s)
+    for key in known:
+        try:
+            check(make_input(seeds, key))
+        except InputError:
+            pass
 
     seen = []
 
@@ -190,7 +196,9 @@ def test_fuzz_onnx_loader(fast_dir, size):
     def check(data: bytes):
         path.write_bytes(data)
         load_network(path)
-    fuzz(check, seeds, SLOW_EXAMPLES if size == "slow" else DEFAULT_EXAMPLES)
+    # 16596301: a Gemm node left with one input (IndexError in the graph loader);
+    # 26381: an initializer of unknown data type 37 (KeyError from onnx.numpy_helper)
+    fuzz(check, seeds, SLOW_EXAMPLES if size == "slow" else DEFAULT_EXAMPLES, known=(16596301, 26381))
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -11,8 +11,11 @@ from __future__ import annotations
 import csv
 import importlib
 import io
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -45,6 +48,41 @@ def _progress(quiet: bool):
     return lambda msg: click.echo(f"[coreproof] {msg}", err=True)
 
 
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+#: seconds a Ctrl-C may take to surface as KeyboardInterrupt before the process
+#: exits 130 anyway (it surfaces when a Z3 query returns, within its timeout; an
+#: interrupt that lands in an object's __del__ is swallowed by Python)
+INTERRUPT_GRACE_S = 10.0
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """Ctrl-C raises KeyboardInterrupt (mapped to exit 130 by the group); should
+    that exception be swallowed, a watchdog exits 130 after INTERRUPT_GRACE_S."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    handled = threading.Event()
+
+    def watchdog():
+        if not handled.wait(INTERRUPT_GRACE_S):
+            sys.stderr.write("interrupted\n")
+            sys.stderr.flush()
+            os._exit(exit_codes.INTERRUPTED)
+
+    def on_sigint(signum, frame):
+        if not any(t.name == "coreproof-interrupt" for t in threading.enumerate()):
+            threading.Thread(target=watchdog, name="coreproof-interrupt", daemon=True).start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield handled
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class CoreproofGroup(click.Group):
     """The ``coreproof`` group: lazy sub-commands and one mapping from exceptions
     to exit codes (a CoreproofError is bad input, any other exception an
@@ -71,24 +109,49 @@ class CoreproofGroup(click.Group):
 
     def invoke(self, ctx):
         debug = bool(ctx.params.get("debug")) or bool(os.environ.get("COREPROOF_DEBUG"))
+        with _interruptible() as handled:
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                if handled is not None:
+                    handled.set()
+                click.echo("interrupted", err=True)
+                ctx.exit(exit_codes.INTERRUPTED)
+            except click.UsageError as exc:  # a bad option or argument: one line too
+                self._usage(exc)
+            except (click.exceptions.Exit, click.ClickException, click.Abort):
+                raise
+            except CoreproofError as exc:
+                self._fail(ctx, exc, debug, "")
+            except Exception as exc:  # noqa: BLE001 - an internal error is exit 2, not a traceback
+                self._fail(ctx, exc, debug, "internal error: ")
+
+    def parse_args(self, ctx, args):
         try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(exit_codes.INTERRUPTED)
-        except CoreproofError as exc:
-            if debug:
-                traceback.print_exc()
-            click.echo(f"error: {one_line(exc)}", err=True)
-            ctx.exit(exit_codes.BAD_INPUT)
-        except Exception as exc:  # noqa: BLE001 - an internal error is exit 2, not a traceback
-            if debug:
-                traceback.print_exc()
-            click.echo(f"error: internal error: {type(exc).__name__}: {one_line(exc)}"
-                       + ("" if debug else " (run with --debug for the traceback)"), err=True)
-            ctx.exit(exit_codes.BAD_INPUT)
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            self._usage(exc)
+
+    @staticmethod
+    def _usage(exc: click.UsageError):
+        if isinstance(exc, _NO_ARGS_IS_HELP):  # bare `coreproof`: click shows the help
+            raise exc
+        where = exc.ctx.command_path if exc.ctx is not None else "coreproof"
+        click.echo(f"error: {one_line(exc.format_message())} (see {where} --help)", err=True)
+        raise click.exceptions.Exit(exit_codes.BAD_INPUT)
+
+    @staticmethod
+    def _fail(ctx, exc: Exception, debug: bool, kind: str):
+        if debug:
+            traceback.print_exc()
+        text = f"error: {kind}"
+        if kind:
+            text += f"{type(exc).__name__}: "
+        text += one_line(exc)
+        if kind and not debug:
+            text += " (run with --debug for the traceback)"
+        click.echo(text, err=True)
+        ctx.exit(exit_codes.BAD_INPUT)
 
 
 def run_one(net_path: str, prop_path: str, timeout: float, progress=None,

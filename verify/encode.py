@@ -163,6 +163,10 @@ def solve(query: Query, names: list[str] | None = None, timeout: float = 10.0) -
     solver = query.solver
     solver.reset()
     solver.set("timeout", max(1, int(timeout * 1000)))
+    # Z3's own SIGINT handling would cancel the query and swallow Ctrl-C (or re-raise
+    # it past Python's handler, killing the process): leave it to Python, which
+    # raises KeyboardInterrupt when the query returns (within its timeout)
+    solver.set("ctrl_c", False)
     trackers = {}
     for n in names:
         b = z3.Bool(n, query.ctx)

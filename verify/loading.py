@@ -38,6 +38,18 @@ def check_parameters(what: str, values, path=None) -> None:
                          expected=f"parameters of magnitude <= {MAX_PARAMETER:g}")
 
 
+def tensor_array(tensor, path=None):
+    """The numpy value of an ONNX ``TensorProto`` (InputError naming it when the
+    file's tensor is malformed: an unknown data type, a wrong byte count, ...)."""
+    from onnx import numpy_helper
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # noqa: BLE001 - onnx raises assorted errors on garbage
+        raise InputError(f"tensor '{tensor.name}' cannot be read ({type(exc).__name__}: {exc})",
+                         path=None if path is None else str(path),
+                         expected="a well-formed ONNX tensor") from None
+
+
 def check_network_values(network, path=None) -> None:
     """:func:`check_parameters` on every layer of a fully-connected network (a
     composition of in-range layers can still overflow)."""

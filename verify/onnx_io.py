@@ -189,9 +189,9 @@ def _attrs(node) -> dict:
 
 
 def _constant_value(node, attrs: dict) -> np.ndarray:
-    from onnx import numpy_helper
     if "value" in attrs:
-        return numpy_helper.to_array(attrs["value"])
+        from .loading import tensor_array
+        return tensor_array(attrs["value"])
     for key in ("value_float", "value_floats", "value_int", "value_ints"):
         if key in attrs:
             return np.asarray(attrs[key])
@@ -449,10 +449,9 @@ def quantization_metadata(network: Network) -> dict[str, str]:
 def _load_chain(model, path: Path, name: str) -> Network:
     graph = model.graph
     walker = _Walker(str(path))
-    from onnx import numpy_helper
-    from .loading import check_parameters
+    from .loading import check_parameters, tensor_array
     for init in graph.initializer:
-        walker.consts[init.name] = numpy_helper.to_array(init)
+        walker.consts[init.name] = tensor_array(init, path)
         check_parameters(f"tensor '{init.name}'", walker.consts[init.name], path)
     inputs = [i for i in graph.input if i.name not in walker.consts]
     if len(inputs) != 1:

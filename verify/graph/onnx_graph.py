@@ -99,10 +99,10 @@ class _Builder:
 
     # ---- the walk ----------------------------------------------------------------
     def build(self, name: str) -> GraphNetwork:
-        from onnx import numpy_helper
+        from ..loading import tensor_array
         graph = self.model.graph
         for init in graph.initializer:
-            self.consts[init.name] = numpy_helper.to_array(init)
+            self.consts[init.name] = tensor_array(init, self.path)
         inputs = [i for i in graph.input if i.name not in self.consts]
         if len(inputs) != 1:
             raise UnsupportedNetworkError(
@@ -174,8 +174,8 @@ class _Builder:
             out = handler(self, _attrs(node), ins)
         except _Unsupported as exc:
             raise self.unsupported(str(exc)) from None
-        except ValueError as exc:
-            raise self.unsupported(f"shapes or attributes do not fit ({exc})") from None
+        except (ValueError, IndexError) as exc:  # IndexError: too few inputs (fuzzed)
+            raise self.unsupported(f"shapes, inputs or attributes do not fit ({exc})") from None
         result = node.output[0]
         if isinstance(out, np.ndarray):
             self.consts[result] = out
