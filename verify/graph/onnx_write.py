@@ -35,14 +35,11 @@ def save_graph_onnx(graph: GraphNetwork, path, *, like=None, input_name: str = "
     shapes and element types the file keeps (they must hold as many values as the graph's)."""
     model = graph_to_onnx(graph, like=like, input_name=input_name, output_name=output_name,
                           dtype=dtype)
+    from ..atomic import atomic_write
     data = model.SerializeToString()
     path = Path(path)
-    try:
-        if path.suffix.lower() == ".gz":
-            with gzip.open(path, "wb") as fh:
-                fh.write(data)
-        else:
-            path.write_bytes(data)
+    try:  # a temporary file renamed into place: never a partial model
+        atomic_write(path, gzip.compress(data) if path.suffix.lower() == ".gz" else data)
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None
 
