@@ -91,7 +91,7 @@ class GraphBoundPropagator(BoundPropagator):
     # coefficients, their positive and negative parts and the products)
     _TEMPORARIES = 6
     # ... and with alpha/beta optimisation autograd keeps every step's tensors
-    _AUTOGRAD = 8
+    _AUTOGRAD = 16
 
     def _rows_per_chunk(self, start: int, branches: int) -> int:
         per_row = 8 * self._TEMPORARIES * self._peak(start) * branches
