@@ -8,7 +8,12 @@ test images; (b) ACAS Xu networks with properties 1-4 (where the VNN-COMP
 instances csv lists them) and small local-robustness boxes; (c)
 mnist-net_256x2 with boxes around the centres of the MNIST-FC VNN-LIB
 properties (small eps); (d) mnist-net_256x2 with the 30 MNIST-FC VNN-LIB
-properties of VNN-COMP 2021 themselves.  Variants: magnitude pruning 10/30/50 %, int8, int4.
+properties of VNN-COMP 2021 themselves; (e) "hard": originals whose proof needs
+branch and bound (>= 1 s from scratch, checked here: easier ones are skipped)
+on networks the other families do not use -- mnist-net_256x4 / 256x6 at eps
+0.01-0.02 around the MNIST-FC images and ACAS Xu networks 1_3 ... 4_5 with
+properties 1-4.  Variants: magnitude pruning 10/30/50 %, int8, int4; the hard
+family int16, int8, magnitude 10/30 %, neurons 5 %.
 
 Per (variant, property): the original's proof is built once per property
 (timed), then reverify and scratch verification run on the variant in the
@@ -16,7 +21,11 @@ same process (pairs where both take under 50 ms are run 5 times and the median
 times kept); disagreements are printed loudly and counted.  Prints the proof
 reuse rate (pairs decided without the full fallback), the geometric-mean
 speedup of reuse over scratch (pairs decided both ways) and a per-family
-markdown table.  ``--jsonl`` rows have the format of ``coreproof reverify
+markdown table, then per family the figures where a user waits: the speedup on
+pairs whose scratch run takes >= 1 s (geometric mean, total scratch / total
+reuse, int16 alone), end to end with the originals' proof building (each
+original also verified plainly once: its scratch time, and proof building /
+plain verification), the reuse rate and the disagreements.  ``--jsonl`` rows have the format of ``coreproof reverify
 --json --compare-scratch`` (plus ``family``), readable by ``coreproof report``.
 """
 from __future__ import annotations
@@ -37,10 +46,14 @@ from verify.api import VerifyOptions, load_network, load_property, local_robustn
 from verify.cli import read_instances  # noqa: E402
 from verify.result import _json_default  # noqa: E402
 from verify.reuse import ReuseOptions, compare_scratch, get_proof, reverify  # noqa: E402
-from verify.reuse.report import aggregate, disagrees, speedup  # noqa: E402
+from verify.reuse.report import (aggregate, disagrees, end_to_end, hard_pairs,  # noqa: E402
+                                 speedup)
+from verify.verifier import verify_property  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 RECIPES = ["magnitude:0.1", "magnitude:0.3", "magnitude:0.5", "int8", "int4"]
+HARD_RECIPES = ["int16", "int8", "magnitude:0.1", "magnitude:0.3", "neurons:0.05"]
+HARD_MIN_S = 1.0  # the hard family keeps originals whose plain verification takes this long
 REPEAT_BELOW_S = 0.05  # pairs whose reuse and scratch runs both take less are timed ...
 REPEATS = 5  # ... this many times (median of each)
 
@@ -136,14 +149,53 @@ def mnistfc_family(quick: bool):
     return [("mnistfc", net, [load_property(folder / f"{n}.vnnlib", net) for n in names])]
 
 
+def hard_family(quick: bool):
+    """Originals that need branch and bound, on networks no other family uses
+    (candidates; run_family drops those that turn out easier than HARD_MIN_S)."""
+    folder = DATA / "mnistfc"
+    out = []
+    for netname, eps, ids in ([("mnist-net_256x4", 0.01, [7, 14])] if quick else
+                              [("mnist-net_256x4", 0.01, [1, 2, 7, 14]),
+                               ("mnist-net_256x6", 0.01, range(15))]):
+        net = load_network(folder / f"{netname}.onnx")
+        pts = []
+        for i in ids:
+            r = load_property(folder / f"prop_{i}_0.03.vnnlib", net).regions[0]
+            pts.append((i, (r.lower + r.upper) / 2))
+        out.append(("hard", net, robustness_props(net, pts, [eps], prefix=f"mnist{eps:g}")))
+    folder = DATA / "acasxu"
+    listed = {(r[0].name, r[1].name) for r in read_instances(str(folder / "acasxu_instances.csv"))}
+    for tag in (["1_3"] if quick else ["1_3", "1_4", "2_3", "3_3", "4_5"]):
+        f = folder / f"ACASXU_run2a_{tag}_batch_2000.onnx"
+        net = load_network(f)
+        ps = [load_property(folder / f"prop_{p}.vnnlib", net) for p in (1, 2, 3, 4)
+              if (f.name, f"prop_{p}.vnnlib") in listed]
+        out.append(("hard", net, ps))
+    return out
+
+
 # ---- running --------------------------------------------------------------------------
-def run_family(family, net, props, options, ropt, out, counters):
+def run_family(family, net, props, options, ropt, out, counters, max_originals=None):
     rows = []
-    variants = list(sweep(net, RECIPES))
+    variants = list(sweep(net, HARD_RECIPES if family == "hard" else RECIPES))
+    kept = 0
     for prop in props:
+        if max_originals is not None and kept >= max_originals:
+            break
+        t0 = time.monotonic()
+        plain = verify_property(net, prop, options)  # the original from scratch
+        plain_wall = time.monotonic() - t0
+        if family == "hard" and (plain.status.value != "holds" or plain.time_s < HARD_MIN_S):
+            print(f"[{family}] {net.name} / {prop.name}: skipped (original {plain.status.value} "
+                  f"in {plain.time_s:.2f} s)", file=sys.stderr, flush=True)
+            continue
+        kept += 1
         t0 = time.monotonic()
         proof, _ = get_proof(net, prop, options, ropt)
         build = time.monotonic() - t0
+        print(f"[{family}] {net.name} / {prop.name}: plain verification {plain.time_s:.2f} s, "
+              f"proof building {build:.2f} s ({build / max(plain_wall, 1e-6):.2f}x)",
+              file=sys.stderr, flush=True)
         print(f"[{family}] {net.name} / {prop.name}: original {proof.status} in {build:.2f} s "
               f"({proof.n_branches} branches, {sum(1 for _ in proof.cores())} cores)",
               file=sys.stderr, flush=True)
@@ -165,7 +217,9 @@ def run_family(family, net, props, options, ropt, out, counters):
             d = res.to_dict()
             row = {"family": family, "variant": v.network.name, "property": prop.name,
                    "variant_name": d.pop("network"), "property_name": d.pop("property"),
-                   "recipe": v.record.recipe, "original_proof_s": round(build, 6), **d}
+                   "recipe": v.record.recipe, "original_proof_s": round(build, 6),
+                   "original_scratch_s": round(plain.time_s, 6),
+                   "original_plain_wall_s": round(plain_wall, 6), **d}
             row.pop("counterexample") if row["status"] != "violated" else None
             rows.append(row)
             flag = ""
@@ -188,7 +242,7 @@ def table(rows) -> str:
     lines = ["| family | pairs | holds | violated | unknown | reuse rate | fallbacks | "
              "speedup (geo-mean) | compared | disagreements | reuse time (s) | scratch time (s) |",
              "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    order = ["digits", "acasxu", "mnist", "mnistfc"]
+    order = ["digits", "acasxu", "mnist", "mnistfc", "hard"]
     families = sorted({r["family"] for r in rows}, key=order.index)
     groups = [(f, [r for r in rows if r["family"] == f]) for f in families] + [("**all**", rows)]
     for name, rs in groups:
@@ -201,13 +255,44 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def figures_table(rows) -> str:
+    """Per family, side by side: the speedup on pairs whose scratch run takes
+    >= 1 s (geometric mean, totals, int16 alone), end to end with the proof
+    building, the original's proof building / its plain verification (worst
+    among originals taking >= 1 s), reuse rate and disagreements."""
+    lines = ["| family | pairs >= 1 s | speedup >= 1 s (geo-mean) | total scratch / reuse "
+             ">= 1 s | int16 >= 1 s | end to end | proof building / plain (max, >= 1 s) | "
+             "reuse rate | disagreements |", "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    fams = sorted({r["family"] for r in rows}, key=["digits", "acasxu", "mnist", "mnistfc",
+                                                     "hard"].index)
+    f = lambda v: "n/a" if v is None else f"{v:.2f}x"
+    for name, rs in [(x, [r for r in rows if r["family"] == x]) for x in fams] + [("**all**", rows)]:
+        h = hard_pairs(rs)
+        h16 = hard_pairs([r for r in rs if r.get("recipe") == "int16"])
+        _, e2e = end_to_end(rs)
+        total = aggregate(rs)["total"]
+        # proof building / plain verification (wall clock both), per original: the
+        # worst among originals taking >= 1 s (ms-scale ratios are timer noise)
+        per = {(r.get("variant_name", "").split("~")[0], r["property"]):
+               (r["original_proof_s"], r.get("original_plain_wall_s") or r["original_scratch_s"])
+               for r in rs if r.get("original_scratch_s") is not None}
+        build = [b / p for b, p in per.values() if p >= HARD_MIN_S]
+        lines.append(f"| {name} | {len(h.speedups)} | {f(h.speedup)} | "
+                     f"{f(h.scratch_time_s / h.time_s if h.time_s > 0 else None)} | "
+                     f"{f(h16.speedup)} | {f(e2e.ratio)} | {f(max(build) if build else None)} | "
+                     f"{total.reuse_rate:.1%} | {total.disagreements} |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a subset that runs in a few minutes")
     ap.add_argument("--timeout", type=float, default=None,
                     help="seconds per verification (default: 10 with --quick, else 30)")
-    ap.add_argument("--only", choices=["digits", "acasxu", "mnist", "mnistfc"])
+    ap.add_argument("--only", choices=["digits", "acasxu", "mnist", "mnistfc", "hard"])
+    ap.add_argument("--max-originals", type=int, default=None,
+                    help="per network: at most this many originals (a reduced run)")
     ap.add_argument("--jsonl", help="write one JSON line per (variant, property)")
     args = ap.parse_args()
     timeout = args.timeout or (10.0 if args.quick else 30.0)
@@ -215,7 +300,7 @@ def main():
     out = open(args.jsonl, "w") if args.jsonl else None
     counters = {"disagreements": 0}
     builders = {"digits": digits_family, "acasxu": acasxu_family, "mnist": mnist_family,
-                "mnistfc": mnistfc_family}
+                "mnistfc": mnistfc_family, "hard": hard_family}
     if not DATA.is_dir():
         print(f"benchmark data not found at {DATA}: digits family only", file=sys.stderr)
         builders = {"digits": digits_family}
@@ -225,7 +310,8 @@ def main():
         if args.only and name != args.only:
             continue
         for family, net, props in build(args.quick):
-            rows += run_family(family, net, props, options, ropt, out, counters)
+            rows += run_family(family, net, props, options, ropt, out, counters,
+                               args.max_originals)
     if out:
         out.close()
     total = aggregate(rows)["total"]
@@ -242,6 +328,8 @@ def main():
           + ("   <<<<<<<<<< DISAGREEMENTS >>>>>>>>>>" if dis else ""))
     print()
     print(table(rows))
+    print()
+    print(figures_table(rows))
     agg = aggregate(rows)
     print("\n| recipe | pairs | reuse rate | speedup (geo-mean) |\n|---|--:|--:|--:|")
     for g in agg["by_recipe"]:

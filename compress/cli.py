@@ -51,6 +51,15 @@ def _load_box(path: str, network):
     return lo, hi  # the hull of all regions (sound for dead-neuron removal)
 
 
+def _recorded_box(net: str):
+    """The input bounds the network file records (.nnet mins/maxes, in the raw
+    network's normalised units), or None."""
+    if not net.lower().endswith(".nnet"):
+        return None  # ONNX has no standard place for input bounds
+    from verify.nnet_io import load_nnet_normalisation
+    return load_nnet_normalisation(net).input_box()
+
+
 def _load_array(path: str, what: str) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
@@ -109,7 +118,9 @@ def _fmt_bytes(n: int) -> str:
               help="Directory for STEM.onnx and STEM.changes.json per variant.")
 @click.option("--prune", "prunes", multiple=True, metavar="STEP",
               help="magnitude:R[:global][:nooutput], magnitude:t=T, neurons:R[:activation]"
-                   "[:global], remove:K.I[:K.I..], dead (needs --domain or --box). Repeatable.")
+                   "[:global] (0 <= R < 1: neurons:1 is an error, every hidden layer keeps "
+                   "at least one neuron), remove:K.I[:K.I..], dead (needs --domain or --box). "
+                   "Repeatable.")
 @click.option("--quantize", "quantizes", multiple=True, metavar="Q",
               help="int8, int4, intB / fixedB (B in 2..16), none; add :bias to quantize "
                    "biases.")
@@ -124,7 +135,8 @@ def _fmt_bytes(n: int) -> str:
                                                      "report top-1 accuracy.")
 @click.option("--domain", metavar="LO,HI", help="Input domain [LO,HI] for every input "
                                                 "(deviation sampling, dead neurons). "
-                                                "Default for sampling: 0,1.")
+                                                "Default for sampling: the input bounds "
+                                                "NET records (.nnet), else 0,1 (said so).")
 @click.option("--box", "box_file", metavar="PROP.vnnlib",
               help="Input box from a VNN-LIB property (hull of its regions).")
 @click.option("--sweep", is_flag=True, help="One variant per --prune/--quantize step "
@@ -182,11 +194,18 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
         box_text = f"[{lo:g}, {hi:g}]^{n_in}"
     if not graph and any(r.needs_box for r in family) and box is None:
         raise OptionError("dead-neuron removal needs --domain LO,HI or --box PROP.vnnlib")
-    sample_lo, sample_hi = box if box is not None else (np.full(n_in, DEFAULT_DOMAIN[0]),
-                                                        np.full(n_in, DEFAULT_DOMAIN[1]))
-    if box is None:
-        box_text = f"[{DEFAULT_DOMAIN[0]:g}, {DEFAULT_DOMAIN[1]:g}]^{n_in} (default; " \
-                   "set --domain)"
+    if box is not None:
+        sample_lo, sample_hi = box
+    else:
+        recorded = _recorded_box(net)
+        if recorded is not None:
+            sample_lo, sample_hi = recorded
+            box_text = f"the input bounds recorded in {Path(net).name}"
+        else:
+            sample_lo, sample_hi = np.full(n_in, DEFAULT_DOMAIN[0]), np.full(n_in, DEFAULT_DOMAIN[1])
+            box_text = (f"[{DEFAULT_DOMAIN[0]:g}, {DEFAULT_DOMAIN[1]:g}]^{n_in} (sampling the "
+                        f"default: no --domain or --box given and {Path(net).name} records no "
+                        "input bounds)")
 
     x_cal = y_cal = None
     if calibration is not None:

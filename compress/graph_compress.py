@@ -144,7 +144,9 @@ def save_graph_variant(variant: GraphVariant, out_dir, stem: str, *, like=None
     each written to a temporary file and renamed."""
     from verify.graph.onnx_graph import graph_from_model
     from verify.graph.onnx_write import graph_to_onnx
-    from .io import _write_atomic, variant_paths
+    from verify.atomic import atomic_write
+
+    from .io import variant_paths
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path, record_path = variant_paths(out, stem)
@@ -154,9 +156,9 @@ def save_graph_variant(variant: GraphVariant, out_dir, stem: str, *, like=None
         back = graph_from_model(model, str(onnx_path), net.name)
         if GraphNetwork(back.nodes, net.name).digest() == net.digest() or dtype is np.float64:
             break
-    _write_atomic(onnx_path, model.SerializeToString())
+    atomic_write(onnx_path, model.SerializeToString())
     record = dict(variant.record, dtype=np.dtype(dtype).name)
-    _write_atomic(record_path, (json.dumps(record, indent=1) + "\n").encode())
+    atomic_write(record_path, json.dumps(record, indent=1) + "\n")
     return onnx_path, record_path
 
 

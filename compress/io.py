@@ -1,7 +1,6 @@
 """Saving and loading variants: ``STEM.onnx`` next to ``STEM.changes.json``."""
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -78,19 +77,17 @@ def save_variant(network: Network, record: ChangeRecord, out_dir, stem: str, *, 
                          path=str(out)) from None
     onnx_path, record_path = variant_paths(out, stem)
     model, _ = deployable_model(network, like)
-    _write_atomic(onnx_path, model.SerializeToString())
-    _write_atomic(record_path, (record.to_json() + "\n").encode())
-    return onnx_path, record_path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from verify.atomic import atomic_path
+    # both files are written to temporary names first; then the record is renamed
+    # into place, then the network: no .onnx ever appears without its record
+    # (a record without its .onnx fails to load, loudly), and a failure leaves neither
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with atomic_path(onnx_path) as onnx_tmp, atomic_path(record_path) as record_tmp:
+            onnx_tmp.write_bytes(model.SerializeToString())
+            record.save(record_tmp)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None
+        raise InputError(f"cannot write: {exc.strerror or exc}", path=str(out)) from None
+    return onnx_path, record_path
 
 
 def _stem_of(path: Path) -> tuple[Path, str]:

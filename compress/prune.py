@@ -41,6 +41,16 @@ def check_ratio(ratio, what: str = "ratio") -> float:
     return r
 
 
+def check_neuron_ratio(ratio) -> float:
+    """A neuron pruning ratio: in [0, 1).  1 is refused rather than quietly
+    keeping a neuron per layer (every hidden layer keeps at least one)."""
+    r = check_ratio(ratio, "neuron pruning ratio")
+    if r >= 1.0:
+        raise OptionError(f"neuron pruning ratio must be below 1, got {ratio!r} (neurons:1 would "
+                          "remove every neuron of a layer; each hidden layer keeps at least one)")
+    return r
+
+
 def _count(ratio: float, n: int) -> int:
     return min(n, int(np.floor(ratio * n + 0.5)))
 
@@ -171,7 +181,7 @@ def neurons(network: Network, ratio=None, *, method: str = "norm", scope: str = 
                 raise OptionError(f"cannot remove every neuron of layer {k}")
         spec = {"neurons": {str(k): sorted(v) for k, v in drop.items() if v}}
     else:
-        r = check_ratio(ratio, "neuron pruning ratio")
+        r = check_neuron_ratio(ratio)
         scores = neuron_scores(network, method, calibration) if r > 0 else []
         spec = {"ratio": r, "method": method, "scope": scope}
         if r > 0 and scope == "layer":

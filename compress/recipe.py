@@ -4,7 +4,7 @@ Step strings (case-insensitive; a recipe joins steps with ``,``)::
 
     magnitude:R[:global][:nooutput]      unstructured magnitude pruning, ratio R
     magnitude:t=T[:nooutput]             ... every weight with |w| < T
-    neurons:R[:activation][:global]      structured pruning of a fraction R of hidden
+    neurons:R[:activation][:global]      structured pruning of a fraction R (< 1) of hidden
                                          neurons, scored by norm (default) or by mean
                                          activation on calibration data
     remove:K.I[:K.I...]                  remove exactly hidden neurons (K, I)
@@ -112,8 +112,7 @@ class NeuronPrune:
         else:
             if self.ratio is None:
                 raise OptionError("neuron pruning needs a ratio")
-            object.__setattr__(self, "ratio",
-                               _prune.check_ratio(self.ratio, "neuron pruning ratio"))
+            object.__setattr__(self, "ratio", _prune.check_neuron_ratio(self.ratio))
         if self.method not in ("norm", "activation"):
             raise OptionError(f"unknown neuron-scoring method {self.method!r} "
                               "(expected norm or activation)")

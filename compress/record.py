@@ -228,7 +228,8 @@ class ChangeRecord:
                 steps=tuple(dict(s) for s in d.get("steps", ())),
                 version=int(version),
             )
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                OverflowError) as exc:
             raise InputError(f"malformed change record ({exc.__class__.__name__}: {exc})",
                              path=path) from None
         rec.check()
@@ -246,8 +247,9 @@ class ChangeRecord:
         return "{\n" + ",\n".join(parts) + "\n}"
 
     def save(self, path) -> Path:
+        from verify.atomic import atomic_write
         path = Path(path)
-        path.write_text(self.to_json() + "\n")
+        atomic_write(path, self.to_json() + "\n")  # never a partial record
         return path
 
     @classmethod
@@ -256,8 +258,8 @@ class ChangeRecord:
         if not path.is_file():
             raise InputError("no such change record", path=str(path))
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:  # incl. undecodable bytes
             raise InputError(f"cannot read change record: {exc}", path=str(path)) from None
         return cls.from_dict(data, path=str(path))
 

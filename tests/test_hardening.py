@@ -11,7 +11,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import assert_bad_input
+from test_pytest_plugin import FAILING_SUITE, suite, summary  # noqa: F401 - fixture
+from test_pytest_plugin import run as run_suite
 from verify.cli import main
+
+pytest_plugins = ["pytester"]
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "acasxu"
 NET = str(EXAMPLES / "ACASXU_run2a_1_1_batch_2000.onnx")
@@ -163,3 +167,386 @@ def test_options_reject_an_infinite_timeout():
     from verify.options import VerifyOptions
     with pytest.raises(OptionError, match="finite"):
         VerifyOptions(timeout=float("inf"))
+
+
+# ---- networks: NaN / Inf / huge weights ------------------------------------------------
+def _with_weight(value, k=0):
+    net = small_net()
+    w = np.array(net.affines[k].weight)
+    w[1, 2] = value
+    from verify.network import Affine
+    affines = list(net.affines)
+    affines[k] = Affine(w, net.affines[k].bias)
+    return net.with_affines(affines)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -float("inf")])
+def test_onnx_nonfinite_weight_is_bad_input_naming_the_tensor(tmp_path, value):
+    from verify.onnx_io import save_onnx
+    save_onnx(_with_weight(value), tmp_path / "bad.onnx")
+    prop = box_prop(tmp_path / "p.vnnlib")
+    assert_bad_input(run("verify", tmp_path / "bad.onnx", prop, "--timeout", "5"),
+                     "bad.onnx", "layer0.weight", "NaN or Inf")
+
+
+def test_nnet_nonfinite_weight_is_bad_input_naming_the_line(tmp_path):
+    from verify.nnet_io import save_nnet
+    save_nnet(_with_weight(float("nan"), k=1), tmp_path / "bad.nnet")
+    prop = box_prop(tmp_path / "p.vnnlib")
+    res = run("verify", tmp_path / "bad.nnet", prop, "--timeout", "5")
+    assert_bad_input(res, "bad.nnet:", "layer 1 weight row 1", "NaN or Inf")
+
+
+def test_torch_nonfinite_parameter_is_an_input_error():
+    import torch
+
+    from verify.api import load_network
+    from verify.errors import InputError
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with torch.no_grad():
+        model[2].bias[1] = float("inf")
+    with pytest.raises(InputError, match=r"parameter '2.bias' holds NaN or Inf"):
+        load_network(model)
+
+
+def test_weight_too_large_for_the_encoder_is_bad_input(tmp_path):
+    from verify.onnx_io import save_onnx
+    save_onnx(_with_weight(1e200), tmp_path / "huge.onnx")
+    prop = box_prop(tmp_path / "p.vnnlib")
+    assert_bad_input(run("verify", tmp_path / "huge.onnx", prop, "--timeout", "5"),
+                     "layer0.weight", "too large")
+
+
+def test_api_rejects_a_network_with_nan_weights(tmp_path):
+    from verify.api import load_property, verify_property
+    from verify.errors import InputError
+    net = _with_weight(float("nan"))
+    prop = load_property(box_prop(tmp_path / "p.vnnlib"), net)
+    with pytest.raises(InputError, match="layer 0 weight holds NaN or Inf"):
+        verify_property(net, prop)
+
+
+def test_encoder_rounds_huge_coefficients_without_overflow():
+    from verify.encode import Branch, encode, solve
+    net = _with_weight(1e300)
+    lo, hi = -np.ones(5), np.ones(5)
+    lb = [(np.full(8, -1e301), np.full(8, 1e301))]
+    q = encode(net, Branch(lo, hi, lb, np.eye(5)[:1], np.array([-1e6])), digits=4)
+    assert q.constraints  # built (was OverflowError: cannot convert float infinity)
+
+
+def test_verify_instances_reports_an_inf_network_row_and_goes_on(tmp_path):
+    from verify.onnx_io import save_onnx
+    save_onnx(_with_weight(float("inf")), tmp_path / "inf.onnx")
+    csv_path = _instances(tmp_path, [("inf.onnx", "prop_1.vnnlib", 10),
+                                     (Path(NET).name, "prop_1.vnnlib", 30)])
+    res = run("verify-instances", csv_path, "--quiet")
+    assert res.exit_code == 2
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert ",error," in rows[1] and "NaN or Inf" in rows[1] and ",holds," in rows[2]
+
+
+def test_compress_of_an_inf_network_leaves_no_artifact(tmp_path):
+    from verify.onnx_io import save_onnx
+    save_onnx(_with_weight(float("inf")), tmp_path / "inf.onnx")
+    out = tmp_path / "out"
+    res = run("compress", tmp_path / "inf.onnx", "-o", out, "--prune", "magnitude:0.3")
+    assert_bad_input(res, "NaN or Inf")
+    assert not out.exists() or not any(out.iterdir())
+
+
+# ---- messages ------------------------------------------------------------------------------
+def test_relu_statistics_count_each_relu_once(tmp_path):
+    from verify.api import load_property, verify_property
+    net = small_net(hidden=8)
+    text = "".join(f"(declare-const X_{i} Real)\n" for i in range(5))
+    text += "".join(f"(declare-const Y_{i} Real)\n" for i in range(5))
+    boxes = [" ".join(f"(>= X_{i} {c - 0.2}) (<= X_{i} {c + 0.2})" for i in range(5))
+             for c in (-0.5, 0.0, 0.5)]
+    text += "(assert (or " + " ".join(f"(and {b} (<= Y_0 -1000000))" for b in boxes) + "))\n"
+    (tmp_path / "three.vnnlib").write_text(text)
+    prop = load_property(tmp_path / "three.vnnlib", net)
+    assert len(prop.regions) == 3
+    s = verify_property(net, prop).statistics
+    assert s.n_relus == 8
+    assert s.stable_active + s.stable_inactive + s.unstable == 8, s
+
+
+# ---- proof store and pytest cache: untrusted input ------------------------------------------
+def _acas_proof(prop_path=PROP1):
+    from verify.api import VerifyOptions, load_network, load_property, verify_property
+    from verify.reuse.check import record_of
+    from verify.verifier import Proof
+    net = load_network(NET)
+    prop = load_property(prop_path, net)
+    proof = Proof()
+    res = verify_property(net, prop, VerifyOptions(timeout=60), proof=proof)
+    return net, prop, record_of(net, prop, res, proof)
+
+
+@pytest.fixture(scope="module")
+def acas_proof():
+    return _acas_proof()
+
+
+def test_store_entry_with_undecodable_bytes_is_a_reported_miss(tmp_path):
+    from verify.proof_store import ProofStore
+    store = ProofStore(tmp_path)
+    path = store.path_for("a" * 64, "b" * 64, "k")
+    path.parent.mkdir(parents=True)
+    for data in (b'{"schema": 1, "x": "\xff\xfe"}', b"[" * 100000):
+        path.write_bytes(data)
+        assert store.get("a" * 64, "b" * 64, "k") is None
+        assert "corrupt entry" in store.problems[-1]
+
+
+def test_store_entry_edited_after_writing_is_a_reported_miss(tmp_path):
+    from verify.proof_store import ProofStore
+    from verify.result import Counterexample, Status, VerificationResult
+    store = ProofStore(tmp_path)
+    cex = Counterexample((0.0,), (1.0,), 0, 0, -1.0)
+    res = VerificationResult(Status.VIOLATED, 1.0, "attack", cex)
+    path = store.put_result("a" * 64, "b" * 64, "k", res)
+    assert store.get("a" * 64, "b" * 64, "k") is not None
+    path.write_text(path.read_text().replace('"violated"', '"holds"'))
+    assert store.get("a" * 64, "b" * 64, "k") is None
+    assert "content digest" in store.problems[-1]
+
+
+def test_a_proof_rechecks_and_tampered_proofs_do_not(acas_proof):
+    import dataclasses
+
+    from verify.reuse.check import check_proof
+    net, prop, record = acas_proof
+    assert len(record.regions[0]) > 1
+    assert check_proof(net, prop, record).ok
+    branches = record.regions[0]
+    dropped = dataclasses.replace(record, regions={0: branches[1:]})
+    assert "do not tile" in check_proof(net, prop, dropped).reason
+    moved = [dataclasses.replace(b, lower=b.lower + 0.5, upper=b.upper + 0.5) for b in branches]
+    assert not check_proof(net, prop, dataclasses.replace(record, regions={0: moved})).ok
+    other = net.with_affines([net.affines[0], *net.affines[1:-1],
+                              type(net.affines[-1])(-np.asarray(net.affines[-1].weight),
+                                                    net.affines[-1].bias)])
+    assert "another network" in check_proof(other, prop, record).reason
+
+
+def test_a_fake_proof_of_a_violated_property_is_rejected(tmp_path):
+    import dataclasses
+
+    from verify.api import load_property
+    from verify.reuse.check import check_proof
+    from verify.reuse.proof import ProofBranch
+    net, prop, record = _acas_proof()
+    bad = load_property(box_prop(tmp_path / "v.vnnlib", lo=-0.1, hi=0.1, rhs=-1e6), net)  # y0 <= 1e6
+    region = bad.regions[0]
+    fake = dataclasses.replace(record, property=bad.digest(),
+                               regions={0: [ProofBranch(region.lower, region.upper, (), "bounds")]})
+    out = check_proof(net, bad, fake)
+    assert not out.ok and "does not close" in out.reason
+
+
+def test_check_proof_command(tmp_path):
+    proof = tmp_path / "proof.json"
+    res = run("verify", NET, PROP1, "--quiet", "--save-proof", proof)
+    assert res.exit_code == 0 and proof.is_file()
+    ok = run("check-proof", NET, PROP1, proof)
+    assert ok.exit_code == 0 and "CERTIFIED" in ok.stdout, ok.output
+    d = json.loads(proof.read_text())
+    d["regions"]["0"] = d["regions"]["0"][1:]
+    proof.write_text(json.dumps(d))
+    bad = run("check-proof", NET, PROP1, proof)
+    assert bad.exit_code == 3 and "NOT CERTIFIED" in bad.stdout, bad.output
+    proof.write_bytes(b"\xff\xfe garbage")
+    assert_bad_input(run("check-proof", NET, PROP1, proof), "proof.json")
+
+
+def _fake_original_proof(tmp_path):
+    """A store entry claiming the (violated) property holds on the original, with
+    a one-branch proof and a recomputed digest: a forged, well-formed entry."""
+    from verify.api import VerifyOptions, load_network, load_property
+    from verify.onnx_io import save_onnx
+    from verify.proof_store import ProofStore
+    from verify.reuse.proof import ProofBranch, ProofRecord, save_proof
+    orig = small_net()
+    save_onnx(orig, tmp_path / "orig.onnx")
+    net = load_network(tmp_path / "orig.onnx")
+    prop_path = box_prop(tmp_path / "v.vnnlib", rhs=-1e6)  # y0 <= 1e6: violated everywhere
+    prop = load_property(prop_path, net)
+    region = prop.regions[0]
+    fake = ProofRecord(net.digest(), prop.digest(), "holds", 0.1,
+                       regions={0: [ProofBranch(region.lower, region.upper, (), "bounds")]})
+    save_proof(ProofStore(tmp_path / "store"), fake, prop, VerifyOptions(timeout=10))
+    return tmp_path / "orig.onnx", prop_path
+
+
+def test_reverify_cache_rechecks_the_originals_stored_proof(tmp_path):
+    orig, prop = _fake_original_proof(tmp_path)
+    res = run("reverify", orig, orig, "-p", prop, "--cache", tmp_path / "store", "--timeout", "10")
+    assert "failed its re-check" in res.stderr, res.output
+    assert "original orig / v.vnnlib: violated" in res.stderr
+    assert res.exit_code == 1, res.output  # the variant (the same network) is violated too
+
+
+def test_reverify_trust_cache_is_the_explicit_opt_out(tmp_path):
+    orig, prop = _fake_original_proof(tmp_path)
+    res = run("reverify", orig, orig, "-p", prop, "--cache", tmp_path / "store", "--timeout", "10",
+              "--trust-cache")
+    assert "holds (from the proof store, trusted)" in res.stderr, res.output
+
+
+def _forge_holds(entry: Path) -> None:
+    """Edit a cached 'violated' into 'holds', as a user could, and reseal it."""
+    from verify.proof_store import content_digest
+    d = json.loads(entry.read_text())
+    d["result"]["status"], d["result"]["counterexample"] = "holds", None
+    d["digest"] = content_digest(d)
+    entry.write_text(json.dumps(d))
+
+
+def test_pytest_cache_edited_to_holds_does_not_make_a_failing_test_pass(suite):
+    suite.makepyfile(test_fail=FAILING_SUITE)
+    run_suite(suite).assert_outcomes(failed=1)
+    entries = sorted((suite.path / ".coreproof" / "proofs").rglob("*.json"))
+    violated = [e for e in entries if '"violated"' in e.read_text()]
+    assert len(violated) == 1
+    # an edit without resealing: the digest does not match
+    violated[0].write_text(violated[0].read_text().replace('"violated"', '"holds"', 1))
+    again = run_suite(suite)
+    again.assert_outcomes(failed=1)
+    assert "content digest does not match" in again.stdout.str()
+    # a resealed forgery: a holds without a proof is not served
+    entry = next(e for e in sorted((suite.path / ".coreproof" / "proofs").rglob("*.json"))
+                 if '"violated"' in e.read_text())
+    _forge_holds(entry)
+    third = run_suite(suite)
+    third.assert_outcomes(failed=1)
+    assert "has no proof to re-check" in third.stdout.str()
+    assert summary(third)["cached"] == 1  # only the genuine holds, re-checked
+    # the explicit opt-out serves it
+    _forge_holds(entry)
+    trusted = run_suite(suite, "--coreproof-trust-cache")
+    trusted.assert_outcomes(passed=1)
+
+
+# ---- atomic outputs ------------------------------------------------------------------------
+@pytest.mark.parametrize("fails", ["record", "network"])
+def test_compress_failing_mid_write_leaves_no_partial_variant(tmp_path, monkeypatch, fails):
+    import compress.record
+    import verify.onnx_io
+    out = tmp_path / "out"
+    real_save = verify.onnx_io.save_onnx
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    def half_written(network, path):  # writes a partial file, then dies
+        Path(path).write_bytes(b"\x08\x07partial")
+        raise KeyboardInterrupt
+    if fails == "record":
+        monkeypatch.setattr(compress.record.ChangeRecord, "save", broken)
+        res = run("compress", NET, "-o", out, "--prune", "magnitude:0.3")
+        assert_bad_input(res, "No space left")
+    else:
+        monkeypatch.setattr(verify.onnx_io, "save_onnx", half_written)
+        res = run("compress", NET, "-o", out, "--prune", "magnitude:0.3")
+        assert res.exit_code == 130
+    assert list(out.iterdir()) == []  # neither file, no temporary left over
+    monkeypatch.setattr(verify.onnx_io, "save_onnx", real_save)
+
+
+def test_report_is_never_partial(tmp_path, monkeypatch):
+    from verify.reuse.report import write_report
+    out = tmp_path / "r.html"
+    out.write_text("old complete report")
+    real_bytes = Path.write_bytes
+
+    def dies_half_way(self, data, *a, **k):  # a full disk or Ctrl-C in mid-write
+        real_bytes(self, (data if isinstance(data, bytes) else data.encode())[:10])
+        raise KeyboardInterrupt
+    monkeypatch.setattr(Path, "write_text", dies_half_way)
+    monkeypatch.setattr(Path, "write_bytes", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        write_report([], out)
+    monkeypatch.undo()
+    assert out.read_text() == "old complete report" and len(list(tmp_path.iterdir())) == 1
+
+
+# ---- fast start ------------------------------------------------------------------------------
+def test_help_imports_no_heavy_module():
+    code = ("import sys\nfrom verify.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'z3', 'onnx', 'compress', 'verify.reuse')"
+            " if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+    assert "check-proof" in out.stdout and "compress" in out.stdout  # listed, not imported
+
+
+def test_every_lazy_command_loads():
+    from verify.cli import LAZY_COMMANDS
+    for name in LAZY_COMMANDS:
+        res = run(name, "--help")
+        assert res.exit_code == 0 and "Usage:" in res.stdout, (name, res.output)
+
+
+# ---- messages (VNN-LIB, compress) ------------------------------------------------------------
+VNN = """(declare-const X_0 Real)
+(declare-const X_1 Real)
+(declare-const Y_0 Real)
+(assert (>= X_0 0.0))
+(assert (<= X_0 1.0))
+(assert (>= X_1 LOW))
+(assert (<= X_1 HIGH))
+(assert (<= Y_0 0.0))
+"""
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "+Infinity"])
+def test_vnnlib_nonfinite_bound_is_named_as_a_number(bad):
+    from verify.errors import PropertyError
+    from verify.vnnlib import parse_vnnlib
+    with pytest.raises(PropertyError) as exc:
+        parse_vnnlib(VNN.replace("LOW", bad).replace("HIGH", "1"), "p.vnnlib")
+    assert f"p.vnnlib:6: bad number '{bad}' (not finite)" in str(exc.value)
+    assert "unknown variable" not in str(exc.value)
+
+
+def test_vnnlib_lower_above_upper_names_the_variable_and_lines():
+    from verify.errors import PropertyError
+    from verify.vnnlib import parse_vnnlib
+    with pytest.raises(PropertyError) as exc:
+        parse_vnnlib(VNN.replace("LOW", "0.7").replace("HIGH", "0.2"), "p.vnnlib")
+    text = str(exc.value)
+    assert "X_1" in text and "0.7 (line 6)" in text and "0.2 (line 7)" in text
+
+
+def test_neurons_ratio_one_is_an_error_said_in_the_help(tmp_path):
+    res = run("compress", NET, "-o", tmp_path / "out", "--prune", "neurons:1.0")
+    assert_bad_input(res, "neuron pruning ratio must be below 1")
+    assert not (tmp_path / "out").exists()
+    assert "neurons:1 is an error" in " ".join(run("compress", "--help").stdout.split())
+
+
+def test_compress_samples_the_input_bounds_an_nnet_records(tmp_path):
+    from verify.nnet_io import NnetNormalisation, save_nnet
+    net = small_net()
+    norm = NnetNormalisation((0.0,) * 5, (10.0,) * 5, (5.0,) * 6, (20.0,) * 6)  # -> [-0.25, 0.25]
+    save_nnet(net, tmp_path / "n.nnet", norm)
+    res = run("compress", tmp_path / "n.nnet", "-o", tmp_path / "out", "--prune", "magnitude:0.3")
+    assert res.exit_code == 0, res.output
+    assert "the input bounds recorded in n.nnet" in res.stdout
+    # the deviation is the one over that box, not over [0, 1]^5
+    from compress.io import load_variant
+    from compress.metrics import output_deviation, sample_box
+    variant = load_variant(tmp_path / "out" / "n.magnitude-0.3.onnx").network
+    pts = sample_box(np.full(5, -0.25), np.full(5, 0.25), 1000, 0)
+    dmax, _ = output_deviation(net, variant, pts)
+    row = next(line for line in res.stdout.splitlines() if line.startswith("magnitude:0.3"))
+    assert row.split()[4] == f"{dmax:.3g}"
+
+
+def test_compress_says_when_it_samples_the_unit_box(tmp_path):
+    res = run("compress", NET, "-o", tmp_path / "out", "--prune", "magnitude:0.3")
+    assert res.exit_code == 0, res.output
+    assert "[0, 1]^5 (sampling the default: no --domain or --box given" in res.stdout

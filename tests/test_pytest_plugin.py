@@ -303,7 +303,7 @@ def test_bad_options_are_usage_errors(suite):
     suite.makepyfile(test_robust=ROBUST_SUITE)
     result = run(suite, "--coreproof-timeout", "0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--coreproof-timeout must be positive" in result.stderr.str()
+    assert "--coreproof-timeout must be positive and finite" in result.stderr.str()
 
 
 def test_plugin_is_silent_when_unused(suite):

@@ -61,13 +61,17 @@ class BatchBounds:
     layer_coeffs: list[torch.Tensor]
     spec_const: torch.Tensor  # (B, m): spec row r >= spec_coeffs[r] @ x + spec_const[r] on the box
     guide_coeffs: torch.Tensor  # (B, m, n_inputs): input coefficients that guide splitting
+    # (B, n_k) per hidden layer: the lower ReLU slopes alpha-CROWN ended with (None
+    # without alpha steps): a warm start for bounding the same branch again
+    alphas: list[torch.Tensor] | None = None
 
     def select(self, rows: torch.Tensor) -> "BatchBounds":
         """The bounds of branches ``rows`` only."""
         pick = lambda ts: [None if t is None else t[rows] for t in ts]
         return BatchBounds(pick(self.lower), pick(self.upper), self.spec_lower[rows],
                            self.spec_coeffs[rows], self.infeasible[rows],
-                           pick(self.layer_coeffs), self.spec_const[rows], self.guide_coeffs[rows])
+                           pick(self.layer_coeffs), self.spec_const[rows], self.guide_coeffs[rows],
+                           None if self.alphas is None else pick(self.alphas))
 
     def merge_rows(self, rows: torch.Tensor, other: "BatchBounds") -> None:
         """Combine branches ``rows`` with ``other`` (the same branches bounded
@@ -81,6 +85,10 @@ class BatchBounds:
             if self.layer_coeffs[k] is not None and other.layer_coeffs[k] is not None:
                 self.layer_coeffs[k] = self.layer_coeffs[k].index_copy(0, rows, other.layer_coeffs[k])
         self.guide_coeffs = self.guide_coeffs.index_copy(0, rows, other.guide_coeffs)
+        if self.alphas is not None and other.alphas is not None:
+            self.alphas = [a.index_copy(0, rows, b) for a, b in zip(self.alphas, other.alphas)]
+        elif other.alphas is not None and len(rows) == self.spec_lower.shape[0]:
+            self.alphas = other.alphas
         pick = other.spec_lower > self.spec_lower[rows]
         for name in ("spec_lower", "spec_coeffs", "spec_const"):
             mine, theirs = getattr(self, name)[rows], getattr(other, name)
@@ -257,16 +265,24 @@ class BoundPropagator:
 
     # ---- main entry ------------------------------------------------------------
     def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations, deadline=None,
-                        splits=None):
+                        splits=None, alpha_init=None):
         """alpha-CROWN on the spec rows: gradient ascent on the lower slopes of
         unstable neurons, and (beta-CROWN) on multipliers of the branch's ReLU
         split constraints.  Every iterate is a sound bound (alphas are clipped
         to [0, 1], betas projected to >= 0), so the best per row is kept.
         Returns (best bound, and the last iterate's own bound, input
-        coefficients and recorded coefficients -- a consistent linear bound)."""
+        coefficients and recorded coefficients -- a consistent linear bound --,
+        and the slopes it ended with).  ``alpha_init``: optional (B, n_k) starting
+        slopes per hidden layer (a warm start, e.g. the slopes that made the
+        bound of a similar branch tight; None entries and non-finite values: the
+        default); any value is sound: :meth:`_relaxation` clips slopes to
+        [0, 1] where they are used."""
         lower = [l.detach() for l in lower]
         upper = [u.detach() for u in upper]
-        alphas = [((u > -l).to(u.dtype)).clone().requires_grad_(True) for l, u in zip(lower, upper)]
+        alphas = [((u > -l).to(u.dtype) if alpha_init is None or alpha_init[k] is None
+                   else torch.where(torch.isfinite(alpha_init[k]), alpha_init[k].to(u.dtype),
+                                    (u > -l).to(u.dtype))).clone().requires_grad_(True)
+                  for k, (l, u) in enumerate(zip(lower, upper))]
         signs = betas = None
         params = list(alphas)
         if splits is not None and any(sp is not None and bool((sp != 0).any()) for sp in splits):
@@ -295,12 +311,13 @@ class BoundPropagator:
         with torch.no_grad():
             last, A, rec = self._backsub(K, lam, lower, upper, lo, hi, record=True, alphas=alphas,
                                          betas=betas, signs=signs)
-        return torch.maximum(best, last), last, A, rec
+        return (torch.maximum(best, last), last, A, rec,
+                [a.detach().clamp(0.0, 1.0) for a in alphas])
 
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
-              refine: list | None = None) -> BatchBounds:
+              refine: list | None = None, alpha_init: list | None = None) -> BatchBounds:
         """Bound a batch.
 
         ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
@@ -316,7 +333,8 @@ class BoundPropagator:
         the neurons that the forward bounds leave unstable, and of split neurons.
         ``refine``: optional (n_k,) boolean mask per hidden layer: back-substitute
         only those neurons (where the other bounds leave them unstable) -- the
-        bound facts a proof recorded as needed."""
+        bound facts a proof recorded as needed.  ``alpha_init``: warm-start slopes
+        for the alpha-CROWN steps (see :meth:`_optimise_alpha`)."""
         B = lo.shape[0]
         if backward is None:
             backward = not forward
@@ -364,29 +382,32 @@ class BoundPropagator:
             upper.append(u)
             relax.append(self._relaxation(l, u))
         return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
-                                 alpha_iterations, deadline, splits)
+                                 alpha_iterations, deadline, splits, alpha_init)
 
     def spec_bound(self, lo, hi, spec_c, spec_d, lower, upper, alpha_iterations: int,
-                   deadline: float | None = None) -> BatchBounds:
+                   deadline: float | None = None, alpha_init: list | None = None) -> BatchBounds:
         """Bound only the spec rows of a batch whose intermediate bounds
-        ``lower``/``upper`` are known (e.g. again, with alpha-CROWN steps)."""
+        ``lower``/``upper`` are known (e.g. again, with alpha-CROWN steps,
+        optionally warm-started from ``alpha_init``)."""
         relax = [self._relaxation(l, u) for l, u in zip(lower, upper)]
         infeasible = torch.zeros(lo.shape[0], dtype=torch.bool)
         return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
-                                 alpha_iterations, deadline, None)
+                                 alpha_iterations, deadline, None, alpha_init)
 
     def _spec_result(self, lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
-                     alpha_iterations, deadline, splits) -> BatchBounds:
+                     alpha_iterations, deadline, splits, alpha_init=None) -> BatchBounds:
         K = self.n_hidden
         lam = spec_c.expand(lo.shape[0], *spec_c.shape)
         bnd, A, guide, recorded = self._spec_backsub(K, lam, relax, lo, hi)
         linear_bnd = bnd  # the bound that A (and the constant below) belong to
+        alphas = None
         if alpha_iterations and K:
-            bnd, linear_bnd, A, recorded = self._optimise_alpha(K, lam, lower, upper, lo, hi, bnd,
-                                                                alpha_iterations, deadline, splits)
+            bnd, linear_bnd, A, recorded, alphas = self._optimise_alpha(
+                K, lam, lower, upper, lo, hi, bnd, alpha_iterations, deadline, splits, alpha_init)
         spec_lower = _widen_lower(bnd - spec_d)
         const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
-        return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d, guide)
+        return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d, guide,
+                           alphas)
 
 
 def refute_conjunction(coeffs: np.ndarray, const: np.ndarray, lo: np.ndarray, hi: np.ndarray,

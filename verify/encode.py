@@ -17,6 +17,7 @@ constraints out only weakens the query, so UNSAT stays a sound ``holds``.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ def _rational(v: float, digits: int | None) -> Fraction:
     if digits is None:
         return Fraction(float(v))
     scale = 10 ** digits
-    return Fraction(int(round(float(v) * scale)), scale)
+    scaled = float(v) * scale
+    if not math.isfinite(scaled):  # too large to round at this scale: exact instead
+        return Fraction(float(v))  # (raises for NaN/Inf, which loaders reject)
+    return Fraction(int(round(scaled)), scale)
 
 
 def _round_up(v: float) -> float:

@@ -16,6 +16,34 @@ from .graph import GraphNetwork
 from .network import Network
 
 _GZIP_MAGIC = b"\x1f\x8b"
+#: largest parameter magnitude accepted: beyond it float64 bounds overflow to
+#: inf/NaN over a few layers and the Z3 encoder's rounding overflows
+MAX_PARAMETER = 1e30
+
+
+def check_parameters(what: str, values, path=None) -> None:
+    """InputError naming ``what`` (a tensor, layer or parameter) unless every
+    value is finite with magnitude at most :data:`MAX_PARAMETER`."""
+    import numpy as np
+    a = np.asarray(values)
+    if a.dtype.kind not in "fc" or a.size == 0:
+        return
+    if not np.all(np.isfinite(a)):
+        raise InputError(f"{what} holds NaN or Inf", path=None if path is None else str(path),
+                         expected="finite parameters")
+    big = float(np.max(np.abs(a)))
+    if big > MAX_PARAMETER:
+        raise InputError(f"{what} holds a value of magnitude {big:.3g}, too large for sound "
+                         "bounds and the Z3 encoder", path=None if path is None else str(path),
+                         expected=f"parameters of magnitude <= {MAX_PARAMETER:g}")
+
+
+def check_network_values(network, path=None) -> None:
+    """:func:`check_parameters` on every layer of a fully-connected network (a
+    composition of in-range layers can still overflow)."""
+    for k, a in enumerate(getattr(network, "affines", ())):
+        check_parameters(f"layer {k} weight", a.weight, path)
+        check_parameters(f"layer {k} bias", a.bias, path)
 FORMATS = {".onnx": "ONNX", ".onnx.gz": "gzipped ONNX", ".nnet": "NNet, the ACAS Xu text format"}
 
 
@@ -76,6 +104,7 @@ def load_network(source) -> Network | GraphNetwork:
     :class:`Network` when they are a chain of affine maps and ReLUs, else a
     :class:`GraphNetwork` (see :func:`verify.onnx_io.load_onnx`)."""
     if isinstance(source, (Network, GraphNetwork)):
+        check_network_values(source)
         return source
     inner = getattr(source, "network", None)  # a compress.Variant: its network (the record
     if isinstance(inner, (Network, GraphNetwork)) and hasattr(source, "record"):  # rides along)
@@ -92,10 +121,15 @@ def load_network(source) -> Network | GraphNetwork:
     fmt = _format(path)
     if fmt in (".onnx", ".onnx.gz"):
         from .onnx_io import load_onnx
-        return load_onnx(path)
-    if fmt == ".nnet":
+        network = load_onnx(path)
+    elif fmt == ".nnet":
         from .nnet_io import load_nnet
-        return load_nnet(path)
+        network = load_nnet(path)
+    else:
+        network = None
+    if network is not None:
+        check_network_values(network, path)
+        return network
     listed = ", ".join(f"{k} ({v})" for k, v in FORMATS.items())
     raise InputError(f"unknown network format {fmt or '(no suffix)'!r}", path=str(path),
                      expected=f"one of {listed}")

@@ -12,6 +12,8 @@ the network takes normalised inputs (as the VNN-COMP ACAS Xu ONNX models do).
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,18 @@ class NnetNormalisation:
         """No normalisation and unbounded inputs."""
         return cls((-_BIG,) * n_inputs, (_BIG,) * n_inputs, (0.0,) * (n_inputs + 1),
                    (1.0,) * (n_inputs + 1))
+
+    def input_box(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The recorded input bounds in the units the raw network takes
+        ((x - mean) / range), or None when the file records no finite bounds."""
+        n = len(self.mins)
+        mins, maxes = np.array(self.mins), np.array(self.maxes)
+        means, ranges = np.array(self.means[:n]), np.array(self.ranges[:n])
+        if not (np.all(np.abs(mins) < 1e300) and np.all(np.abs(maxes) < 1e300)
+                and np.all(ranges > 0) and np.all(np.isfinite(means))):
+            return None
+        lo, hi = (mins - means) / ranges, (maxes - means) / ranges
+        return (lo, hi) if np.all(lo <= hi) and np.all(np.isfinite(hi - lo)) else None
 
 
 class _Lines:
@@ -75,6 +89,9 @@ class _Lines:
         if len(values) != count:
             raise InputError(f"found {len(values)} value(s)", path=self.path, line=lineno,
                              expected=f"{count} value(s): {what}")
+        if not integer and not all(math.isfinite(v) for v in values):
+            raise InputError(f"{what} holds NaN or Inf", path=self.path, line=lineno,
+                             expected="finite numbers")
         return values
 
     def check_end(self) -> None:
@@ -142,6 +159,7 @@ def save_nnet(network: Network, path, normalisation: NnetNormalisation | None = 
         out.extend(_row(r) for r in a.weight)
         out.extend(_row([b]) for b in a.bias)
     try:
-        Path(path).write_text("\n".join(out) + "\n")
+        from .atomic import atomic_write
+        atomic_write(path, "\n".join(out) + "\n")
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None

@@ -34,6 +34,9 @@ _EXPECTED = "a feed-forward network of " + ", ".join(SUPPORTED_OPS)
 _META_SHAPE = "coreproof.input_shape"
 _META_SCALE = "coreproof.layer{}.weight_scale"
 OPSET = 13
+#: the chain loader tracks dense (inputs x values) Jacobians: larger inputs go to
+#: the graph loader (an identity Jacobian of 8192 inputs is 512 MB)
+MAX_DENSE_INPUTS = 8192
 
 
 # ---------------------------------------------------------------- the tracked tensor
@@ -261,6 +264,9 @@ class _Walker:
     def fold(self, node, op: str, attrs: dict) -> None:
         if op == "Constant":
             self.consts[node.output[0]] = _constant_value(node, attrs)
+            from .loading import check_parameters
+            check_parameters(f"tensor '{node.output[0]}' (Constant node '{node.name}')",
+                             self.consts[node.output[0]], self.path)
             return
         args = [self.consts[x] if x else None for x in node.input]
         if op in ("Add", "Sub", "Mul", "Div"):
@@ -444,8 +450,10 @@ def _load_chain(model, path: Path, name: str) -> Network:
     graph = model.graph
     walker = _Walker(str(path))
     from onnx import numpy_helper
+    from .loading import check_parameters
     for init in graph.initializer:
         walker.consts[init.name] = numpy_helper.to_array(init)
+        check_parameters(f"tensor '{init.name}'", walker.consts[init.name], path)
     inputs = [i for i in graph.input if i.name not in walker.consts]
     if len(inputs) != 1:
         raise UnsupportedNetworkError(f"the graph has {len(inputs)} variable inputs",
@@ -454,6 +462,10 @@ def _load_chain(model, path: Path, name: str) -> Network:
         raise UnsupportedNetworkError(f"the graph has {len(graph.output)} outputs",
                                       path=str(path), expected="exactly one output")
     shape = _input_shape(inputs[0])
+    if int(np.prod(shape, dtype=np.float64)) > MAX_DENSE_INPUTS:  # dense Jacobians: n x n
+        raise UnsupportedNetworkError(f"an input of shape {shape} is too large for a dense "
+                                      "fully-connected network", path=str(path),
+                                      expected=f"at most {MAX_DENSE_INPUTS} input values")
     walker.var_name, walker.var = inputs[0].name, _fresh(shape)
     uses: dict[str, int] = {graph.output[0].name: 1}
     for node in graph.node:
@@ -501,6 +513,8 @@ def save_onnx(network: Network, path) -> None:
             meta[_META_SCALE.format(k)] = json.dumps([float(s) for s in a.weight_scale])
     helper.set_model_props(model, meta)
     try:
-        onnx.save(model, str(path))
+        from .atomic import atomic_path
+        with atomic_path(path) as tmp:  # never a partial .onnx
+            onnx.save(model, str(tmp))
     except OSError as exc:
         raise InputError(f"cannot write: {exc.strerror or exc}", path=str(path)) from None

@@ -180,7 +180,7 @@ class ProofStore:
             return "no decided result"
         try:
             VerificationResult.from_dict(result)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             return f"malformed result ({exc})"
         proof = payload.get("proof")
         if proof is not None and not isinstance(proof, dict):

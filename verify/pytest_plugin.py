@@ -8,8 +8,13 @@ Registered through the ``pytest11`` entry point ``coreproof``.  Provides
   test treats its network as a compressed variant of ``original`` and reuses
   the original's proof when it can;
 * options ``--coreproof-timeout``, ``--coreproof-unknown``,
-  ``--coreproof-cache`` / ``--coreproof-no-cache`` (and ini keys
-  ``coreproof_timeout``, ``coreproof_unknown``, ``coreproof_cache``);
+  ``--coreproof-cache`` / ``--coreproof-no-cache``, ``--coreproof-trust-cache``
+  (and ini keys ``coreproof_timeout``, ``coreproof_unknown``, ``coreproof_cache``,
+  ``coreproof_trust_cache``);
+* the cache is untrusted input: an entry must match its content digest, a
+  cached ``violated`` is re-run on the network and a cached ``holds`` is used
+  only after its stored proof re-checks (:mod:`verify.reuse.check`); anything
+  else is a reported miss and the property is verified again;
 * a ``coreproof`` terminal summary section, aggregated over pytest-xdist workers.
 
 Heavy modules (numpy, torch, the verifier) are imported only when a check
@@ -79,6 +84,7 @@ class _State:
     cache_dir: Path | None
     counterexample_dir: Path
     tally: Tally = field(default_factory=Tally)
+    trust_cache: bool = False  # serve cached holds without re-checking their proofs
     _store: Any = None
     worker_down_without_output: int = 0
 
@@ -119,12 +125,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--coreproof-no-cache", action="store_true", default=False,
         help="neither read nor write the proof cache.")
+    group.addoption(
+        "--coreproof-trust-cache", action="store_true", default=None,
+        help="serve a cached 'holds' without re-checking its proof on the network "
+             "(faster; the cache is then trusted input).")
     parser.addini("coreproof_timeout", f"coreproof: seconds per property (default "
                   f"{DEFAULT_TIMEOUT:g})", default=str(DEFAULT_TIMEOUT))
     parser.addini("coreproof_unknown", "coreproof: fail|skip|pass on an unknown verdict",
                   default="fail")
     parser.addini("coreproof_cache", "coreproof: proof cache directory (relative to rootdir)",
                   default=DEFAULT_CACHE)
+    parser.addini("coreproof_trust_cache", "coreproof: serve cached 'holds' verdicts without "
+                  "re-checking their proofs", type="bool", default=False)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -142,8 +154,8 @@ def pytest_configure(config: pytest.Config) -> None:
             timeout = float(text)
         except ValueError:
             raise pytest.UsageError(f"ini coreproof_timeout must be a number, got {text!r}")
-    if not timeout > 0:
-        raise pytest.UsageError(f"--coreproof-timeout must be positive, got {timeout:g}")
+    if not (timeout > 0 and timeout != float("inf")):
+        raise pytest.UsageError(f"--coreproof-timeout must be positive and finite, got {timeout:g}")
     mode = config.getoption("coreproof_unknown", None) or _ini(config, "coreproof_unknown", "fail")
     if mode not in UNKNOWN_MODES:
         raise pytest.UsageError(
@@ -155,8 +167,15 @@ def pytest_configure(config: pytest.Config) -> None:
         cache = Path(config.invocation_params.dir, config.getoption("coreproof_cache"))
     else:
         cache = root / _ini(config, "coreproof_cache", DEFAULT_CACHE)
+    trust = config.getoption("coreproof_trust_cache", None)
+    if trust is None:
+        try:
+            trust = bool(config.getini("coreproof_trust_cache"))
+        except ValueError:  # not registered (late plugin registration)
+            trust = False
     config.stash[_STATE] = _State(timeout=timeout, unknown_mode=mode, cache_dir=cache,
-                                  counterexample_dir=root / COUNTEREXAMPLE_DIR)
+                                  counterexample_dir=root / COUNTEREXAMPLE_DIR,
+                                  trust_cache=trust)
 
 
 def _ini(config: pytest.Config, name: str, default: str) -> str:
@@ -372,8 +391,10 @@ class Coreproof:
         store = state.store
         key = options_key(options)
         if store is not None:
-            cached = store.get_result(net.digest(), prop.digest(), key)
-            if cached is not None and self._still_valid(cached, net, prop, store):
+            payload = store.get(net.digest(), prop.digest(), key)
+            cached = None if payload is None else _result_of(payload)
+            if cached is not None and self._still_valid(cached, payload, net, prop, options,
+                                                        store, state.trust_cache):
                 tally.count(cached.status.value)
                 tally.cached += 1
                 tally.saved_time_s += cached.time_s
@@ -394,20 +415,31 @@ class Coreproof:
                     tally.reused += 1
         if result is None:
             from .api import verify_property
-            result = verify_property(net, prop, options)
+            from .verifier import Proof
+            proof = Proof() if store is not None else None
+            result = verify_property(net, prop, options, proof=proof)
+            if proof is not None:
+                from .reuse.check import record_of
+                record = record_of(net, prop, result, proof)
+                proof = None if record is None else record.to_dict(prop)
         tally.verify_time_s += time.perf_counter() - start
         tally.count(result.status.value)
-        proof = getattr(result, "proof", None)
         if store is not None:
-            store.put_result(net.digest(), prop.digest(), key, result,
-                             proof=proof if isinstance(proof, dict) else None)
+            store.put_result(net.digest(), prop.digest(), key, result, proof=proof)
         return result
 
     @staticmethod
-    def _still_valid(cached, net, prop, store) -> bool:
-        """A cached counterexample is re-run through the network (cheap) before use."""
+    def _still_valid(cached, payload, net, prop, options, store, trust: bool) -> bool:
+        """A cached counterexample is re-run through the network (cheap) before use;
+        a cached holds is used only after its proof re-checks on the network
+        (:mod:`verify.reuse.check`), unless the cache is trusted."""
+        from .result import Status
+        if cached.status is Status.HOLDS:
+            if trust:
+                return True
+            return _proof_rechecks(payload, net, prop, options, store)
         if cached.counterexample is None:
-            return True
+            return False
         import numpy as np
         x = np.asarray(cached.counterexample.input, dtype=np.float64)
         if x.shape != (net.n_inputs,) or not prop.violated_by(x, net.forward(x)):
@@ -532,6 +564,33 @@ class _Case:
     prop: Any
     result: Any
     robustness: tuple | None = None  # (index, label, eps, center)
+
+
+def _result_of(payload: dict):
+    from .result import VerificationResult
+    return VerificationResult.from_dict(payload["result"])  # validated by the store
+
+
+def _proof_rechecks(payload: dict, net, prop, options, store) -> bool:
+    """Whether the cache entry's proof record re-checks on ``net`` (a problem is
+    reported otherwise, and the property is verified again)."""
+    proof = payload.get("proof")
+    where = f"{net.name} / {getattr(prop, 'name', 'property')}"
+    if not isinstance(proof, dict):
+        store.problems.append(f"cached holds for {where} has no proof to re-check; re-verifying")
+        return False
+    from .reuse.check import check_proof
+    from .reuse.proof import ProofRecord
+    try:
+        record = ProofRecord.from_dict(proof, prop)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        store.problems.append(f"cached proof for {where} is malformed ({exc}); re-verifying")
+        return False
+    outcome = check_proof(net, prop, record, options)
+    if not outcome.ok:
+        store.problems.append(f"cached proof for {where} failed its re-check "
+                              f"({outcome.reason}); re-verifying")
+    return outcome.ok
 
 
 def _reverify_function():

@@ -60,6 +60,8 @@ class Leaf:
     hi: np.ndarray | None = None
     layer_bounds: list | None = None
     unstable: int = 0
+    spec_lower: np.ndarray | None = None  # (m,) the spec rows' lower bounds (bounds leaves)
+    alphas: list | None = None  # per hidden layer (n_k,) the alpha-CROWN slopes it ended with
 
 
 @dataclass
@@ -152,6 +154,7 @@ class RegionSearch:
         self.leaves: list[Leaf] = []
         self.z3_unknown = 0
         self.root_candidates: np.ndarray | None = None  # set by closed_at_root
+        self.root_result = None  # the bound closed_at_root took (what a reusable proof keeps)
 
     # ------------------------------------------------------------------
     def time_left(self) -> float:
@@ -164,7 +167,7 @@ class RegionSearch:
         return refuted, refuted.all(axis=1) | res.infeasible.numpy()
 
     def bound_branches(self, lo, hi, splits, fixed, alpha: int | None = None, mode: str | None = None,
-                       inherited=None, refine=None):
+                       inherited=None, refine=None, alpha_init=None):
         """Bound a batch of branches: (bounds, refuted, closed).  ``inherited``:
         optional linear lower bounds of the spec rows that hold on the boxes
         (their parents'), kept where they are better; ``refine``: back-substitute
@@ -172,13 +175,15 @@ class RegionSearch:
         (input splitting) the cheap forward-mode intermediate bounds come first
         and only the branches they leave open are bounded again, with the
         neurons that forward bounds leave unstable back-substituted
-        (``intermediate_bounds="hybrid"``)."""
+        (``intermediate_bounds="hybrid"``).  ``alpha_init``: warm-start slopes
+        (see :meth:`BoundPropagator.bound`)."""
         if alpha is None:
             alpha = self.alpha_iterations
         if mode is None:
             mode = self.opt.intermediate_bounds if self.input_split else "backward"
         res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed, alpha_iterations=alpha,
-                              deadline=self.deadline, forward=mode != "backward", refine=refine)
+                              deadline=self.deadline, forward=mode != "backward", refine=refine,
+                              alpha_init=alpha_init)
         self.stats.bound_evaluations += len(lo)
         if inherited is not None:
             res.merge_linear(*inherited, lo, hi)
@@ -235,6 +240,10 @@ class RegionSearch:
             leaf.layer_bounds = layer_b if layer_b is not None else [
                 (res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(self.prop.n_hidden)]
             leaf.unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in leaf.layer_bounds))
+            if res is not None:  # what a variant's bound of the branch starts from
+                leaf.spec_lower = res.spec_lower[i].numpy()
+                if res.alphas is not None:
+                    leaf.alphas = [a[i].numpy() for a in res.alphas]
         self.leaves.append(leaf)
 
     def closed_at_root(self) -> bool:
@@ -243,6 +252,7 @@ class RegionSearch:
         if self.whole_box_unsafe:
             return False
         res, closed = self.root_bound()
+        self.root_result = res
         if not closed:
             lo, hi = self.root_box()
             # the bound's minimisers and the centre: free counterexample candidates

@@ -106,6 +106,9 @@ def from_torch(module: nn.Module, input_shape: tuple[int, ...] | None = None) ->
     """
     if not isinstance(module, nn.Module):
         raise _unsupported(f"{type(module).__name__} is not a torch.nn.Module")
+    from .loading import check_parameters
+    for pname, param in module.named_parameters():
+        check_parameters(f"parameter '{pname}'", param.detach().to(torch.float64).cpu().numpy())
     leaves = _leaves(module)
     for m in leaves:
         if not isinstance(m, _PLAIN):

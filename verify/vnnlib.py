@@ -117,6 +117,7 @@ class _Parser:
         self.lit_var: list[int] = []
         self.lit_val: list[float] = []
         self.lit_upper: list[bool] = []
+        self.lit_line: list[int] = []
         self.lit_row: dict[int, tuple[dict[int, float], float]] = {}
         self.n_asserts = 0
 
@@ -223,6 +224,9 @@ class _Parser:
                     raise self.error(f"bad number {t!r} (out of range)", node.line,
                                      "a finite number")
                 return {}, Fraction(v)
+            if t.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+                raise self.error(f"bad number {t!r} (not finite)", node.line,
+                                 "a finite number such as -0.5 or 1e-3")
             if _NUMERIC_LOOKING_RE.match(t):
                 raise self.error(f"bad number {t!r}", node.line,
                                  "a decimal or scientific number such as -0.5 or 1e-3")
@@ -374,12 +378,14 @@ class _Parser:
             self.lit_var.append(v)
             self.lit_val.append(_round_outward(-const / c, up=upper))
             self.lit_upper.append(upper)
+            self.lit_line.append(line)
         else:
             row = {~v: float(x) for v, x in coeffs.items()}
             self.lit_kind.append(1)
             self.lit_var.append(-1)
             self.lit_val.append(0.0)
             self.lit_upper.append(False)
+            self.lit_line.append(line)
             self.lit_row[lit] = (row, _round_outward(-const, up=True))
         return lit
 
@@ -428,6 +434,7 @@ class _Parser:
         val = np.asarray(self.lit_val, dtype=np.float64)
         upper = np.asarray(self.lit_upper, dtype=bool)
         groups: dict[bytes, tuple[np.ndarray, np.ndarray, list[Conjunction]]] = {}
+        empty = None  # the first empty box: (input, its literals)
         for term in self.dnf:
             ids = np.asarray(term, dtype=np.int64)
             lo = np.full(n_in, -np.inf)
@@ -439,6 +446,8 @@ class _Parser:
                 np.minimum.at(hi, var[ub], val[ub])
                 np.maximum.at(lo, var[lb], val[lb])
             if np.any(lo > hi):
+                if empty is None:
+                    empty = (int(np.flatnonzero(lo > hi)[0]), ids)
                 continue  # empty box: this disjunct is unsatisfiable
             for arr, side in ((lo, "lower"), (hi, "upper")):
                 bad = np.flatnonzero(~np.isfinite(arr))
@@ -460,8 +469,18 @@ class _Parser:
                 groups[key] = (lo, hi, [])
             groups[key][2].append(Conjunction(coeffs, rhs))
         if not groups:
-            raise self.error("the constraints are unsatisfiable: every disjunct has an empty "
-                             "input box", None, "at least one non-empty input box")
+            i, ids = empty if empty is not None else (None, None)
+            if i is None:  # pragma: no cover - every disjunct is a term
+                raise self.error("the constraints are unsatisfiable", None,
+                                 "at least one non-empty input box")
+            mine = [k for k in ids if kind[k] == 0 and var[k] == i]
+            low = max((k for k in mine if not upper[k]), key=lambda k: val[k])
+            high = min((k for k in mine if upper[k]), key=lambda k: val[k])
+            raise self.error(f"input X_{i} has lower bound {val[low]:g} (line "
+                             f"{self.lit_line[low]}) above its upper bound {val[high]:g} "
+                             f"(line {self.lit_line[high]}): the input box is empty, the constraints "
+                             "are unsatisfiable",
+                             self.lit_line[high], f"lower <= upper for X_{i}")
         return tuple(Region(lo, hi, tuple(cs)) for lo, hi, cs in groups.values())
 
 

@@ -195,8 +195,9 @@ class GraphBoundPropagator(BoundPropagator):
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
-              refine: list | None = None) -> BatchBounds:
-        """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result);
+              refine: list | None = None, alpha_init: list | None = None) -> BatchBounds:
+        """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result;
+        ``alpha_init`` warm-starts the alpha steps);
         see :meth:`_bound`.  With the options' ``lazy_intermediate`` (and back-substituted
         intermediate bounds asked for), the batch is first bounded with interval
         intermediate bounds and no alpha steps (milliseconds); only the branches where
@@ -216,6 +217,7 @@ class GraphBoundPropagator(BoundPropagator):
             splits = None if splits is None else [s[rows] for s in splits]
             fixed = None if fixed is None else [None if f is None else (f[0][rows], f[1][rows])
                                                 for f in fixed]
+            alpha_init = _rows_of(alpha_init, rows)
         res = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, backward, refine)
         if alpha_iterations and self.n_hidden:
             r = _open_rows(res)
@@ -225,7 +227,8 @@ class GraphBoundPropagator(BoundPropagator):
                 again = self._spec_result(lo[r], hi[r], spec_c, spec_d, lower, upper,
                                           [self._relaxation(l, u) for l, u in zip(lower, upper)],
                                           res.infeasible[r], alpha_iterations, deadline,
-                                          None if splits is None else pick(splits))
+                                          None if splits is None else pick(splits),
+                                          _rows_of(alpha_init, r))
                 res.merge_rows(r, again)
         if cheap is None:
             return res
@@ -313,3 +316,9 @@ def make_propagator(network, options: GraphBoundOptions | None = None) -> BoundP
         return GraphBoundPropagator(network, options or GraphBoundOptions())
     return BoundPropagator(network)
 
+
+def _rows_of(alpha_init, rows):
+    """Warm-start slopes (per hidden layer a (B, n_k) tensor or None) of some rows."""
+    if alpha_init is None:
+        return None
+    return [None if a is None else a[rows] for a in alpha_init]

@@ -24,7 +24,7 @@ from ..properties import Property
 from ..result import Statistics, Status, VerificationResult
 from ..search import RegionSearch, split_arrays
 from ..verifier import Proof
-from .proof import ProofBranch, ProofRecord
+from .proof import ProofBranch, ProofRecord, _parse_fact, proof_tree
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,12 @@ def check_proof(network: Network, prop: Property, record: ProofRecord,
 
 
 def _check_region(network, prop, r, branches: list[ProofBranch], options, deadline, counts):
+    """Replay region ``r``'s proof tree top-down, as the search built it: each
+    node is bounded on its box and phase facts, intersected with its parent's
+    layer bounds and linear spec bound (a child lies inside its parent); a node
+    those close is done with its subtree, a leaf they leave open needs Z3.
+    Where the leaves allow several input bisections at a node (the tree is not
+    unique), the one whose halves bound best is replayed first."""
     region = prop.regions[r]
     n = network.n_inputs
     for i, b in enumerate(branches):
@@ -94,48 +100,138 @@ def _check_region(network, prop, r, branches: list[ProofBranch], options, deadli
                                                         and np.all(np.isfinite(hi))):
             raise _Rejected(f"region {r} branch {i}: its box is not {n} finite bounds")
     try:
-        splits = [split_arrays(b.splits, network.hidden_sizes) for b in branches]
-        from .proof import covers
-        tiled = covers(region, branches)
+        facts_of = [dict(_parse_fact(f) for f in b.splits) for b in branches]
+        for b in branches:
+            split_arrays(b.splits, network.hidden_sizes)  # facts name existing neurons
+        tiled = proof_tree(region, branches) is not None
     except (ValueError, IndexError, KeyError, TypeError) as exc:
         raise _Rejected(f"region {r}: malformed ReLU split facts ({exc})") from None
     if not tiled:
         raise _Rejected(f"region {r}: the branches do not tile the region's box")
-    search = RegionSearch(network, region, r, options, deadline, Statistics())
-    relu_split = any(b.splits for b in branches)
-    step = max(1, options.batch_size)
-    for s in range(0, len(branches), step):
-        if time.monotonic() > deadline:
-            raise _Rejected(f"the re-check ran out of time after {counts[0]} branches")
-        idx = range(s, min(len(branches), s + step))
-        tlo = torch.from_numpy(np.stack([branches[i].lower for i in idx]).astype(np.float64))
-        thi = torch.from_numpy(np.stack([branches[i].upper for i in idx]).astype(np.float64))
-        sp = None if not relu_split else [
-            torch.from_numpy(np.stack([splits[i][k] for i in idx]))
-            for k in range(len(network.hidden_sizes))]
-        res, refuted, closed = search.bound_branches(tlo, thi, sp, None)
-        counts[0] += len(idx)
-        for b_i, i in enumerate(idx):
-            if closed[b_i]:
-                continue
-            layer_b = [(res.lower[k][b_i].numpy(), res.upper[k][b_i].numpy())
-                       for k in range(len(network.hidden_sizes))]
-            for j in np.flatnonzero(~refuted[b_i]):
-                if not _z3_closes(network, region, branches[i], layer_b, int(j), options,
-                                  deadline):
-                    raise _Rejected(f"region {r} branch {i} (conjunction {j}) does not close "
-                                    "on the network")
-            counts[1] += 1
+    replay = _Replay(network, region, r, branches, facts_of, options, deadline, counts)
+    lo, hi = region.lower.astype(np.float64), region.upper.astype(np.float64)
+    if not replay.node(lo, hi, {}, np.arange(len(branches)), None, None):
+        raise _Rejected(replay.why or f"region {r}: the proof does not close on the network")
 
 
-def _z3_closes(network, region, b: ProofBranch, layer_b, j: int, options, deadline) -> bool:
+class _Replay:
+    def __init__(self, network, region, r, branches, facts_of, options, deadline, counts):
+        self.net, self.region, self.r = network, region, r
+        self.sizes = network.hidden_sizes
+        self.LO = np.stack([np.asarray(b.lower, dtype=np.float64) for b in branches])
+        self.HI = np.stack([np.asarray(b.upper, dtype=np.float64) for b in branches])
+        self.facts_of = facts_of
+        self.options, self.deadline, self.counts = options, deadline, counts
+        self.search = RegionSearch(network, region, r, options, deadline, Statistics())
+        self.relu_split = any(facts_of)
+        self.why: str | None = None
+
+    def bound(self, boxes, facts, parent, spec, mode=None, alpha=None):
+        """Bound boxes [(lo, hi)] (all with phase ``facts``) under one parent's bounds."""
+        if time.monotonic() > self.deadline:
+            raise _Rejected(f"the re-check ran out of time after {self.counts[0]} nodes")
+        k = len(boxes)
+        tlo = torch.from_numpy(np.stack([b[0] for b in boxes]))
+        thi = torch.from_numpy(np.stack([b[1] for b in boxes]))
+        sp = None
+        if self.relu_split or not self.search.input_split:
+            arr = _facts_arrays(facts, self.sizes)
+            sp = [torch.from_numpy(np.repeat(a[None, :], k, axis=0)) for a in arr]
+        fixed = None if parent is None or not self.sizes else [
+            (torch.from_numpy(np.repeat(l[None, :], k, axis=0)),
+             torch.from_numpy(np.repeat(u[None, :], k, axis=0))) for l, u in parent]
+        inherited = None if spec is None else (
+            torch.from_numpy(np.repeat(spec[0][None], k, axis=0)),
+            torch.from_numpy(np.repeat(spec[1][None], k, axis=0)))
+        self.counts[0] += k
+        return self.search.bound_branches(tlo, thi, sp, fixed, alpha=alpha, mode=mode,
+                                          inherited=inherited)
+
+    @staticmethod
+    def row(res, i, sizes):
+        return ([(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(len(sizes))],
+                (res.spec_coeffs[i].numpy(), res.spec_const[i].numpy()))
+
+    def node(self, lo, hi, facts, idx, parent, spec, own=None) -> bool:
+        """Whether the subtree of leaves ``idx`` at box [lo, hi] with ``facts``
+        closes.  ``own``: this node's bound, when already computed (res, i, refuted, closed)."""
+        if own is None:
+            res, refuted, closed = self.bound([(lo, hi)], facts, parent, spec)
+            own = (res, 0, refuted, closed)
+        res, i, refuted, closed = own
+        if closed[i]:
+            return True
+        layer_b, my_spec = self.row(res, i, self.sizes)
+        LO, HI = self.LO[idx], self.HI[idx]
+        same = np.flatnonzero((LO == lo).all(axis=1) & (HI == hi).all(axis=1))
+        if any(self.facts_of[j] == facts for j in idx[same]):
+            return self.leaf(lo, hi, facts, parent, spec, layer_b, refuted[i], int(idx[same][0]))
+        mid = (lo + hi) / 2
+        left, right = HI <= mid, LO >= mid
+        valid = np.flatnonzero(left.any(axis=0) & right.any(axis=0)
+                               & (left.sum(axis=0) + right.sum(axis=0) == len(idx)))
+        if len(valid):
+            halves = []
+            for d in valid:
+                a_hi = hi.copy(); a_hi[d] = mid[d]
+                b_lo = lo.copy(); b_lo[d] = mid[d]
+                halves += [(lo, a_hi), (b_lo, hi)]
+            cres, crefuted, cclosed = self.bound(halves, facts, layer_b, my_spec)
+            score = np.where(cclosed, np.inf, cres.spec_lower.numpy().min(axis=1))
+            score = np.minimum(score, 1e30).reshape(len(valid), 2).sum(axis=1)
+            for t in np.argsort(-score):
+                d = valid[t]
+                ok = all(self.node(*halves[2 * t + side], facts,
+                                   idx[(left if side == 0 else right)[:, d]],
+                                   layer_b, my_spec, (cres, 2 * t + side, crefuted, cclosed))
+                         for side in (0, 1))
+                if ok:
+                    return True
+            return False
+        common = set.intersection(*(set(self.facts_of[j]) - set(facts) for j in idx))
+        for neuron in sorted(common)[:1]:  # a ReLU split every leaf carries
+            for phase in (1, -1):
+                sub = np.array([j for j in idx if self.facts_of[j][neuron] == phase],
+                               dtype=np.int64)
+                if not self.node(lo, hi, {**facts, neuron: phase}, sub, layer_b, my_spec):
+                    return False
+            return True
+        return False
+
+    def leaf(self, lo, hi, facts, parent, spec, layer_b, refuted_row, index) -> bool:
+        """A proof leaf the replayed bound left open: a plain CROWN bound with
+        alpha steps (the search's root bound and fixed-leaf bounds), then Z3."""
+        res, refuted, closed = self.bound([(lo, hi)], facts, parent, spec, mode="backward",
+                                          alpha=max(self.options.alpha_iterations, 20))
+        if closed[0]:
+            return True
+        refuted_row = refuted_row | refuted[0]
+        for j in np.flatnonzero(~refuted_row):
+            if not _z3_closes(self.net, self.region, lo, hi, layer_b, int(j), self.options,
+                              self.deadline, self.search.input_split):
+                self.why = (f"region {self.r} branch {index} (conjunction {j}) does not close "
+                            "on the network")
+                return False
+        self.counts[1] += 1
+        return True
+
+
+def _facts_arrays(facts: dict, sizes) -> list[np.ndarray]:
+    arrays = [np.zeros(n, dtype=np.int8) for n in sizes]
+    for (layer, neuron), phase in facts.items():
+        arrays[layer][neuron] = phase
+    return arrays
+
+
+def _z3_closes(network, region, lo, hi, layer_b, j: int, options, deadline, input_split) -> bool:
     conj = region.unsafe[j]
+    per_query = options.z3_input_query_timeout if input_split else options.z3_query_timeout
     for digits in options.z3_digits:
         left = deadline - time.monotonic()
         if left <= 0.05:
             return False
-        q = encode(network, Branch(b.lower, b.upper, layer_b, conj.coeffs, conj.rhs), digits)
-        ans = solve(q, None, timeout=min(options.z3_query_timeout, left))
+        q = encode(network, Branch(lo, hi, layer_b, conj.coeffs, conj.rhs), digits)
+        ans = solve(q, None, timeout=min(per_query, left))
         if ans.status == "unsat":
             return True
     return False

@@ -38,7 +38,8 @@ def read_proof_file(path: str, prop):
         if not isinstance(d, dict):
             raise TypeError("not a JSON object")
         return ProofRecord.from_dict(d, prop)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+            RecursionError) as exc:
         raise InputError(f"not a proof record ({type(exc).__name__}: {exc})", path=path,
                          expected="a coreproof proof record (coreproof verify --save-proof)"
                          ) from None

@@ -117,7 +117,7 @@ def reverify_cmd(original, variants, properties, timeout, as_json, compare_scrat
         except CoreproofError as exc:
             codes.append(exit_codes.BAD_INPUT)
             _error_row(v, None, exc, as_json)
-    for p, prop in props:
+    for p, prop in props if loaded else ():  # no variant to check: no proof to build
         proof, from_store = get_proof(orig, prop, options, ropt, store, trust=trust_cache)
         for problem in (store.problems if store is not None else []):
             say(f"proof store: {problem}")

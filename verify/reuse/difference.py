@@ -66,10 +66,12 @@ class OriginalBounds:
         return np.vstack([np.where(self.spec_coeffs > 0, lower, upper), (lower + upper) / 2])
 
 
-def original_bounds(search: RegionSearch) -> OriginalBounds:
+def original_bounds(search: RegionSearch | None, res=None) -> OriginalBounds:
     """The bound of ``search``'s whole region on its (original) network (the
-    bound :meth:`RegionSearch.closed_at_root` takes)."""
-    res, _ = search.root_bound()
+    bound :meth:`RegionSearch.closed_at_root` takes; ``res``: that bound, when
+    it was taken in this process already)."""
+    if res is None:
+        res, _ = search.root_bound()
     return OriginalBounds(tuple(l[0].numpy() for l in res.lower),
                           tuple(u[0].numpy() for u in res.upper),
                           res.spec_coeffs[0].numpy(), res.spec_const[0].numpy(),

@@ -8,6 +8,29 @@ from ..errors import OptionError
 
 @dataclass(frozen=True)
 class ReuseOptions:
+    # building a proof: "lazy" keeps what the search found (raw Z3 cores, alpha slopes,
+    # each branch's bounds in memory) at no extra cost -- measured, a deletion pass
+    # cost up to 50x the verification itself; "eager" minimises Z3 cores and makes
+    # bound cores now (within core_budget)
+    cores: str = "lazy"
+    # a lazily built single-box proof gets its bound core when a variant first needs
+    # one (made on the original, cached in the record).  Off by default: making it
+    # costs about log2(candidates) bounds, repaid only over many variants (a core
+    # bound saves about half a bound where it carries over, on 46 % of the pairs)
+    bound_core_on_demand: bool = False
+    # alpha-CROWN steps when a variant's branch bound starts from the original's
+    # slopes (the search's own count otherwise)
+    warm_alpha_iterations: int = 5
+    # a ReLU-split proof tree is re-checked on the original's leaf domains
+    # (verify.reuse.tree) when the differential tiers leave at most this share of
+    # its leaves open; else on the variant's own phase splits.  0: only when they
+    # close every leaf (measured on mnist-net_256x4 image 7, int16, 17 of 40 leaves
+    # open: 6.7 s on the leaf domains, 4.9 s walking the tree on the variant)
+    tree_max_open: float = 0.0
+    # else a ReLU-split tree is walked top-down on the variant (verify.reuse.tree.
+    # TreeWalk: a node closed prunes its subtree, parents' bounds are inherited);
+    # False: its leaves are bounded again one by one, each from scratch
+    tree_walk: bool = True
     core_budget: float = 30.0  # seconds for extracting the original's cores (all branches)
     core_timeout: float = 2.0  # per Z3 query while extracting / checking a core
     minimise_budget: float = 2.0  # seconds of deletion checks per core
@@ -42,6 +65,10 @@ class ReuseOptions:
     empty_bound_core_min_gain: float = 1.05
 
     def __post_init__(self):
+        if self.cores not in ("lazy", "eager"):
+            raise OptionError(f"cores must be lazy or eager, got {self.cores!r}")
+        if self.warm_alpha_iterations < 0:
+            raise OptionError(f"warm_alpha_iterations must be >= 0, got {self.warm_alpha_iterations}")
         for name in ("core_budget", "core_timeout", "minimise_budget"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")

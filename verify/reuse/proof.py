@@ -1,5 +1,6 @@
 """The proof artifact of the original network: every closed branch of every
-region with its minimal unsat cores, as versioned JSON in the proof store.
+region with its unsat cores and warm-start slopes, as versioned JSON in the
+proof store.
 
 A branch is an input box plus ReLU phase split facts.  The branches of a
 region tile its box exactly (checked by :func:`covers` before any branch is
@@ -11,9 +12,20 @@ bounds-closed branches get one too when Z3 can find it within the budget.
 A region settled by one bound of its whole box gets a ``bound_core``
 (:mod:`verify.reuse.bound_core`): the neurons whose back-substituted bounds
 it needs, the others' intervals sufficing.
+
+Building is cheap by default (``ReuseOptions.cores="lazy"``): a branch keeps
+the raw unsat core Z3 answered in the search (not minimised) and the
+alpha-CROWN slopes its bound ended with (``alphas``, stored as float16: any
+slope is sound, they only warm-start a variant's optimisation); the bound
+core is made when a variant first needs it (:meth:`ProofRecord.bound_core_of`)
+and cached.  A record built in this process also keeps, in memory only, each
+branch's layer bounds and spec lower bounds on the original (per-branch
+differential bounds, :mod:`verify.reuse.tree`); one read from the store has
+none (they are never trusted from a file).
 """
 from __future__ import annotations
 
+import base64
 import time
 from dataclasses import dataclass, field
 
@@ -34,7 +46,7 @@ from .difference import OriginalBounds, original_bounds
 from .options import ReuseOptions
 
 SCHEMA = "coreproof.reuse-proof"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4  # 4: warm-start slopes (alphas), raw cores, lazy bound cores
 
 
 @dataclass
@@ -48,6 +60,13 @@ class ProofBranch:
     bound_core: Core | None = None  # neurons to back-substitute (bounds-closed branches)
     # measured on the original: a full bound's time over the bound core's (None: unknown)
     bound_core_gain: float | None = None
+    # per hidden layer (n_k,) float16: the alpha-CROWN slopes of the original's bound
+    # of the branch (a warm start for the variant's; None: it had no alpha steps)
+    alphas: list[np.ndarray] | None = None
+    # in memory only, for a record built in this process (never stored): the
+    # original's layer bounds and spec-row lower bounds on the branch
+    layer_bounds: list | None = field(default=None, repr=False, compare=False)
+    spec_lower: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self, region: Region) -> dict:
         same = np.array_equal(self.lower, region.lower) and np.array_equal(self.upper, region.upper)
@@ -57,16 +76,35 @@ class ProofBranch:
                 "cores": {str(j): c.to_dict() for j, c in self.cores.items()},
                 "bound_core": None if self.bound_core is None else self.bound_core.to_dict(),
                 "bound_core_gain": None if self.bound_core_gain is None
-                else round(self.bound_core_gain, 3)}
+                else round(self.bound_core_gain, 3),
+                "alphas": None if self.alphas is None else pack_alphas(self.alphas)}
 
     @classmethod
-    def from_dict(cls, d: dict, region: Region) -> "ProofBranch":
+    def from_dict(cls, d: dict, region: Region, hidden_sizes=None) -> "ProofBranch":
         lo = region.lower if d["lower"] is None else np.array(d["lower"], dtype=np.float64)
         hi = region.upper if d["upper"] is None else np.array(d["upper"], dtype=np.float64)
         return cls(lo, hi, tuple(str(s) for s in d["splits"]), str(d["method"]), int(d["depth"]),
                    {int(j): Core.from_dict(c) for j, c in d["cores"].items()},
                    None if d.get("bound_core") is None else Core.from_dict(d["bound_core"]),
-                   None if d.get("bound_core_gain") is None else float(d["bound_core_gain"]))
+                   None if d.get("bound_core_gain") is None else float(d["bound_core_gain"]),
+                   None if d.get("alphas") is None else unpack_alphas(d["alphas"]))
+
+
+def pack_alphas(alphas) -> dict:
+    """Slopes per hidden layer as one base64 string of float16 values (in [0, 1]:
+    float16 keeps them to 5e-4, plenty for a starting point) and the layer sizes."""
+    flat = np.concatenate([np.asarray(a, dtype=np.float16).ravel() for a in alphas])
+    return {"sizes": [int(np.size(a)) for a in alphas],
+            "f16": base64.b64encode(flat.astype("<f2").tobytes()).decode("ascii")}
+
+
+def unpack_alphas(d: dict) -> list[np.ndarray]:
+    """The inverse of :func:`pack_alphas` (float16 arrays; ValueError when malformed)."""
+    sizes = [int(n) for n in d["sizes"]]
+    flat = np.frombuffer(base64.b64decode(d["f16"], validate=True), dtype="<f2")
+    if len(flat) != sum(sizes) or min(sizes, default=0) < 0:
+        raise ValueError(f"alphas: {len(flat)} values for layer sizes {sizes}")
+    return list(np.split(flat.astype(np.float16), np.cumsum(sizes)[:-1]))
 
 
 @dataclass
@@ -75,7 +113,7 @@ class ProofRecord:
     property: str  # digest of the property
     status: str  # holds | violated | unknown (only holds can be reused)
     time_s: float  # branch and bound on the original
-    core_time_s: float = 0.0  # core extraction and minimisation
+    core_time_s: float = 0.0  # core extraction and minimisation (at build and lazily since)
     regions: dict[int, list[ProofBranch]] = field(default_factory=dict)
     network_name: str = ""
     property_name: str = ""
@@ -84,6 +122,8 @@ class ProofRecord:
     # covers() answers per (region index, box): the structure is checked once per
     # record, however many variants reuse it (the record is not modified after)
     _covered: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # regions whose bound core bound_core_of has tried to make
+    _bound_core_tried: set = field(default_factory=set, init=False, repr=False, compare=False)
     # every core's names, parsed on first use (see core_names)
     _core_names: ParsedNames | None = field(default=None, init=False, repr=False, compare=False)
     # per region: the original's plain CROWN bound of the whole region (moved to the
@@ -114,6 +154,27 @@ class ProofRecord:
                 yield from b.cores.values()
                 if b.bound_core is not None:
                     yield b.bound_core
+
+    def bound_core_of(self, r: int, original: Network, region: Region,
+                      options: VerifyOptions, budget: float = 2.0) -> Core | None:
+        """The bound core of region ``r`` when one bound of its box settled it,
+        made now (by deletion, within ``budget`` s, and its gain measured) when the
+        record has none yet -- a lazily built record skips it -- and cached; the
+        time goes to ``core_time_s``.  None for a split proof or when no core exists."""
+        branches = self.regions.get(r) or []
+        if len(branches) != 1 or branches[0].splits or branches[0].method != "bounds":
+            return None
+        b = branches[0]
+        if b.bound_core is None and r not in self._bound_core_tried:
+            self._bound_core_tried.add(r)
+            t0 = time.monotonic()
+            search = RegionSearch(original, region, r, options, float("inf"), Statistics())
+            b.bound_core = bound_core(search, b.lower, b.upper, budget)
+            if b.bound_core is not None:
+                b.bound_core_gain = core_gain(search, b.lower, b.upper,
+                                              core_neurons(b.bound_core.names))
+            self.core_time_s += time.monotonic() - t0
+        return b.bound_core
 
     @property
     def n_branches(self) -> int:
@@ -151,22 +212,40 @@ def _parse_fact(f: str) -> tuple[tuple[int, int], int]:
     return (int(layer[1:]), int(neuron[1:])), (1 if phase == "active" else -1)
 
 
-def covers(region: Region, branches: list[ProofBranch]) -> bool:
-    """True when the branches tile the region's box: they form a tree of input
-    bisections (at the exact midpoint) and two-way ReLU phase splits whose
-    leaves are exactly the branches."""
+@dataclass(frozen=True)
+class TreeNode:
+    """A node of a proof tree: a box and ReLU phase facts ({(layer, neuron): +-1});
+    a leaf is branch ``leaf`` of the record, an inner node has two children
+    (an input bisection at the exact midpoint, or a two-way ReLU phase split)."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    facts: dict
+    children: tuple = ()
+    leaf: int | None = None
+
+
+def proof_tree(region: Region, branches: list[ProofBranch]) -> TreeNode | None:
+    """The tree of input bisections and ReLU phase splits whose leaves are
+    exactly ``branches``, rooted at the region's box; None when they do not tile it."""
     if not branches:
-        return False
+        return None
     LO = np.stack([np.asarray(b.lower, dtype=np.float64) for b in branches])
     HI = np.stack([np.asarray(b.upper, dtype=np.float64) for b in branches])
     facts_of = [dict(_parse_fact(f) for f in b.splits) for b in branches]
+    # a pure ReLU split tree (every box the region's): no bisection to look for
+    one_box = bool((LO == region.lower).all() and (HI == region.upper).all())
 
-    def rec(lo, hi, facts, idx: np.ndarray) -> bool:
+    def rec(lo, hi, facts, idx: np.ndarray) -> TreeNode | None:
         if len(idx) == 0:
-            return False
-        same = np.flatnonzero((LO[idx] == lo).all(axis=1) & (HI[idx] == hi).all(axis=1))
-        if any(facts_of[i] == facts for i in idx[same]):
-            return True
+            return None
+        same = idx if one_box else \
+            idx[(LO[idx] == lo).all(axis=1) & (HI[idx] == hi).all(axis=1)]
+        for i in same:
+            if facts_of[i] == facts:
+                return TreeNode(lo, hi, facts, leaf=int(i))
+        if one_box:
+            return relu_split(lo, hi, facts, idx)
         # an input bisection every leaf respects (the first such dimension)
         mid = (lo + hi) / 2
         left, right = HI[idx] <= mid, LO[idx] >= mid
@@ -175,16 +254,23 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
             d = int(np.argmax(ok))
             a_hi = hi.copy(); a_hi[d] = mid[d]
             b_lo = lo.copy(); b_lo[d] = mid[d]
-            return (rec(lo, a_hi, facts, idx[left[:, d]])
-                    and rec(b_lo, hi, facts, idx[right[:, d]]))
+            a = rec(lo, a_hi, facts, idx[left[:, d]])
+            b = rec(b_lo, hi, facts, idx[right[:, d]]) if a is not None else None
+            return None if b is None else TreeNode(lo, hi, facts, (a, b))
+        return relu_split(lo, hi, facts, idx)
+
+    def relu_split(lo, hi, facts, idx) -> TreeNode | None:
         common = set.intersection(*(set(facts_of[i]) - set(facts) for i in idx))
         for neuron in sorted(common):  # a ReLU split every leaf carries
             sides = []
             for phase in (1, -1):
                 sub = np.array([i for i in idx if facts_of[i][neuron] == phase], dtype=np.int64)
-                sides.append(rec(lo, hi, {**facts, neuron: phase}, sub))
-            return all(sides)
-        return False
+                side = rec(lo, hi, {**facts, neuron: phase}, sub)
+                if side is None:
+                    return None
+                sides.append(side)
+            return TreeNode(lo, hi, facts, tuple(sides))
+        return None
 
     try:
         import sys
@@ -192,7 +278,14 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
         return rec(np.asarray(region.lower, dtype=np.float64),
                    np.asarray(region.upper, dtype=np.float64), {}, np.arange(len(branches)))
     except RecursionError:
-        return False
+        return None
+
+
+def covers(region: Region, branches: list[ProofBranch]) -> bool:
+    """True when the branches tile the region's box: they form a tree of input
+    bisections (at the exact midpoint) and two-way ReLU phase splits whose
+    leaves are exactly the branches (:func:`proof_tree`)."""
+    return proof_tree(region, branches) is not None
 
 
 # ---- building ---------------------------------------------------------------------
@@ -222,11 +315,26 @@ def _leaf_cores(net: Network, region: Region, leaf: Leaf, options: VerifyOptions
     return cores
 
 
+def _raw_cores(leaf: Leaf) -> dict[int, Core]:
+    """The unsat cores Z3 answered in the search (with ``core.minimize``), as they are."""
+    return {int(j): Core(tuple(names), False, False, digits=leaf.digits.get(j))
+            for j, names in leaf.cores.items()}
+
+
+def _branch(leaf: Leaf, cores: dict[int, Core]) -> ProofBranch:
+    alphas = None if leaf.alphas is None else [np.asarray(a, dtype=np.float16) for a in leaf.alphas]
+    return ProofBranch(leaf.lo, leaf.hi, leaf.splits, leaf.method, leaf.depth, cores,
+                       alphas=alphas, layer_bounds=leaf.layer_bounds, spec_lower=leaf.spec_lower)
+
+
 def build_proof(network: Network, prop: Property, options: VerifyOptions = VerifyOptions(),
                 reuse_options: ReuseOptions = ReuseOptions()) -> ProofRecord:
     """Decide ``prop`` on ``network`` (:func:`verify.verifier.verify_property`,
-    recording every closed branch), then extract (minimal) unsat cores for the
-    branches within ``reuse_options.core_budget``."""
+    recording every closed branch).  With ``reuse_options.cores="lazy"`` (the
+    default) that is all: each branch keeps the search's raw Z3 cores and its
+    warm-start slopes, and bound cores are made on demand
+    (:meth:`ProofRecord.bound_core_of`); with ``"eager"`` minimised unsat cores
+    and bound cores are extracted now, within ``reuse_options.core_budget``."""
     proof = Proof()
     res = verify_property(network, prop, options, proof=proof)
     record = ProofRecord(network.digest(), prop.digest(), res.status.value, res.time_s,
@@ -234,36 +342,47 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
                          reason=res.reason, counterexample=res.counterexample)
     if res.status is not Status.HOLDS:
         return record
-    all_leaves: dict[int, list[Leaf]] = proof.leaves
     t1 = time.monotonic()
-    core_deadline = t1 + reuse_options.core_budget
-    for r, leaves in all_leaves.items():
-        # Z3-closed leaves first: their cores are known to exist
-        order = sorted(range(len(leaves)), key=lambda i: (leaves[i].method != "z3", leaves[i].unstable))
-        cores, misses = {}, 0
-        for i in order:
-            leaf = leaves[i]
-            if leaf.method != "z3" and misses >= reuse_options.core_misses:
-                cores[i] = {}  # bounds-closed leaves only get harder (more unstable ReLUs)
-                continue
-            cores[i] = _leaf_cores(network, prop.regions[r], leaf, options, reuse_options,
-                                   core_deadline)
-            if leaf.method != "z3" and leaf.method != "infeasible":
-                misses = 0 if cores[i] else misses + 1
-        record.regions[r] = [ProofBranch(l.lo, l.hi, l.splits, l.method, l.depth, cores[i])
-                             for i, l in enumerate(leaves)]
-        search = RegionSearch(network, prop.regions[r], r, options, core_deadline, Statistics())
-        record.root_bounds[r] = original_bounds(search)
-        root = record.regions[r][0] if len(leaves) == 1 else None
-        if root is not None and root.method == "bounds" and not root.splits:
-            root.bound_core = bound_core(search, root.lower, root.upper,
-                                         min(reuse_options.minimise_budget,
-                                             max(core_deadline - time.monotonic(), 0.0)))
-            if root.bound_core is not None:
-                root.bound_core_gain = core_gain(search, root.lower, root.upper,
-                                                 core_neurons(root.bound_core.names))
+    for r, leaves in proof.leaves.items():
+        if reuse_options.cores == "eager":
+            _eager_cores(record, network, prop, r, leaves, options, reuse_options,
+                         t1 + reuse_options.core_budget)
+        else:
+            record.regions[r] = [_branch(l, _raw_cores(l)) for l in leaves]
+        if proof.roots.get(r) is not None:  # the verifier's own root bound: free
+            record.root_bounds[r] = original_bounds(None, proof.roots[r])
     record.core_time_s = time.monotonic() - t1
     return record
+
+
+def _eager_cores(record: ProofRecord, network: Network, prop: Property, r: int,
+                 leaves: list[Leaf], options: VerifyOptions, reuse_options: ReuseOptions,
+                 core_deadline: float) -> None:
+    """Minimised Z3 cores for the leaves of region ``r`` and, for a region one bound
+    settled, its minimal bound core (deletion passes; see ``ReuseOptions.cores``)."""
+    # Z3-closed leaves first: their cores are known to exist
+    order = sorted(range(len(leaves)), key=lambda i: (leaves[i].method != "z3", leaves[i].unstable))
+    cores, misses = {}, 0
+    for i in order:
+        leaf = leaves[i]
+        if leaf.method != "z3" and misses >= reuse_options.core_misses:
+            cores[i] = {}  # bounds-closed leaves only get harder (more unstable ReLUs)
+            continue
+        cores[i] = _leaf_cores(network, prop.regions[r], leaf, options, reuse_options,
+                               core_deadline)
+        if leaf.method != "z3" and leaf.method != "infeasible":
+            misses = 0 if cores[i] else misses + 1
+    record.regions[r] = [_branch(l, cores[i]) for i, l in enumerate(leaves)]
+    search = RegionSearch(network, prop.regions[r], r, options, core_deadline, Statistics())
+    record.root_bounds[r] = original_bounds(search)
+    root = record.regions[r][0] if len(leaves) == 1 else None
+    if root is not None and root.method == "bounds" and not root.splits:
+        root.bound_core = bound_core(search, root.lower, root.upper,
+                                     min(reuse_options.minimise_budget,
+                                         max(core_deadline - time.monotonic(), 0.0)))
+        if root.bound_core is not None:
+            root.bound_core_gain = core_gain(search, root.lower, root.upper,
+                                             core_neurons(root.bound_core.names))
 
 
 # ---- the store --------------------------------------------------------------------
@@ -286,7 +405,7 @@ def load_proof(store: ProofStore, network: Network, prop: Property,
         return None
     try:
         rec = ProofRecord.from_dict(payload["proof"], prop)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
         store._problem(f"reuse proof for {network.name} / {prop.name} ignored: {exc}")
         return None
     if rec.network != network.digest() or rec.property != prop.digest():

@@ -10,6 +10,13 @@ A row is one (variant, property) pair: ``status``, ``time_s``, ``reuse``
   fallback to verification from scratch;
 * *speedup*: ``scratch_time_s / time_s`` per pair where both verdicts are
   decided, summarised by the geometric mean;
+* *end to end*, per original (network, property) and overall: (scratch on the
+  original + scratch on its variants) / (building the original's proof + reuse
+  on its variants) -- the proof is charged once per original; the original's
+  scratch time is the row's ``original_scratch_s`` when measured, else the
+  time its proof's search took (``reuse.original_time_s``);
+* *hard pairs*: the speedup restricted to pairs whose scratch run takes at
+  least 1 s (geometric mean, and total scratch time / total reuse time);
 * *compression strength*: the recipe (``magnitude:0.3``, ``int8``, ...), from
   the row's ``recipe`` field or else from the variant's name.
 """
@@ -197,9 +204,86 @@ def aggregate(rows: list[dict]) -> dict:
     for row in rows:
         total.add(row)
     return {"total": total,
+            "headline": headline(rows, total),
             "by_variant": _grouped(rows, variant_label),
             "by_recipe": _grouped(rows, recipe_of, strength_key),
             "by_original": _grouped(rows, original_kind, ORIGINAL_KINDS.index)}
+
+
+HARD_SCRATCH_S = 1.0  # pairs whose scratch run takes at least this long are "hard"
+
+
+def original_key(row: dict) -> tuple[str, str]:
+    """(original network, property) of a row."""
+    r = row.get("reuse") or {}
+    name = str(r.get("original_name") or "")
+    if not name:
+        v = str(row.get("variant_name") or row.get("network") or "")
+        name = v.split("~", 1)[0] if "~" in v else "?"
+    return name, str(row.get("property_name") or row.get("property") or "?")
+
+
+@dataclass
+class EndToEnd:
+    label: str
+    variants: int = 0
+    proof_s: float = 0.0  # building the original's proof (once)
+    reuse_s: float = 0.0  # reuse on the variants
+    original_scratch_s: float = 0.0  # the original from scratch (once)
+    scratch_s: float = 0.0  # the variants from scratch
+
+    @property
+    def ratio(self) -> float | None:
+        """(scratch on the original and its variants) / (proof building + reuse)."""
+        cost = self.proof_s + self.reuse_s
+        if not self.scratch_s or cost <= 0:
+            return None
+        return (self.original_scratch_s + self.scratch_s) / cost
+
+
+def end_to_end(rows: list[dict]) -> tuple[list[EndToEnd], EndToEnd]:
+    """Per original (network, property) and overall (rows with a scratch time)."""
+    per: dict[tuple, EndToEnd] = {}
+    for row in rows:
+        if row.get("scratch_time_s") is None:
+            continue
+        r = row.get("reuse") or {}
+        key = original_key(row)
+        if key not in per:
+            per[key] = EndToEnd(f"{key[0]} / {key[1]}",
+                                proof_s=float(r.get("original_proof_s") or 0.0),
+                                original_scratch_s=float(row.get("original_scratch_s")
+                                                         or r.get("original_time_s") or 0.0))
+        e = per[key]
+        e.variants += 1
+        e.reuse_s += float(row["time_s"])
+        e.scratch_s += float(row["scratch_time_s"])
+    total = EndToEnd("all")
+    for e in per.values():
+        for name in ("variants", "proof_s", "reuse_s", "original_scratch_s", "scratch_s"):
+            setattr(total, name, getattr(total, name) + getattr(e, name))
+    return list(per.values()), total
+
+
+def hard_pairs(rows: list[dict], min_scratch_s: float = HARD_SCRATCH_S) -> Group:
+    """The pairs whose scratch run took at least ``min_scratch_s``."""
+    g = Group(f"scratch >= {min_scratch_s:g} s")
+    for row in rows:
+        if float(row.get("scratch_time_s") or 0.0) >= min_scratch_s:
+            g.add(row)
+    return g
+
+
+def headline(rows: list[dict], total: Group | None = None) -> dict:
+    """The three figures: geometric-mean speedup (all pairs), the speedup on
+    pairs whose scratch run takes >= 1 s (geometric mean and totals), and the
+    end-to-end ratio (proof building included)."""
+    t, h = total or aggregate(rows)["total"], hard_pairs(rows)
+    _, e2e = end_to_end(rows)
+    return {"speedup": t.speedup, "hard_pairs": len(h.speedups), "hard_speedup": h.speedup,
+            "hard_total_ratio": (h.scratch_time_s / h.time_s) if h.time_s > 0 and h.pairs else None,
+            "end_to_end": e2e.ratio, "reuse_rate": t.reuse_rate,
+            "disagreements": t.disagreements}
 
 
 def summary_text(agg: dict) -> str:
@@ -212,6 +296,12 @@ def summary_text(agg: dict) -> str:
              + (f"{sp:.2f}x over {len(t.speedups)} pairs decided both ways" if sp is not None
                 else "n/a (no scratch times)"),
              f"disagreements with scratch: {t.disagreements}"]
+    if "headline" in agg:
+        h = agg["headline"]
+        lines.append(f"pairs with scratch >= {HARD_SCRATCH_S:g} s: {h['hard_pairs']}, speedup "
+                     f"{_fmt(h['hard_speedup'], '.2f', 'n/a')}x (geo-mean), "
+                     f"{_fmt(h['hard_total_ratio'], '.2f', 'n/a')}x (totals)")
+        lines.append(f"end to end (proof building included): {_fmt(h['end_to_end'], '.2f', 'n/a')}x")
     for g in agg["by_recipe"] + agg["by_original"]:
         gs = g.speedup
         lines.append(f"  {g.label}: {g.pairs} pairs, reuse {g.reuse_rate:.0%}"
@@ -298,6 +388,12 @@ def render_html(rows: list[dict], agg: dict | None = None, title: str = "Proof r
         f"<td>{_fmt(g.speedup, '.2f')}</td><td>{len(g.speedups)}</td>"
         f"<td>{g.time_s:.2f}</td><td>{g.scratch_time_s:.2f}</td></tr>"
         for g in agg["by_original"])
+    per_original, e2e = end_to_end(rows)
+    e2e_rows = "".join(
+        f"<tr><td>{esc(e.label)}</td><td>{e.variants}</td><td>{e.proof_s:.2f}</td>"
+        f"<td>{e.reuse_s:.2f}</td><td>{e.original_scratch_s:.2f}</td><td>{e.scratch_s:.2f}</td>"
+        f"<td>{_fmt(e.ratio, '.2f')}</td></tr>" for e in per_original + [e2e])
+    h = agg.get("headline") or headline(rows, t)
     variants = agg["by_variant"]
     charts = [
         bar_chart("Speedup of reuse over scratch per variant (geometric mean)",
@@ -323,7 +419,20 @@ tr.bad td {{ background: #fdd; }}
 Speedup over scratch (geometric mean over {len(t.speedups)} pairs decided both ways):
 <b>{_fmt(sp, '.2f', 'n/a')}{'x' if sp is not None else ''}</b>.
 Disagreements with scratch: <b>{t.disagreements}</b>.</p>
+<p>On the {h['hard_pairs']} pairs whose scratch run takes at least {HARD_SCRATCH_S:g} s:
+speedup <b>{_fmt(h['hard_speedup'], '.2f', 'n/a')}x</b> (geometric mean),
+<b>{_fmt(h['hard_total_ratio'], '.2f', 'n/a')}x</b> (total scratch time / total reuse time).
+End to end, building the originals' proofs included:
+<b>{_fmt(h['end_to_end'], '.2f', 'n/a')}x</b>.</p>
 {''.join(f'<div>{c}</div>' for c in charts)}
+<h2>End to end per original</h2>
+<p>(scratch on the original + scratch on its variants) / (building its proof + reuse on
+its variants).</p>
+<table><tr><th>original / property</th><th>variants</th><th>proof building (s)</th>
+<th>reuse (s)</th><th>original scratch (s)</th><th>variants scratch (s)</th>
+<th>end to end</th></tr>
+{e2e_rows}
+</table>
 <h2>By compression strength</h2>
 <table><tr><th>recipe</th><th>pairs</th><th>reuse rate</th><th>speedup</th><th>unknown</th>
 <th>disagreements</th></tr>

@@ -25,21 +25,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import z3
 
 from ..attack import Attacker, confirm_batch
 from ..bounds import BoundPropagator
-from ..encode import Branch, encode, solve
 from ..errors import ShapeMismatchError
 from ..network import Network
 from ..options import VerifyOptions
 from ..properties import Property, Region
 from ..search import Node, RegionSearch, split_arrays
-from ..result import Counterexample, Statistics, Status, VerificationResult
+from ..result import Counterexample, Statistics, Status
 from ..verifier import verify_property
 from ..vnnlib import check_fits
 from .bound_core import bound_with, box_tensors, core_neurons
@@ -48,84 +45,23 @@ from .difference import (OriginalBounds, deviation, margin_loss, original_bounds
                          variant_bounds, with_spec_shift)
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
+from .core_check import CoreChecks
+from .results import ReuseResult, ReuseStats
+from .tree import LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, warm_alphas
 
 
-@dataclass
-class ReuseStats:
-    core_size: int = 0  # names in the original proof's cores (all branches)
-    constraints_total: int = 0  # tracked constraints of the queries those cores came from
-    cores: int = 0  # cores in the original proof
-    cores_minimal: int = 0
-    reused: int = 0  # core names whose constraint is unchanged in the variant
-    revalued: int = 0  # ... whose weights, bias or bound values changed
-    dropped: int = 0  # ... of removed neurons
-    branches: int = 0  # branches of the original proof
-    closed_by_bounds: int = 0  # branches the variant's own bounds closed
-    closed_by_bound_core: int = 0  # ... back-substituting only a bound core's neurons
-    closed_by_difference: int = 0  # ... by the original's bounds moved by the change
-    closed_by_difference_backsub: int = 0  # ... of which over the moved intermediate bounds
-    closed_at_root: int = 0  # regions of a split proof closed by one bound of the region
-    closed_by_core: int = 0  # branch conjunctions closed by a reused (refined) core
-    closed_by_full: int = 0  # ... by the full query of the branch
-    closed_by_split: int = 0  # branches re-proved by branch and bound on the variant
-    cores_used: int = 0
-    refinements: int = 0
-    z3_queries: int = 0
-    fallback: bool = False
-    fallback_reason: str | None = None
-    original_status: str = ""
-    original_time_s: float = 0.0
-    original_core_time_s: float = 0.0
-    proof_from_store: bool = False
-    change_map: str = ""  # how the variant's neurons were related: change record, position, matched by weights
-
-
-@dataclass
-class ReuseResult:
-    status: Status
-    time_s: float
-    method: str  # bounds | core | z3 | bab | scratch | attack ...
-    counterexample: Counterexample | None = None
-    reason: str | None = None
-    network: str | None = None
-    property: str | None = None
-    reuse: ReuseStats = field(default_factory=ReuseStats)
-    scratch_status: str | None = None
-    scratch_time_s: float | None = None
-
-    def __post_init__(self):
-        self.status = Status(self.status)
-        if self.status is Status.VIOLATED and self.counterexample is None:
-            raise ValueError("a violated verdict must carry a confirmed counterexample")
-
-    def to_dict(self) -> dict:
-        d = {"status": self.status.value, "time_s": round(self.time_s, 6), "method": self.method,
-             "counterexample": self.counterexample.to_dict() if self.counterexample else None,
-             "reason": self.reason, "network": self.network, "property": self.property,
-             "reuse": asdict(self.reuse)}
-        if self.scratch_status is not None:
-            d["scratch_status"] = self.scratch_status
-            d["scratch_time_s"] = round(self.scratch_time_s, 6)
-        return d
-
-    def to_verification_result(self) -> VerificationResult:
-        """The plain verdict (what a proof cache or a pytest report holds); the
-        reuse statistics become the note and the core size."""
-        s = self.reuse
-        note = (f"proof reuse: {s.reused} core constraints reused, {s.revalued} re-valued, "
-                f"{s.dropped} dropped, {s.refinements} refinements"
-                + (f"; fallback: {s.fallback_reason}" if s.fallback else ""))
-        stats = Statistics(branches=s.branches, z3_queries=s.z3_queries,
-                           core_size=s.core_size, constraints_total=s.constraints_total)
-        return VerificationResult(self.status, self.time_s, self.method, self.counterexample,
-                                  self.reason or note, self.network, self.property, stats)
+def _relu_tree(region: Region, branches) -> bool:
+    """A proof tree of ReLU splits only (every leaf the region's box)."""
+    return any(b.splits for b in branches) and all(
+        np.array_equal(b.lower, region.lower) and np.array_equal(b.upper, region.upper)
+        for b in branches)
 
 
 class _NoFit(Exception):
     """The proof does not carry over; verify from scratch."""
 
 
-class _Reuser:
+class _Reuser(CoreChecks):
     def __init__(self, variant: Network, cmap: ChangeMap, options: VerifyOptions,
                  ropt: ReuseOptions, stats: ReuseStats, deadline: float):
         self.net, self.cmap, self.opt, self.ropt = variant, cmap, options, ropt
@@ -156,6 +92,31 @@ class _Reuser:
             cex = self._original_candidates(region, r, ob)
             if cex is not None:
                 return cex
+            if self.ropt.difference and has_leaf_bounds(branches):
+                # the original's tree re-checked leaf by leaf from its own bounds; with
+                # ReLU splits only while the cheap tiers close every leaf (a leaf is
+                # the original's phase domain, the path below splits the variant's)
+                if not proof.covers(r, region):
+                    raise _NoFit(f"the proof's branches do not cover region {r}")
+                relu_split = any(b.splits for b in branches)
+                leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
+                                         Statistics(), self.propagator)
+                try:
+                    return TreeCheck(self, leaf_search, branches).run(
+                        region, r, lambda: self._root_closes(search),
+                        max_open=self.ropt.tree_max_open if relu_split else 1.0)
+                except TreeOpen as exc:
+                    if not relu_split:
+                        raise _NoFit(str(exc)) from None
+            if self.ropt.tree_walk and _relu_tree(region, branches):
+                if not proof.covers(r, region):
+                    raise _NoFit(f"the proof's branches do not cover region {r}")
+                leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
+                                         Statistics(), self.propagator)
+                try:
+                    return TreeWalk(self, leaf_search, branches).run(region, r)
+                except TreeOpen as exc:
+                    raise _NoFit(str(exc)) from None
             # a compressed variant can be easier than the original: one bound of the
             # whole region (milliseconds) before re-checking a proof tree of many
             # branches; its minimisers are counterexample candidates otherwise
@@ -179,6 +140,8 @@ class _Reuser:
             if loss <= self.ropt.difference_backsub_max_loss \
                     and self._closed_by_moved_bounds(search, moved):
                 return None
+        if single is not None and single.bound_core is None and self.ropt.bound_core_on_demand:
+            proof.bound_core_of(r, self.cmap.original, region, self.opt, self.ropt.minimise_budget)
         if single is not None and self._try_bound_core(single):
             closed, candidates = self._closed_by_bound_core(search, single)
             if closed:
@@ -254,6 +217,14 @@ class _Reuser:
                              f"({out.reason})")
             self.stats.closed_by_split += len(to_split)
         return None
+
+    def _root_closes(self, search: RegionSearch):
+        """One bound of the variant's whole region: True when it closes it, else a
+        confirmed counterexample among its minimisers, or None."""
+        if search.closed_at_root():
+            self.stats.closed_at_root += 1
+            return True
+        return search.root_counterexample()
 
     def _try_bound_core(self, b: ProofBranch) -> bool:
         """Whether the branch's bound core promises to be cheaper than a full bound
@@ -342,8 +313,10 @@ class _Reuser:
         tlo, thi = torch.from_numpy(lo), torch.from_numpy(hi)
         # a whole region (a proof settled at its root) is large: forward-mode bounds
         # would only be computed in vain (as in RegionSearch.closed_at_root)
-        res, refuted, _ = search.bound_branches(tlo, thi, sp, None, alpha,
-                                        "backward" if len(branches) == 1 else None)
+        # alpha-CROWN starts from the original's slopes of the branch, when kept
+        res, refuted, _ = search.bound_branches(
+            tlo, thi, sp, None, alpha, "backward" if len(branches) == 1 else None,
+            alpha_init=warm_alphas(self.cmap, branches, list(idx)) if alpha else None)
         infeasible, unstable = res.infeasible.numpy(), res.unstable()
         out = []
         for b, i in enumerate(idx):
@@ -372,75 +345,6 @@ class _Reuser:
                                       samples=200 if quick else self.opt.random_samples,
                                       starts=starts)
         return cex
-
-    # ---- one branch, one conjunction ----------------------------------------------------
-    def z3_branch(self, region: Region, r: int, b: ProofBranch, lb, j: int, unstable: int):
-        """"unsat", a confirmed counterexample, or None (not decided)."""
-        conj = region.unsafe[j]
-        core = b.cores.get(j)
-        full_ok = unstable <= max(self.opt.z3_max_unstable, self.ropt.core_max_unstable)
-        if core is None and not full_ok:
-            return None  # no core and a full query this large rarely finishes: split instead
-        names = None
-        if core is not None:
-            names = []
-            for n in core.names:
-                m = self.cmap.map_name(n)
-                if m is not None and m not in names:
-                    names.append(m)
-        for digits in self.opt.z3_digits:
-            q = encode(self.net, Branch(b.lower, b.upper, lb, conj.coeffs, conj.rhs), digits)
-            spurious = False
-            if names is not None:
-                self.stats.cores_used += 1
-                current = [n for n in names if n in q.constraints]
-                for _ in range(self.ropt.refine_rounds + 1):
-                    if self.left() <= 0.05:
-                        return None
-                    ans = solve(q, current, timeout=min(self.opt.z3_query_timeout, self.left()))
-                    self.stats.z3_queries += 1
-                    if ans.status == "unsat":
-                        self.stats.closed_by_core += 1
-                        return "unsat"
-                    if ans.status != "sat":
-                        break
-                    cex = confirm_batch(self.net, region, r, ans.model_input[None, :])
-                    if cex is not None:
-                        return cex
-                    extra = self.violated(q, current)
-                    if not extra:  # the model meets every constraint: rounding slack
-                        spurious = True
-                        break
-                    current += extra
-                    names += [n for n in extra if n not in names]
-                    self.stats.refinements += 1
-            if spurious:
-                continue
-            if not full_ok or self.left() <= 0.05:
-                return None
-            ans = solve(q, None, timeout=min(self.opt.z3_query_timeout, self.left()))
-            self.stats.z3_queries += 1
-            if ans.status == "unsat":
-                self.stats.closed_by_full += 1
-                return "unsat"
-            if ans.status != "sat":
-                return None
-            cex = confirm_batch(self.net, region, r, ans.model_input[None, :])
-            if cex is not None:
-                return cex
-        return None
-
-    def violated(self, q, asserted: list[str]) -> list[str]:
-        """The variant's constraints (not yet asserted) that the last model violates;
-        without a model, those of the neurons in the affected region."""
-        have = set(asserted)
-        try:
-            model = q.solver.model()
-            return [n for n, c in q.constraints.items()
-                    if n not in have and z3.is_false(model.eval(c, model_completion=True))]
-        except z3.Z3Exception:
-            return [n for n in self.cmap.affected_names(q.constraints) if n not in have]
-
 
 def _proof_stats(stats: ReuseStats, proof: ProofRecord, cmap: ChangeMap) -> None:
     stats.branches = proof.n_branches
@@ -498,6 +402,8 @@ def reverify(original: Network, variant, prop: Property,
         proof, stats.proof_from_store = get_proof(original, prop, options, reuse_options, store)
     stats.original_status, stats.original_time_s = proof.status, proof.time_s
     stats.original_core_time_s = proof.core_time_s
+    stats.original_proof_s = proof.time_s + proof.core_time_s
+    stats.original_name = proof.network_name or original.name
     t0 = time.monotonic()
 
     def done(status, method, cex=None, reason=None):

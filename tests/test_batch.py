@@ -1,0 +1,113 @@
+"""Many jobs at once: local worker processes and a Dask LocalCluster give the verdicts of
+one-at-a-time runs; a dying worker costs one retry, never the batch."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from verify.batch import BatchOptions, Job, run_job, verify_many
+from verify.errors import OptionError
+
+
+def write_robustness_vnnlib(path: Path, x0, eps: float, label: int, n_out: int) -> Path:
+    lo, hi = np.clip(x0 - eps, 0, 1), np.clip(x0 + eps, 0, 1)
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(x0))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
+    for i, (a, b) in enumerate(zip(lo, hi)):
+        lines += [f"(assert (>= X_{i} {float(a)!r}))", f"(assert (<= X_{i} {float(b)!r}))"]
+    others = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(n_out) if j != label)
+    lines.append(f"(assert (or {others}))")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def instances(digits_mlp, tmp_path_factory):
+    """A dozen small instances: 12 digits at eps 0.005 (hold) / 0.2 (violated)."""
+    from verify.onnx_io import save_onnx
+    net, x, y = digits_mlp
+    folder = tmp_path_factory.mktemp("batch")
+    onnx = folder / "digits.onnx"
+    save_onnx(net, onnx)
+    jobs = []
+    for k in range(12):
+        eps = 0.005 if k % 2 == 0 else 0.2
+        p = write_robustness_vnnlib(folder / f"p{k}.vnnlib", x[k], eps, int(y[k]), 10)
+        jobs.append(Job(onnx, p, 10.0))
+    return jobs
+
+
+def _statuses(results):
+    return {r.job.key: r.status for r in results}
+
+
+@pytest.fixture(scope="module")
+def reference(instances):
+    """The verdicts of one worker, one job at a time."""
+    return _statuses(verify_many(instances, jobs_n=1))
+
+
+def test_two_local_workers_give_the_verdicts_of_one(instances, reference):
+    two = list(verify_many(instances, jobs_n=2))
+    assert len(two) == len(instances)
+    assert _statuses(two) == reference
+    assert set(reference.values()) >= {"holds", "violated"}
+    for r in two:
+        if r.status == "violated":
+            assert r.result.counterexample is not None
+
+
+def dying_runner(job, options):
+    """Kill the worker on the first attempt of p3 (a marker file remembers), and on every
+    attempt of p5; otherwise run the job."""
+    marker = Path(os.environ["COREPROOF_TEST_MARKERS"]) / Path(job.property).stem
+    if job.property.endswith("p5.vnnlib") or (job.property.endswith("p3.vnnlib")
+                                               and not marker.exists()):
+        marker.touch()
+        os._exit(9)
+    return run_job(job, options)
+
+
+def test_a_dying_worker_costs_one_retry_and_no_rows(instances, reference, tmp_path,
+                                                    monkeypatch):
+    monkeypatch.setenv("COREPROOF_TEST_MARKERS", str(tmp_path))
+    results = {r.job.key: r for r in verify_many(instances, jobs_n=2, runner=dying_runner)}
+    assert len(results) == len(instances)  # no lost rows
+    p3 = next(r for k, r in results.items() if k.endswith("p3.vnnlib"))
+    p5 = next(r for k, r in results.items() if k.endswith("p5.vnnlib"))
+    assert p3.status == reference[p3.job.key] and p3.attempts == 2
+    assert p5.status == "error" and p5.attempts == 2 and "worker died" in p5.error
+    others = {k: r.status for k, r in results.items() if r not in (p3, p5)}
+    assert others == {k: v for k, v in reference.items() if k in others}
+
+
+def test_bad_rows_are_errors_and_duplicate_keys_are_refused(instances, tmp_path):
+    bad = Job(tmp_path / "missing.onnx", instances[0].property, 5.0)
+    (r,) = list(verify_many([bad], jobs_n=1))
+    assert r.status == "error" and "missing.onnx" in r.error
+    with pytest.raises(OptionError):
+        list(verify_many([instances[0], instances[0]], jobs_n=1))
+
+
+def test_variants_wait_for_their_originals_first_job(instances):
+    from verify.batch import _Order
+    a = [Job("v1.onnx", f"p{k}.vnnlib", 1, original="o.onnx") for k in range(3)]
+    order = _Order(a + [Job("n.onnx", "q.vnnlib", 1)])
+    first = order.next()
+    assert first.key == a[0].key
+    assert order.next().key == "n.onnx|q.vnnlib" and order.next() is None  # the rest wait
+    order.done(first)
+    assert [order.next().key for _ in range(2)] == [a[1].key, a[2].key]
+
+
+def test_a_dask_local_cluster_gives_the_same_verdicts(instances, reference):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        remote = list(verify_many(instances[:6], scheduler=client,
+                                  options=BatchOptions(ship="bytes")))
+    assert _statuses(remote) == {j.key: reference[j.key] for j in instances[:6]}

@@ -1,0 +1,196 @@
+"""Re-checking a proof tree (verify.reuse.tree) and warm starts: warm-started
+bounds and the leaves' moved bounds hold on sampled points (and a mutation
+that breaks them is caught), a proof record with warm-start slopes round-trips
+through the store (an old schema is rejected cleanly), and a broken proof tree
+still falls back soundly."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from compress import compress
+from verify.api import VerifyOptions, local_robustness, verify_property
+from verify.bounds import BoundPropagator
+from verify.proof_store import ProofStore
+from verify.reuse import ReuseOptions, build_proof, load_proof, reverify, save_proof
+from verify.reuse.changes import ChangeMap
+from verify.reuse.proof import ProofRecord, pack_alphas, store_key, unpack_alphas
+from verify.reuse.tree import leaf_deviation, moved_bounds
+from verify.search import region_rows, split_arrays
+
+OPTS = VerifyOptions(timeout=5, z3_query_timeout=1)
+
+
+@pytest.fixture(scope="module")
+def split_proof(digits_mlp):
+    """A ReLU-split proof of the digits MLP (several leaves, with slopes)."""
+    net, X, _ = digits_mlp
+    prop = local_robustness(X[0], 0.07, int(np.argmax(net.forward(X[0]))), 10)
+    proof = build_proof(net, prop, OPTS)
+    assert proof.status == "holds" and proof.n_branches > 1
+    assert any(b.splits for b in proof.regions[0])
+    assert any(b.alphas is not None for b in proof.regions[0])
+    return net, prop, proof
+
+
+def _samples(region, rng, n=4000):
+    lo, hi = region.lower, region.upper
+    inside = rng.uniform(lo, hi, size=(n, len(lo)))
+    corners = np.where(rng.random((n, len(lo))) < 0.5, lo, hi)
+    return np.vstack([inside, corners])
+
+
+def _spec_values(net, region, xs):
+    """(N, m) values of the region's spec rows c @ y - d."""
+    C, d, _ = region_rows(region, net.n_outputs)
+    return net.forward(xs) @ C.numpy().T - d.numpy()
+
+
+def _violations(net, region, alpha_init, rng) -> int:
+    """Sampled points below a warm-started bound of the whole box."""
+    prop = BoundPropagator(net)
+    C, d, _ = region_rows(region, net.n_outputs)
+    lo = torch.from_numpy(region.lower[None, :].copy())
+    hi = torch.from_numpy(region.upper[None, :].copy())
+    res = prop.bound(lo, hi, C, d, alpha_iterations=3, alpha_init=alpha_init)
+    values = _spec_values(net, region, _samples(region, rng))
+    return int((values < res.spec_lower.numpy()[0] - 1e-9).sum())
+
+
+def test_warm_started_bounds_hold_on_sampled_points(digits_mlp, split_proof, monkeypatch):
+    net, X, _ = digits_mlp
+    _, _, proof = split_proof
+    rng = np.random.default_rng(0)
+    # a wide box: many unstable neurons, so the lower slopes matter
+    region = local_robustness(X[3], 0.15, int(np.argmax(net.forward(X[3]))), 10).regions[0]
+    warm = next(b.alphas for b in proof.regions[0] if b.alphas is not None)
+    starts = {"the original's slopes": [torch.from_numpy(a.astype(np.float64))[None] for a in warm],
+              "out of range": [torch.full((1, n), 50.0, dtype=torch.float64)
+                               for n in net.hidden_sizes],
+              "not finite": [torch.full((1, n), np.nan, dtype=torch.float64)
+                             for n in net.hidden_sizes],
+              "random": [torch.from_numpy(rng.uniform(-2, 3, (1, n))) for n in net.hidden_sizes]}
+    for name, alpha_init in starts.items():
+        assert _violations(net, region, alpha_init, rng) == 0, name
+    # the mutation: warm slopes used unclipped, and on every neuron rather than on
+    # the unstable ones only (an active neuron's lower line must be z itself)
+    original = BoundPropagator._relaxation
+
+    def mutated(l, u, alpha_free=None):
+        alpha, s, t = original(l, u, None)
+        return (alpha if alpha_free is None else alpha_free), s, t
+    monkeypatch.setattr(BoundPropagator, "_relaxation", staticmethod(mutated))
+    assert _violations(net, region, starts["out of range"], rng) > 0
+
+
+@pytest.mark.parametrize("recipe", ["int8", "magnitude:0.3", "neurons:0.25"])
+def test_moved_leaf_bounds_hold_on_each_leaf_domain(split_proof, recipe):
+    """The variant's pre-activations and spec rows at sampled points of a leaf's
+    domain (its box with the ORIGINAL's phase facts) lie within the leaf's
+    moved bounds; a mutation (no change added) is caught."""
+    net, prop, proof = split_proof
+    region = prop.regions[0]
+    variant = compress(net, recipe)
+    cmap = ChangeMap(net, variant.network, variant.record)
+    C = region_rows(region, net.n_outputs)[0].numpy()
+    xs = _samples(region, np.random.default_rng(2), 20000)
+    z_orig = net.pre_activations(xs)
+    z_var = variant.network.pre_activations(xs)
+    spec_var = _spec_values(variant.network, region, xs)
+    checked = caught = 0
+    for b in proof.regions[0]:
+        if b.method == "infeasible":
+            continue
+        phases = split_arrays(b.splits, net.hidden_sizes)
+        inside = np.ones(len(xs), dtype=bool)
+        for k, ph in enumerate(phases):
+            for i in np.flatnonzero(ph):
+                inside &= (z_orig[k][:, i] >= 0) if ph[i] > 0 else (z_orig[k][:, i] <= 0)
+        if not inside.any():
+            continue
+        lowers = [b.layer_bounds[k][0][None] for k in range(len(net.hidden_sizes))]
+        uppers = [b.layer_bounds[k][1][None] for k in range(len(net.hidden_sizes))]
+        changes, spec_dl = leaf_deviation(cmap, lowers, uppers, b.lower[None], b.upper[None], C)
+        moved = moved_bounds(cmap, lowers, uppers, changes)
+        for k, (l, u) in enumerate(moved):
+            z = z_var[k][inside]
+            assert (z >= l.numpy()[0] - 1e-9).all() and (z <= u.numpy()[0] + 1e-9).all(), (k, b.splits)
+        if b.spec_lower is not None:
+            assert (spec_var[inside] >= b.spec_lower + spec_dl[0] - 1e-9).all()
+        # mutation: the original's bounds taken as the variant's (change ignored)
+        for k, (l, u) in enumerate(moved_bounds(cmap, lowers, uppers,
+                                                [(0 * dl, 0 * du) for dl, du in changes])):
+            z = z_var[k][inside]
+            caught += int(((z < l.numpy()[0] - 1e-9) | (z > u.numpy()[0] + 1e-9)).any())
+        checked += 1
+    assert checked >= 2
+    assert caught > 0
+
+
+def test_proof_record_with_warm_starts_round_trips_through_the_store(split_proof, tmp_path):
+    net, prop, proof = split_proof
+    store = ProofStore(tmp_path)
+    save_proof(store, proof, prop, OPTS)
+    again = load_proof(store, net, prop, OPTS)
+    assert again is not None and again.n_branches == proof.n_branches
+    for a, b in zip(proof.regions[0], again.regions[0]):
+        assert a.splits == b.splits and a.method == b.method
+        np.testing.assert_array_equal(a.lower, b.lower)
+        assert (a.alphas is None) == (b.alphas is None)
+        if a.alphas is not None:
+            for x, y in zip(a.alphas, b.alphas):
+                assert y.dtype == np.float16
+                np.testing.assert_array_equal(x, y)
+        assert b.layer_bounds is None and b.spec_lower is None  # never from a file
+        assert {j: c.names for j, c in a.cores.items()} == {j: c.names for j, c in b.cores.items()}
+    # float16 packing: exact for float16 values, rejects a wrong length
+    packed = pack_alphas([np.array([0.0, 0.5, 1.0]), np.array([0.25])])
+    assert [list(a) for a in unpack_alphas(packed)] == [[0.0, 0.5, 1.0], [0.25]]
+    with pytest.raises(ValueError):
+        unpack_alphas({**packed, "sizes": [3, 2]})
+    # a record of the previous schema (3) under today's key: ignored, with a note
+    payload = json.loads(store.path_for(net.digest(), prop.digest(), store_key(OPTS)).read_text())
+    payload["proof"]["version"] = 3
+    store.put(net.digest(), prop.digest(), store_key(OPTS), payload)
+    assert load_proof(store, net, prop, OPTS) is None
+    assert any("v4" in p for p in store.problems)
+    # a variant verified from the loaded record (no leaf bounds: the variant's own)
+    variant = compress(net, "int8")
+    r = reverify(net, variant, prop, OPTS, proof=again)
+    assert r.status == verify_property(variant.network, prop, OPTS).status
+
+
+def test_broken_proof_tree_falls_back_soundly(split_proof):
+    net, prop, proof = split_proof
+    variant = compress(net, "int8")
+    scratch = verify_property(variant.network, prop, OPTS).status
+    # a leaf missing: the tree does not cover the region -> verified from scratch
+    holed = ProofRecord(proof.network, proof.property, proof.status, proof.time_s,
+                        regions={0: proof.regions[0][1:]})
+    r = reverify(net, variant, prop, OPTS, proof=holed)
+    assert r.reuse.fallback and "do not cover" in r.reuse.fallback_reason
+    assert r.status == scratch
+    # garbage warm starts (NaN, out of range): never a wrong verdict
+    junk = ProofRecord.from_dict(proof.to_dict(prop), prop)
+    for b, orig in zip(junk.regions[0], proof.regions[0]):
+        b.layer_bounds, b.spec_lower = orig.layer_bounds, orig.spec_lower
+        b.alphas = [np.full(n, np.nan if k % 2 else 7.0, dtype=np.float16)
+                    for k, n in enumerate(net.hidden_sizes)]
+    for recipe in ("int8", "magnitude:0.3"):
+        v = compress(net, recipe)
+        r = reverify(net, v, prop, OPTS, proof=junk)
+        s = verify_property(v.network, prop, OPTS).status
+        assert r.status == s or "unknown" in (r.status.value, s.value)
+    # a variant the proof cannot carry over to (its spec pushed below zero): the
+    # tree does not close, and the verdict is violated with a replayed counterexample
+    last = net.affines[-1]
+    target = int(np.argmax(net.forward(prop.regions[0].lower / 2 + prop.regions[0].upper / 2)))
+    bias = last.bias.copy()
+    bias[target] -= 100.0
+    from verify.network import Affine
+    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    r = reverify(net, broken, prop, OPTS, proof=proof)
+    assert r.status.value == "violated"
+    x = np.array(r.counterexample.input)
+    assert prop.violated_by(x, broken.forward(x))

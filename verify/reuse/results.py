@@ -1,0 +1,82 @@
+"""The typed results of proof reuse: a variant's verdict with what reuse did
+(:class:`ReuseStats`), JSON-serialisable."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..result import Counterexample, Statistics, Status, VerificationResult
+
+
+@dataclass
+class ReuseStats:
+    core_size: int = 0  # names in the original proof's cores (all branches)
+    constraints_total: int = 0  # tracked constraints of the queries those cores came from
+    cores: int = 0  # cores in the original proof
+    cores_minimal: int = 0
+    reused: int = 0  # core names whose constraint is unchanged in the variant
+    revalued: int = 0  # ... whose weights, bias or bound values changed
+    dropped: int = 0  # ... of removed neurons
+    branches: int = 0  # branches of the original proof
+    closed_by_bounds: int = 0  # branches the variant's own bounds closed
+    closed_by_bound_core: int = 0  # ... back-substituting only a bound core's neurons
+    closed_by_difference: int = 0  # ... by the original's bounds moved by the change
+    closed_by_difference_backsub: int = 0  # ... of which over the moved intermediate bounds
+    closed_at_root: int = 0  # regions of a split proof closed by one bound of the region
+    closed_by_core: int = 0  # branch conjunctions closed by a reused (refined) core
+    closed_by_full: int = 0  # ... by the full query of the branch
+    closed_by_split: int = 0  # branches re-proved by branch and bound on the variant
+    cores_used: int = 0
+    refinements: int = 0
+    z3_queries: int = 0
+    fallback: bool = False
+    fallback_reason: str | None = None
+    original_status: str = ""
+    original_time_s: float = 0.0  # deciding the original (the search that built its proof)
+    original_core_time_s: float = 0.0  # the proof's cores (at build and made on demand since)
+    # building the original's proof in all: original_time_s + original_core_time_s (the
+    # end-to-end accounting charges it once per original, not per variant)
+    original_proof_s: float = 0.0
+    original_name: str = ""  # the original network
+    proof_from_store: bool = False
+    change_map: str = ""  # how the variant's neurons were related: change record, position, matched by weights
+
+
+@dataclass
+class ReuseResult:
+    status: Status
+    time_s: float
+    method: str  # bounds | core | z3 | bab | scratch | attack ...
+    counterexample: Counterexample | None = None
+    reason: str | None = None
+    network: str | None = None
+    property: str | None = None
+    reuse: ReuseStats = field(default_factory=ReuseStats)
+    scratch_status: str | None = None
+    scratch_time_s: float | None = None
+
+    def __post_init__(self):
+        self.status = Status(self.status)
+        if self.status is Status.VIOLATED and self.counterexample is None:
+            raise ValueError("a violated verdict must carry a confirmed counterexample")
+
+    def to_dict(self) -> dict:
+        d = {"status": self.status.value, "time_s": round(self.time_s, 6), "method": self.method,
+             "counterexample": self.counterexample.to_dict() if self.counterexample else None,
+             "reason": self.reason, "network": self.network, "property": self.property,
+             "reuse": asdict(self.reuse)}
+        if self.scratch_status is not None:
+            d["scratch_status"] = self.scratch_status
+            d["scratch_time_s"] = round(self.scratch_time_s, 6)
+        return d
+
+    def to_verification_result(self) -> VerificationResult:
+        """The plain verdict (what a proof cache or a pytest report holds); the
+        reuse statistics become the note and the core size."""
+        s = self.reuse
+        note = (f"proof reuse: {s.reused} core constraints reused, {s.revalued} re-valued, "
+                f"{s.dropped} dropped, {s.refinements} refinements"
+                + (f"; fallback: {s.fallback_reason}" if s.fallback else ""))
+        stats = Statistics(branches=s.branches, z3_queries=s.z3_queries,
+                           core_size=s.core_size, constraints_total=s.constraints_total)
+        return VerificationResult(self.status, self.time_s, self.method, self.counterexample,
+                                  self.reason or note, self.network, self.property, stats)

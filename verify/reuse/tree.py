@@ -1,0 +1,376 @@
+"""Re-checking the original's proof tree on a variant at the throughput of
+the search: every leaf bounded in batches, from the original's own bounds.
+
+A proof tree built in this process keeps, per leaf, the original's layer
+bounds on the leaf's domain ``S`` (its box, restricted by the ORIGINAL's
+ReLU phase splits; the leaves' domains tile the region) and its spec rows'
+lower bounds.  The leaves are re-checked on the variant in tiers, each on
+the leaves the one before left open:
+
+0. the original's spec lower bounds plus an interval bound of the spec's
+   change (:func:`leaf_deviation`, a few matrix products for all leaves);
+1. the variant's spec rows back-substituted over the original's layer
+   bounds moved by the change (no intermediate neuron back-substituted),
+   alpha-CROWN warm-started from the original's slopes;
+2. the variant's own bound of the leaf box, intersected with the moved
+   bounds (only neurons they leave unstable are back-substituted);
+3. the variant's branch and bound from each leaf still open (its domain
+   ``S``, represented by the bounds of tier 2 as the node's parent bounds).
+
+Soundness: every bound used holds on ``S`` for the variant -- the
+original's bounds there were derived by this process's search, the change
+is bounded by interval arithmetic over them (:mod:`verify.reuse.difference`)
+-- so a leaf closed by any tier has no counterexample in ``S``; an empty
+``S`` (a leaf infeasible on the original) needs nothing.  The variant's
+own ReLU splits are never mixed in: a leaf is the ORIGINAL's domain
+throughout, and the search of tier 3 splits it further (children tile it).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..bounds import TOLERANCE
+from ..search import Node, RegionSearch
+from .changes import ChangeMap
+
+
+class LeafSearch(RegionSearch):
+    """The variant's search from the leaves of a proof tree: a branch with
+    parent bounds back-substitutes only the neurons those leave unstable
+    (with ReLU splits; the search's own bounds back-substitute every neuron,
+    which costs most of a bound on wide layers and matters little under the
+    tight bounds a leaf inherits)."""
+
+    def bound_branches(self, lo, hi, splits, fixed, alpha=None, mode=None, inherited=None,
+                       refine=None, alpha_init=None):
+        if refine is None and fixed is not None and not self.input_split:
+            refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
+        return super().bound_branches(lo, hi, splits, fixed, alpha, mode, inherited, refine,
+                                      alpha_init)
+
+
+def leaf_deviation(cmap: ChangeMap, lowers, uppers, box_lo: np.ndarray, box_hi: np.ndarray,
+                   spec_c: np.ndarray):
+    """Batched :func:`verify.reuse.difference.deviation` over ``B`` leaves:
+    ``lowers[k]``/``uppers[k]`` (B, n_k) the original's pre-activation bounds on
+    each leaf's domain, boxes (B, n0).  Returns per hidden layer ``(dl, du)``
+    (B, n_k) bounding the variant's pre-activation change (original
+    numbering) and the (B, m) lower bound of ``spec_c @ (y' - y)``."""
+    last = len(cmap.embedded) - 1
+    hm, hr = (box_lo + box_hi) / 2, (box_hi - box_lo) / 2  # the original's activations
+    em = er = None  # the change of the activations (none at the input)
+    out = []
+    for k in range(last + 1):
+        W2, _ = cmap.embedded[k]
+        dW, db = cmap.deltas[k]
+        if k == last:  # the spec folded into the output layer
+            W2, dW, db = spec_c @ W2, spec_c @ dW, spec_c @ db
+        centre = hm @ dW.T + db
+        radius = hr @ np.abs(dW).T
+        if em is not None:
+            centre = centre + em @ W2.T
+            radius = radius + er @ np.abs(W2).T
+        radius = radius + TOLERANCE * (1.0 + np.abs(centre) + radius)
+        dl, du = centre - radius, centre + radius
+        if k == last:
+            return out, dl
+        out.append((dl, du))
+        l, u = lowers[k], uppers[k]
+        a_lo, a_hi = np.maximum(l, 0.0), np.maximum(u, 0.0)
+        # dh = relu(z + dz) - relu(z): between 0 and dz, above -relu(z), below
+        # relu(z + dz); equal to dz where both networks are active
+        lo_h = np.maximum(np.minimum(dl, 0.0), -a_hi)
+        hi_h = np.minimum(np.maximum(du, 0.0), np.maximum(u + du, 0.0))
+        both = (l >= 0) & (l + dl >= 0)
+        lo_h, hi_h = np.where(both, dl, lo_h), np.where(both, du, hi_h)
+        em, er = (lo_h + hi_h) / 2, (hi_h - lo_h) / 2
+        hm, hr = (a_lo + a_hi) / 2, (a_hi - a_lo) / 2
+    raise AssertionError("unreachable: the last layer returns")
+
+
+def moved_bounds(cmap: ChangeMap, lowers, uppers, changes) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The variant's pre-activation bounds (its numbering, (B, n'_k) tensors):
+    the original's moved by the change, widened outward."""
+    out = []
+    for k, (dl, du) in enumerate(changes):
+        rows = cmap.kept_rows[k]
+        l, u = lowers[k] + dl, uppers[k] + du
+        if len(rows) < l.shape[1]:
+            l, u = l[:, rows], u[:, rows]
+        out.append((torch.from_numpy(l - TOLERANCE * (1.0 + np.abs(l))),
+                    torch.from_numpy(u + TOLERANCE * (1.0 + np.abs(u)))))
+    return out
+
+
+def warm_alphas(cmap: ChangeMap, branches, idx) -> list[torch.Tensor] | None:
+    """The original's slopes of branches ``idx`` in the variant's numbering,
+    (B, n'_k) per hidden layer; None unless every one of them has slopes."""
+    if not idx or any(branches[i].alphas is None for i in idx):
+        return None
+    out = []
+    for k, rows in enumerate(cmap.kept_rows[:-1]):
+        a = np.stack([np.asarray(branches[i].alphas[k], dtype=np.float64) for i in idx])
+        out.append(torch.from_numpy(a[:, rows] if len(rows) < a.shape[1] else a))
+    return out
+
+
+class TreeOpen(Exception):
+    """Some leaf did not close on the variant (the message says why)."""
+
+
+def has_leaf_bounds(branches) -> bool:
+    """Whether every branch carries the original's bounds from this process."""
+    return bool(branches) and all(b.layer_bounds is not None for b in branches)
+
+
+class TreeCheck:
+    """Tiers 0-3 over one region's leaves (see the module docstring)."""
+
+    def __init__(self, reuser, search: RegionSearch, branches):
+        self.reuser, self.search, self.branches = reuser, search, branches
+        self.cmap: ChangeMap = reuser.cmap
+        self.stats = reuser.stats
+        # leaves closed per way, counted into the statistics once the region is closed
+        self.closed = {"closed_by_bounds": 0, "closed_by_difference": 0,
+                       "closed_by_difference_backsub": 0, "closed_by_split": 0}
+        self.n_hidden = len(search.net.hidden_sizes)
+
+    def run(self, region, r: int, root_check=None, max_open: float = 1.0):
+        """A confirmed counterexample, None when every leaf closed, or raises
+        :class:`TreeOpen` when some leaf stays open.  ``root_check``: called
+        when tiers 0-1 leave leaves open, before the costlier tiers; returns
+        True (the region is closed on the variant some other way), a
+        counterexample, or None.  ``max_open``: raise :class:`TreeOpen` when
+        tiers 0-1 leave more than this share of the leaves open (the leaves'
+        closures are then discarded)."""
+        from ..attack import confirm_batch
+        branches, search = self.branches, self.search
+        todo = [i for i, b in enumerate(branches) if b.method != "infeasible"]
+        self.closed["closed_by_bounds"] += len(branches) - len(todo)  # empty on the original
+        step = max(1, min(search._batch_size() * 8, 2048))
+        open_after_1, moved_of = [], {}
+        for s in range(0, len(todo), step):
+            idx = todo[s:s + step]
+            still, moved = self._tiers01(idx)
+            open_after_1 += still
+            moved_of.update(moved)
+        if not open_after_1:
+            return self._commit()
+        if len(open_after_1) > max_open * len(branches):
+            raise TreeOpen(f"region {r}: {len(open_after_1)} of {len(branches)} leaves open "
+                           "after the differential tiers")
+        if root_check is not None:
+            got = root_check()
+            if got is True:
+                return None  # the region's own bound closed it (counted by the caller)
+            if got is not None:
+                return got
+        # a variant that fails usually fails where the original's bounds were tight
+        cex = self.reuser.attack(region, r, quick=True)
+        if cex is not None:
+            return cex
+        step = search._batch_size()
+        to_split = []
+        for s in range(0, len(open_after_1), step):
+            idx = open_after_1[s:s + step]
+            still, res, rows = self._tier2(idx, moved_of)
+            if not still:
+                continue
+            lo = torch.from_numpy(np.stack([branches[i].lower for i in idx]))
+            hi = torch.from_numpy(np.stack([branches[i].upper for i in idx]))
+            cex = confirm_batch(search.net, region, r,
+                                np.vstack([res.candidates(lo, hi, rows[i]) for i in still]))
+            if cex is not None:
+                return cex
+            for i in still:
+                b, row = branches[i], rows[i]
+                parent = [(res.lower[k][row].numpy(), res.upper[k][row].numpy())
+                          for k in range(self.n_hidden)]
+                splits = None if search.input_split else [np.zeros(n, dtype=np.int8)
+                                                          for n in search.net.hidden_sizes]
+                to_split.append(Node(b.lower.copy(), b.upper.copy(), splits,
+                                     parent if self.n_hidden else None, b.depth))
+        if not to_split:
+            return self._commit()
+        if self.reuser.left() <= 0:
+            raise TreeOpen("time budget used up re-checking the proof tree")
+        out = search.run(to_split)
+        self.stats.z3_queries += search.stats.z3_queries
+        if out.status == "violated":
+            return out.counterexample
+        if out.status != "holds":
+            raise TreeOpen(f"region {r}: {len(to_split)} leaves did not close on the "
+                               f"variant ({out.reason})")
+        self.closed["closed_by_split"] += len(to_split)
+        return self._commit()
+
+    def _commit(self) -> None:
+        for name, n in self.closed.items():
+            setattr(self.stats, name, getattr(self.stats, name) + n)
+
+    # ---- tiers ----------------------------------------------------------------------
+    def _tiers01(self, idx):
+        """Tiers 0 and 1 on leaves ``idx``: (still open, {leaf: its moved bounds})."""
+        branches, search = self.branches, self.search
+        lowers = [np.stack([branches[i].layer_bounds[k][0] for i in idx]) for k in range(self.n_hidden)]
+        uppers = [np.stack([branches[i].layer_bounds[k][1] for i in idx]) for k in range(self.n_hidden)]
+        box_lo = np.stack([branches[i].lower for i in idx])
+        box_hi = np.stack([branches[i].upper for i in idx])
+        changes, spec_dl = leaf_deviation(self.cmap, lowers, uppers, box_lo, box_hi,
+                                          search.C.numpy())
+        # tier 0: the original's spec lower bound plus the change's
+        known = np.array([branches[i].spec_lower is not None for i in idx])
+        spec0 = np.full(spec_dl.shape, -np.inf)
+        if known.any():
+            orig = np.stack([branches[i].spec_lower for i, k in zip(idx, known) if k])
+            spec0[known] = orig + spec_dl[known]
+        rows_pos = spec0 - TOLERANCE * (1.0 + np.abs(spec0)) > 0
+        refuted = np.zeros((len(idx), search.n_conj), dtype=bool)
+        for j in range(search.n_conj):
+            refuted[:, j] = rows_pos[:, search.owner == j].any(axis=1)
+        done0 = refuted.all(axis=1)
+        self.closed["closed_by_bounds"] += int(done0.sum())
+        self.closed["closed_by_difference"] += int(done0.sum())
+        sel = np.flatnonzero(~done0)
+        if len(sel) == 0:
+            return [], {}
+        moved = moved_bounds(self.cmap, [l[sel] for l in lowers], [u[sel] for u in uppers],
+                             [(dl[sel], du[sel]) for dl, du in changes])
+        ids = [idx[j] for j in sel]
+        lo, hi = torch.from_numpy(box_lo[sel]), torch.from_numpy(box_hi[sel])
+        # tier 1: the variant's spec rows over the moved bounds, warm-started
+        alpha_init = warm_alphas(self.cmap, branches, ids)
+        iters = (self.reuser.ropt.warm_alpha_iterations if alpha_init is not None
+                 else search.alpha_iterations)
+        res = search.prop.spec_bound(lo, hi, search.C, search.d, [m[0] for m in moved],
+                                     [m[1] for m in moved], iters if self.n_hidden else 0,
+                                     deadline=search.deadline, alpha_init=alpha_init)
+        search.stats.bound_evaluations += len(ids)
+        _, closed = search.refutation(res, lo.numpy(), hi.numpy())
+        empty = np.zeros(len(ids), dtype=bool)
+        for l, u in moved:  # an empty domain: the moved bounds cross
+            empty |= (l > u).any(-1).numpy()
+        closed |= empty
+        self.closed["closed_by_bounds"] += int(closed.sum())
+        self.closed["closed_by_difference"] += int(closed.sum())
+        self.closed["closed_by_difference_backsub"] += int(closed.sum())
+        still = [ids[j] for j in np.flatnonzero(~closed)]
+        return still, {ids[j]: [(l[j], u[j]) for l, u in moved] for j in np.flatnonzero(~closed)}
+
+    def _tier2(self, idx, moved_of):
+        """The variant's own bound of leaves ``idx`` intersected with their moved
+        bounds: (still open, the bounds, {leaf: row})."""
+        branches, search = self.branches, self.search
+        lo = torch.from_numpy(np.stack([branches[i].lower for i in idx]))
+        hi = torch.from_numpy(np.stack([branches[i].upper for i in idx]))
+        fixed = [(torch.stack([moved_of[i][k][0] for i in idx]),
+                  torch.stack([moved_of[i][k][1] for i in idx])) for k in range(self.n_hidden)]
+        relu = not search.input_split
+        splits = [torch.zeros((len(idx), n), dtype=torch.int8)
+                  for n in search.net.hidden_sizes] if relu else None
+        refine = [torch.ones(n, dtype=torch.bool) for n in search.net.hidden_sizes] if relu else None
+        res, _, closed = search.bound_branches(lo, hi, splits, fixed if self.n_hidden else None,
+                                               mode="backward" if relu else None, refine=refine,
+                                               alpha_init=warm_alphas(self.cmap, branches, idx))
+        self.closed["closed_by_bounds"] += int(closed.sum())
+        rows = {i: j for j, i in enumerate(idx)}
+        return [idx[j] for j in np.flatnonzero(~closed)], res, rows
+
+
+def _facts(splits) -> dict[tuple[int, int], int]:
+    out = {}
+    for f in splits:
+        layer, neuron, phase = f.split(".")
+        out[(int(layer[1:]), int(neuron[1:]))] = 1 if phase == "active" else -1
+    return out
+
+
+def _fact_names(facts: dict) -> tuple[str, ...]:
+    return tuple(f"L{k}.N{i}.{'active' if p > 0 else 'inactive'}" for (k, i), p in facts.items())
+
+
+class TreeWalk:
+    """A ReLU-split proof tree (every leaf the region's box) walked top-down on
+    the variant: each node is the variant's domain of the original's split
+    facts mapped onto it (the variant's phases throughout, so the nodes of a
+    level tile their parent), bounded with its parent's bounds intersected (a
+    node closed prunes its subtree: an easier variant closes high up); an open
+    interior node is split as the original split it, an open leaf is searched
+    further by the variant's own branch and bound."""
+
+    def __init__(self, reuser, search: RegionSearch, branches):
+        self.reuser, self.search, self.branches = reuser, search, branches
+        self.cmap: ChangeMap = reuser.cmap
+        self.stats = reuser.stats
+        self.facts = [_facts(b.splits) for b in branches]
+
+    def _node_splits(self, facts: dict) -> list[np.ndarray]:
+        from ..search import split_arrays
+        return split_arrays(self.cmap.map_splits(_fact_names(facts)), self.search.net.hidden_sizes)
+
+    def run(self, region, r: int):
+        """A confirmed counterexample, None when every node closed, or raises
+        :class:`TreeOpen`."""
+        from ..attack import confirm_batch
+        search, n_hidden = self.search, len(self.search.net.hidden_sizes)
+        frontier = [({}, np.arange(len(self.branches)), None, 0)]
+        to_split, closed_nodes = [], 0
+        while frontier:
+            if self.reuser.left() <= 0:
+                raise TreeOpen("time budget used up walking the proof tree")
+            batch, frontier = frontier[:search._batch_size()], frontier[search._batch_size():]
+            n = len(batch)
+            lo = torch.from_numpy(np.repeat(region.lower[None, :], n, axis=0))
+            hi = torch.from_numpy(np.repeat(region.upper[None, :], n, axis=0))
+            arrays = [self._node_splits(f) for f, _, _, _ in batch]
+            splits = [torch.from_numpy(np.stack([a[k] for a in arrays])) for k in range(n_hidden)]
+            fixed = None
+            if all(p is not None for _, _, p, _ in batch):
+                fixed = [(torch.from_numpy(np.stack([p[k][0] for _, _, p, _ in batch])),
+                          torch.from_numpy(np.stack([p[k][1] for _, _, p, _ in batch])))
+                         for k in range(n_hidden)]
+            leaf_of = [int(idx[0]) if len(idx) == 1 and self.facts[idx[0]] == f else None
+                       for f, idx, _, _ in batch]
+            warm = None
+            if all(i is not None for i in leaf_of):
+                warm = warm_alphas(self.cmap, self.branches, leaf_of)
+            res, _, closed = search.bound_branches(lo, hi, splits, fixed, mode="backward",
+                                                   alpha_init=warm)
+            closed_nodes += int(closed.sum())
+            open_rows = np.flatnonzero(~closed)
+            if len(open_rows) == 0:
+                continue
+            cex = confirm_batch(search.net, region, r,
+                                np.vstack([res.candidates(lo, hi, int(i)) for i in open_rows]))
+            if cex is not None:
+                return cex
+            for i in open_rows:
+                facts, idx, _, depth = batch[i]
+                bounds = [(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(n_hidden)]
+                if leaf_of[i] is not None:
+                    to_split.append(Node(region.lower.copy(), region.upper.copy(), arrays[i],
+                                         bounds, depth))
+                    continue
+                common = set.intersection(*(set(self.facts[j]) - set(facts) for j in idx))
+                if not common:
+                    raise TreeOpen("the proof's leaves do not form a split tree")
+                neuron = min(common)  # as covers() reads the tree
+                for phase in (1, -1):
+                    sub = np.array([j for j in idx if self.facts[j][neuron] == phase], dtype=np.int64)
+                    frontier.append(({**facts, neuron: phase}, sub, bounds, depth + 1))
+        self.stats.closed_by_bounds += closed_nodes
+        if not to_split:
+            return None
+        cex = self.reuser.attack(region, r, quick=True)
+        if cex is not None:
+            return cex
+        out = search.run(to_split)
+        self.stats.z3_queries += search.stats.z3_queries
+        if out.status == "violated":
+            return out.counterexample
+        if out.status != "holds":
+            raise TreeOpen(f"region {r}: {len(to_split)} leaves did not close on the variant "
+                           f"({out.reason})")
+        self.stats.closed_by_split += len(to_split)
+        return None
