@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from ..bounds import BatchBounds, BoundPropagator, _linear_min, _widen_lower, _widen_upper
