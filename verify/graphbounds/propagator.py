@@ -26,6 +26,7 @@ from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Transpose
 from ..options import GraphBoundOptions
 from .rules import relu_backward, rule_for
 
+
 class _OutOfTime(Exception):
     """A back-substitution of intermediate bounds passed its deadline (the neurons keep
     the bounds they have: sound, looser)."""
