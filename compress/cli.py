@@ -225,13 +225,11 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
                                      "calibration inputs", path=labels)
 
     points = sample_box(sample_lo, sample_hi, samples, seed)
+    from verify.loading import network_name
+    stem0 = network_name(net)
     if graph:
         from .graph_cli import run_graph
-        return run_graph(parent, net, out_dir, family, points, box_text, x_cal, y_cal)
-    stem0 = Path(net).name
-    for suffix in (".onnx", ".nnet"):
-        if stem0.lower().endswith(suffix):
-            stem0 = stem0[: -len(suffix)]
+        return run_graph(parent, net, stem0, out_dir, family, points, box_text, x_cal, y_cal)
 
     click.echo(f"network: {parent.describe()}  digest {parent.digest()[:12]}")
     click.echo(f"deviation: max/mean over {samples} random points in {box_text}; "
@@ -262,6 +260,11 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
             row.append(f"{100 * accuracy(variant.network, x_cal, y_cal):.2f}%")
         rows.append(row + [str(onnx_path)])
     header.append("file")
+    echo_table(header, rows)
+
+
+def echo_table(header: list[str], rows: list[list[str]]) -> None:
+    """Print left-aligned columns as wide as their longest cell."""
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
     for r in rows:

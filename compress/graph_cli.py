@@ -32,16 +32,12 @@ def graph_family(prunes, quantizes, recipes, sweep: bool) -> list[str]:
     return out
 
 
-def run_graph(parent, net: str, out_dir, family: list[str], points: np.ndarray, box_text: str,
-              x_cal=None, y_cal=None) -> None:
+def run_graph(parent, net: str, stem0: str, out_dir, family: list[str], points: np.ndarray,
+              box_text: str, x_cal=None, y_cal=None) -> None:
     """Write every recipe's variant of the graph ``parent`` and print one table row each:
     parameters, bytes on disk, max / mean output deviation, top-1 agreement with the
     original on the sample points (and accuracy on labelled calibration data)."""
     like = net if str(net).lower().endswith((".onnx", ".onnx.gz")) else None
-    stem0 = Path(net).name
-    for suffix in (".onnx.gz", ".onnx"):
-        if stem0.lower().endswith(suffix):
-            stem0 = stem0[: -len(suffix)]
     click.echo(f"network: {parent.describe()}  digest {parent.digest()[:12]}")
     click.echo(f"deviation and top-1 agreement over {len(points)} random points in {box_text}; "
                "bytes = size of the written ONNX file (float32, int8 QDQ weights)")
@@ -68,10 +64,8 @@ def run_graph(parent, net: str, out_dir, family: list[str], points: np.ndarray, 
                      f"{100 * agree:.1f}%"]
                     + ([_accuracy(variant.network, x_cal, y_cal)] if y_cal is not None else [])
                     + [str(onnx_path)])
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    click.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    from .cli import echo_table
+    echo_table(header, rows)
 
 
 def _accuracy(net, x, y) -> str:

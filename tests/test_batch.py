@@ -111,3 +111,121 @@ def test_a_dask_local_cluster_gives_the_same_verdicts(instances, reference):
         remote = list(verify_many(instances[:6], scheduler=client,
                                   options=BatchOptions(ship="bytes")))
     assert _statuses(remote) == {j.key: reference[j.key] for j in instances[:6]}
+
+
+# ---- the command: streaming, resume, interrupt --------------------------------------
+@pytest.fixture()
+def instances_csv(instances, tmp_path):
+    import shutil
+    shutil.copy(instances[0].network, tmp_path / "digits.onnx")
+    lines = []
+    for j in instances[:4]:
+        shutil.copy(j.property, tmp_path / Path(j.property).name)
+        lines.append(f"digits.onnx,{Path(j.property).name},10\n")
+    (tmp_path / "instances.csv").write_text("".join(lines))
+    return tmp_path / "instances.csv"
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from verify.cli import main
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _rows(path):
+    import csv
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_verify_instances_streams_and_resumes(instances_csv, reference):
+    out = instances_csv.with_name("r.csv")
+    first = _cli("verify-instances", instances_csv, "-o", out, "--jobs", "1")
+    rows = _rows(out)
+    assert [r["vnnlib"] for r in rows] == [f"p{k}.vnnlib" for k in range(4)]  # csv order
+    assert {f"digits.onnx|{r['vnnlib']}": r["status"] for r in rows} == \
+        {k: v for k, v in reference.items() if k.split("|")[1] in {r["vnnlib"] for r in rows}}
+    out.write_text("".join(out.read_text().splitlines(keepends=True)[:3]))  # keep 2 rows
+    again = _cli("verify-instances", instances_csv, "-o", out, "--jobs", "1")
+    assert "2 of 4 instances to run" in again.stderr, again.stderr
+    assert [r["status"] for r in _rows(out)] == [r["status"] for r in rows]
+    assert again.exit_code == first.exit_code
+    forced = _cli("verify-instances", instances_csv, "-o", out, "--jobs", "1", "--force")
+    assert "4 of 4 instances to run" in forced.stderr
+
+
+def test_verify_instances_jsonl_with_two_jobs(instances_csv):
+    import json
+    out = instances_csv.with_name("r.jsonl")
+    res = _cli("verify-instances", instances_csv, "-o", out, "--jobs", "2", "--quiet")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and res.exit_code in (0, 1)
+    assert all(r["status"] in ("holds", "violated") for r in rows)
+
+
+def test_interrupting_leaves_a_parseable_partial_output(instances_csv, monkeypatch):
+    import verify.batch
+    real = verify.batch.verify_many
+
+    def two_then_ctrl_c(jobs, **kw):
+        for k, r in enumerate(real(jobs, **kw)):
+            yield r
+            if k == 1:
+                raise KeyboardInterrupt
+    monkeypatch.setattr(verify.batch, "verify_many", two_then_ctrl_c)
+    out = instances_csv.with_name("r.csv")
+    res = _cli("verify-instances", instances_csv, "-o", out, "--jobs", "1")
+    assert res.exit_code == 130
+    rows = _rows(out)
+    assert len(rows) == 2 and all(r["status"] in ("holds", "violated") for r in rows)
+
+
+def _store_writer(directory, worker, n):
+    from verify.proof_store import ProofStore
+    from verify.result import Status, VerificationResult
+    store = ProofStore(directory)
+    for k in range(n):  # the same keys from both writers, and their own
+        for key in (f"shared{k % 5}", f"own{worker}-{k}"):
+            store.put_result("n" * 64, "p" * 64, key,
+                             VerificationResult(Status.HOLDS, 0.1 * k, "bounds"))
+
+
+def test_concurrent_store_writers_leave_every_entry_readable(tmp_path):
+    import multiprocessing as mp
+
+    from verify.proof_store import ProofStore
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_store_writer, args=(str(tmp_path), w, 40)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    store = ProofStore(tmp_path)
+    keys = [f"shared{k}" for k in range(5)] + [f"own{w}-{k}" for w in range(2) for k in range(40)]
+    for key in keys:
+        assert store.get_result("n" * 64, "p" * 64, key) is not None, key
+    assert not store.problems
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_reverify_with_two_jobs_gives_the_rows_of_one(instances, tmp_path):
+    import json
+
+    from compress import compress
+    from verify.loading import load_network
+    original = instances[0].network
+    net = load_network(original)
+    variants = [str(compress(net, r).save(tmp_path, r.replace(":", "-"))[0])
+                for r in ("int8", "magnitude:0.2")]
+    props = [j.property for j in instances[:4]]
+    args = ["reverify", original, *variants] + [x for p in props for x in ("-p", p)]
+    rows = {}
+    for jobs in ("1", "2"):
+        res = _cli(*args, "--json", "--timeout", "20", "--jobs", jobs)
+        assert res.exit_code in (0, 1), res.output
+        got = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+        rows[jobs] = sorted((Path(r["variant"]).name, Path(r["property"]).name, r["status"])
+                            for r in got)
+    assert len(rows["1"]) == 8 and rows["1"] == rows["2"]

@@ -116,3 +116,39 @@ def test_the_api_takes_what_compress_returns():
     assert load_network(v) is v.network
     with pytest.raises(Exception, match="Variant"):
         load_network(object())
+
+
+def test_onnxruntime_static_quantization_is_refused_with_the_node_named(tmp_path):
+    """Activation QuantizeLinear/DequantizeLinear pairs (what quantize_static writes) round
+    computed values: coreproof refuses them (exit 2, the node named) rather than verify
+    a different function; the weights' QDQ alone is read exactly (tests above)."""
+    quantization = pytest.importorskip("onnxruntime.quantization")
+    original = tmp_path / "f32.onnx"
+    net = float32_net()
+    save_graph_onnx(chain_graph(net), original)
+    rng = np.random.default_rng(0)
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": rng.uniform(0, 1, (1, 1, 6)).astype(np.float32)}
+                            for _ in range(16)])
+
+        def get_next(self):
+            return next(self.it, None)
+    quantized = tmp_path / "q.onnx"
+    quantization.quantize_static(str(original), str(quantized), Reader(),
+                                 quant_format=quantization.QuantFormat.QDQ, per_channel=True,
+                                 weight_type=quantization.QuantType.QInt8)
+    from click.testing import CliRunner
+
+    from verify.cli import main
+    from verify.errors import UnsupportedNetworkError
+    with pytest.raises(UnsupportedNetworkError, match="QuantizeLinear node"):
+        load_network(quantized)
+    prop = tmp_path / "p.vnnlib"
+    prop.write_text("".join(f"(declare-const X_{i} Real)\n(assert (>= X_{i} 0.0))\n"
+                            f"(assert (<= X_{i} 1.0))\n" for i in range(6))
+                    + "".join(f"(declare-const Y_{j} Real)\n" for j in range(4))
+                    + "(assert (>= Y_0 100.0))\n")
+    res = CliRunner().invoke(main, ["verify", str(quantized), str(prop)])
+    assert res.exit_code == 2 and "QuantizeLinear" in res.stderr and "Traceback" not in res.output

@@ -432,6 +432,7 @@ def test_pytest_cache_edited_to_holds_does_not_make_a_failing_test_pass(suite):
 # ---- atomic outputs ------------------------------------------------------------------------
 @pytest.mark.parametrize("fails", ["record", "network"])
 def test_compress_failing_mid_write_leaves_no_partial_variant(tmp_path, monkeypatch, fails):
+    import compress.io
     import compress.record
     import verify.onnx_io
     out = tmp_path / "out"
@@ -440,15 +441,18 @@ def test_compress_failing_mid_write_leaves_no_partial_variant(tmp_path, monkeypa
     def broken(*a, **k):
         raise OSError(28, "No space left on device")
 
-    def half_written(network, path):  # writes a partial file, then dies
-        Path(path).write_bytes(b"\x08\x07partial")
-        raise KeyboardInterrupt
+    class HalfWritten:  # the model dies while it is being written
+        def SerializeToString(self):
+            raise KeyboardInterrupt
+
+    def half_written(network, like=None):
+        return HalfWritten(), "float32"
     if fails == "record":
         monkeypatch.setattr(compress.record.ChangeRecord, "save", broken)
         res = run("compress", NET, "-o", out, "--prune", "magnitude:0.3")
         assert_bad_input(res, "No space left")
     else:
-        monkeypatch.setattr(verify.onnx_io, "save_onnx", half_written)
+        monkeypatch.setattr(compress.io, "deployable_model", half_written)
         res = run("compress", NET, "-o", out, "--prune", "magnitude:0.3")
         assert res.exit_code == 130
     assert list(out.iterdir()) == []  # neither file, no temporary left over
@@ -543,7 +547,7 @@ def test_compress_samples_the_input_bounds_an_nnet_records(tmp_path):
     pts = sample_box(np.full(5, -0.25), np.full(5, 0.25), 1000, 0)
     dmax, _ = output_deviation(net, variant, pts)
     row = next(line for line in res.stdout.splitlines() if line.startswith("magnitude:0.3"))
-    assert row.split()[4] == f"{dmax:.3g}"
+    assert row.split()[5] == f"{dmax:.3g}"  # variant, params, non-zero, bytes, packed, max dev
 
 
 def test_compress_says_when_it_samples_the_unit_box(tmp_path):

@@ -194,3 +194,28 @@ def test_broken_proof_tree_falls_back_soundly(split_proof):
     assert r.status.value == "violated"
     x = np.array(r.counterexample.input)
     assert prop.violated_by(x, broken.forward(x))
+
+
+def test_report_end_to_end_and_hard_pairs(tmp_path):
+    """The proof is charged once per original; hard pairs are those whose
+    scratch run takes >= 1 s; the HTML page shows the three figures."""
+    from verify.reuse.report import end_to_end, hard_pairs, headline, render_html
+
+    def row(orig, prop, recipe, t, st, proof_s, orig_s):
+        return {"status": "holds", "time_s": t, "scratch_status": "holds", "scratch_time_s": st,
+                "property": prop, "recipe": recipe, "variant_name": f"{orig}~{recipe}",
+                "reuse": {"original_name": orig, "original_proof_s": proof_s,
+                          "original_time_s": orig_s, "original_status": "holds",
+                          "branches": 3, "fallback": False}}
+    rows = [row("a", "p", "int8", 0.5, 4.0, 2.0, 3.0), row("a", "p", "int16", 0.1, 3.0, 2.0, 3.0),
+            row("b", "q", "int8", 0.01, 0.05, 0.02, 0.04)]
+    per, total = end_to_end(rows)
+    assert [e.label for e in per] == ["a / p", "b / q"]
+    assert per[0].ratio == pytest.approx((3.0 + 4.0 + 3.0) / (2.0 + 0.5 + 0.1))
+    assert total.ratio == pytest.approx((3.0 + 7.0 + 0.04 + 0.05) / (2.0 + 0.6 + 0.02 + 0.01))
+    h = hard_pairs(rows)
+    assert h.pairs == 2 and h.speedup == pytest.approx((8.0 * 30.0) ** 0.5)
+    head = headline(rows)
+    assert head["hard_total_ratio"] == pytest.approx(7.0 / 0.6)
+    page = render_html(rows)
+    assert "End to end per original" in page and f"{head['end_to_end']:.2f}x" in page

@@ -5,7 +5,7 @@
         print(r.job.key, r.status, r.time_s)
 
 * Local: ``jobs`` worker processes (spawned, single-threaded torch), each fed one job at a
-  time.  A worker that dies (killed, out of memory) costs its one job: it is retried once
+  time (``jobs=1``: in this process, no worker).  A worker that dies (killed, out of memory) costs its one job: it is retried once
   on a fresh worker, then reported as ``error``; the other jobs are not affected.
 * Dask: ``scheduler="tcp://host:8786"`` (or a ``distributed.Client``) submits the same
   jobs to a cluster whose workers have coreproof installed.  Network and property files
@@ -62,6 +62,7 @@ class JobResult:
     error: str | None = None
     attempts: int = 1
     method: str = ""
+    extra: dict | None = None  # what a custom runner returned beside the verdict
 
     def to_dict(self) -> dict:
         return {"key": self.job.key, "network": self.job.network, "property": self.job.property,
@@ -119,7 +120,7 @@ def _result(job: Job, data: dict, attempts: int) -> JobResult:
         from .result import VerificationResult
         res = VerificationResult.from_dict(data["result"])
     return JobResult(job, data["status"], float(data["time_s"]), res, data.get("error"),
-                     attempts, data.get("method", ""))
+                     attempts, data.get("method", ""), data.get("extra"))
 
 
 # ------------------------------------------------------------------ ordering
@@ -321,4 +322,19 @@ def verify_many(jobs: Iterable[Job], *, jobs_n: int | None = None, scheduler=Non
     scheduler = scheduler or os.environ.get("COREPROOF_SCHEDULER") or None
     if scheduler is not None:
         return _dask(jobs, scheduler, options, runner)
-    return _local(jobs, jobs_n or default_jobs(), options, runner)
+    n = jobs_n or default_jobs()
+    if n == 1 and runner is run_job:
+        return _in_process(jobs, options)
+    return _local(jobs, n, options, runner)
+
+
+def _in_process(jobs: list[Job], options: BatchOptions) -> Iterator[JobResult]:
+    """``jobs=1``: one job after another in this process (no worker to spawn; an error
+    is still its job's row)."""
+    order = _Order(jobs)
+    while (job := order.next()) is not None or order:
+        if job is None:  # pragma: no cover - heads always finish before their waiters
+            break
+        data = run_job(job, options)
+        order.done(job)
+        yield _result(job, data, 1)

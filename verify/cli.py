@@ -171,45 +171,90 @@ def verify(net, prop, timeout, as_json, quiet, save_proof):
 
 @main.command("verify-instances")
 @click.argument("instances", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", default=None, help="Results csv (default: results.csv next to the instances).")
+@click.option("-o", "--output", default=None,
+              help="Results .csv or .jsonl (default: results.csv next to the instances).")
 @click.option("--timeout-scale", default="1", show_default=True,
               help="Multiply every instance timeout by this.")
+@click.option("-j", "--jobs", type=click.IntRange(1), default=None,
+              help="Worker processes, one single-threaded job each (default: the usable "
+                   "cores).")
+@click.option("--scheduler", default=None, envvar="COREPROOF_SCHEDULER",
+              help="A Dask scheduler address (tcp://host:8786): run the jobs on that cluster "
+                   "(needs the 'cluster' extra). Default: $COREPROOF_SCHEDULER.")
+@click.option("--shared-paths", is_flag=True,
+              help="Dask workers read the files at the same paths (default: files shipped).")
+@click.option("--force", is_flag=True, help="Start again instead of resuming the output.")
 @click.option("--quiet", is_flag=True)
-def verify_instances(instances, output, timeout_scale, quiet):
+def verify_instances(instances, output, timeout_scale, jobs, scheduler, shared_paths, force,
+                     quiet):
     """Run a VNN-COMP instances csv (onnx, vnnlib, timeout; paths relative to the csv).
 
-    A row that fails (bad file, ...) is an `error` row and the batch goes on.
+    Rows are written to the output as they finish (in the csv's order); a re-run with the
+    same output resumes, skipping the rows it holds, unless --force.  A row that fails
+    (bad file, a worker that died twice, ...) is an `error` row and the batch goes on.
     Exit code: the worst over the rows (error 2, violated 1, unknown 3, holds 0)."""
-    from .atomic import atomic_write
+    from .batch import BatchOptions, Job, verify_many
+    from .results_file import ResultsFile
     scale = _timeout(timeout_scale, "--timeout-scale")
     rows = read_instances(instances)
+    base = Path(instances).parent
     out = Path(output) if output else Path(instances).with_name("results.csv")
-    say = _progress(quiet)
+    results = ResultsFile(out, fresh=force)
+    names = [(os.path.relpath(net, base), os.path.relpath(prop, base)) for net, prop, _ in rows]
+    slots: list[dict | None] = [None] * len(rows)
+    left = {}
+    for r in results.rows:
+        left.setdefault(ResultsFile.key(r), []).append(r)
+    todo = []
+    for n, ((net, prop, timeout), key) in enumerate(zip(rows, names)):
+        if left.get(key):
+            slots[n] = left[key].pop(0)
+            continue
+        todo.append(Job(net, prop, _timeout(timeout * scale, "timeout"), key=f"{n}"))
     counts = {s: 0 for s in ("holds", "violated", "unknown", "error")}
-    table = [["onnx", "vnnlib", "status", "time_s", "method", "reason"]]
-    for n, (net, prop, timeout) in enumerate(rows, 1):
-        t0 = time.monotonic()
-        try:
-            res = run_one(str(net), str(prop), _timeout(timeout * scale, "timeout"))
-            row = [net.name, prop.name, res.status.value, f"{res.time_s:.3f}", res.method,
-                   res.reason or ""]
-        except CoreproofError as exc:
-            row = [net.name, prop.name, "error", f"{time.monotonic() - t0:.3f}", "",
-                   one_line(exc)]
-        except Exception as exc:  # noqa: BLE001 - one broken row does not stop the batch
-            row = [net.name, prop.name, "error", f"{time.monotonic() - t0:.3f}", "",
-                   f"internal error: {type(exc).__name__}: {one_line(exc)}"]
-        counts[row[2]] += 1
-        table.append(row)
-        buf = io.StringIO()
-        csv.writer(buf).writerows(table)
-        atomic_write(out, buf.getvalue(), durable=False)  # complete after every row
-        if say:
-            say(f"{n}/{len(rows)} {net.name} {prop.name}: {row[2]} ({row[3]} s)"
-                + (f": {row[5]}" if row[2] == "error" else ""))
+    for r in slots:
+        if r is not None:
+            counts[r["status"] if r["status"] in counts else "error"] += 1
+    bar = _bar(len(rows), len(rows) - len(todo), quiet)
+    say = None if quiet or bar is not None else _progress(quiet)
+    if todo and say:
+        say(f"{len(todo)} of {len(rows)} instances to run"
+            + (f" on {scheduler}" if scheduler else "")
+            + (f", {len(rows) - len(todo)} done already in {out}" if len(todo) < len(rows) else ""))
+    options = BatchOptions(ship="path" if shared_paths else "bytes")
+    try:
+        for res in verify_many(todo, jobs_n=jobs, scheduler=scheduler, options=options):
+            n = int(res.job.key)
+            onnx, vnnlib = names[n]
+            reason = res.error if res.status == "error" else \
+                (res.result.reason if res.result is not None else "") or ""
+            slots[n] = {"onnx": onnx, "vnnlib": vnnlib, "status": res.status,
+                        "time_s": f"{res.time_s:.3f}", "method": res.method, "reason": reason}
+            counts[res.status] += 1
+            results.save([r for r in slots if r is not None])
+            if bar is not None:
+                bar.set_postfix(counts, refresh=False)
+                bar.update(1)
+            elif say:
+                say(f"{sum(r is not None for r in slots)}/{len(rows)} {onnx} {vnnlib}: "
+                    f"{res.status} ({res.time_s:.1f} s)"
+                    + (f": {reason}" if res.status == "error" else ""))
+    finally:
+        if bar is not None:
+            bar.close()
     click.echo(f"{len(rows)} instances: " + ", ".join(f"{k} {v}" for k, v in counts.items())
                + f"; results in {out}")
-    sys.exit(exit_codes.worst(exit_codes.of_status(r[2]) for r in table[1:]))
+    sys.exit(exit_codes.worst(exit_codes.of_status(r["status"] if r["status"] in counts
+                                                   else "error") for r in slots if r))
+
+
+def _bar(total: int, done: int, quiet: bool):
+    """A tqdm progress bar on stderr, or None when quiet or stderr is not a terminal."""
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, initial=done, unit="instance", file=sys.stderr,
+                dynamic_ncols=True)
 
 
 def read_instances(path: str) -> list[tuple[Path, Path, float]]:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from .. import exit_codes
+from ..batch import BatchOptions, Job
 from ..errors import CoreproofError, InputError
 from ..options import VerifyOptions
 from ..result import _json_default
@@ -83,8 +85,11 @@ def describe(row: dict) -> str:
               help="Use a stored proof of the original without re-checking it on the "
                    "network (faster; the store is then trusted input).")
 @click.option("--quiet", is_flag=True, help="No progress messages on stderr.")
+@click.option("-j", "--jobs", type=click.IntRange(1), default=None,
+              help="Worker processes, one property (its proof, then every variant) each "
+                   "(default: the usable cores).")
 def reverify_cmd(original, variants, properties, timeout, as_json, compare_scratch, cache,
-                 trust_cache, quiet):
+                 trust_cache, quiet, jobs):
     """Verify compressed VARIANTS of ORIGINAL reusing the original's proof.
 
     A change record STEM.changes.json next to a variant STEM.onnx (as written
@@ -117,6 +122,12 @@ def reverify_cmd(original, variants, properties, timeout, as_json, compare_scrat
         except CoreproofError as exc:
             codes.append(exit_codes.BAD_INPUT)
             _error_row(v, None, exc, as_json)
+    from ..batch import default_jobs
+    n_jobs = min(jobs or default_jobs(), len(props))
+    if loaded and n_jobs > 1:
+        codes += _parallel(original, [v for v, _, _ in loaded], properties, options, cache,
+                           trust_cache, compare_scratch, as_json, say, n_jobs)
+        sys.exit(exit_codes.worst(codes))
     for p, prop in props if loaded else ():  # no variant to check: no proof to build
         proof, from_store = get_proof(orig, prop, options, ropt, store, trust=trust_cache)
         for problem in (store.problems if store is not None else []):
@@ -144,6 +155,91 @@ def reverify_cmd(original, variants, properties, timeout, as_json, compare_scrat
             row = row_of(res, v, p, record)
             click.echo(json.dumps(row, default=_json_default) if as_json else describe(row))
     sys.exit(exit_codes.worst(codes))
+
+
+@dataclass(frozen=True)
+class _PropertyTasks(BatchOptions):
+    """What every worker of a parallel reverify needs beside its property."""
+
+    variants: tuple = ()
+    compare_scratch: bool = False
+    trust_cache: bool = False
+    as_json: bool = False
+
+
+def property_task(job: Job, options: _PropertyTasks) -> dict:
+    """One property on a worker: the original's proof (from the shared store, or built),
+    then every variant reusing it; the printed rows come back in ``extra``."""
+    import time
+
+    import torch
+
+    from ..api import load_network, load_property
+    from ..proof_store import ProofStore
+    from .options import ReuseOptions
+    from .reverify import compare_scratch as scratch, get_proof, reverify
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    lines, codes = [], []
+    try:
+        orig = load_network(job.network)
+        prop = load_property(job.property, orig)
+        store = ProofStore(options.store) if options.store else None
+        ropt = ReuseOptions()
+        proof, from_store = get_proof(orig, prop, options.verify, ropt, store,
+                                      trust=options.trust_cache)
+        lines.append(("say", f"original {orig.name} / {Path(job.property).name}: "
+                             f"{proof.status} in {proof.time_s:.2f} s"
+                             + (" (from the proof store)" if from_store else "")))
+        for v in options.variants:
+            try:
+                net, record = load_variant_file(v, orig)
+                res = reverify(orig, net, prop, options.verify, record=record,
+                               reuse_options=ropt, proof=proof)
+                if options.compare_scratch:
+                    scratch(res, net, prop, options.verify)
+                res.reuse.proof_from_store = from_store
+                codes.append(exit_codes.of_status(res.status))
+                row = row_of(res, v, job.property, record)
+                lines.append(("echo", json.dumps(row, default=_json_default)
+                              if options.as_json else describe(row)))
+            except CoreproofError as exc:
+                codes.append(exit_codes.BAD_INPUT)
+                lines.append(("error", (v, " ".join(str(exc).split()))))
+        status = "holds"
+    except CoreproofError as exc:
+        codes.append(exit_codes.BAD_INPUT)
+        lines.append(("error", (None, " ".join(str(exc).split()))))
+        status = "error"
+    return {"status": status, "time_s": time.monotonic() - t0, "method": "reverify",
+            "result": None, "error": None, "extra": {"lines": lines, "codes": codes}}
+
+
+def _parallel(original, variants, properties, options, cache, trust_cache, compare_scratch,
+              as_json, say, n_jobs) -> list[int]:
+    """reverify with one worker per property at a time (verify.batch)."""
+    from ..batch import verify_many
+    jobs = [Job(original, p, options.timeout, key=f"{k}") for k, p in enumerate(properties)]
+    tasks = _PropertyTasks(store=cache, verify=options, variants=tuple(variants),
+                           compare_scratch=compare_scratch, trust_cache=trust_cache,
+                           as_json=as_json)
+    codes = []
+    for res in verify_many(jobs, jobs_n=n_jobs, options=tasks, runner=property_task):
+        prop_path = res.job.property
+        if res.extra is None:  # the worker died twice on this property
+            codes.append(exit_codes.BAD_INPUT)
+            _error_row(original, prop_path, Exception(res.error), as_json)
+            continue
+        for kind, payload in res.extra["lines"]:
+            if kind == "say":
+                say(payload)
+            elif kind == "echo":
+                click.echo(payload)
+            else:
+                v, message = payload
+                _error_row(v or original, prop_path, Exception(message), as_json)
+        codes += res.extra["codes"]
+    return codes
 
 
 def _error_row(variant: str, prop_path: str | None, exc: Exception, as_json: bool) -> None:
