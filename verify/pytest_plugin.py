@@ -264,6 +264,7 @@ class Coreproof:
         self._state = state
         self._node = node
         self._saved = 0
+        self._records: dict[str, object] = {}  # variant digest -> its compress change record
         marker = node.get_closest_marker("coreproof_reuse")
         self._marker_original = None
         if marker is not None:
@@ -303,7 +304,11 @@ class Coreproof:
             model = model()  # a factory (e.g. given to the coreproof_reuse marker)
             if isinstance(model, (str, os.PathLike)):
                 model = self._resolve_path(model)
-        return load_network(model)
+        net = load_network(model)
+        record = getattr(model, "record", None)  # a compress.Variant keeps its change record
+        if record is not None and getattr(model, "network", None) is net:
+            self._records[net.digest()] = record
+        return net
 
     def verify(self, model, prop, *, options=None, original=None):
         """Verify ``prop`` (a Property or a ``.vnnlib`` path) on ``model`` and
@@ -406,7 +411,8 @@ class Coreproof:
             orig_result = self._check(original, prop, options)
             reverify = _reverify_function()
             if reverify is not None and orig_result.status is Status.HOLDS:
-                result = reverify(original, net, prop, options, store=store)
+                result = reverify(original, net, prop, options, store=store,
+                                  record=self._records.get(net.digest()))
                 if hasattr(result, "to_verification_result"):
                     result = result.to_verification_result()
                 if result.status is Status.UNKNOWN:
