@@ -58,6 +58,8 @@ def pooling(rng):
     x = max_pool(b.add, x, 3, (6, 6), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), "maxpool")
     x = b.add(_conv(rng, 3, 3, 2, pads=(0, 0, 1, 1)), (x,))
     x = b.add(Relu(), (x,))
+    # a padded MaxPool (the rewrite's mask Scale and Sums)
+    x = max_pool(b.add, x, 3, (3, 3), (2, 2), (1, 1), (1, 1, 0, 0), (1, 1), "maxpool_padded")
     x = average_pool(b.add, x, 3, (3, 3), (2, 2), (1, 1), (1, 1, 0, 0), (1, 1), False, "avgpool")
     return b.head(x, rng)
 

@@ -261,3 +261,17 @@ def test_lazy_intermediate_bounds_back_substitute_only_unsettled_branches():
     prop = local_robustness(np.zeros(net.n_inputs), 0.1, 0, net.n_outputs, domain=None)
     search = RegionSearch(net, prop.regions[0], 0, opts, float("inf"), Statistics())
     assert search.prop.options.memory_bytes == 3 << 20 and not search.use_z3
+
+
+@pytest.mark.parametrize("strides,pads,dilations,mult", [
+    ((4, 4), (0, 0, 0, 0), (1, 1), 1), ((2, 1), (1, 0, 2, 1), (1, 2), 2), ((1, 1), (1, 1, 1, 1), (1, 1), 3)])
+def test_depthwise_transpose_equals_the_conv_transpose(strides, pads, dilations, mult):
+    rng = np.random.default_rng(0)
+    op = Conv(rng.normal(size=(3 * mult, 1, 3, 2)), rng.normal(size=3 * mult), strides, pads,
+              dilations, groups=3)
+    shape = (1, 3, 11, 9)
+    A = torch.from_numpy(rng.normal(size=(2, 4) + op.out_shape(shape)))
+    fast = rules.depthwise_transpose(op, A, shape)
+    assert torch.allclose(fast, op.transpose(A, shape)[0], atol=1e-12)
+    parts, _ = rules.ConvRule.backward(op, A, (shape,))
+    assert parts[0] is not None and torch.allclose(parts[0], fast)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from ..bounds import BatchBounds, BoundPropagator, _linear_min, _widen_lower, _widen_upper
@@ -26,6 +25,7 @@ from ..graph.model import GraphNetwork
 from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Transpose
 from ..options import GraphBoundOptions
 from .rules import relu_backward, rule_for
+
 
 class _OutOfTime(Exception):
     """A back-substitution of intermediate bounds passed its deadline (the neurons keep
@@ -91,7 +91,7 @@ class GraphBoundPropagator(BoundPropagator):
     # coefficients, their positive and negative parts and the products)
     _TEMPORARIES = 6
     # ... and with alpha/beta optimisation autograd keeps every step's tensors
-    _AUTOGRAD = 8
+    _AUTOGRAD = 16
 
     def _rows_per_chunk(self, start: int, branches: int) -> int:
         per_row = 8 * self._TEMPORARIES * self._peak(start) * branches
