@@ -70,7 +70,9 @@ class PairBounder:
         R[:, c] += 1.0
         return self.sign * np.delete(R, c, axis=0)
 
-    def bound(self, lo: np.ndarray, hi: np.ndarray) -> BoxBound:
+    def bound(self, lo: np.ndarray, hi: np.ndarray, with_product: bool = True) -> BoxBound:
+        """``with_product`` False: skip the product-network bound (when the
+        differential one is known to be the better one here)."""
         n = self.n_out
         c = int(np.argmax(self.sign * self.f.forward((lo + hi) / 2)))
         R = self.top_rows(c)
@@ -87,7 +89,7 @@ class PairBounder:
             bg = DiffPropagator.separate(self.prop_g, lo, hi, R)
             low = np.full(len(lam), -np.inf)
             score, corners = hi - lo, None
-        if self.prod is not None:
+        if self.prod is not None and (with_product or self.diff is None):
             plow = product_bound(self.prod, lo, hi, lam)
             product = _abs_bound(plow, n)
             low = np.maximum(low, plow)
@@ -117,6 +119,9 @@ def branch_and_bound(bounder: PairBounder, root: BoxBound, *, target: float | No
     passes or ``max_leaves`` is reached.  ``on_leaf(leaf)``: called on every
     new leaf that stays open (e.g. to look for a counterexample there); it
     may return True to stop the search."""
+    # children skip the product bound when it did not beat the differential one at the root
+    product = root.product is not None and (root.differential is None
+                                            or root.product.max() < root.differential.max())
     heap = [(-root.worst, 0, root)]
     done: list[BoxBound] = []
     count, bounded = 1, 1
@@ -134,7 +139,7 @@ def branch_and_bound(bounder: PairBounder, root: BoxBound, *, target: float | No
             continue
         for lo, hi in ((leaf.lo, np.where(np.arange(len(leaf.hi)) == d, mid, leaf.hi)),
                        (np.where(np.arange(len(leaf.lo)) == d, mid, leaf.lo), leaf.hi)):
-            child = bounder.bound(lo, hi)
+            child = bounder.bound(lo, hi, product)
             bounded += 1
             # a child is inside its parent: the parent's bound holds there too
             child = _tighter(child, leaf)
