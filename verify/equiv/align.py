@@ -42,18 +42,16 @@ def _greedy_match(cost: np.ndarray) -> np.ndarray:
     return match
 
 
-def _identity_fits(a: np.ndarray, b: np.ndarray) -> bool:
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) squared Euclidean distances between rows."""
+    return np.maximum((a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+
+
+def _identity_fits(d: np.ndarray) -> bool:
     """Same-numbered rows are each other's nearest (a quantized or weight-pruned variant)."""
-    if a.shape != b.shape:
+    if d.shape[0] != d.shape[1]:
         return False
-    d_same = ((a - b) ** 2).sum(1)
-    # nearest other row of b for each row of a, in blocks to bound memory
-    for s in range(0, len(a), 512):
-        blk = a[s:s + 512]
-        d = ((blk[:, None, :] - b[None, :, :]) ** 2).sum(-1)
-        if np.any(d.min(1) < d_same[s:s + 512] - 1e-12):
-            return False
-    return True
+    return bool(np.all(np.diag(d) <= d.min(1) + 1e-9 * (1.0 + d.min(1))))
 
 
 def align(original: Network, variant: Network) -> tuple[Network, Network] | None:
@@ -76,11 +74,8 @@ def align(original: Network, variant: Network) -> tuple[Network, Network] | None
             ga.append(Affine(Wg, bg))
             break
         F, G = np.hstack([Wf, bf[:, None]]), np.hstack([Wg, bg[:, None]])
-        if _identity_fits(F, G):
-            match = np.arange(len(F))
-        else:
-            cost = (F ** 2).sum(1)[:, None] + (G ** 2).sum(1)[None, :] - 2 * F @ G.T
-            match = _greedy_match(cost)
+        cost = _sq_distances(F, G)
+        match = np.arange(len(F)) if _identity_fits(cost) else _greedy_match(cost)
         # aligned numbering: original neurons 0..nf-1 in place; variant neuron
         # match[i] at position i; unmatched variant neurons after nf
         nf, ng = len(F), len(G)
