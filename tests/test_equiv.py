@@ -194,3 +194,17 @@ def test_acasxu_int8_and_magnitude(data_dir):
                                   EquivOptions(timeout=3, target_delta=0.0, argmin=True))
         _assert_sound(res, _largest_deviation(net, variant, lo, hi))
         assert res.max_delta < min(res.root_differential)  # splitting tightened it
+
+
+def test_cli_property_region_on_acasxu(data_dir, tmp_path):
+    from verify.api import load_network
+    from verify.onnx_io import save_onnx
+    acas = data_dir / "acasxu"
+    net = load_network(acas / "ACASXU_run2a_1_1_batch_2000.onnx")
+    save_onnx(quantize_weights(net, 8).network, tmp_path / "int8.onnx")
+    res = _run(str(acas / "ACASXU_run2a_1_1_batch_2000.onnx"), str(tmp_path / "int8.onnx"),
+               "--property", str(acas / "prop_4.vnnlib"), "--argmin", "--no-split", "--json")
+    d = json.loads(res.stdout)
+    assert res.exit_code == {"holds": 0, "violated": 1, "unknown": 3}[d["status"]]
+    assert d["region"] == "the input box of prop_4.vnnlib" and d["n_inputs"] == 5
+    assert d["max_delta"] >= max(d["deviation_found"]) and d["method"] == "differential"

@@ -47,8 +47,8 @@ class BoxBound:
 
 
 def _abs_bound(low: np.ndarray, n: int) -> np.ndarray:
-    """Upper bounds of |row i| from the lower bounds of rows [I; -I]."""
-    return np.maximum(np.maximum(-low[:n], -low[n:2 * n]), 0.0)
+    """Upper bounds of |row i| from the lower bounds of rows [I; -I] (B, m)."""
+    return np.maximum(np.maximum(-low[:, :n], -low[:, n:2 * n]), 0.0)
 
 
 class PairBounder:
@@ -71,34 +71,51 @@ class PairBounder:
         return self.sign * np.delete(R, c, axis=0)
 
     def bound(self, lo: np.ndarray, hi: np.ndarray, with_product: bool = True) -> BoxBound:
-        """``with_product`` False: skip the product-network bound (when the
-        differential one is known to be the better one here)."""
+        """The bound of one box (see :meth:`bound_many`)."""
+        return self.bound_many(lo[None], hi[None], with_product)[0]
+
+    def bound_many(self, los: np.ndarray, his: np.ndarray, with_product: bool = True
+                   ) -> list[BoxBound]:
+        """Bound the boxes ``[los[b], his[b]]`` (one batch per top class of the
+        original at the box centres).  ``with_product`` False: skip the
+        product-network bound (when the differential one is known to be the
+        better one here)."""
+        classes = np.argmax(self.sign * self.f.forward((los + his) / 2).reshape(len(los), -1), 1)
+        out: list[BoxBound | None] = [None] * len(los)
+        for c in np.unique(classes):
+            idx = np.flatnonzero(classes == c)
+            for i, b in zip(idx, self._bound_class(los[idx], his[idx], int(c), with_product)):
+                out[i] = b
+        return out
+
+    def _bound_class(self, lo, hi, c: int, with_product: bool) -> list[BoxBound]:
         n = self.n_out
-        c = int(np.argmax(self.sign * self.f.forward((lo + hi) / 2)))
         R = self.top_rows(c)
         lam = np.vstack([np.eye(n), -np.eye(n), R])
-        differential = product = None
+        differential = product = corners = None
         if self.diff is not None:
             db, bf, bg = self.diff.bound(lo, hi, lam, extra=R)
             low = db.lower
             differential = _abs_bound(low, n)
-            score = (hi - lo) * np.abs(db.coeffs[:2 * n]).sum(0)
-            corners = np.where(db.coeffs[:2 * n] > 0, lo, hi)
+            score = (hi - lo) * np.abs(db.coeffs[:, :2 * n]).sum(1)
+            corners = np.where(db.coeffs[:, :2 * n] > 0, lo[:, None, :], hi[:, None, :])
         else:
             bf = DiffPropagator.separate(self.prop_f, lo, hi, R)
             bg = DiffPropagator.separate(self.prop_g, lo, hi, R)
-            low = np.full(len(lam), -np.inf)
-            score, corners = hi - lo, None
+            low = np.full((len(lo), len(lam)), -np.inf)
+            score = hi - lo
         if self.prod is not None and (with_product or self.diff is None):
             plow = product_bound(self.prod, lo, hi, lam)
             product = _abs_bound(plow, n)
             low = np.maximum(low, plow)
         naive = naive_bound(bf, bg)
         delta = np.minimum(np.maximum(_abs_bound(low, n), 0.0), naive)
-        f_const = bool(np.all(bf.extra > 0))
-        g_rows = np.maximum(bg.extra, bf.extra + low[2 * n:])
-        return BoxBound(lo, hi, delta, differential, product, naive, c, f_const,
-                        f_const and bool(np.all(g_rows > 0)), score, corners)
+        f_const = np.all(bf.extra > 0, axis=1)
+        agree = f_const & np.all(np.maximum(bg.extra, bf.extra + low[:, 2 * n:]) > 0, axis=1)
+        pick = lambda a, b: None if a is None else a[b]  # noqa: E731
+        return [BoxBound(lo[b], hi[b], delta[b], pick(differential, b), pick(product, b),
+                         naive[b], c, bool(f_const[b]), bool(agree[b]), score[b],
+                         pick(corners, b)) for b in range(len(lo))]
 
 
 @dataclass
@@ -114,11 +131,12 @@ def _open(leaf: BoxBound, target: float | None, agreement: bool) -> bool:
 
 def branch_and_bound(bounder: PairBounder, root: BoxBound, *, target: float | None,
                      agreement: bool, deadline: float, max_leaves: int = 20000,
-                     on_leaf=None) -> SearchOutcome:
+                     on_leaf=None, batch: int = 32) -> SearchOutcome:
     """Bisect open leaves (worst bound first) until none is open, the deadline
     passes or ``max_leaves`` is reached.  ``on_leaf(leaf)``: called on every
     new leaf that stays open (e.g. to look for a counterexample there); it
-    may return True to stop the search."""
+    may return True to stop the search.  ``batch``: leaves split per round
+    (their children are bounded together)."""
     # children skip the product bound when it did not beat the differential one at the root
     product = root.product is not None and (root.differential is None
                                             or root.product.max() < root.differential.max())
@@ -131,22 +149,35 @@ def branch_and_bound(bounder: PairBounder, root: BoxBound, *, target: float | No
             continue
         if time.monotonic() > deadline or len(heap) + len(done) >= max_leaves:
             break
-        _, _, leaf = heapq.heappop(heap)
-        d = int(np.argmax(leaf.split_score if np.any(leaf.split_score > 0) else leaf.hi - leaf.lo))
-        mid = (leaf.lo[d] + leaf.hi[d]) / 2
-        if not leaf.lo[d] < mid < leaf.hi[d]:  # cannot be split further
-            done.append(leaf)
+        # the worst open leaves (up to a batch), bisected, their children bounded at once
+        parents, los, his = [], [], []
+        while heap and len(parents) < batch and _open(heap[0][2], target, agreement):
+            _, _, leaf = heapq.heappop(heap)
+            d = int(np.argmax(leaf.split_score if np.any(leaf.split_score > 0)
+                              else leaf.hi - leaf.lo))
+            mid = (leaf.lo[d] + leaf.hi[d]) / 2
+            if not leaf.lo[d] < mid < leaf.hi[d]:  # cannot be split further
+                done.append(leaf)
+                continue
+            at_d = np.arange(len(leaf.lo)) == d
+            parents += [leaf, leaf]
+            los += [leaf.lo, np.where(at_d, mid, leaf.lo)]
+            his += [np.where(at_d, mid, leaf.hi), leaf.hi]
+        if not parents:
             continue
-        for lo, hi in ((leaf.lo, np.where(np.arange(len(leaf.hi)) == d, mid, leaf.hi)),
-                       (np.where(np.arange(len(leaf.lo)) == d, mid, leaf.lo), leaf.hi)):
-            child = bounder.bound(lo, hi, product)
-            bounded += 1
+        children = bounder.bound_many(np.array(los), np.array(his), product)
+        bounded += len(children)
+        stop = False
+        for child, parent in zip(children, parents):
             # a child is inside its parent: the parent's bound holds there too
-            child = _tighter(child, leaf)
+            child = _tighter(child, parent)
             heapq.heappush(heap, (-child.worst, count, child))
             count += 1
-            if on_leaf is not None and _open(child, target, agreement) and on_leaf(child):
-                return SearchOutcome(done + [h[2] for h in heap], False, bounded)
+            if (not stop and on_leaf is not None and _open(child, target, agreement)
+                    and on_leaf(child)):
+                stop = True
+        if stop:
+            return SearchOutcome(done + [h[2] for h in heap], False, bounded)
     leaves = done + [h[2] for h in heap]
     return SearchOutcome(leaves, not any(_open(l, target, agreement) for l in leaves), bounded)
 
