@@ -154,12 +154,11 @@ class DiffPropagator:
         n_out = prop.network.n_outputs
         eye = np.eye(n_out)
         rows = np.vstack([eye, -eye] + ([] if extra is None else [extra]))
-        # few inputs: forward-mode linear intermediate bounds, an order of
-        # magnitude cheaper than back-substituting every neuron (and as tight on
-        # the small boxes branch and bound makes)
+        # few inputs: forward-mode linear intermediate bounds first (cheap), then
+        # back-substitution of only the neurons they leave unstable
         res = prop.bound(torch.from_numpy(lo), torch.from_numpy(hi),
                          torch.from_numpy(rows), torch.zeros(len(rows)),
-                         forward=lo.shape[-1] <= FORWARD_MAX_INPUTS)
+                         forward=lo.shape[-1] <= FORWARD_MAX_INPUTS, backward=True)
         low = res.spec_lower.numpy()
         return Separate(tuple((l.numpy(), u.numpy()) for l, u in zip(res.lower, res.upper)),
                         (low[:, :n_out], -low[:, n_out:2 * n_out]), low[:, 2 * n_out:])
