@@ -208,3 +208,17 @@ def test_cli_property_region_on_acasxu(data_dir, tmp_path):
     assert res.exit_code == {"holds": 0, "violated": 1, "unknown": 3}[d["status"]]
     assert d["region"] == "the input box of prop_4.vnnlib" and d["n_inputs"] == 5
     assert d["max_delta"] >= max(d["deviation_found"]) and d["method"] == "differential"
+
+
+def test_a_network_of_another_depth_falls_back_to_the_product_bound(digits_mlp):
+    """No neuron alignment exists between different depths: the product
+    network's bound is used, and it is sound too."""
+    net, X, _ = digits_mlp
+    rng = np.random.default_rng(4)
+    student = Network((Affine(rng.normal(0, 0.2, (12, 64)), rng.normal(0, 0.1, 12)),
+                       Affine(rng.normal(0, 0.3, (10, 12)), rng.normal(0, 0.1, 10))),
+                      net.input_shape, "student")
+    lo, hi = _box(X[2], 0.05)
+    res = certify_equivalence(net, student, lo, hi, NO_SPLIT)
+    assert res.method == "product" and res.root_differential is None
+    _assert_sound(res, _largest_deviation(net, student, lo, hi))

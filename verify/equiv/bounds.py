@@ -214,8 +214,9 @@ class DiffPropagator:
 def product_network(f: Network, g: Network) -> Network:
     """One network running ``f`` and ``g`` side by side on the shared input,
     whose output is ``g(x) - f(x)``."""
+    L = max(f.n_layers, g.n_layers)
+    f, g = _deepen(f, L), _deepen(g, L)
     layers = []
-    L = f.n_layers
     for k, (a, b) in enumerate(zip(f.affines, g.affines)):
         if k == 0 and L == 1:
             W, bias = b.weight - a.weight, b.bias - a.bias
@@ -229,6 +230,24 @@ def product_network(f: Network, g: Network) -> Network:
             bias = np.concatenate([a.bias, b.bias])
         layers.append(Affine(W, bias))
     return Network(tuple(layers), f.input_shape, f"{f.name}-vs-{g.name}")
+
+
+def _deepen(net: Network, L: int) -> Network:
+    """``net`` with ``L`` affine layers and the same function: identity hidden
+    layers inserted before the output layer (after a ReLU, ``relu(h) = h``; with
+    no hidden layer, the input passes as ``relu(x) - relu(-x)``)."""
+    if net.n_layers >= L:
+        return net
+    affines = list(net.affines)
+    last = affines.pop()
+    if not affines:
+        n = net.n_inputs
+        affines.append(Affine(np.vstack([np.eye(n), -np.eye(n)]), np.zeros(2 * n)))
+        last = Affine(np.hstack([last.weight, -last.weight]), last.bias)
+    while len(affines) < L - 1:
+        n = affines[-1].out_size
+        affines.append(Affine(np.eye(n), np.zeros(n)))
+    return Network(tuple(affines) + (last,), net.input_shape, net.name)
 
 
 def product_bound(prod: BoundPropagator, lo, hi, lam: np.ndarray) -> np.ndarray:
