@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bounds import BoundPropagator
+from ..bounds import TOLERANCE, BoundPropagator
 from ..network import Network
 from .align import align
 from .bounds import DiffPropagator, naive_bound, product_bound, product_network
@@ -111,7 +111,9 @@ class PairBounder:
         naive = naive_bound(bf, bg)
         delta = np.minimum(np.maximum(_abs_bound(low, n), 0.0), naive)
         f_const = np.all(bf.extra > 0, axis=1)
-        agree = f_const & np.all(np.maximum(bg.extra, bf.extra + low[:, 2 * n:]) > 0, axis=1)
+        via_f = bf.extra + low[:, 2 * n:]  # the variant's class rows: the original's + the change
+        via_f = via_f - TOLERANCE * (1.0 + np.abs(via_f))
+        agree = f_const & np.all(np.maximum(bg.extra, via_f) > 0, axis=1)
         pick = lambda a, b: None if a is None else a[b]  # noqa: E731
         return [BoxBound(lo[b], hi[b], delta[b], pick(differential, b), pick(product, b),
                          naive[b], c, bool(f_const[b]), bool(agree[b]), score[b],
