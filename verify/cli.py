@@ -35,6 +35,8 @@ LAZY_COMMANDS = {
                "Write a proof-reuse statistics report from RESULTS.jsonl."),
     "check-proof": ("verify.reuse.check_cli", "check_proof_cmd",
                     "Re-check a stored proof of PROP on NET, as a certificate."),
+    "equiv": ("verify.equiv.cli", "equiv_cmd",
+              "Certify how far VARIANT can differ from ORIGINAL on a region."),
 }
 
 

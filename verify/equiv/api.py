@@ -1,0 +1,202 @@
+"""Certified functional equivalence of two ReLU chains over an input box.
+
+    from verify.equiv.api import certify_equivalence, EquivOptions
+    res = certify_equivalence(original, variant, lower, upper, EquivOptions(timeout=10))
+    res.delta          # per output: max |variant(x) - original(x)| <= delta on the box
+    res.status         # holds: top-1 agreement certified (and delta <= target when given)
+
+``delta`` is sound (see :mod:`verify.equiv.bounds`); ``deviation_found`` is
+the largest deviation a search found (a lower bound of the true maximum),
+so the true maximum lies between the two.  ``violated`` always carries an
+input re-run on both float64 networks: their predicted classes differ, or
+(with a target) their outputs differ by more than the target.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..errors import OptionError, ShapeMismatchError
+from ..network import Network
+from ..result import Status
+from .attack import Disagreement, find_disagreement, max_deviation, replay
+from .search import PairBounder, branch_and_bound
+
+
+@dataclass(frozen=True)
+class EquivOptions:
+    timeout: float = 10.0  # wall-clock seconds (attack and branch and bound)
+    target_delta: float | None = None  # split the input box until delta <= target
+    argmin: bool = False  # the predicted class is the smallest output (ACAS Xu)
+    split: bool = True  # split the input box to prove top-1 agreement / reach the target
+    product: bool = True  # also bound the product network (a second sound bound)
+    max_leaves: int = 20000
+    attack_samples: int = 2000
+    attack_restarts: int = 4
+    attack_steps: int = 60
+    attack_time_share: float = 0.25  # of the timeout, at most, for the searches
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (self.timeout > 0 and np.isfinite(self.timeout)):
+            raise OptionError(f"timeout must be a finite number of seconds > 0, got {self.timeout!r}")
+        if self.target_delta is not None and not (self.target_delta >= 0):
+            raise OptionError(f"target delta must be >= 0, got {self.target_delta!r}")
+        if self.max_leaves < 1:
+            raise OptionError("max_leaves must be at least 1")
+
+
+@dataclass(frozen=True)
+class EquivResult:
+    """The outcome of :func:`certify_equivalence` (JSON-serialisable: :meth:`to_dict`)."""
+
+    status: Status
+    original: str
+    variant: str
+    n_inputs: int
+    delta: tuple[float, ...]  # certified: max |g - f| <= delta[i] on the region, per output
+    deviation_found: tuple[float, ...]  # the largest |g - f| per output found by search
+    naive_delta: tuple[float, ...]  # difference of the two networks' separate bounds
+    root_differential: tuple[float, ...] | None  # the differential bound before splitting
+    root_product: tuple[float, ...] | None  # the product-network bound before splitting
+    top1: str  # "certified", "disagreement" or "unknown"
+    agreement_share: float  # share of the region's volume with top-1 agreement certified
+    classes_certified: tuple[int, ...]  # classes c: where the original provably says c, the variant does
+    target_delta: float | None
+    leaves: int
+    bounded: int
+    method: str  # "differential" (aligned networks) or "product"
+    time_s: float
+    disagreement: dict | None = None  # replayed: inputs where the classes differ
+    deviation_witness: dict | None = None  # replayed: |g - f| above the target
+    reason: str = ""
+
+    @property
+    def max_delta(self) -> float:
+        return max(self.delta)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["status"] = self.status.value
+        d["max_delta"] = self.max_delta
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def _volume_share(leaves, lo, hi) -> float:
+    """Share of the box's volume covered by agreeing leaves (log-space per leaf;
+    zero-width dimensions count as width 1)."""
+    w = np.where(hi > lo, hi - lo, 1.0)
+    total = 0.0
+    for leaf in leaves:
+        if leaf.agree:
+            lw = np.where(hi > lo, leaf.hi - leaf.lo, 1.0)
+            total += float(np.exp(np.sum(np.log(lw) - np.log(w))))
+    return min(total, 1.0)
+
+
+def certify_equivalence(original: Network, variant: Network, lower, upper,
+                        options: EquivOptions = EquivOptions()) -> EquivResult:
+    """Bound ``max |variant(x) - original(x)|`` per output over the box
+    ``[lower, upper]`` and decide top-1 agreement there (see the module doc)."""
+    import torch
+    # intra-op threads only slow down these small products (see verify.verifier)
+    torch.set_num_threads(1)
+    start = time.monotonic()
+    deadline = start + options.timeout
+    lo = np.asarray(lower, dtype=np.float64).reshape(-1)
+    hi = np.asarray(upper, dtype=np.float64).reshape(-1)
+    if original.n_inputs != variant.n_inputs or original.n_outputs != variant.n_outputs:
+        raise ShapeMismatchError(
+            f"the networks differ in size: {original.describe()} vs {variant.describe()}",
+            expected="the same numbers of inputs and outputs")
+    if lo.shape != (original.n_inputs,) or hi.shape != lo.shape:
+        raise ShapeMismatchError(f"the region has {lo.size} inputs, the networks "
+                                 f"{original.n_inputs}")
+    if np.any(lo > hi) or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ShapeMismatchError("the region is empty or not finite",
+                                 expected="finite bounds with lower <= upper")
+    sign = -1.0 if options.argmin else 1.0
+    rng = np.random.default_rng(options.seed)
+    bounder = PairBounder(original, variant, sign=sign, product=options.product)
+    root = bounder.bound(lo, hi)
+    attack_deadline = min(deadline, start + options.attack_time_share * options.timeout)
+    starts = root.corners
+    dev = max_deviation(original, variant, lo, hi, rng=rng, samples=options.attack_samples,
+                        restarts=options.attack_restarts, steps=options.attack_steps,
+                        starts=starts, deadline=attack_deadline)
+    cex = replay(original, variant, dev.inputs, lo, hi, sign) or find_disagreement(
+        original, variant, lo, hi, rng=rng, sign=sign, samples=options.attack_samples,
+        restarts=options.attack_restarts * 4, steps=options.attack_steps, starts=dev.inputs,
+        deadline=attack_deadline)
+    found: list[Disagreement] = [] if cex is None else [cex]
+
+    def look(leaf) -> bool:  # a cheap look for a disagreement in an open leaf
+        if leaf.original_constant and not leaf.agree:
+            hit = find_disagreement(original, variant, leaf.lo, leaf.hi, rng=rng, sign=sign,
+                                    samples=64, restarts=0, steps=0)
+            if hit is not None:
+                found.append(hit)
+                return True
+        return False
+
+    target = options.target_delta
+    # a disagreement found settles top-1; the bound is still tightened to the target
+    agreement = not found
+    if options.split and (agreement or target is not None):
+        outcome = branch_and_bound(bounder, root, target=target, agreement=agreement,
+                                   deadline=deadline, max_leaves=options.max_leaves,
+                                   on_leaf=look if agreement else None)
+        leaves, bounded = outcome.leaves, outcome.bounded
+    else:
+        leaves, bounded = [root], 1
+    delta = np.max([leaf.delta for leaf in leaves], axis=0)
+    agree_all = all(leaf.agree for leaf in leaves)
+    witness = None
+    if target is not None and float(dev.value.max()) > target:
+        i = int(dev.value.argmax())
+        x = np.clip(dev.inputs[i], lo, hi)
+        y_f, y_g = original.forward(x), variant.forward(x)
+        if abs(float(y_g[i] - y_f[i])) > target:  # replayed
+            witness = {"input": [float(v) for v in x], "output": i,
+                       "original_output": [float(v) for v in y_f],
+                       "variant_output": [float(v) for v in y_g],
+                       "deviation": abs(float(y_g[i] - y_f[i]))}
+    if found:
+        status, top1, reason = Status.VIOLATED, "disagreement", "the predicted classes differ"
+    elif witness is not None:
+        status, top1 = Status.VIOLATED, ("certified" if agree_all else "unknown")
+        reason = f"|g - f| exceeds the target {target:g} at a replayed input"
+    elif agree_all and (target is None or float(delta.max()) <= target):
+        status, top1, reason = Status.HOLDS, "certified", ""
+    else:
+        status, top1 = Status.UNKNOWN, ("certified" if agree_all else "unknown")
+        reason = ("top-1 agreement not proven on the whole region" if not agree_all
+                  else f"certified delta {delta.max():.4g} above the target {target:g}")
+    classes = sorted({leaf.top_class for leaf in leaves if leaf.agree})
+    return EquivResult(
+        status=status, original=original.name, variant=variant.name, n_inputs=len(lo),
+        delta=tuple(float(v) for v in delta),
+        deviation_found=tuple(float(v) for v in dev.value),
+        naive_delta=tuple(float(v) for v in root.naive),
+        root_differential=None if root.differential is None else tuple(
+            float(v) for v in root.differential),
+        root_product=None if root.product is None else tuple(float(v) for v in root.product),
+        top1=top1, agreement_share=_volume_share(leaves, lo, hi),
+        classes_certified=tuple(classes), target_delta=target, leaves=len(leaves),
+        bounded=bounded, method="differential" if bounder.diff is not None else "product",
+        time_s=time.monotonic() - start,
+        disagreement=found[0].to_dict() if found else None, deviation_witness=witness,
+        reason=reason)
+
+
+def property_box(prop) -> tuple[np.ndarray, np.ndarray]:
+    """The hull of a property's input boxes."""
+    lo = np.min([r.lower for r in prop.regions], axis=0)
+    hi = np.max([r.upper for r in prop.regions], axis=0)
+    return lo, hi
