@@ -59,17 +59,8 @@ class Attacker:
         if not isinstance(network, Network):  # a graph network: its own torch forward
             self.model = network.evaluate
             return
-        layers = []
-        for k, a in enumerate(network.affines):
-            lin = torch.nn.Linear(a.in_size, a.out_size, dtype=torch.float64)
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(np.array(a.weight)))
-                lin.bias.copy_(torch.from_numpy(np.array(a.bias)))
-            lin.requires_grad_(False)
-            layers.append(lin)
-            if k < len(network.affines) - 1:
-                layers.append(torch.nn.ReLU())
-        self.model = torch.nn.Sequential(*layers)
+        from .torch_io import to_torch
+        self.model = to_torch(network).requires_grad_(False)  # gradients of inputs only
 
     @staticmethod
     def _loss(y: torch.Tensor, region: Region) -> torch.Tensor:

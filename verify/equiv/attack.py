@@ -22,17 +22,8 @@ from ..network import Network
 
 
 def torch_model(network: Network) -> torch.nn.Module:
-    layers = []
-    for k, a in enumerate(network.affines):
-        lin = torch.nn.Linear(a.in_size, a.out_size, dtype=torch.float64)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(np.array(a.weight)))
-            lin.bias.copy_(torch.from_numpy(np.array(a.bias)))
-        lin.requires_grad_(False)
-        layers.append(lin)
-        if k < network.n_layers - 1:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers)
+    from ..torch_io import to_torch
+    return to_torch(network).requires_grad_(False)  # gradients of inputs only
 
 
 @dataclass(frozen=True)
