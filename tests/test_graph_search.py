@@ -87,6 +87,12 @@ def _root_margin(net, prop) -> float:
     return float(res.spec_lower.min())
 
 
+def first_unproved_eps(net, x, label: int):
+    """The smallest eps on a grid whose robustness property the root bound cannot prove."""
+    return next((e for e in np.arange(0.02, 0.12, 0.004)
+                 if _root_margin(net, local_robustness(x, e, label, 10)) <= 0), None)
+
+
 def test_digits_cnn_holds_at_small_eps_and_violated_at_large(digits_cnn):
     net, X, y = digits_cnn
     idx = int(np.flatnonzero(net.forward(X).argmax(1) == y)[0])
@@ -116,9 +122,7 @@ def test_digits_cnn_relu_splitting_proves_what_the_root_bound_cannot(digits_cnn)
     preds = net.forward(X).argmax(1)
     split_holds = 0
     for idx in np.flatnonzero(preds == y)[:10]:
-        # the smallest eps on a grid that the root bound cannot prove
-        eps = next((e for e in np.arange(0.02, 0.12, 0.004)
-                    if _root_margin(net, local_robustness(X[idx], e, int(y[idx]), 10)) <= 0), None)
+        eps = first_unproved_eps(net, X[idx], int(y[idx]))
         if eps is None:
             continue
         prop = local_robustness(X[idx], eps, int(y[idx]), 10)

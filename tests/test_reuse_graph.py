@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from compress.graph_compress import compress_graph
-from test_graph_search import _root_margin, digits_cnn  # noqa: F401 - the fixture
+from test_graph_search import digits_cnn, first_unproved_eps  # noqa: F401 - the fixture
 from verify.options import VerifyOptions
 from verify.properties import local_robustness
 from verify.reuse.proof import build_proof
@@ -21,8 +21,7 @@ def split_case(digits_cnn):  # noqa: F811
     net, X, y = digits_cnn
     preds = net.forward(X).argmax(1)
     for idx in np.flatnonzero(preds == y)[:10]:
-        eps = next((e for e in np.arange(0.02, 0.12, 0.004)
-                    if _root_margin(net, local_robustness(X[idx], e, int(y[idx]), 10)) <= 0), None)
+        eps = first_unproved_eps(net, X[idx], int(y[idx]))
         if eps is None:
             continue
         prop = local_robustness(X[idx], eps, int(y[idx]), 10)
