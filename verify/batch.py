@@ -332,9 +332,7 @@ def _in_process(jobs: list[Job], options: BatchOptions) -> Iterator[JobResult]:
     """``jobs=1``: one job after another in this process (no worker to spawn; an error
     is still its job's row)."""
     order = _Order(jobs)
-    while (job := order.next()) is not None or order:
-        if job is None:  # pragma: no cover - heads always finish before their waiters
-            break
+    while (job := order.next()) is not None:  # a head's waiters are released as it ends
         data = run_job(job, options)
         order.done(job)
         yield _result(job, data, 1)

@@ -374,15 +374,22 @@ class BoundPropagator:
                 l, u = self._backsub_neurons(k, l, u, sp, relax, lo, hi,
                                              every=not forward and refine is None,
                                              only=None if refine is None else refine[k])
-            if sp is not None:
-                l = torch.where(sp > 0, l.clamp(min=0), l)
-                u = torch.where(sp < 0, u.clamp(max=0), u)
-            infeasible |= (l > u).any(-1)
+            l, u = self._split_layer(l, u, sp, infeasible)
             lower.append(l)
             upper.append(u)
             relax.append(self._relaxation(l, u))
         return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
                                  alpha_iterations, deadline, splits, alpha_init)
+
+    @staticmethod
+    def _split_layer(l, u, sp, infeasible):
+        """A layer's pre-activation bounds under its split facts (+1: lower >= 0,
+        -1: upper <= 0); marks a branch whose bounds cross as ``infeasible`` (in place)."""
+        if sp is not None:
+            l = torch.where(sp > 0, l.clamp(min=0), l)
+            u = torch.where(sp < 0, u.clamp(max=0), u)
+        infeasible |= (l > u).any(-1)
+        return l, u
 
     def spec_bound(self, lo, hi, spec_c, spec_d, lower, upper, alpha_iterations: int,
                    deadline: float | None = None, alpha_init: list | None = None) -> BatchBounds:

@@ -284,10 +284,7 @@ class GraphBoundPropagator(BoundPropagator):
                             None if refine is None else refine[k], deadline)
                 if fresh is not None and sp is not None:
                     fresh |= ((sp != 0) & (fixed[k][0] < 0) & (fixed[k][1] > 0)).any(-1)
-                if sp is not None:
-                    l = torch.where(sp > 0, l.clamp(min=0), l)
-                    u = torch.where(sp < 0, u.clamp(max=0), u)
-                infeasible |= (l > u).any(-1)
+                l, u = self._split_layer(l, u, sp, infeasible)
                 lower.append(l)
                 upper.append(u)
                 relax.append(self._relaxation(l, u))

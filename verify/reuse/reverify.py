@@ -48,7 +48,8 @@ from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
 from .derive import GraphChangeMap
-from .tree import LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, warm_alphas
+from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
+                   warm_alphas)
 
 
 def _relu_tree(region: Region, branches) -> bool:
@@ -209,13 +210,9 @@ class _Reuser(CoreChecks):
         if to_split:
             if self.left() <= 0:
                 raise _NoFit("time budget used up re-checking the proof branches")
-            out = search.run(to_split)
-            self.stats.z3_queries += search.stats.z3_queries
-            if out.status == "violated":
-                return out.counterexample
-            if out.status != "holds":
-                raise _NoFit(f"region {r}: {len(to_split)} branches did not close on the variant "
-                             f"({out.reason})")
+            cex = search_open(search, to_split, r, self.stats, "branches", _NoFit)
+            if cex is not None:
+                return cex
             self.stats.closed_by_split += len(to_split)
         return None
 

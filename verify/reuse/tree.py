@@ -115,6 +115,19 @@ def warm_alphas(cmap: ChangeMap, branches, idx) -> list[torch.Tensor] | None:
     return out
 
 
+def search_open(search: RegionSearch, nodes, r: int, stats, what: str, error):
+    """The variant's own branch and bound on the proof's ``nodes`` still open: a confirmed
+    counterexample, or None when every one closed; raises ``error`` otherwise."""
+    out = search.run(nodes)
+    stats.z3_queries += search.stats.z3_queries
+    if out.status == "violated":
+        return out.counterexample
+    if out.status != "holds":
+        raise error(f"region {r}: {len(nodes)} {what} did not close on the variant "
+                    f"({out.reason})")
+    return None
+
+
 class TreeOpen(Exception):
     """Some leaf did not close on the variant (the message says why)."""
 
@@ -195,13 +208,9 @@ class TreeCheck:
             return self._commit()
         if self.reuser.left() <= 0:
             raise TreeOpen("time budget used up re-checking the proof tree")
-        out = search.run(to_split)
-        self.stats.z3_queries += search.stats.z3_queries
-        if out.status == "violated":
-            return out.counterexample
-        if out.status != "holds":
-            raise TreeOpen(f"region {r}: {len(to_split)} leaves did not close on the "
-                               f"variant ({out.reason})")
+        cex = search_open(search, to_split, r, self.stats, "leaves", TreeOpen)
+        if cex is not None:
+            return cex
         self.closed["closed_by_split"] += len(to_split)
         return self._commit()
 
@@ -365,12 +374,7 @@ class TreeWalk:
         cex = self.reuser.attack(region, r, quick=True)
         if cex is not None:
             return cex
-        out = search.run(to_split)
-        self.stats.z3_queries += search.stats.z3_queries
-        if out.status == "violated":
-            return out.counterexample
-        if out.status != "holds":
-            raise TreeOpen(f"region {r}: {len(to_split)} leaves did not close on the variant "
-                           f"({out.reason})")
-        self.stats.closed_by_split += len(to_split)
-        return None
+        cex = search_open(search, to_split, r, self.stats, "leaves", TreeOpen)
+        if cex is None:
+            self.stats.closed_by_split += len(to_split)
+        return cex
