@@ -328,3 +328,51 @@ def test_load_network_dispatch(tmp_path):
         load_network(tmp_path / "absent.onnx")
     with pytest.raises(InputError):
         load_network(42)
+
+
+# ---- reading ONNX without the onnx package's start-up (verify.onnx_proto) ----------
+_DTYPES = [np.float32, np.float64, np.float16, np.int8, np.uint8, np.int16, np.uint16,
+           np.int32, np.int64, np.uint32, np.uint64, np.bool_]
+
+
+@pytest.mark.parametrize("dtype", _DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+def test_tensors_read_as_the_onnx_package_reads_them(dtype, raw):
+    from verify.onnx_proto import tensor_to_array
+    values = (np.arange(-3, 9).reshape(3, 4) * 1.5).astype(dtype)
+    if raw:
+        tensor = numpy_helper.from_array(values, "t")
+    else:
+        kind = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        # (make_tensor stores a typed float16 as the bits of each half in int32_data)
+        tensor = helper.make_tensor("t", kind, values.shape, values.flatten().tolist(), raw=False)
+    ours, theirs = tensor_to_array(tensor), numpy_helper.to_array(tensor)
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+    assert np.array_equal(ours, theirs) and np.array_equal(ours, values)
+
+
+def test_attributes_read_as_the_onnx_package_reads_them():
+    from verify.onnx_proto import attribute_value, tensor_to_array
+    sub = helper.make_graph([], "g", [], [])
+    node = helper.make_node("Op", [], [], f=0.5, i=3, s="same", t=numpy_helper.from_array(
+        np.ones(2, np.float32)), fs=[1.0, 2.5], is_=[1, 2], ss=["a", "b"], g=sub)
+    for attr in node.attribute:
+        ours, theirs = attribute_value(attr), helper.get_attribute_value(attr)
+        if isinstance(theirs, onnx.TensorProto):
+            assert np.array_equal(tensor_to_array(ours), numpy_helper.to_array(theirs))
+        else:
+            assert ours == theirs, attr.name
+
+
+def test_loading_an_onnx_network_does_not_import_the_onnx_package(tmp_path):
+    """The CLI's start-up on an ONNX instance skips ``import onnx`` (about 1 s)."""
+    import subprocess
+    import sys
+    net = Network((Affine(np.ones((3, 2)), np.zeros(3)), Affine(np.ones((1, 3)), np.zeros(1))))
+    save_onnx(net, tmp_path / "n.onnx")
+    code = ("import sys; from verify.loading import load_network; "
+            f"n = load_network({str(tmp_path / 'n.onnx')!r}); "
+            "print(n.digest(), 'onnx' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout.split()
+    assert out == [load_network(tmp_path / "n.onnx").digest(), "False"]

@@ -41,9 +41,9 @@ def check_parameters(what: str, values, path=None) -> None:
 def tensor_array(tensor, path=None):
     """The numpy value of an ONNX ``TensorProto`` (InputError naming it when the
     file's tensor is malformed: an unknown data type, a wrong byte count, ...)."""
-    from onnx import numpy_helper
+    from .onnx_proto import tensor_to_array
     try:
-        return numpy_helper.to_array(tensor)
+        return tensor_to_array(tensor)
     except Exception as exc:  # noqa: BLE001 - onnx raises assorted errors on garbage
         raise InputError(f"tensor '{tensor.name}' cannot be read ({type(exc).__name__}: {exc})",
                          path=None if path is None else str(path),
@@ -82,7 +82,7 @@ def network_name(path) -> str:
 
 def read_onnx_model(path):
     """The ``ModelProto`` of an ``.onnx`` or ``.onnx.gz`` file (InputError if unreadable)."""
-    import onnx
+    from .onnx_proto import has_external_data, model_from_bytes
     path = Path(path)
     if not path.exists():
         raise InputError("no such file", path=str(path))
@@ -96,8 +96,8 @@ def read_onnx_model(path):
         raise InputError(f"cannot read: {exc}", path=str(path),
                          expected="an ONNX file, or a gzipped one") from None
     try:
-        model = onnx.load_model_from_string(data)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        model = model_from_bytes(data)
+        if has_external_data(model):
             from onnx.external_data_helper import load_external_data_for_model
             load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # protobuf raises assorted errors on garbage

@@ -184,8 +184,8 @@ def _unsqueeze_shape(shape: tuple[int, ...], axes) -> tuple[int, ...]:
 
 # ---------------------------------------------------------------- graph walk
 def _attrs(node) -> dict:
-    from onnx import helper
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    from .onnx_proto import attribute_value
+    return {a.name: attribute_value(a) for a in node.attribute}
 
 
 def _constant_value(node, attrs: dict) -> np.ndarray:

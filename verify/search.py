@@ -25,7 +25,6 @@ import torch
 
 from .attack import confirm_batch
 from .bounds import BoundPropagator, refute_conjunction
-from .encode import Branch, encode, solve
 from .graphbounds import make_propagator
 from .network import Network
 from .options import VerifyOptions
@@ -442,6 +441,7 @@ class RegionSearch:
         as a leaf with its cores when every one is UNSAT).  Sets
         ``self._closed_by_z3``; returns an outcome only for a confirmed
         counterexample."""
+        from .encode import Branch, encode, solve  # z3 on first use (0.2 s of start-up)
         self._closed_by_z3 = False
         cores, digits_used = {}, {}
         for j in np.flatnonzero(~refuted_row):
