@@ -34,84 +34,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..bounds import TOLERANCE, BoundPropagator
+from ..bounds import BoundPropagator
+from ..diffbounds import (AlignedLayers, DiffRelaxation, backsub_difference,  # noqa: F401
+                          diff_relaxation, widen_lower as _widen_lower,
+                          widen_upper as _widen_upper)
 from ..network import Affine, Network
-
-
-def _widen_lower(x):
-    return x - TOLERANCE * (1.0 + np.abs(x))
-
-
-def _widen_upper(x):
-    return x + TOLERANCE * (1.0 + np.abs(x))
 
 
 #: inputs up to which the separate bounds use forward-mode intermediate bounds
 FORWARD_MAX_INPUTS = 16
-
-
-def _mv(A: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """``A @ v`` per box: A (m, n) or (B, m, n), v (B, n) -> (B, m)."""
-    return np.einsum("...mn,...n->...m", A, v)
-
-
-def _box_min(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Minimum over each box of each row of ``A @ x + c`` (boxes (B, n), rows
-    (B, m)), widened outward."""
-    v = c + _mv(np.clip(A, 0, None), lo) + _mv(np.clip(A, None, 0), hi)
-    scale = np.abs(c) + _mv(np.abs(A), np.maximum(np.abs(lo), np.abs(hi)))
-    return v - TOLERANCE * (1.0 + np.abs(v) + scale)
-
-
-def _crown_relax(l: np.ndarray, u: np.ndarray):
-    """CROWN relaxation of relu on [l, u]: ``alpha z <= relu(z) <= s z + t``."""
-    unstable = (l < 0) & (u > 0)
-    denom = np.where(unstable, u - l, 1.0)
-    s = np.where(unstable, u / denom, (l >= 0).astype(float))
-    t = np.where(unstable, -s * l, 0.0)
-    alpha = np.where(unstable, (u > -l).astype(float), (l >= 0).astype(float))
-    return alpha, s, t
-
-
-@dataclass(frozen=True)
-class DiffRelaxation:
-    """Per neuron of one hidden layer: ``aL dz + bL z + cL <= dh <= aU dz + bU z + cU``
-    and ``alpha z <= h <= s z + t``."""
-
-    aL: np.ndarray
-    bL: np.ndarray
-    cL: np.ndarray
-    aU: np.ndarray
-    bU: np.ndarray
-    cU: np.ndarray
-    alpha: np.ndarray
-    s: np.ndarray
-    t: np.ndarray
-
-
-def diff_relaxation(lf, uf, lg, ug, dl, du) -> DiffRelaxation:
-    """The relaxation of ``dh = relu(z + dz) - relu(z)`` for ``z`` in ``[lf, uf]``,
-    ``z + dz`` in ``[lg, ug]``, ``dz`` in ``[dl, du]`` (see the module doc)."""
-    alpha, s, t = _crown_relax(lf, uf)
-    ag, sg, tg = _crown_relax(lg, ug)
-    # A: relu(z') - relu(z) with both CROWN relaxations, z' = z + dz
-    A = (ag, ag - s, -t, sg, sg - alpha, tg)
-    gap_g = np.maximum((sg - ag) * lg, (sg - ag) * ug) + tg
-    gap_f = np.maximum((s - alpha) * lf, (s - alpha) * uf) + t
-    err_a = gap_g + gap_f
-    # B: the chords of the bow tie (dh between 0 and dz) over [dl, du]
-    pos, neg = dl >= 0, du <= 0
-    width = np.where(pos | neg, 1.0, du - dl)
-    up_slope = np.where(pos, 1.0, np.where(neg, 0.0, du / width))
-    up_const = np.where(pos | neg, 0.0, -du * dl / width)
-    lo_slope = np.where(neg, 1.0, np.where(pos, 0.0, -dl / width))
-    lo_const = np.where(pos | neg, 0.0, dl * du / width)
-    gap_b = np.maximum((up_slope - lo_slope) * dl, (up_slope - lo_slope) * du) + up_const - lo_const
-    zero = np.zeros_like(dl)
-    B = (lo_slope, zero, lo_const, up_slope, zero, up_const)
-    pick = gap_b < err_a
-    aL, bL, cL, aU, bU, cU = (np.where(pick, b, a) for a, b in zip(A, B))
-    return DiffRelaxation(aL, bL, cL, aU, bU, cU, alpha, s, t)
 
 
 @dataclass(frozen=True)
@@ -147,6 +78,11 @@ class DiffPropagator:
         self.db = [np.array(b.bias) - bf for b, bf in zip(g.affines, self.bf)]
         self.prop_f, self.prop_g = BoundPropagator(f), BoundPropagator(g)
 
+    @property
+    def layers(self) -> AlignedLayers:
+        return AlignedLayers(tuple(self.Wg), tuple(self.dW), tuple(self.db), tuple(self.Wf),
+                             tuple(self.bf))
+
     @staticmethod
     def separate(prop: BoundPropagator, lo, hi, extra: np.ndarray | None = None) -> "Separate":
         """CROWN bounds of one network on the boxes (B, n): its hidden layers,
@@ -166,23 +102,7 @@ class DiffPropagator:
     def _backsub(self, K: int, lam: np.ndarray, relax: list[DiffRelaxation], lo, hi):
         """Lower bound over each box of ``lam @ dz_K`` (K: an affine layer) and
         its input coefficients (B, m, n)."""
-        P = lam @ self.Wg[K]
-        Q = lam @ self.dW[K]
-        c = lam @ self.db[K]
-        for j in range(K - 1, -1, -1):
-            r = relax[j]
-            e = lambda v: v[..., None, :]  # noqa: E731 - per box, shared by the rows
-            Pp, Pn = np.clip(P, 0, None), np.clip(P, None, 0)
-            Qp, Qn = np.clip(Q, 0, None), np.clip(Q, None, 0)
-            Cdz = Pp * e(r.aL) + Pn * e(r.aU)
-            Cz = Pp * e(r.bL) + Pn * e(r.bU) + Qp * e(r.alpha) + Qn * e(r.s)
-            c = c + _mv(Pp, r.cL) + _mv(Pn, r.cU) + _mv(Qn, r.t)
-            P = Cdz @ self.Wg[j]
-            Q = Cdz @ self.dW[j] + Cz @ self.Wf[j]
-            c = c + Cdz @ self.db[j] + Cz @ self.bf[j]
-        if Q.ndim == 2:  # K = 0: the same for every box
-            Q = np.broadcast_to(Q, (lo.shape[0],) + Q.shape)
-        return _box_min(Q, c, lo, hi), Q
+        return backsub_difference(self.layers, K, lam, relax, lo, hi)
 
     def bound(self, lo: np.ndarray, hi: np.ndarray, lam: np.ndarray,
               extra: np.ndarray | None = None) -> tuple[DiffBound, "Separate", "Separate"]:

@@ -19,6 +19,7 @@ from functools import cached_property
 import networkx as nx
 import numpy as np
 
+from ..diffbounds import AlignedLayers
 from ..errors import ShapeMismatchError
 from ..network import Network
 
@@ -105,6 +106,15 @@ class ChangeMap:
         """Per layer, the change of weights and bias: :attr:`embedded` minus the original's."""
         return [(W - oa.weight, b - oa.bias)
                 for oa, (W, b) in zip(self.original.affines, self.embedded)]
+
+    @cached_property
+    def aligned(self) -> AlignedLayers:
+        """The pair as aligned layers in the original's numbering, for symbolic
+        bounds of the change (:mod:`verify.diffbounds`)."""
+        return AlignedLayers(tuple(W for W, _ in self.embedded), tuple(d for d, _ in self.deltas),
+                             tuple(b for _, b in self.deltas),
+                             tuple(a.weight for a in self.original.affines),
+                             tuple(a.bias for a in self.original.affines))
 
     # compared on first use: a proof closed by the variant's own bounds needs
     # neither the per-neuron status nor the graph

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..bounds import TOLERANCE, BatchBounds
+from ..diffbounds import backsub_difference, tighten_changes
 from ..search import RegionSearch
 from .changes import ChangeMap
 
@@ -210,3 +211,29 @@ def margin_loss(ob: OriginalBounds, moved: BatchBounds, owner: np.ndarray,
     per_conj = np.full(len(refuted), np.inf)
     np.minimum.at(per_conj, owner, loss)
     return float(per_conj[~refuted].max(initial=0.0))
+
+
+def symbolic_deviation(cmap: ChangeMap, lowers, uppers, changes, box_lo: np.ndarray,
+                       box_hi: np.ndarray, spec_c: np.ndarray):
+    """Tighter bounds of the change on B branches than the interval ones
+    (``changes``, per hidden layer (B, n_k)): the difference back-substituted
+    symbolically through both networks (:mod:`verify.diffbounds`).  Returns the
+    tightened per-layer changes and the (B, m) lower bound of ``spec_c @ (y' - y)``.
+    Costs a back-substitution of the neurons whose relaxation is not exact, so
+    callers keep it for branches whose interval bound came close."""
+    tight, relax = tighten_changes(cmap.aligned, lowers, uppers, changes, box_lo, box_hi)
+    spec, _ = backsub_difference(cmap.aligned, len(tight), spec_c, relax, box_lo, box_hi)
+    return tight, spec
+
+
+def hopeful(spec_dl: np.ndarray, orig: np.ndarray, owner: np.ndarray, n_conj: int,
+            max_loss: float) -> np.ndarray:
+    """(B,) which branches' interval change bound ``spec_dl`` lost at most
+    ``max_loss`` times the original's margin ``orig`` on some row of every
+    conjunction (a row with no positive margin never counts)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loss = np.where(orig > 0, np.maximum(-spec_dl, 0.0) / orig, np.inf)
+    per_conj = np.full((len(loss), n_conj), np.inf)
+    for j in range(n_conj):
+        per_conj[:, j] = loss[:, owner == j].min(axis=1)
+    return per_conj.max(axis=1) <= max_loss

@@ -23,10 +23,17 @@ class ReuseOptions:
     warm_alpha_iterations: int = 5
     # a ReLU-split proof tree is re-checked on the original's leaf domains
     # (verify.reuse.tree) when the differential tiers leave at most this share of
-    # its leaves open; else on the variant's own phase splits.  0: only when they
-    # close every leaf (measured on mnist-net_256x4 image 7, int16, 17 of 40 leaves
-    # open: 6.7 s on the leaf domains, 4.9 s walking the tree on the variant)
-    tree_max_open: float = 0.0
+    # its leaves open; else on the variant's own phase splits (measured on
+    # mnist-net_256x4 image 7, int16: 17 of 40 leaves open, 6.7 s on the leaf
+    # domains against 4.9 s walking the tree on the variant; 3 of 40 open after
+    # the symbolic tier, 3.0-3.6 s against 3.9-4.6 s, 2 cores under load)
+    tree_max_open: float = 0.1
+    # the leaves the interval change bound leaves open get the symbolic one
+    # (verify.diffbounds: both networks back-substituted together) when the interval
+    # bound lost at most this many times the original's margin there; its tighter
+    # per-layer changes also move the intermediate bounds of tier 1.  0: never
+    # (image 7, int16: it closes 16 of the 17 leaves the interval bound left open)
+    symbolic_max_loss: float = 30.0
     # else a ReLU-split tree is walked top-down on the variant (verify.reuse.tree.
     # TreeWalk: a node closed prunes its subtree, parents' bounds are inherited);
     # False: its leaves are bounded again one by one, each from scratch

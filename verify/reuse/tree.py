@@ -12,6 +12,10 @@ the leaves the one before left open:
 1. the variant's spec rows back-substituted over the original's layer
    bounds moved by the change (no intermediate neuron back-substituted),
    alpha-CROWN warm-started from the original's slopes;
+1b. on the leaves whose interval change bound came close to their margin, a
+   symbolic bound of the change (:func:`verify.reuse.difference.symbolic_deviation`:
+   both networks back-substituted together); its tighter per-layer changes
+   also move the bounds tier 2 starts from;
 2. the variant's own bound of the leaf box, intersected with the moved
    bounds (only neurons they leave unstable are back-substituted);
 3. the variant's branch and bound from each leaf still open (its domain
@@ -33,6 +37,7 @@ import torch
 from ..bounds import TOLERANCE
 from ..search import Node, RegionSearch
 from .changes import ChangeMap
+from .difference import hopeful, symbolic_deviation
 
 
 class LeafSearch(RegionSearch):
@@ -145,7 +150,7 @@ class TreeCheck:
         self.cmap: ChangeMap = reuser.cmap
         self.stats = reuser.stats
         # leaves closed per way, counted into the statistics once the region is closed
-        self.closed = {"closed_by_bounds": 0, "closed_by_difference": 0,
+        self.closed = {"closed_by_bounds": 0, "closed_by_difference": 0, "closed_by_symbolic": 0,
                        "closed_by_difference_backsub": 0, "closed_by_split": 0}
         self.n_hidden = len(search.net.hidden_sizes)
 
@@ -234,11 +239,7 @@ class TreeCheck:
         if known.any():
             orig = np.stack([branches[i].spec_lower for i, k in zip(idx, known) if k])
             spec0[known] = orig + spec_dl[known]
-        rows_pos = spec0 - TOLERANCE * (1.0 + np.abs(spec0)) > 0
-        refuted = np.zeros((len(idx), search.n_conj), dtype=bool)
-        for j in range(search.n_conj):
-            refuted[:, j] = rows_pos[:, search.owner == j].any(axis=1)
-        done0 = refuted.all(axis=1)
+        done0 = self._refuted(spec0)
         self.closed["closed_by_bounds"] += int(done0.sum())
         self.closed["closed_by_difference"] += int(done0.sum())
         sel = np.flatnonzero(~done0)
@@ -264,8 +265,42 @@ class TreeCheck:
         self.closed["closed_by_bounds"] += int(closed.sum())
         self.closed["closed_by_difference"] += int(closed.sum())
         self.closed["closed_by_difference_backsub"] += int(closed.sum())
-        still = [ids[j] for j in np.flatnonzero(~closed)]
-        return still, {ids[j]: [(l[j], u[j]) for l, u in moved] for j in np.flatnonzero(~closed)}
+        open_j = np.flatnonzero(~closed)
+        moved_of = {ids[j]: [(l[j], u[j]) for l, u in moved] for j in open_j}
+        gate = self.reuser.ropt.symbolic_max_loss
+        if gate > 0 and len(open_j):
+            # tier 1b: the symbolic change bound, on the open leaves whose interval
+            # change bound came close to their margin
+            rows = sel[open_j]
+            rows = rows[known[rows] & hopeful(spec_dl[rows], spec0[rows] - spec_dl[rows],
+                                              search.owner, search.n_conj, gate)]
+            if len(rows):
+                tight, sdl = symbolic_deviation(self.cmap, [l[rows] for l in lowers],
+                                                [u[rows] for u in uppers],
+                                                [(dl[rows], du[rows]) for dl, du in changes],
+                                                box_lo[rows], box_hi[rows], search.C.numpy())
+                done = self._refuted(spec0[rows] - spec_dl[rows] + np.maximum(sdl, spec_dl[rows]))
+                self.closed["closed_by_bounds"] += int(done.sum())
+                self.closed["closed_by_difference"] += int(done.sum())
+                self.closed["closed_by_symbolic"] += int(done.sum())
+                tighter = moved_bounds(self.cmap, [l[rows] for l in lowers],
+                                       [u[rows] for u in uppers], tight)
+                for j, row in enumerate(rows):
+                    leaf = idx[row]
+                    if done[j]:
+                        del moved_of[leaf]
+                    else:  # tier 2 starts from the tighter moved bounds
+                        moved_of[leaf] = [(l[j], u[j]) for l, u in tighter]
+        return list(moved_of), moved_of
+
+    def _refuted(self, spec_lower: np.ndarray) -> np.ndarray:
+        """(B,) whether lower bounds (B, m) of the spec rows refute every conjunction."""
+        search = self.search
+        rows_pos = spec_lower - TOLERANCE * (1.0 + np.abs(spec_lower)) > 0
+        refuted = np.zeros((len(spec_lower), search.n_conj), dtype=bool)
+        for j in range(search.n_conj):
+            refuted[:, j] = rows_pos[:, search.owner == j].any(axis=1)
+        return refuted.all(axis=1)
 
     def _tier2(self, idx, moved_of):
         """The variant's own bound of leaves ``idx`` intersected with their moved
