@@ -210,3 +210,46 @@ def test_reverify_settles_small_changes_by_difference_and_agrees(digits_mlp):
         assert r.status.value == "violated" and r.reuse.closed_by_difference == 0
     assert methods.count("reuse-difference") >= 6, methods
     assert backsub >= 1, methods  # the second step closes some the first did not
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("mutation", [None, "drop_weight_change"])
+def test_symbolic_deviation_contains_every_sampled_point(digits_mlp, recipe, mutation):
+    """The symbolic bound of the change (verify.diffbounds through
+    difference.symbolic_deviation) holds at every sampled point, is never
+    looser than the interval bound per layer, and is tighter somewhere; with the
+    weight change dropped from it, some sampled point falls outside."""
+    from verify.diffbounds import AlignedLayers
+    from verify.reuse.difference import symbolic_deviation
+    from verify.reuse.tree import leaf_deviation
+    net, X, _ = digits_mlp
+    prop = local_robustness(X[3], 0.15, int(np.argmax(net.forward(X[3]))), 10)
+    region = prop.regions[0]
+    variant = compress(net, recipe)
+    cmap = ChangeMap(net, variant.network, variant.record)
+    if mutation:
+        a = cmap.aligned
+        cmap.__dict__["aligned"] = AlignedLayers(a.Wg, tuple(np.zeros_like(w) for w in a.dW),
+                                                 a.db, a.Wf, a.bf)
+    search = RegionSearch(net, region, 0, OPTS, float("inf"), Statistics())
+    ob = original_bounds(search)
+    C = search.C.numpy()
+    lo, hi = region.lower[None], region.upper[None]
+    lowers, uppers = [l[None] for l in ob.lower], [u[None] for u in ob.upper]
+    interval, spec_iv = leaf_deviation(cmap, lowers, uppers, lo, hi, C)
+    tight, spec = symbolic_deviation(cmap, lowers, uppers, [(l.copy(), u.copy()) for l, u in interval],
+                                     lo, hi, C)
+    xs = _box_samples(region, np.random.default_rng(1))
+    z_orig, z_var = net.pre_activations(xs), _embedded_pre(cmap, xs)
+    dspec = (z_var[-1] - z_orig[-1]) @ C.T
+    inside = all(((z_var[k] - z_orig[k] >= dl[0] - 1e-9) & (z_var[k] - z_orig[k] <= du[0] + 1e-9)).all()
+                 for k, (dl, du) in enumerate(tight)) and (dspec >= spec[0] - 1e-9).all()
+    if mutation:
+        assert not inside, recipe
+        return
+    assert inside, recipe
+    narrower = 0.0
+    for (dl, du), (il, iu) in zip(tight, interval):
+        assert (dl >= il).all() and (du <= iu).all()
+        narrower += float(((iu - il) - (du - dl)).sum())
+    assert narrower > 0 or recipe.startswith("neurons")
