@@ -15,6 +15,7 @@ from verify.network import Network
 from .io import save_variant
 from .metrics import (accuracy, output_deviation, parameter_counts, sample_box,
                       storage_bytes)
+from .factorize import Factorize
 from .recipe import DeadNeurons, NeuronPrune, MagnitudePrune, Quantize, Recipe, parse_step
 
 #: the family written by ``--sweep`` when no step is given
@@ -88,21 +89,36 @@ def _quant_step(text: str):
     return step
 
 
-def _recipes(prunes, quantizes, recipes, per_channel: bool, sweep: bool) -> list[Recipe]:
+def _factor_step(text: str):
+    step = parse_step(text)
+    if not isinstance(step, Factorize):
+        raise OptionError(f"--factorize {text!r} is not a factorization "
+                          "(expected svd:RANK or energy:SHARE)")
+    return step
+
+
+def _recipes(prunes, quantizes, recipes, per_channel: bool, sweep: bool,
+             factorizes=()) -> list[Recipe]:
     p_steps = [_prune_step(p) for p in prunes]
     q_steps = [_quant_step(q) for q in quantizes]
+    f_steps = [_factor_step(f) for f in factorizes]
     out = [Recipe.parse(r) for r in recipes]
     if sweep:
-        out += [Recipe((s,)) for s in p_steps + q_steps]
+        out += [Recipe((s,)) for s in p_steps + q_steps + f_steps]
         if not out:
             out = [Recipe.parse(r) for r in DEFAULT_SWEEP]
     else:
-        if len(q_steps) > 1:
-            raise OptionError("give at most one --quantize (or use --sweep for a family)")
-        if p_steps or q_steps:
-            out.append(Recipe(tuple(p_steps + q_steps)))
+        if len(q_steps) > 1 or len(f_steps) > 1:
+            raise OptionError("give at most one --quantize and one --factorize (or use "
+                              "--sweep for a family)")
+        if q_steps and f_steps:
+            raise OptionError("--quantize and --factorize do not combine in one variant "
+                              "(the factors are float32; use --sweep for one of each)")
+        if p_steps or q_steps or f_steps:
+            out.append(Recipe(tuple(p_steps + q_steps + f_steps)))
     if not out:
-        raise OptionError("nothing to do: give --prune, --quantize, --recipe or --sweep")
+        raise OptionError("nothing to do: give --prune, --quantize, --factorize, --recipe "
+                          "or --sweep")
     if per_channel:
         out = [r.with_per_channel(True) for r in out]
     return out
@@ -124,6 +140,12 @@ def _fmt_bytes(n: int) -> str:
 @click.option("--quantize", "quantizes", multiple=True, metavar="Q",
               help="int8, int4, intB / fixedB (B in 2..16), none; add :bias to quantize "
                    "biases.")
+@click.option("--factorize", "factorizes", multiple=True, metavar="F",
+              help="Low-rank factorization of every Gemm/MatMul layer: svd:RANK, or "
+                   "energy:E (smallest rank keeping a share E of the squared singular "
+                   "values, only where that saves parameters).  The written ONNX holds "
+                   "the two thin factors; the verifier composes them (exact up to float "
+                   "rounding).")
 @click.option("--recipe", "recipes", multiple=True, metavar="RECIPE",
               help='A whole recipe, steps joined by commas, e.g. "neurons:0.25,int8". '
                    "Each --recipe is one variant.")
@@ -144,8 +166,8 @@ def _fmt_bytes(n: int) -> str:
 @click.option("--samples", default=1000, show_default=True, type=click.IntRange(1),
               help="Random points in the domain for the output deviation.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def compress_cmd(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, labels,
-                 domain, box_file, sweep, samples, seed):
+def compress_cmd(net, out_dir, prunes, quantizes, factorizes, recipes, per_channel,
+                 calibration, labels, domain, box_file, sweep, samples, seed):
     """Write pruned and/or quantized variants of NET, each with a change record.
 
     Steps given with --prune/--quantize are applied in order (pruning steps in
@@ -159,14 +181,14 @@ def compress_cmd(net, out_dir, prunes, quantizes, recipes, per_channel, calibrat
     """
     try:
         _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, labels,
-             domain, box_file, sweep, samples, seed)
+             domain, box_file, sweep, samples, seed, factorizes)
     except CoreproofError as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         raise SystemExit(2)
 
 
 def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, labels,
-         domain, box_file, sweep, samples, seed):
+         domain, box_file, sweep, samples, seed, factorizes=()):
     from verify.loading import load_network
 
     if domain is not None and box_file is not None:
@@ -178,10 +200,13 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
     parent = load_network(net)
     graph = not isinstance(parent, Network)  # a CNN / residual network
     if graph:
+        if factorizes:
+            raise OptionError("--factorize takes fully-connected networks (Gemm/MatMul "
+                              "layers); this one is a graph network")
         from .graph_cli import graph_family
         family = graph_family(prunes, quantizes, recipes, sweep)
     else:
-        family = _recipes(prunes, quantizes, recipes, per_channel, sweep)
+        family = _recipes(prunes, quantizes, recipes, per_channel, sweep, factorizes)
     n_in = parent.n_inputs
 
     box = None
@@ -250,8 +275,9 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
     for recipe in family:
         variant = recipe.apply(parent, box=box, calibration=x_cal)
         stem = f"{stem0}.{recipe.slug}"
-        onnx_path, _ = save_variant(variant.network, variant.record, out_dir, stem, like=like)
-        total, nnz = parameter_counts(variant.network)
+        onnx_path, _ = save_variant(variant.network, variant.record, out_dir, stem, like=like,
+                                    factors=variant.factors)
+        total, nnz = parameter_counts(variant.network, variant.record)
         dmax, dmean = output_deviation(parent, variant.network, points)
         row = [str(recipe), f"{total:,}", f"{nnz:,}", _fmt_bytes(onnx_path.stat().st_size),
                _fmt_bytes(storage_bytes(variant.network, variant.record)),
