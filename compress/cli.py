@@ -16,6 +16,7 @@ from .io import save_variant
 from .metrics import (accuracy, output_deviation, parameter_counts, sample_box,
                       storage_bytes)
 from .factorize import Factorize
+from .merge import MergeLinear
 from .recipe import DeadNeurons, NeuronPrune, MagnitudePrune, Quantize, Recipe, parse_step
 
 #: the family written by ``--sweep`` when no step is given
@@ -98,8 +99,8 @@ def _factor_step(text: str):
 
 
 def _recipes(prunes, quantizes, recipes, per_channel: bool, sweep: bool,
-             factorizes=()) -> list[Recipe]:
-    p_steps = [_prune_step(p) for p in prunes]
+             factorizes=(), merges=()) -> list[Recipe]:
+    p_steps = [_prune_step(p) for p in prunes] + list(merges)
     q_steps = [_quant_step(q) for q in quantizes]
     f_steps = [_factor_step(f) for f in factorizes]
     out = [Recipe.parse(r) for r in recipes]
@@ -146,6 +147,12 @@ def _fmt_bytes(n: int) -> str:
                    "values, only where that saves parameters).  The written ONNX holds "
                    "the two thin factors; the verifier composes them (exact up to float "
                    "rounding).")
+@click.option("--merge-linear", "merge_linear", is_flag=True,
+              help="Merge hidden neurons proven active on the whole domain (--domain or "
+                   "--box) into the next layer: exact on that domain up to float rounding.")
+@click.option("--merge-linear-approx", "merge_approx", type=float, metavar="SHARE",
+              help="Approximate merge: neurons active on at least SHARE of the --calibration "
+                   "inputs are treated as linear (not lossless; verify the variant).")
 @click.option("--recipe", "recipes", multiple=True, metavar="RECIPE",
               help='A whole recipe, steps joined by commas, e.g. "neurons:0.25,int8". '
                    "Each --recipe is one variant.")
@@ -166,8 +173,9 @@ def _fmt_bytes(n: int) -> str:
 @click.option("--samples", default=1000, show_default=True, type=click.IntRange(1),
               help="Random points in the domain for the output deviation.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def compress_cmd(net, out_dir, prunes, quantizes, factorizes, recipes, per_channel,
-                 calibration, labels, domain, box_file, sweep, samples, seed):
+def compress_cmd(net, out_dir, prunes, quantizes, factorizes, merge_linear, merge_approx,
+                 recipes, per_channel, calibration, labels, domain, box_file, sweep, samples,
+                 seed):
     """Write pruned and/or quantized variants of NET, each with a change record.
 
     Steps given with --prune/--quantize are applied in order (pruning steps in
@@ -181,14 +189,16 @@ def compress_cmd(net, out_dir, prunes, quantizes, factorizes, recipes, per_chann
     """
     try:
         _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, labels,
-             domain, box_file, sweep, samples, seed, factorizes)
+             domain, box_file, sweep, samples, seed, factorizes,
+             ([MergeLinear()] if merge_linear else [])
+             + ([] if merge_approx is None else [MergeLinear(approx_share=merge_approx)]))
     except CoreproofError as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         raise SystemExit(2)
 
 
 def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, labels,
-         domain, box_file, sweep, samples, seed, factorizes=()):
+         domain, box_file, sweep, samples, seed, factorizes=(), merges=()):
     from verify.loading import load_network
 
     if domain is not None and box_file is not None:
@@ -200,13 +210,13 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
     parent = load_network(net)
     graph = not isinstance(parent, Network)  # a CNN / residual network
     if graph:
-        if factorizes:
-            raise OptionError("--factorize takes fully-connected networks (Gemm/MatMul "
-                              "layers); this one is a graph network")
+        if factorizes or merges:
+            raise OptionError("--factorize and --merge-linear take fully-connected networks "
+                              "(Gemm/MatMul layers); this one is a graph network")
         from .graph_cli import graph_family
         family = graph_family(prunes, quantizes, recipes, sweep)
     else:
-        family = _recipes(prunes, quantizes, recipes, per_channel, sweep, factorizes)
+        family = _recipes(prunes, quantizes, recipes, per_channel, sweep, factorizes, merges)
     n_in = parent.n_inputs
 
     box = None
@@ -218,7 +228,8 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
         box = (np.full(n_in, lo), np.full(n_in, hi))
         box_text = f"[{lo:g}, {hi:g}]^{n_in}"
     if not graph and any(r.needs_box for r in family) and box is None:
-        raise OptionError("dead-neuron removal needs --domain LO,HI or --box PROP.vnnlib")
+        raise OptionError("dead-neuron removal and --merge-linear need --domain LO,HI or "
+                          "--box PROP.vnnlib")
     if box is not None:
         sample_lo, sample_hi = box
     else:
@@ -242,7 +253,8 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
             raise ShapeMismatchError(f"calibration inputs have {x_cal.shape[1]} values, the "
                                      f"network takes {n_in}", path=calibration)
     if not graph and any(r.needs_calibration for r in family) and x_cal is None:
-        raise OptionError("neuron pruning by activation needs --calibration DATA.npy")
+        raise OptionError("neuron pruning by activation and --merge-linear-approx need "
+                          "--calibration DATA.npy")
     if labels is not None:
         y_cal = _load_array(labels, "labels").reshape(-1)
         if y_cal.shape[0] != x_cal.shape[0]:

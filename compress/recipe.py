@@ -12,6 +12,9 @@ Step strings (case-insensitive; a recipe joins steps with ``,``)::
     intB[:channel][:bias[=BB]]           symmetric uniform quantization, B in 2..16
     fixedB[:channel][:bias[=BB]]         fixed point (power-of-two scale)
     none | int32 | fixed32               no quantization (identity)
+    merge-linear                         merge neurons proven active on the domain into the
+                                         next layer (compress.merge; exact on the domain)
+    merge-approx:T[:TOL]                 ... active on a share T of calibration inputs (approx.)
     svd:RANK | energy:E                  low-rank factorization W = U V of every affine
                                          layer (compress.factorize; the last step)
 
@@ -34,6 +37,7 @@ from . import prune as _prune
 from . import quantize as _quant
 from .core import StepOutcome, Tracker, Variant, as_network, build_record
 from .factorize import Factorize, parse_factorize
+from .merge import MergeLinear, parse_merge
 
 
 def _num(text: str, what: str) -> float:
@@ -194,11 +198,11 @@ class Quantize:
                                scheme=self.scheme, bias=self.bias, bias_bits=self.bias_bits)
 
 
-Step = MagnitudePrune | NeuronPrune | DeadNeurons | Quantize | Factorize
-STEP_TYPES = (MagnitudePrune, NeuronPrune, DeadNeurons, Quantize, Factorize)
+Step = MagnitudePrune | NeuronPrune | DeadNeurons | Quantize | MergeLinear | Factorize
+STEP_TYPES = (MagnitudePrune, NeuronPrune, DeadNeurons, Quantize, MergeLinear, Factorize)
 
 _STEP_HELP = ("expected magnitude:R, neurons:R, remove:K.I, dead, intB, fixedB, none, "
-              "svd:RANK or energy:E (B = bit width 2..16)")
+              "merge-linear, merge-approx:T, svd:RANK or energy:E (B = bit width 2..16)")
 
 
 def parse_step(text: str) -> Step:
@@ -251,6 +255,8 @@ def parse_step(text: str) -> Step:
         return NeuronPrune(neurons=tuple(pairs))
     if head in ("svd", "energy"):
         return parse_factorize(head, opts, text)
+    if head in ("merge-linear", "merge-approx"):
+        return parse_merge(head, opts, text)
     if head == "dead":
         if opts:
             raise OptionError(f"'dead' takes no options, got {text!r}")
@@ -340,12 +346,13 @@ class Recipe:
 
     @property
     def needs_box(self) -> bool:
-        return any(isinstance(s, DeadNeurons) for s in self.steps)
+        return any(isinstance(s, DeadNeurons) or isinstance(s, MergeLinear) and s.exact
+                   for s in self.steps)
 
     @property
     def needs_calibration(self) -> bool:
         return any(isinstance(s, NeuronPrune) and s.method == "activation" and not s.neurons
-                   for s in self.steps)
+                   or isinstance(s, MergeLinear) and not s.exact for s in self.steps)
 
     def apply(self, network, *, box=None, calibration=None, bounds_fn=None,
               name: str | None = None) -> Variant:
