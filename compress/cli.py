@@ -15,6 +15,8 @@ from verify.network import Network
 from .io import save_variant
 from .metrics import (accuracy, output_deviation, parameter_counts, sample_box,
                       storage_bytes)
+from .factorize import Factorize
+from .merge import MergeLinear
 from .recipe import DeadNeurons, NeuronPrune, MagnitudePrune, Quantize, Recipe, parse_step
 
 #: the family written by ``--sweep`` when no step is given
@@ -88,21 +90,36 @@ def _quant_step(text: str):
     return step
 
 
-def _recipes(prunes, quantizes, recipes, per_channel: bool, sweep: bool) -> list[Recipe]:
-    p_steps = [_prune_step(p) for p in prunes]
+def _factor_step(text: str):
+    step = parse_step(text)
+    if not isinstance(step, Factorize):
+        raise OptionError(f"--factorize {text!r} is not a factorization "
+                          "(expected svd:RANK or energy:SHARE)")
+    return step
+
+
+def _recipes(prunes, quantizes, recipes, per_channel: bool, sweep: bool,
+             factorizes=(), merges=()) -> list[Recipe]:
+    p_steps = [_prune_step(p) for p in prunes] + list(merges)
     q_steps = [_quant_step(q) for q in quantizes]
+    f_steps = [_factor_step(f) for f in factorizes]
     out = [Recipe.parse(r) for r in recipes]
     if sweep:
-        out += [Recipe((s,)) for s in p_steps + q_steps]
+        out += [Recipe((s,)) for s in p_steps + q_steps + f_steps]
         if not out:
             out = [Recipe.parse(r) for r in DEFAULT_SWEEP]
     else:
-        if len(q_steps) > 1:
-            raise OptionError("give at most one --quantize (or use --sweep for a family)")
-        if p_steps or q_steps:
-            out.append(Recipe(tuple(p_steps + q_steps)))
+        if len(q_steps) > 1 or len(f_steps) > 1:
+            raise OptionError("give at most one --quantize and one --factorize (or use "
+                              "--sweep for a family)")
+        if q_steps and f_steps:
+            raise OptionError("--quantize and --factorize do not combine in one variant "
+                              "(the factors are float32; use --sweep for one of each)")
+        if p_steps or q_steps or f_steps:
+            out.append(Recipe(tuple(p_steps + q_steps + f_steps)))
     if not out:
-        raise OptionError("nothing to do: give --prune, --quantize, --recipe or --sweep")
+        raise OptionError("nothing to do: give --prune, --quantize, --factorize, --recipe "
+                          "or --sweep")
     if per_channel:
         out = [r.with_per_channel(True) for r in out]
     return out
@@ -124,6 +141,18 @@ def _fmt_bytes(n: int) -> str:
 @click.option("--quantize", "quantizes", multiple=True, metavar="Q",
               help="int8, int4, intB / fixedB (B in 2..16), none; add :bias to quantize "
                    "biases.")
+@click.option("--factorize", "factorizes", multiple=True, metavar="F",
+              help="Low-rank factorization of every Gemm/MatMul layer: svd:RANK, or "
+                   "energy:E (smallest rank keeping a share E of the squared singular "
+                   "values, only where that saves parameters).  The written ONNX holds "
+                   "the two thin factors; the verifier composes them (exact up to float "
+                   "rounding).")
+@click.option("--merge-linear", "merge_linear", is_flag=True,
+              help="Merge hidden neurons proven active on the whole domain (--domain or "
+                   "--box) into the next layer: exact on that domain up to float rounding.")
+@click.option("--merge-linear-approx", "merge_approx", type=float, metavar="SHARE",
+              help="Approximate merge: neurons active on at least SHARE of the --calibration "
+                   "inputs are treated as linear (not lossless; verify the variant).")
 @click.option("--recipe", "recipes", multiple=True, metavar="RECIPE",
               help='A whole recipe, steps joined by commas, e.g. "neurons:0.25,int8". '
                    "Each --recipe is one variant.")
@@ -144,8 +173,9 @@ def _fmt_bytes(n: int) -> str:
 @click.option("--samples", default=1000, show_default=True, type=click.IntRange(1),
               help="Random points in the domain for the output deviation.")
 @click.option("--seed", default=0, show_default=True, type=int)
-def compress_cmd(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, labels,
-                 domain, box_file, sweep, samples, seed):
+def compress_cmd(net, out_dir, prunes, quantizes, factorizes, merge_linear, merge_approx,
+                 recipes, per_channel, calibration, labels, domain, box_file, sweep, samples,
+                 seed):
     """Write pruned and/or quantized variants of NET, each with a change record.
 
     Steps given with --prune/--quantize are applied in order (pruning steps in
@@ -159,14 +189,16 @@ def compress_cmd(net, out_dir, prunes, quantizes, recipes, per_channel, calibrat
     """
     try:
         _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, labels,
-             domain, box_file, sweep, samples, seed)
+             domain, box_file, sweep, samples, seed, factorizes,
+             ([MergeLinear()] if merge_linear else [])
+             + ([] if merge_approx is None else [MergeLinear(approx_share=merge_approx)]))
     except CoreproofError as exc:
         click.echo(f"error: {_one_line(exc)}", err=True)
         raise SystemExit(2)
 
 
 def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, labels,
-         domain, box_file, sweep, samples, seed):
+         domain, box_file, sweep, samples, seed, factorizes=(), merges=()):
     from verify.loading import load_network
 
     if domain is not None and box_file is not None:
@@ -178,10 +210,13 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
     parent = load_network(net)
     graph = not isinstance(parent, Network)  # a CNN / residual network
     if graph:
+        if factorizes or merges:
+            raise OptionError("--factorize and --merge-linear take fully-connected networks "
+                              "(Gemm/MatMul layers); this one is a graph network")
         from .graph_cli import graph_family
         family = graph_family(prunes, quantizes, recipes, sweep)
     else:
-        family = _recipes(prunes, quantizes, recipes, per_channel, sweep)
+        family = _recipes(prunes, quantizes, recipes, per_channel, sweep, factorizes, merges)
     n_in = parent.n_inputs
 
     box = None
@@ -193,7 +228,8 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
         box = (np.full(n_in, lo), np.full(n_in, hi))
         box_text = f"[{lo:g}, {hi:g}]^{n_in}"
     if not graph and any(r.needs_box for r in family) and box is None:
-        raise OptionError("dead-neuron removal needs --domain LO,HI or --box PROP.vnnlib")
+        raise OptionError("dead-neuron removal and --merge-linear need --domain LO,HI or "
+                          "--box PROP.vnnlib")
     if box is not None:
         sample_lo, sample_hi = box
     else:
@@ -217,7 +253,8 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
             raise ShapeMismatchError(f"calibration inputs have {x_cal.shape[1]} values, the "
                                      f"network takes {n_in}", path=calibration)
     if not graph and any(r.needs_calibration for r in family) and x_cal is None:
-        raise OptionError("neuron pruning by activation needs --calibration DATA.npy")
+        raise OptionError("neuron pruning by activation and --merge-linear-approx need "
+                          "--calibration DATA.npy")
     if labels is not None:
         y_cal = _load_array(labels, "labels").reshape(-1)
         if y_cal.shape[0] != x_cal.shape[0]:
@@ -250,8 +287,9 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
     for recipe in family:
         variant = recipe.apply(parent, box=box, calibration=x_cal)
         stem = f"{stem0}.{recipe.slug}"
-        onnx_path, _ = save_variant(variant.network, variant.record, out_dir, stem, like=like)
-        total, nnz = parameter_counts(variant.network)
+        onnx_path, _ = save_variant(variant.network, variant.record, out_dir, stem, like=like,
+                                    factors=variant.factors)
+        total, nnz = parameter_counts(variant.network, variant.record)
         dmax, dmean = output_deviation(parent, variant.network, points)
         row = [str(recipe), f"{total:,}", f"{nnz:,}", _fmt_bytes(onnx_path.stat().st_size),
                _fmt_bytes(storage_bytes(variant.network, variant.record)),

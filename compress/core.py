@@ -60,10 +60,11 @@ class StepOutcome:
 
     network: Network
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # hidden layer -> kept indices
-    reason: str = "pruned"  # "pruned" or "dead"
+    reason: str = "pruned"  # "pruned", "dead" or "merged" (compress.merge)
     quant: dict[int, dict] = field(default_factory=dict)  # layer -> bits/scheme/...
     summary: dict = field(default_factory=dict)
     box: tuple[np.ndarray, np.ndarray] | None = None
+    factors: dict = field(default_factory=dict)  # layer -> compress.factorize.Factor
 
 
 class Tracker:
@@ -75,6 +76,8 @@ class Tracker:
         self.maps = [np.arange(a.out_size) for a in parent.affines]
         self.dead = [set() for _ in parent.affines]
         self.pruned = [set() for _ in parent.affines]
+        self.merged = [set() for _ in parent.affines]
+        self.factors: dict = {}  # layer -> Factor (factorization is the last step)
         self.quant: list[dict | None] = [None] * parent.n_layers
         self.steps: list[dict] = []
         self.boxes: list[tuple[np.ndarray, np.ndarray]] = []
@@ -89,8 +92,10 @@ class Tracker:
             new = np.full_like(old, -1)
             new[alive] = cur_to_new[old[alive]]
             gone = np.flatnonzero(alive & (new < 0))
-            (self.dead if outcome.reason == "dead" else self.pruned)[k].update(int(i) for i in gone)
+            kind = {"dead": self.dead, "merged": self.merged}.get(outcome.reason, self.pruned)
+            kind[k].update(int(i) for i in gone)
             self.maps[k] = new
+        self.factors.update(outcome.factors)
         for k, q in outcome.quant.items():
             self.quant[k] = q
         if outcome.box is not None:
@@ -128,6 +133,8 @@ def build_record(parent: Network, variant: Network, tracker: Tracker, recipe: st
             index_map=tuple(None if v < 0 else int(v) for v in m),
             removed_dead=tuple(sorted(tracker.dead[k])),
             removed_pruned=tuple(sorted(tracker.pruned[k])),
+            removed_merged=tuple(sorted(tracker.merged[k])),
+            factor_rank=tracker.factors[k].rank if k in tracker.factors else None,
             weights_removed=int(pa.weight.size - wv.size),
             weights_zeroed=int(zeroed.sum()),
             max_zeroed_magnitude=_max(np.abs(wp[zeroed])),
@@ -176,6 +183,9 @@ class Variant:
 
     network: Network
     record: ChangeRecord
+    # layer -> compress.factorize.Factor: the thin factors the deployable file holds
+    # (the network holds their composition)
+    factors: dict = field(default_factory=dict)
 
     def to_torch(self):
         """The variant as a torch ``nn.Module`` (via :func:`verify.torch_io.to_torch`)."""
@@ -184,7 +194,7 @@ class Variant:
 
     def save(self, out_dir, stem: str):
         from .io import save_variant
-        return save_variant(self.network, self.record, out_dir, stem)
+        return save_variant(self.network, self.record, out_dir, stem, factors=self.factors)
 
     def map_neuron(self, layer: int, index: int) -> int | None:
         return self.record.map_neuron(layer, index)

@@ -22,22 +22,25 @@ def variant_paths(out_dir, stem: str) -> tuple[Path, Path]:
     return out / f"{stem}{ONNX_SUFFIX}", out / f"{stem}{RECORD_SUFFIX}"
 
 
-def deployable_model(network: Network, like=None):
+def deployable_model(network: Network, like=None, factors=None):
     """The ONNX ``ModelProto`` of a variant, as a drop-in replacement for its original.
 
     Written in float32 (quantized layers as int8 -- or int32 for wider codes -- QDQ
     weights with float32 scales) with ``like``'s input and output names, shapes and element
     type when given (a path or ModelProto of the original).  The file must read back as
     exactly ``network`` (same digest), because that is the network coreproof verifies;
+    a factorised layer (``factors``: layer -> :class:`compress.factorize.Factor`) is
+    written as its two thin factors, which the loader composes back into ``network``;
     when some parameter is not a float32 number (a parent read from a float64 ``.nnet``,
     say) the model is written in float64 instead, still behind the original's signature,
     and a warning says so.  Returns ``(model, dtype_name)``."""
-    from verify.graph import chain_graph
     from onnx import helper
+
+    from .factorize import factored_graph
 
     from verify.graph.onnx_write import graph_to_onnx
     from verify.onnx_io import load_onnx_model, quantization_metadata
-    graph = chain_graph(network)
+    graph = factored_graph(network, factors or {})
     for dtype in (np.float32, np.float64):
         model = graph_to_onnx(graph, like=like, dtype=dtype)
         helper.set_model_props(model, quantization_metadata(network))
@@ -58,8 +61,8 @@ def _same_integers(a: Network, b: Network) -> bool:
                for x, y in zip(a.affines, b.affines))
 
 
-def save_variant(network: Network, record: ChangeRecord, out_dir, stem: str, *, like=None
-                 ) -> tuple[Path, Path]:
+def save_variant(network: Network, record: ChangeRecord, out_dir, stem: str, *, like=None,
+                 factors=None) -> tuple[Path, Path]:
     """Write ``OUT_DIR/STEM.onnx`` (:func:`deployable_model`: float32, QDQ weights, the
     original's signature when ``like`` names it) and ``OUT_DIR/STEM.changes.json``;
     returns both paths.  Each file is written to a temporary name and renamed, so a
@@ -76,7 +79,7 @@ def save_variant(network: Network, record: ChangeRecord, out_dir, stem: str, *, 
         raise InputError(f"cannot create the output directory: {exc.strerror or exc}",
                          path=str(out)) from None
     onnx_path, record_path = variant_paths(out, stem)
-    model, _ = deployable_model(network, like)
+    model, _ = deployable_model(network, like, factors)
     from verify.atomic import atomic_path
     # both files are written to temporary names first; then the record is renamed
     # into place, then the network: no .onnx ever appears without its record

@@ -11,7 +11,12 @@ counted).  Per layer:
 * scales: 4 bytes (float32) each -- one per layer for a per-tensor scale, one
   per row for per-channel scales;
 * biases: all of them (dense), 4 bytes each, or ``ceil(n * bias_bits / 8)`` plus
-  a 4-byte scale when biases are quantized.
+  a 4-byte scale when biases are quantized;
+* a factorised layer (the record's ``factor_rank`` r): its two dense float32 factors,
+  ``4 * r * (out + in)`` bytes, and its biases.
+
+Parameter counts (:func:`parameter_counts`) likewise count a factorised layer's
+factors, ``r * (out + in)`` weights, not its composed weight.
 """
 from __future__ import annotations
 
@@ -26,11 +31,27 @@ from .record import ChangeRecord
 FLOAT_BITS = 32
 
 
-def parameter_counts(network: Network) -> tuple[int, int]:
-    """(all parameters, non-zero parameters): weights and biases."""
-    total = sum(a.weight.size + a.bias.size for a in network.affines)
-    nonzero = sum(int(np.count_nonzero(a.weight)) + int(np.count_nonzero(a.bias))
-                  for a in network.affines)
+def _rank(record: ChangeRecord | None, k: int) -> int | None:
+    if record is None or k >= len(record.layers):
+        return None
+    return record.layers[k].factor_rank
+
+
+def parameter_counts(network: Network, record: ChangeRecord | None = None
+                     ) -> tuple[int, int]:
+    """(all parameters, non-zero parameters): weights and biases (a factorised
+    layer's factors, counted dense, when the record says so)."""
+    total = nonzero = 0
+    for k, a in enumerate(network.affines):
+        r = _rank(record, k)
+        if r is not None:
+            total += r * (a.in_size + a.out_size)
+            nonzero += r * (a.in_size + a.out_size)
+        else:
+            total += a.weight.size
+            nonzero += int(np.count_nonzero(a.weight))
+        total += a.bias.size
+        nonzero += int(np.count_nonzero(a.bias))
     return int(total), int(nonzero)
 
 
@@ -45,7 +66,10 @@ def storage_bytes(network: Network, record: ChangeRecord | None = None) -> int:
     for k, a in enumerate(network.affines):
         lc = record.layers[k] if record is not None and k < len(record.layers) else None
         nnz = int(np.count_nonzero(a.weight))
-        if a.is_quantized:
+        r = _rank(record, k)
+        if r is not None:
+            total += 4 * r * (a.in_size + a.out_size)
+        elif a.is_quantized:
             bits = lc.bits if lc is not None and lc.bits else _inferred_bits(a)
             n_scales = 1 if np.all(a.weight_scale == a.weight_scale[0]) else a.out_size
             total += math.ceil(nnz * bits / 8) + 4 * n_scales

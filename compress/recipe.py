@@ -12,6 +12,11 @@ Step strings (case-insensitive; a recipe joins steps with ``,``)::
     intB[:channel][:bias[=BB]]           symmetric uniform quantization, B in 2..16
     fixedB[:channel][:bias[=BB]]         fixed point (power-of-two scale)
     none | int32 | fixed32               no quantization (identity)
+    merge-linear                         merge neurons proven active on the domain into the
+                                         next layer (compress.merge; exact on the domain)
+    merge-approx:T[:TOL]                 ... active on a share T of calibration inputs (approx.)
+    svd:RANK | energy:E                  low-rank factorization W = U V of every affine
+                                         layer (compress.factorize; the last step)
 
 ``R`` is a fraction in [0, 1] or a percentage (``50%``).  ``int8`` and ``int4``
 are the usual names.  ``str(Recipe.parse(s))`` is the canonical spelling.
@@ -31,6 +36,8 @@ from verify.network import Network
 from . import prune as _prune
 from . import quantize as _quant
 from .core import StepOutcome, Tracker, Variant, as_network, build_record
+from .factorize import Factorize, parse_factorize
+from .merge import MergeLinear, parse_merge
 
 
 def _num(text: str, what: str) -> float:
@@ -191,10 +198,11 @@ class Quantize:
                                scheme=self.scheme, bias=self.bias, bias_bits=self.bias_bits)
 
 
-Step = MagnitudePrune | NeuronPrune | DeadNeurons | Quantize
+Step = MagnitudePrune | NeuronPrune | DeadNeurons | Quantize | MergeLinear | Factorize
+STEP_TYPES = (MagnitudePrune, NeuronPrune, DeadNeurons, Quantize, MergeLinear, Factorize)
 
-_STEP_HELP = ("expected magnitude:R, neurons:R, remove:K.I, dead, intB, fixedB or none "
-              "(B = bit width 2..16)")
+_STEP_HELP = ("expected magnitude:R, neurons:R, remove:K.I, dead, intB, fixedB, none, "
+              "merge-linear, merge-approx:T, svd:RANK or energy:E (B = bit width 2..16)")
 
 
 def parse_step(text: str) -> Step:
@@ -245,6 +253,10 @@ def parse_step(text: str) -> Step:
         if not pairs:
             raise OptionError(f"{text!r}: name the neurons to remove, e.g. remove:0.3:1.7")
         return NeuronPrune(neurons=tuple(pairs))
+    if head in ("svd", "energy"):
+        return parse_factorize(head, opts, text)
+    if head in ("merge-linear", "merge-approx"):
+        return parse_merge(head, opts, text)
     if head == "dead":
         if opts:
             raise OptionError(f"'dead' takes no options, got {text!r}")
@@ -287,8 +299,12 @@ class Recipe:
     def __post_init__(self):
         steps = tuple(self.steps)
         for s in steps:
-            if not isinstance(s, (MagnitudePrune, NeuronPrune, DeadNeurons, Quantize)):
+            if not isinstance(s, STEP_TYPES):
                 raise OptionError(f"not a compression step: {s!r}")
+        for s in steps[:-1]:
+            if isinstance(s, Factorize):
+                raise OptionError(f"{s.spec()} must be the last step of a recipe (a later "
+                                  "step would rewrite the composed weights)")
         object.__setattr__(self, "steps", steps)
 
     @classmethod
@@ -296,7 +312,7 @@ class Recipe:
         """From ``"magnitude:0.5,int8"``, a list of step strings/steps, or a Recipe."""
         if isinstance(spec, Recipe):
             return spec
-        if isinstance(spec, (MagnitudePrune, NeuronPrune, DeadNeurons, Quantize)):
+        if isinstance(spec, STEP_TYPES):
             return cls((spec,))
         if isinstance(spec, str):
             parts = [p for p in spec.split(",") if p.strip()]
@@ -330,12 +346,13 @@ class Recipe:
 
     @property
     def needs_box(self) -> bool:
-        return any(isinstance(s, DeadNeurons) for s in self.steps)
+        return any(isinstance(s, DeadNeurons) or isinstance(s, MergeLinear) and s.exact
+                   for s in self.steps)
 
     @property
     def needs_calibration(self) -> bool:
         return any(isinstance(s, NeuronPrune) and s.method == "activation" and not s.neurons
-                   for s in self.steps)
+                   or isinstance(s, MergeLinear) and not s.exact for s in self.steps)
 
     def apply(self, network, *, box=None, calibration=None, bounds_fn=None,
               name: str | None = None) -> Variant:
@@ -353,7 +370,8 @@ class Recipe:
         variant = current.with_affines(current.affines,
                                        name or (parent.name if not self.steps
                                                 else f"{parent.name}~{self}"))
-        return Variant(variant, build_record(parent, variant, tracker, str(self)))
+        return Variant(variant, build_record(parent, variant, tracker, str(self)),
+                       dict(tracker.factors))
 
 
 # --------------------------------------------------------------------------------------

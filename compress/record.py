@@ -10,9 +10,12 @@ network the recipe was applied to).  It is written next to the variant as
   (:meth:`ChangeRecord.map_neuron`; ``None`` when the neuron was removed);
 * know, per affine layer, how many weights were removed with deleted
   neurons, zeroed, or given a new value (and the largest change), which
-  neurons were removed as provably dead on a box (exact) versus pruned
-  (changes the function), and the quantization grid (bits and per-row
-  scales, so ``weight == weight_int * scale``).
+  neurons were removed as provably dead on a box (exact), merged into the next
+  layer as provably active on a box (:mod:`compress.merge`: exact on that box up
+  to float rounding, or approximate from calibration data) or pruned (changes
+  the function), the quantization grid (bits and per-row scales, so ``weight ==
+  weight_int * scale``), and the rank of a factorised layer (its weight is the
+  composition of two thin factors, :mod:`compress.factorize`).
 
 Layer numbering follows :mod:`verify.network`: ``layer`` counts affine layers
 from 0, the last affine layer is the output layer; "neuron i of layer k" is
@@ -36,6 +39,7 @@ JSON schema (``schema == "coreproof.changes"``, ``version == 1``)::
           "index_map": [new index or null for every parent neuron of layer k],
           "removed_dead": [parent indices removed as dead on the box],
           "removed_pruned": [parent indices removed by structured pruning],
+          "removed_merged": [parent indices merged into layer k+1] (optional),
           "weights_removed": int,     # parent weights gone with deleted rows/columns
           "weights_zeroed": int,      # kept positions: parent != 0, variant == 0
           "max_zeroed_magnitude": float,
@@ -46,8 +50,12 @@ JSON schema (``schema == "coreproof.changes"``, ``version == 1``)::
           "scheme": "uniform" | "fixed" | null,
           "granularity": "tensor" | "channel" | null,
           "scales": [float per output row] | null,
-          "bias_bits": int | null, "bias_scale": float | null
+          "bias_bits": int | null, "bias_scale": float | null,
+          "factor_rank": int | null   # (optional) rank r: weight = U (out x r) @ V (r x in)
       }, ... ]
+
+The optional keys were added within version 1: a record without them reads as
+"nothing merged, nothing factorised".
     }
 """
 from __future__ import annotations
@@ -77,6 +85,7 @@ class LayerChange:
     index_map: tuple[int | None, ...]
     removed_dead: tuple[int, ...] = ()
     removed_pruned: tuple[int, ...] = ()
+    removed_merged: tuple[int, ...] = ()
     weights_removed: int = 0
     weights_zeroed: int = 0
     max_zeroed_magnitude: float = 0.0
@@ -90,17 +99,19 @@ class LayerChange:
     scales: tuple[float, ...] | None = None
     bias_bits: int | None = None
     bias_scale: float | None = None
+    factor_rank: int | None = None
 
     @property
     def removed(self) -> tuple[int, ...]:
         """All removed parent neurons of this layer, ascending."""
-        return tuple(sorted(self.removed_dead + self.removed_pruned))
+        return tuple(sorted(self.removed_dead + self.removed_pruned + self.removed_merged))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["index_map"] = list(self.index_map)
         d["removed_dead"] = list(self.removed_dead)
         d["removed_pruned"] = list(self.removed_pruned)
+        d["removed_merged"] = list(self.removed_merged)
         d["scales"] = None if self.scales is None else [float(s) for s in self.scales]
         return d
 
@@ -112,6 +123,7 @@ class LayerChange:
             index_map=tuple(None if v is None else int(v) for v in d["index_map"]),
             removed_dead=tuple(int(v) for v in d.get("removed_dead", ())),
             removed_pruned=tuple(int(v) for v in d.get("removed_pruned", ())),
+            removed_merged=tuple(int(v) for v in d.get("removed_merged", ())),
             weights_removed=int(d.get("weights_removed", 0)),
             weights_zeroed=int(d.get("weights_zeroed", 0)),
             max_zeroed_magnitude=float(d.get("max_zeroed_magnitude", 0.0)),
@@ -125,6 +137,7 @@ class LayerChange:
             scales=None if scales is None else tuple(float(s) for s in scales),
             bias_bits=None if d.get("bias_bits") is None else int(d["bias_bits"]),
             bias_scale=_opt_float(d.get("bias_scale")),
+            factor_rank=None if d.get("factor_rank") is None else int(d["factor_rank"]),
         )
 
 

@@ -166,11 +166,13 @@ def test_variant_easier_than_the_original_is_closed_at_its_root(acas_prop2_proof
     bias[0] -= 1000.0  # the root bound of this box is loose by hundreds
     easy = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "easy")
     stored = ProofRecord.from_dict(json.loads(json.dumps(proof.to_dict(prop))), prop)
-    r = reverify(net, easy, prop, OPTS, proof=stored)
+    # (equivalence transfer, tried first by default, would settle it before these tiers)
+    tiers = ReuseOptions(equivalence_transfer=False)
+    r = reverify(net, easy, prop, OPTS, proof=stored, reuse_options=tiers)
     assert r.status.value == "holds" and r.method == "reuse-root-bound", (r.method, r.reason)
     assert r.reuse.closed_at_root == 1 and r.reuse.closed_by_bounds == 0
     assert not r.reuse.fallback
-    r = reverify(net, easy, prop, OPTS, proof=proof)
+    r = reverify(net, easy, prop, OPTS, proof=proof, reuse_options=tiers)
     assert r.status.value == "holds" and r.method == "reuse-difference", (r.method, r.reason)
     assert r.reuse.closed_by_difference == proof.n_branches and r.reuse.closed_at_root == 0
     assert verify_property(easy, prop, OPTS).status.value == "holds"
@@ -480,7 +482,7 @@ def test_bound_core_closes_the_box_and_no_neuron_can_be_dropped(digits_mlp):
     gain = again.regions[0][0].bound_core_gain
     assert gain is not None and gain > 0
     # always try the core first (the moved original bounds would come before it)
-    eager = ReuseOptions(bound_core_min_gain=0.0, difference=False)
+    eager = ReuseOptions(bound_core_min_gain=0.0, difference=False, equivalence_transfer=False)
     methods = []
     for variant in sweep(net, RECIPES):
         r = reverify(net, variant, prop, OPTS, proof=again, reuse_options=eager)
@@ -490,6 +492,7 @@ def test_bound_core_closes_the_box_and_no_neuron_can_be_dropped(digits_mlp):
         # with the measured gain below the threshold, the core is not even tried
         lazy = reverify(net, variant, prop, OPTS, proof=again,
                         reuse_options=ReuseOptions(bound_core_min_gain=gain * 1.01,
-                                                   difference=False))
+                                                   difference=False,
+                                                   equivalence_transfer=False))
         assert lazy.reuse.closed_by_bound_core == 0 and lazy.status == r.status
     assert "reuse-bound-core" in methods

@@ -11,6 +11,7 @@ from compress import compress
 from verify.api import VerifyOptions, local_robustness, verify_property
 from verify.errors import ShapeMismatchError
 from verify.network import Affine, Network
+from verify.reuse import ReuseOptions
 from verify.reuse.derive import derive_neuron_maps
 from verify.reuse.reverify import reverify
 from verify.result import Status
@@ -102,7 +103,9 @@ def test_torch_pruned_and_exported_variant_is_reverified_with_a_derived_map(digi
     variant = _export_and_load(small, 64)
     assert variant.hidden_sizes[0] == len(keep) < net.hidden_sizes[0]
     prop = _robust_point(net, x, y)
-    res = reverify(net, variant, prop, OPTS)
+    # (the derived map is what is tested: equivalence transfer, tried first, is off)
+    res = reverify(net, variant, prop, OPTS,
+                   reuse_options=ReuseOptions(equivalence_transfer=False))
     scratch = verify_property(variant, prop, OPTS)
     assert res.reuse.change_map == "matched by weights" and not res.reuse.fallback
     assert res.status == scratch.status and res.status is not Status.UNKNOWN

@@ -187,7 +187,8 @@ def test_reverify_settles_small_changes_by_difference_and_agrees(digits_mlp):
         assert proof.root_bounds == {}
         for recipe in ("magnitude:0.1", "int8", "neurons:0.1", "int4", "magnitude:0.5"):
             v = compress(net, recipe)
-            r = reverify(net, v, prop, OPTS, proof=proof)
+            r = reverify(net, v, prop, OPTS, proof=proof,
+                         reuse_options=ReuseOptions(equivalence_transfer=False))
             s = verify_property(v.network, prop, OPTS)
             off = reverify(net, v, prop, OPTS, proof=proof,
                            reuse_options=ReuseOptions(difference=False))

@@ -70,6 +70,22 @@ class PairBounder:
         R[:, c] += 1.0
         return self.sign * np.delete(R, c, axis=0)
 
+    def spec_rows(self, lo: np.ndarray, hi: np.ndarray, rows: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Over each box ``[lo[b], hi[b]]`` (B, n): lower bounds (B, m) of ``rows @ f``
+        (the original's own CROWN bound) and of ``rows @ (g - f)`` (the best of the
+        differential and product-network bounds), for equivalence transfer."""
+        rows = np.asarray(rows, dtype=np.float64)
+        if self.diff is not None:
+            db, bf, _ = self.diff.bound(lo, hi, rows, extra=rows)
+            change = db.lower
+        else:
+            bf = DiffPropagator.separate(self.prop_f, lo, hi, rows)
+            change = np.full((len(lo), len(rows)), -np.inf)
+        if self.prod is not None:
+            change = np.maximum(change, product_bound(self.prod, lo, hi, rows))
+        return bf.extra, change
+
     def bound(self, lo: np.ndarray, hi: np.ndarray, with_product: bool = True) -> BoxBound:
         """The bound of one box (see :meth:`bound_many`)."""
         return self.bound_many(lo[None], hi[None], with_product)[0]

@@ -7,6 +7,7 @@ certifies its compressed variants.
 Modules: :mod:`.cores` (minimal unsat cores), :mod:`.proof` (the proof
 artifact -- the closed branches of ``verify_property``'s own search -- and its store),
 :mod:`.changes` (what compression changed, per constraint name),
+:mod:`.transfer` (proof transfer by certified equivalence, tried first),
 :mod:`.reverify` (core-guided verification of a variant), :mod:`.report`
 (HTML report), :mod:`.cli_commands` (``coreproof reverify`` / ``report``).
 """

@@ -103,6 +103,10 @@ def reverify_cmd(original, variants, properties, timeout, as_json, compare_scrat
     A change record STEM.changes.json next to a variant STEM.onnx (as written
     by `coreproof compress`) relates its neurons to the original's; without one
     the variant must have the original's shape (or is verified from scratch).
+    Equivalence transfer comes first when the original's proof has a margin on
+    input boxes: the certified deviation of the variant along the property's
+    rows below that margin proves it (any network with the same inputs and
+    outputs, e.g. a distilled student; method "equivalence-transfer").
     A stored proof of the original (--cache) is re-checked on the original
     before use unless --trust-cache.  A variant that cannot be read is an
     error row and the others go on.  Exit code: the worst over the rows

@@ -70,6 +70,10 @@ class ReuseOptions:
     # 97 % for empty ones (intervals suffice; 167 of 172)
     bound_core_min_gain: float = 2.0
     empty_bound_core_min_gain: float = 1.05
+    # equivalence transfer (verify.reuse.transfer) first, when the original's proof has a
+    # margin on input boxes (at most transfer_max_boxes per region)
+    equivalence_transfer: bool = True
+    transfer_max_boxes: int = 256
 
     def __post_init__(self):
         if self.cores not in ("lazy", "eager"):

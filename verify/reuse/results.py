@@ -40,13 +40,19 @@ class ReuseStats:
     original_name: str = ""  # the original network
     proof_from_store: bool = False
     change_map: str = ""  # how the variant's neurons were related: change record, position, matched by weights
+    # equivalence transfer (verify.reuse.transfer): tried, boxes bounded, the original's
+    # smallest margin and the largest certified deviation along the refuting rows
+    transfer_tried: bool = False
+    transfer_boxes: int = 0
+    transfer_margin: float | None = None
+    transfer_deviation: float | None = None
 
 
 @dataclass
 class ReuseResult:
     status: Status
     time_s: float
-    method: str  # bounds | core | z3 | bab | scratch | attack ...
+    method: str  # equivalence-transfer | reuse-* | scratch-* | attack ...
     counterexample: Counterexample | None = None
     reason: str | None = None
     network: str | None = None

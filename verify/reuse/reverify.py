@@ -356,6 +356,17 @@ def _proof_stats(stats: ReuseStats, proof: ProofRecord, cmap: ChangeMap) -> None
                                                    counts[REMOVED])
 
 
+def _transferred(original, variant, prop, proof, ropt: ReuseOptions, stats: ReuseStats) -> bool:
+    from .transfer import equivalence_transfer, has_margin
+    if not has_margin(proof, ropt.transfer_max_boxes):
+        return False
+    t = equivalence_transfer(original, variant, prop, proof, ropt.transfer_max_boxes)
+    stats.transfer_tried, stats.transfer_boxes = True, t.boxes
+    stats.transfer_margin = None if np.isnan(t.margin) else t.margin
+    stats.transfer_deviation = None if np.isnan(t.deviation) else t.deviation
+    return t.closed
+
+
 def _unwrap(variant, record):
     if hasattr(variant, "network") and hasattr(variant, "record"):  # a compress.Variant
         return variant.network, record if record is not None else variant.record
@@ -432,6 +443,9 @@ def reverify(original: Network, variant, prop: Property,
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
         graph = not isinstance(original, Network) or not isinstance(variant, Network)
+        if not graph and reuse_options.equivalence_transfer and _transferred(
+                original, variant, prop, proof, reuse_options, stats):
+            return done(Status.HOLDS, "equivalence-transfer")
         try:
             cmap = GraphChangeMap(original, variant) if graph else \
                 ChangeMap(original, variant, record)
