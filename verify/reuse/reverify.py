@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..attack import Attacker, confirm_batch
+from ..graph import GraphNetwork
 from ..graphbounds import make_propagator
 from ..errors import ShapeMismatchError
 from ..network import Network
@@ -48,6 +49,7 @@ from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
 from .derive import GraphChangeMap
+from .expand import expand_variant
 from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
                    warm_alphas)
 
@@ -432,9 +434,15 @@ def reverify(original: Network, variant, prop: Property,
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
         graph = not isinstance(original, Network) or not isinstance(variant, Network)
+        searched = variant  # the network the proof is re-checked on (its expansion, if pruned)
         try:
-            cmap = GraphChangeMap(original, variant) if graph else \
-                ChangeMap(original, variant, record)
+            if graph and tuple(original.hidden_sizes) != tuple(variant.hidden_sizes) \
+                    and isinstance(original, GraphNetwork) and isinstance(variant, GraphNetwork):
+                searched, how = expand_variant(original, variant, record)
+                cmap = GraphChangeMap(original, searched, how)
+            else:
+                cmap = GraphChangeMap(original, variant) if graph else \
+                    ChangeMap(original, variant, record)
         except ShapeMismatchError as exc:
             raise _NoFit(str(exc)) from None
         if graph:  # CNNs: the proof tree re-checked with bounds (no chain-only tiers, no Z3)
@@ -443,13 +451,18 @@ def reverify(original: Network, variant, prop: Property,
         stats.change_map = cmap.how
         _proof_stats(stats, proof, cmap)
         # the reuse attempt gets a share of the budget; the fallback the rest
-        reuser = _Reuser(variant, cmap, options, reuse_options, stats,
+        reuser = _Reuser(searched, cmap, options, reuse_options, stats,
                          t0 + reuse_options.reuse_share * options.timeout)
         # no falsification up front: the branches' own candidates and an attack on
         # any region with a branch left open find a counterexample (a proof that
         # carries over needs neither)
         for r, region in enumerate(prop.regions):
             cex = reuser.region(region, r, proof)
+            if cex is not None and searched is not variant:  # replayed on the variant itself
+                cex = confirm_batch(variant, region, r, np.array(cex.input)[None, :])
+                if cex is None:
+                    raise _NoFit("a counterexample of the expanded variant is none of the "
+                                 "variant's")
             if cex is not None:
                 return done(Status.VIOLATED, "reuse", cex)
         method = ("bab" if stats.closed_by_split else "core" if stats.closed_by_core
