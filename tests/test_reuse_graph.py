@@ -110,3 +110,29 @@ def test_a_wrong_expansion_is_refused_and_falls_back(split_case, monkeypatch):
     res = reverify(net, gv, prop, OPTS, proof=proof)
     assert res.reuse.fallback and "non-zero weights" in res.reuse.fallback_reason
     assert res.status == verify_property(gv.network, prop, OPTS).status
+
+
+def test_expansion_of_a_residual_cnn_with_pooling_and_scale():
+    """Residual groups, a per-channel Scale and pooling: the expansion (from the record
+    or matched by weights) computes the variant's function, has the original's ReLUs,
+    and a tampered record is refused."""
+    import copy
+
+    from test_graph_compress import residual_cnn
+    from verify.errors import ShapeMismatchError
+    from verify.reuse.expand import expand_variant
+    net = residual_cnn()
+    gv = compress_graph(net, "channels:0.5,int8")
+    assert gv.network.hidden_sizes != net.hidden_sizes
+    x = np.random.default_rng(0).uniform(0, 1, size=(32, net.n_inputs))
+    for record in (gv.record, None):
+        expanded, how = expand_variant(net, gv.network, record)
+        assert expanded.hidden_sizes == net.hidden_sizes
+        assert np.allclose(expanded.forward(x), gv.network.forward(x), atol=1e-12)
+        assert ("record" in how) == (record is not None)
+    bad = copy.deepcopy(gv.record)
+    group = next(g for s in bad["steps"] for g in s.get("groups", [])
+                 if len(g["kept"]) < g["channels"])
+    group["kept"] = [99] * len(group["kept"])
+    with pytest.raises(ShapeMismatchError):
+        expand_variant(net, gv.network, bad)

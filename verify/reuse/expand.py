@@ -15,7 +15,8 @@ composed) or, without a record, is matched by the producing filters' weights
 only after checking (a) that every consumer of a removed channel is a channel-wise
 operator carrying the same removed channels or has exactly zero weights on it, and (b)
 that slicing the removed channels out of ``E`` gives the variant's digest.  (a) makes
-``E`` compute what ``E`` sliced computes, (b) makes that the variant, for every input --
+``E`` compute what ``E`` sliced computes, (b) makes that the variant (digests of the
+float weights: a quantized layer's integer form is its weight exactly), for every input --
 whatever keep map was used (a wrong map can only make the proof tree fit worse).
 """
 from __future__ import annotations
@@ -151,6 +152,20 @@ def _put_axis1(a: np.ndarray, va: np.ndarray, keep) -> np.ndarray:
     return full
 
 
+def _float_form(graph: GraphNetwork) -> GraphNetwork:
+    """``graph`` without the integer forms of quantized weights (``weight`` is exactly
+    ``weight_int * scale``: the same function, and the digest compares only that)."""
+    nodes = [graph.nodes[0]]
+    for n in graph.nodes[1:]:
+        op = n.op
+        if isinstance(op, Gemm) and op.weight_int is not None:
+            op = Gemm(op.weight, op.bias)
+        elif isinstance(op, Conv) and op.weight_int is not None:
+            op = Conv(op.weight, op.bias, op.strides, op.pads, op.dilations, op.groups)
+        nodes.append(Node(op, n.inputs, n.shape, n.name))
+    return GraphNetwork(tuple(nodes), graph.name)
+
+
 def check(expanded: GraphNetwork, variant: GraphNetwork, keep: dict) -> None:
     """Raise ShapeMismatchError unless ``expanded`` computes what ``variant`` computes
     (conditions (a) and (b) of the module docstring)."""
@@ -185,7 +200,7 @@ def check(expanded: GraphNetwork, variant: GraphNetwork, keep: dict) -> None:
                 raise ShapeMismatchError(f"graph node {c} ({op.describe()}) reads node {i}, "
                                          "whose channels were removed")
     sliced = slice_channels(expanded, keep, variant.name)
-    if sliced.digest() != variant.digest():
+    if _float_form(sliced).digest() != _float_form(variant).digest():
         raise ShapeMismatchError("the expanded variant, its removed channels sliced out, is "
                                  "not the variant")
 
@@ -194,10 +209,15 @@ def expand_variant(original: GraphNetwork, variant: GraphNetwork, record: dict |
                    ) -> tuple[GraphNetwork, str]:
     """``E`` and how its channel map was found (raises ShapeMismatchError when no checked
     expansion exists: the caller verifies from scratch)."""
-    if record is not None and any(s.get("groups") for s in record.get("steps", [])):
-        keep, how = keep_from_record(original, record), "channels expanded (change record)"
-    else:
-        keep, how = derive_channel_keep(original, variant), "channels expanded (matched by weights)"
-    expanded = expand(original, variant, keep)
-    check(expanded, variant, keep)
+    try:
+        if record is not None and any(s.get("groups") for s in record.get("steps", [])):
+            keep, how = keep_from_record(original, record), "channels expanded (change record)"
+        else:
+            keep = derive_channel_keep(original, variant)
+            how = "channels expanded (matched by weights)"
+        expanded = expand(original, variant, keep)
+        check(expanded, variant, keep)
+    except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        # a malformed record or a graph the expansion does not fit
+        raise ShapeMismatchError(f"cannot expand the channel-pruned variant ({exc})") from None
     return expanded, how
