@@ -343,7 +343,7 @@ def main():
     total = aggregate(rows)["total"]
     sp = total.speedup
     print(f"\n## Proof reuse benchmark ({'quick' if args.quick else 'full'}, timeout {timeout:g} s, "
-          f"wall {time.monotonic() - t0:.0f} s)\n")
+          f"CNN families {cnn_options.timeout:g} s, wall {time.monotonic() - t0:.0f} s)\n")
     print(f"- proof reuse rate: **{total.reuse_rate:.1%}** ({total.reused}/{total.pairs} pairs "
           f"decided without the fallback to scratch; target >= 90%)")
     print("- geometric-mean speedup of reuse over scratch: **"

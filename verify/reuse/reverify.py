@@ -115,6 +115,12 @@ class _Reuser(CoreChecks):
             if self.ropt.tree_walk and _relu_tree(region, branches):
                 if not proof.covers(r, region):
                     raise _NoFit(f"the proof's branches do not cover region {r}")
+                if self.ropt.attack and ob is None:
+                    # no original bound gave candidates: a broken variant is found by a
+                    # few milliseconds of attack before the whole tree is bounded
+                    cex = self.attack(region, r, quick=True)
+                    if cex is not None:
+                        return cex
                 leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
                                          Statistics(), self.propagator)
                 try:
