@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import ShapeMismatchError
 from ..graph import Conv, Gemm, GraphNetwork, Node, Pad, Relu, Reshape, Scale, Sum
-from .derive import MATCH_TOLERANCE, _match_rows
+from .derive import MATCH_TOLERANCE, GraphChangeMap, _match_rows
 
 
 def _channelwise(op, in_channels: int) -> bool:
@@ -221,3 +221,13 @@ def expand_variant(original: GraphNetwork, variant: GraphNetwork, record: dict |
         # a malformed record or a graph the expansion does not fit
         raise ShapeMismatchError(f"cannot expand the channel-pruned variant ({exc})") from None
     return expanded, how
+
+
+def graph_change_map(original, variant, record: dict | None):
+    """(the change map of a graph variant, the network its proof is re-checked on): the
+    variant itself when it has the original's ReLU layers, else its checked expansion."""
+    if tuple(original.hidden_sizes) != tuple(variant.hidden_sizes) \
+            and isinstance(original, GraphNetwork) and isinstance(variant, GraphNetwork):
+        expanded, how = expand_variant(original, variant, record)
+        return GraphChangeMap(original, expanded, how), expanded
+    return GraphChangeMap(original, variant), variant

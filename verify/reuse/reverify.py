@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from ..attack import Attacker, confirm_batch
-from ..graph import GraphNetwork
 from ..graphbounds import make_propagator
 from ..errors import ShapeMismatchError
 from ..network import Network
@@ -48,8 +47,7 @@ from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
-from .derive import GraphChangeMap
-from .expand import expand_variant
+from .expand import graph_change_map
 from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
                    warm_alphas)
 
@@ -115,10 +113,16 @@ class _Reuser(CoreChecks):
             if self.ropt.tree_walk and _relu_tree(region, branches):
                 if not proof.covers(r, region):
                     raise _NoFit(f"the proof's branches do not cover region {r}")
-                if self.ropt.attack and ob is None:
-                    # no original bound gave candidates: a broken variant is found by a
-                    # few milliseconds of attack before the whole tree is bounded
-                    cex = self.attack(region, r, quick=True)
+                if ob is None:
+                    # no original bound gave candidates: one plain bound of the whole
+                    # region (an easier variant is done) with its minimisers, then a few
+                    # milliseconds of attack (a broken variant is found) before the
+                    # whole tree is bounded
+                    got = self._root_closes(search)
+                    if got is True:
+                        return None
+                    cex = got if got is not None else \
+                        self.attack(region, r, quick=True) if self.ropt.attack else None
                     if cex is not None:
                         return cex
                 leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
@@ -440,15 +444,9 @@ def reverify(original: Network, variant, prop: Property,
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
         graph = not isinstance(original, Network) or not isinstance(variant, Network)
-        searched = variant  # the network the proof is re-checked on (its expansion, if pruned)
-        try:
-            if graph and tuple(original.hidden_sizes) != tuple(variant.hidden_sizes) \
-                    and isinstance(original, GraphNetwork) and isinstance(variant, GraphNetwork):
-                searched, how = expand_variant(original, variant, record)
-                cmap = GraphChangeMap(original, searched, how)
-            else:
-                cmap = GraphChangeMap(original, variant) if graph else \
-                    ChangeMap(original, variant, record)
+        try:  # searched: the network the proof is re-checked on (the expansion, if pruned)
+            cmap, searched = graph_change_map(original, variant, record) if graph else \
+                (ChangeMap(original, variant, record), variant)
         except ShapeMismatchError as exc:
             raise _NoFit(str(exc)) from None
         if graph:  # CNNs: the proof tree re-checked with bounds (no chain-only tiers, no Z3)
