@@ -4,8 +4,10 @@ Run:  .venv/bin/python benchmarks/compression_table.py [--out docs/compression_t
 
 Networks: ACAS Xu 1_1 (5-50x6-5), MNIST-FC 256x2 (784-256-256-10) and, as a
 stand-in for test accuracy (MNIST itself is not available offline), a small
-MLP (64-32-32-10) trained here on scikit-learn's 8x8 digits.  Everything is
-seeded; the table is deterministic on a given machine.
+MLP (64-32-32-10) trained here on scikit-learn's 8x8 digits; then CNNs (a digits CNN
+trained here and verivital's Convnet_avgpool) with each variant written as a deployable
+ONNX file and its real size on disk.  Everything is seeded; the table is deterministic
+on a given machine.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compress import (Recipe, agreement, output_deviation, parameter_counts,  # noqa: E402
                       sample_box, storage_bytes)
@@ -104,6 +107,63 @@ def table(parent, points, extra_cols, extra_fn) -> list[str]:
             [fmt_int(total), fmt_int(nnz), fmt_int(storage_bytes(v.network, v.record)),
              fmt_dev(dmax), fmt_dev(dmean)] + extra_fn(v.network)) + " |")
     return lines
+
+
+def cnn_table(parent, original: Path, points, tmp: Path, x_test=None, y_test=None) -> list[str]:
+    """Markdown rows of :func:`compress.graph_cli.graph_rows`: each recipe's variant
+    written as a deployable ONNX file (the original's signature, float32, int8 QDQ
+    weights) and measured."""
+    from cnn_families import CNN_RECIPES
+    from compress.graph_cli import graph_rows
+    rows = graph_rows(parent, original.stat().st_size, CNN_RECIPES, points, tmp,
+                      original.stem, like=str(original), x_cal=x_test, y_cal=y_test)
+    cols = ["variant", "params", "non-zero", "bytes on disk", "max dev", "mean dev",
+            "top-1 agreement (random)"] + (["test accuracy"] if y_test is not None else [])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join([":--"] + ["--:"] * (len(cols) - 1))
+             + "|"]
+    for r in rows:
+        name = r["variant"] if r["variant"] == "original" else f"`{r['variant']}`"
+        lines.append("| " + " | ".join(
+            [name, fmt_int(r["params"]), fmt_int(r["nonzero"]), fmt_int(r["bytes"]),
+             fmt_dev(r["max_dev"]), fmt_dev(r["mean_dev"]), pct(r["top1"])]
+            + ([pct(r["accuracy"])] if y_test is not None else [])) + " |")
+    return lines
+
+
+def cnn_sections() -> list[str]:
+    """The digits CNN (trained here) and verivital's Convnet_avgpool."""
+    import tempfile
+
+    from cnn_families import digits_cnn
+    out = ["## CNNs: deployable variants", "",
+           "Each variant is written by `compress` as an ONNX file with the original's input "
+           "and output names, shapes and float32 type, quantized weights as int8 "
+           "initializers with DequantizeLinear; **bytes on disk** is that file's size "
+           f"(the original: its own file). Deviation and top-1 agreement over {N_POINTS} "
+           "random points uniform in [0, 1]^n (the image domain). Recipes: `channels:R` "
+           "removes the fraction R of each prunable channel group (L1 norm of the "
+           "filters; the consumers' input channels too), `magnitude:R` zeroes the "
+           "smallest weights of every Conv / Gemm, `int8` / `int4` per-output-channel "
+           "symmetric weight quantization. No fine-tuning.", ""]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        _, data, net, x_test, y_test = digits_cnn()
+        path = tmp / "digits-cnn.onnx"
+        path.write_bytes(data)
+        pts = sample_box(np.zeros(net.n_inputs), np.ones(net.n_inputs), N_POINTS, SEED)
+        out += [f"### Digits CNN ({net.describe()})", "",
+                "Conv 1->10 3x3, Conv 10->10 3x3 stride 2, Linear 160->10, trained here (80 "
+                "full-batch Adam steps, seed 0) on scikit-learn's 8x8 digits and exported "
+                f"with `torch.onnx.export`; test accuracy on the {len(y_test)} held-out "
+                "images.", ""]
+        out += cnn_table(net, path, pts, tmp, x_test, y_test)
+        avg = DATA / "verivital" / "Convnet_avgpool.onnx"
+        if avg.exists():
+            net = load_network(avg)
+            pts = sample_box(np.zeros(net.n_inputs), np.ones(net.n_inputs), N_POINTS, SEED)
+            out += ["", f"### Convnet_avgpool (verivital; {net.describe()})", ""]
+            out += cnn_table(net, avg, pts, tmp)
+    return out
 
 
 def pct(x: float) -> str:
@@ -213,6 +273,8 @@ def main(argv=None) -> int:
             "does not remove them.)", ""]
     out += table(digits, pts, ["test accuracy"],
                  lambda net: [pct(accuracy(net, x_test, y_test))])
+    out.append("")
+    out += cnn_sections()
     out += ["", f"_Runtime: {time.time() - t0:.1f} s._", ""]
 
     text = "\n".join(out)

@@ -1,7 +1,7 @@
 """Proof reuse benchmark: compressed variants verified from the original's
 proof (``verify.reuse.reverify``) against verification from scratch.
 
-    python benchmarks/reuse_benchmark.py [--quick] [--timeout S] [--jsonl out.jsonl]
+    python benchmarks/reuse_benchmark.py [--quick] [--timeout S] [--only FAMILY ...] [--jsonl out.jsonl]
 
 Families: (a) digits MLPs trained here (fixed seed), local robustness around
 test images; (b) ACAS Xu networks with properties 1-4 (where the VNN-COMP
@@ -13,7 +13,12 @@ branch and bound (>= 1 s from scratch, checked here: easier ones are skipped)
 on networks the other families do not use -- mnist-net_256x4 / 256x6 at eps
 0.01-0.02 around the MNIST-FC images and ACAS Xu networks 1_3 ... 4_5 with
 properties 1-4.  Variants: magnitude pruning 10/30/50 %, int8, int4; the hard
-family int16, int8, magnitude 10/30 %, neurons 5 %.
+family int16, int8, magnitude 10/30 %, neurons 5 %.  CNN families
+(:mod:`cnn_families`): ``cnn-digits`` (trained here), ``verivital`` (the two
+conv nets), ``oval21`` (cifar_base_kw), each with channels 10/25 %, magnitude
+30 %, int8, int4 and two variants without a change record (onnxruntime's
+static QDQ int8, torch.nn.utils.prune); ``--cnn-timeout`` (10 s) per run.
+``--only FAMILY ...`` picks families.
 
 Per (variant, property): the original's proof is built once per property
 (timed), then reverify and scratch verification run on the variant in the
@@ -50,7 +55,10 @@ from verify.reuse.report import (aggregate, disagrees, end_to_end, hard_pairs,  
                                  speedup)
 from verify.verifier import verify_property  # noqa: E402
 
+from cnn_families import CNN_FAMILIES, FAMILY_BUILDERS  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data"
+FAMILY_ORDER = ["digits", "acasxu", "mnist", "mnistfc", "hard", *CNN_FAMILIES]
 RECIPES = ["magnitude:0.1", "magnitude:0.3", "magnitude:0.5", "int8", "int4"]
 HARD_RECIPES = ["int16", "int8", "magnitude:0.1", "magnitude:0.3", "neurons:0.05"]
 HARD_MIN_S = 1.0  # the hard family keeps originals whose plain verification takes this long
@@ -175,9 +183,15 @@ def hard_family(quick: bool):
 
 
 # ---- running --------------------------------------------------------------------------
-def run_family(family, net, props, options, ropt, out, counters, max_originals=None):
+def _recipe(v) -> str:
+    return v.recipe if hasattr(v, "recipe") else v.record.recipe
+
+
+def run_family(family, net, props, options, ropt, out, counters, max_originals=None,
+               variants=None):
     rows = []
-    variants = list(sweep(net, HARD_RECIPES if family == "hard" else RECIPES))
+    if variants is None:
+        variants = list(sweep(net, HARD_RECIPES if family == "hard" else RECIPES))
     kept = 0
     for prop in props:
         if max_originals is not None and kept >= max_originals:
@@ -217,7 +231,7 @@ def run_family(family, net, props, options, ropt, out, counters, max_originals=N
             d = res.to_dict()
             row = {"family": family, "variant": v.network.name, "property": prop.name,
                    "variant_name": d.pop("network"), "property_name": d.pop("property"),
-                   "recipe": v.record.recipe, "original_proof_s": round(build, 6),
+                   "recipe": _recipe(v), "original_proof_s": round(build, 6),
                    "original_scratch_s": round(plain.time_s, 6),
                    "original_plain_wall_s": round(plain_wall, 6), **d}
             row.pop("counterexample") if row["status"] != "violated" else None
@@ -227,7 +241,7 @@ def run_family(family, net, props, options, ropt, out, counters, max_originals=N
                 counters["disagreements"] += 1
                 flag = "   <<<<<<<<<< DISAGREEMENT: reuse and scratch verdicts differ >>>>>>>>>>"
             s = speedup(row)
-            print(f"   {v.record.recipe:14s} reuse {row['status']:8s} {row['time_s']:7.3f} s "
+            print(f"   {_recipe(v):14s} reuse {row['status']:8s} {row['time_s']:7.3f} s "
                   f"({row['method']}{', fallback' if row['reuse']['fallback'] else ''}) | scratch "
                   f"{row['scratch_status']:8s} {row['scratch_time_s']:7.3f} s"
                   + (f" | {s:.1f}x" if s is not None else "") + flag,
@@ -240,18 +254,23 @@ def run_family(family, net, props, options, ropt, out, counters, max_originals=N
 
 def table(rows) -> str:
     lines = ["| family | pairs | holds | violated | unknown | reuse rate | fallbacks | "
-             "speedup (geo-mean) | compared | disagreements | reuse time (s) | scratch time (s) |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    order = ["digits", "acasxu", "mnist", "mnistfc", "hard"]
+             "speedup (geo-mean) | total scratch / total reuse | compared | disagreements | "
+             "reuse time (s) | scratch time (s) | end to end |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    order = FAMILY_ORDER
     families = sorted({r["family"] for r in rows}, key=order.index)
     groups = [(f, [r for r in rows if r["family"] == f]) for f in families] + [("**all**", rows)]
     for name, rs in groups:
         g = aggregate(rs)["total"]
-        sp = g.speedup
+        sp, (_, e2e) = g.speedup, end_to_end(rs)
+        both = [r for r in rs if speedup(r) is not None]  # the pairs decided both ways
+        t_re, t_sc = sum(r["time_s"] for r in both), sum(r["scratch_time_s"] for r in both)
         lines.append(f"| {name} | {g.pairs} | {g.holds} | {g.violated} | {g.unknown} | "
                      f"{g.reuse_rate:.1%} | {g.fallback} | "
-                     f"{'n/a' if sp is None else f'{sp:.2f}x'} | {len(g.speedups)} | "
-                     f"{g.disagreements} | {g.time_s:.1f} | {g.scratch_time_s:.1f} |")
+                     f"{'n/a' if sp is None else f'{sp:.2f}x'} | "
+                     f"{f'{t_sc:.1f} / {t_re:.1f} s' if both else 'n/a'} | {len(g.speedups)} | "
+                     f"{g.disagreements} | {g.time_s:.1f} | {g.scratch_time_s:.1f} | "
+                     f"{'n/a' if e2e.ratio is None else f'{e2e.ratio:.2f}'} |")
     return "\n".join(lines)
 
 
@@ -263,8 +282,7 @@ def figures_table(rows) -> str:
     lines = ["| family | pairs >= 1 s | speedup >= 1 s (geo-mean) | total scratch / reuse "
              ">= 1 s | int16 >= 1 s | end to end | proof building / plain (max, >= 1 s) | "
              "reuse rate | disagreements |", "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
-    fams = sorted({r["family"] for r in rows}, key=["digits", "acasxu", "mnist", "mnistfc",
-                                                     "hard"].index)
+    fams = sorted({r["family"] for r in rows}, key=FAMILY_ORDER.index)
     f = lambda v: "n/a" if v is None else f"{v:.2f}x"
     for name, rs in [(x, [r for r in rows if r["family"] == x]) for x in fams] + [("**all**", rows)]:
         h = hard_pairs(rs)
@@ -290,7 +308,11 @@ def main():
     ap.add_argument("--quick", action="store_true", help="a subset that runs in a few minutes")
     ap.add_argument("--timeout", type=float, default=None,
                     help="seconds per verification (default: 10 with --quick, else 30)")
-    ap.add_argument("--only", choices=["digits", "acasxu", "mnist", "mnistfc", "hard"])
+    ap.add_argument("--only", nargs="+", choices=FAMILY_ORDER, metavar="FAMILY",
+                    help=f"families to run, of {', '.join(FAMILY_ORDER)} (default: the "
+                    "fully-connected ones and cnn-digits)")
+    ap.add_argument("--cnn-timeout", type=float, default=None,
+                    help="seconds per verification in the CNN families (default 10)")
     ap.add_argument("--max-originals", type=int, default=None,
                     help="per network: at most this many originals (a reduced run)")
     ap.add_argument("--jsonl", help="write one JSON line per (variant, property)")
@@ -300,24 +322,28 @@ def main():
     out = open(args.jsonl, "w") if args.jsonl else None
     counters = {"disagreements": 0}
     builders = {"digits": digits_family, "acasxu": acasxu_family, "mnist": mnist_family,
-                "mnistfc": mnistfc_family, "hard": hard_family}
+                "mnistfc": mnistfc_family, "hard": hard_family, **FAMILY_BUILDERS}
+    default = ["digits", "acasxu", "mnist", "mnistfc", "hard", "cnn-digits"]
     if not DATA.is_dir():
-        print(f"benchmark data not found at {DATA}: digits family only", file=sys.stderr)
-        builders = {"digits": digits_family}
+        print(f"benchmark data not found at {DATA}: digits families only", file=sys.stderr)
+        default = ["digits", "cnn-digits"]
+    wanted = args.only or default
+    cnn_options = VerifyOptions(timeout=args.cnn_timeout or 10.0)
     t0 = time.monotonic()
     rows = []
     for name, build in builders.items():
-        if args.only and name != args.only:
+        if name not in wanted:
             continue
-        for family, net, props in build(args.quick):
-            rows += run_family(family, net, props, options, ropt, out, counters,
-                               args.max_originals)
+        for family, net, props, *variants in build(args.quick):
+            rows += run_family(family, net, props, cnn_options if variants else options, ropt,
+                               out, counters, args.max_originals,
+                               variants[0] if variants else None)
     if out:
         out.close()
     total = aggregate(rows)["total"]
     sp = total.speedup
     print(f"\n## Proof reuse benchmark ({'quick' if args.quick else 'full'}, timeout {timeout:g} s, "
-          f"wall {time.monotonic() - t0:.0f} s)\n")
+          f"CNN families {cnn_options.timeout:g} s, wall {time.monotonic() - t0:.0f} s)\n")
     print(f"- proof reuse rate: **{total.reuse_rate:.1%}** ({total.reused}/{total.pairs} pairs "
           f"decided without the fallback to scratch; target >= 90%)")
     print("- geometric-mean speedup of reuse over scratch: **"

@@ -215,6 +215,9 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
                               "(Gemm/MatMul layers); this one is a graph network")
         from .graph_cli import graph_family
         family = graph_family(prunes, quantizes, recipes, sweep)
+        if any("bn-fold" in r.lower() for r in family):  # BatchNorms kept apart to fold them
+            from verify.onnx_io import load_onnx
+            parent = load_onnx(net, fold_batchnorm=False)
     else:
         family = _recipes(prunes, quantizes, recipes, per_channel, sweep, factorizes, merges)
     n_in = parent.n_inputs

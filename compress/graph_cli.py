@@ -32,41 +32,53 @@ def graph_family(prunes, quantizes, recipes, sweep: bool) -> list[str]:
     return out
 
 
-def run_graph(parent, net: str, stem0: str, out_dir, family: list[str], points: np.ndarray,
-              box_text: str, x_cal=None, y_cal=None) -> None:
-    """Write every recipe's variant of the graph ``parent`` and print one table row each:
-    parameters, bytes on disk, max / mean output deviation, top-1 agreement with the
-    original on the sample points (and accuracy on labelled calibration data)."""
-    like = net if str(net).lower().endswith((".onnx", ".onnx.gz")) else None
-    click.echo(f"network: {parent.describe()}  digest {parent.digest()[:12]}")
-    click.echo(f"deviation and top-1 agreement over {len(points)} random points in {box_text}; "
-               "bytes = size of the written ONNX file (float32, int8 QDQ weights)")
+def graph_rows(parent, original_bytes: int, family: list[str], points: np.ndarray, out_dir,
+               stem0: str, like=None, x_cal=None, y_cal=None) -> list[dict]:
+    """Write every recipe's variant of the graph ``parent`` (deployable ONNX) and measure
+    it: parameters, non-zero parameters, bytes of the written file, max / mean output
+    deviation and top-1 agreement with the original on ``points`` (accuracy on labelled
+    calibration data).  The first row is the original (``original_bytes`` on disk)."""
     y0 = parent.forward(points)
-    header = ["variant", "params", "non-zero", "bytes", "max dev", "mean dev", "top-1 agree"]
-    if y_cal is not None:
-        header.append("accuracy")
-    header.append("file")
 
     def nonzero(g):
         return sum(int(np.count_nonzero(a)) for n in g.nodes[1:] for a in n.op.arrays().values())
-    rows = [["original", f"{parent.n_parameters:,}", f"{nonzero(parent):,}",
-             f"{Path(net).stat().st_size:,}", "0", "0", "100.0%"]
-            + ([_accuracy(parent, x_cal, y_cal)] if y_cal is not None else []) + [""]]
+
+    def row(name, net, size, path):
+        y = net.forward(points)
+        d = np.abs(y - y0).max(axis=1)
+        return {"variant": name, "params": net.n_parameters, "nonzero": nonzero(net),
+                "bytes": size, "max_dev": float(d.max()), "mean_dev": float(d.mean()),
+                "top1": float(np.mean(y.argmax(axis=1) == y0.argmax(axis=1))),
+                "accuracy": None if y_cal is None else
+                float(np.mean(net.forward(x_cal).argmax(axis=1) == y_cal)), "file": path}
+    rows = [row("original", parent, original_bytes, "")]
     for recipe in family:
         variant = compress_graph(parent, recipe, calibration=x_cal)
         slug = recipe.replace(":", "-").replace(",", "_")
         onnx_path, _ = variant.save(out_dir, f"{stem0}.{slug}", like=like)
-        y = variant.network.forward(points)
-        d = np.abs(y - y0).max(axis=1)
-        agree = float(np.mean(y.argmax(axis=1) == y0.argmax(axis=1)))
-        rows.append([recipe, f"{variant.network.n_parameters:,}", f"{nonzero(variant.network):,}",
-                     f"{onnx_path.stat().st_size:,}", f"{d.max():.3g}", f"{d.mean():.3g}",
-                     f"{100 * agree:.1f}%"]
-                    + ([_accuracy(variant.network, x_cal, y_cal)] if y_cal is not None else [])
-                    + [str(onnx_path)])
+        rows.append(row(recipe, variant.network, onnx_path.stat().st_size, str(onnx_path)))
+    return rows
+
+
+def run_graph(parent, net: str, stem0: str, out_dir, family: list[str], points: np.ndarray,
+              box_text: str, x_cal=None, y_cal=None) -> None:
+    """Write every recipe's variant of the graph ``parent`` and print one table row each
+    (:func:`graph_rows`)."""
+    like = net if str(net).lower().endswith((".onnx", ".onnx.gz")) else None
+    click.echo(f"network: {parent.describe()}  digest {parent.digest()[:12]}")
+    click.echo(f"deviation and top-1 agreement over {len(points)} random points in {box_text}; "
+               "bytes = size of the written ONNX file (float32, int8 QDQ weights)")
+    header = ["variant", "params", "non-zero", "bytes", "max dev", "mean dev", "top-1 agree"]
+    if y_cal is not None:
+        header.append("accuracy")
+    header.append("file")
+    rows = []
+    for r in graph_rows(parent, Path(net).stat().st_size, family, points, out_dir, stem0,
+                        like, x_cal, y_cal):
+        dev = [f"{r['max_dev']:.3g}", f"{r['mean_dev']:.3g}"] if r["file"] else ["0", "0"]
+        rows.append([r["variant"], f"{r['params']:,}", f"{r['nonzero']:,}", f"{r['bytes']:,}",
+                     *dev, f"{100 * r['top1']:.1f}%"]
+                    + ([f"{100 * r['accuracy']:.2f}%"] if y_cal is not None else [])
+                    + [r["file"]])
     from .cli import echo_table
     echo_table(header, rows)
-
-
-def _accuracy(net, x, y) -> str:
-    return f"{100 * float(np.mean(net.forward(x).argmax(axis=1) == y)):.2f}%"

@@ -6,6 +6,9 @@ Recipes are comma-separated steps applied in order:
   (:mod:`compress.graph_prune`; residual groups pruned together);
 * ``magnitude:R`` -- unstructured: the fraction ``R`` of smallest weights of every learned
   Conv and Gemm set to zero (pooling rewritten as Convs is left alone: :func:`structural`);
+* ``bn-fold`` -- every BatchNormalization kept as its own Scale node (a network loaded
+  with ``load_onnx(path, fold_batchnorm=False)``) folded into the Conv / Gemm before it;
+  the record lists which (:func:`fold_batchnorm_graph`);
 * ``int8`` / ``int4`` / ``intB`` -- symmetric per-output-channel weight quantization of
   every Conv and Gemm (the scales are float32 numbers, rounded up, as the file keeps them).
 
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from verify.errors import InputError, OptionError
-from verify.graph import Conv, Gemm, GraphNetwork, Node
+from verify.graph import Conv, Gemm, GraphNetwork, Node, Scale
 
 from .graph_prune import METHODS, prune_channels
 from .quantize import check_bits, quantize_array, scales_for
@@ -91,9 +94,48 @@ def quantize_graph(graph: GraphNetwork, bits: int) -> GraphNetwork:
     return _map_weights(graph, quant, f"{graph.name}~int{bits}")
 
 
+def fold_batchnorm_graph(graph: GraphNetwork) -> tuple[GraphNetwork, list[dict]]:
+    """Every per-channel :class:`Scale` (a BatchNormalization loaded with
+    ``fold_batchnorm=False``) that is the only reader of a learned Conv / Gemm, folded into
+    it (``w * s``, ``b * s + h`` in float64, rounded to float32 numbers so that the written
+    variant stays a float32 model: equal up to float32 rounding).  Returns the network and
+    per fold ``{"scale", "into"}`` (the nodes' names) and their node indices."""
+    from verify.graph.onnx_graph import _fold_affine  # noqa: PLC2701 - the loader's folding
+    nodes, consumers = list(graph.nodes), graph.consumers()
+    gone, folded = set(), []
+    for j, n in enumerate(graph.nodes):
+        if not isinstance(n.op, Scale) or j == 0:
+            continue
+        i = n.inputs[0]
+        src = nodes[i]
+        if not isinstance(src.op, (Conv, Gemm)) or structural(src.op) or consumers[i] != [j]:
+            continue
+        op = _fold_affine(src.op, src.shape, n.op.scale, n.op.shift, exact=False)
+        if op is None:
+            continue
+        w, b = (a.astype(np.float32).astype(np.float64) for a in (op.weight, op.bias))
+        op = Gemm(w, b) if isinstance(op, Gemm) else \
+            Conv(w, b, op.strides, op.pads, op.dilations, op.groups)
+        nodes[i] = Node(op, src.inputs, src.shape, src.name)
+        gone.add(j)
+        folded.append({"scale": n.name, "into": src.name, "scale_node": j, "into_node": i})
+    if not gone:
+        return graph, []
+    index, kept = {}, []
+    for j, n in enumerate(nodes):
+        if j in gone:
+            index[j] = index[n.inputs[0]]
+            continue
+        index[j] = len(kept)
+        kept.append(Node(n.op, tuple(index[k] for k in n.inputs), n.shape, n.name))
+    return GraphNetwork(tuple(kept), f"{graph.name}~bn-fold"), folded
+
+
 def _parse(step: str):
     parts = step.strip().split(":")
     head = parts[0].lower()
+    if head == "bn-fold" and len(parts) == 1:
+        return ("bn-fold",)
     try:
         if head == "channels" and len(parts) in (2, 3):
             method = parts[2].lower() if len(parts) == 3 else "l1"
@@ -108,7 +150,7 @@ def _parse(step: str):
     except ValueError:
         pass
     raise OptionError(f"unknown graph compression step {step!r} (expected "
-                      "channels:R[:l1|l2|activation], magnitude:R or intB[:channel])")
+                      "channels:R[:l1|l2|activation], magnitude:R, intB[:channel] or bn-fold)")
 
 
 def compress_graph(graph: GraphNetwork, recipe: str, *, calibration=None) -> GraphVariant:
@@ -123,6 +165,9 @@ def compress_graph(graph: GraphNetwork, recipe: str, *, calibration=None) -> Gra
             res = prune_channels(current, step[1], method=step[2], calibration=calibration)
             current = res.network
             log.append({"step": text.strip(), **res.to_dict()})
+        elif step[0] == "bn-fold":
+            current, folded = fold_batchnorm_graph(current)
+            log.append({"step": text.strip(), "folded": folded})
         elif step[0] == "magnitude":
             current = magnitude_prune_graph(current, step[1])
             log.append({"step": text.strip()})

@@ -208,6 +208,12 @@ def _rebuild(graph: GraphNetwork, groups, kept: dict, name: str | None) -> Graph
     for k, idx in kept.items():
         for m in groups[k].members:
             keep_of[m] = np.asarray(idx)
+    return slice_channels(graph, keep_of, name)
+
+
+def slice_channels(graph: GraphNetwork, keep_of: dict, name: str | None) -> GraphNetwork:
+    """``graph`` with only the channels ``keep_of[i]`` (in that order) of every node ``i``
+    it names; the consumers' input channels / flattened columns are sliced to match."""
     new_nodes = [graph.nodes[0]]
     for i, n in enumerate(graph.nodes[1:], 1):
         op = n.op

@@ -412,16 +412,19 @@ def _requantize(a: Affine, text: str) -> Affine:
     return a
 
 
-def load_onnx(path) -> "Network | GraphNetwork":
+def load_onnx(path, fold_batchnorm: bool = True) -> "Network | GraphNetwork":
     """Load an ONNX file (``.onnx`` or ``.onnx.gz``): a fully-connected :class:`Network`
     (float64, canonical form) when the graph is a chain of affine maps and ReLUs, else a
-    :class:`~verify.graph.GraphNetwork` (:mod:`verify.graph.onnx_graph`)."""
+    :class:`~verify.graph.GraphNetwork` (:mod:`verify.graph.onnx_graph`; with
+    ``fold_batchnorm=False`` BatchNormalizations stay separate Scale nodes)."""
     from .loading import network_name, read_onnx_model
     path = Path(path)
-    return load_onnx_model(read_onnx_model(path), network_name(path), str(path))
+    return load_onnx_model(read_onnx_model(path), network_name(path), str(path),
+                           fold_batchnorm)
 
 
-def load_onnx_model(model, name: str, path: str | None = None) -> "Network | GraphNetwork":
+def load_onnx_model(model, name: str, path: str | None = None,
+                    fold_batchnorm: bool = True) -> "Network | GraphNetwork":
     """:func:`load_onnx` of a ``ModelProto`` (``path`` names it in messages)."""
     from .graph.model import as_chain
     from .graph.onnx_graph import graph_from_model
@@ -431,7 +434,9 @@ def load_onnx_model(model, name: str, path: str | None = None) -> "Network | Gra
             return _load_chain(model, Path(path), name)
         except UnsupportedNetworkError:
             pass  # a branching graph, say: the graph loader names what it cannot read
-    graph = graph_from_model(model, path, name)
+    graph = graph_from_model(model, path, name, fold_batchnorm)
+    if not fold_batchnorm:
+        return graph
     chain = as_chain(graph)  # e.g. a chain whose weights are int8 QDQ (a written variant)
     if chain is None:
         return graph

@@ -71,15 +71,18 @@ def load_graph_onnx(path) -> GraphNetwork:
     return graph_from_model(read_onnx_model(path), str(path), network_name(path))
 
 
-def graph_from_model(model, path: str, name: str) -> GraphNetwork:
-    """The graph network of an ONNX ``ModelProto`` (``path`` names it in messages)."""
-    return _Builder(model, path).build(name)
+def graph_from_model(model, path: str, name: str, fold_batchnorm: bool = True) -> GraphNetwork:
+    """The graph network of an ONNX ``ModelProto`` (``path`` names it in messages).
+    ``fold_batchnorm=False`` keeps every BatchNormalization as its own :class:`Scale` node
+    (named as the ONNX node), for ``compress``'s recorded ``bn-fold`` step."""
+    return _Builder(model, path, fold_batchnorm).build(name)
 
 
 class _Builder:
-    def __init__(self, model, path: str):
+    def __init__(self, model, path: str, fold_batchnorm: bool = True):
         self.model = model
         self.path = path
+        self.fold_batchnorm = fold_batchnorm
         self.opsets = {o.domain or "": o.version for o in model.opset_import}
         self.consts: dict[str, np.ndarray] = {}
         self.quantized: dict[str, _Quantized] = {}
@@ -628,6 +631,8 @@ def _batch_norm(b: _Builder, attrs, ins):
     s = gamma / np.sqrt(var + float(attrs.get("epsilon", 1e-5)))
     h = beta - mean * s
     channel = (shape[1],) + (1,) * (len(shape) - 2)
+    if not b.fold_batchnorm:
+        return b.add(Scale(s.reshape(channel), h.reshape(channel)), (t,))
     return b.affine(t, s.reshape(channel), h.reshape(channel), exact=False)
 
 

@@ -76,11 +76,11 @@ class GraphChangeMap:
     neuron (quantized, magnitude-pruned, fine-tuned: the same architecture).  It carries
     what re-checking a ReLU-split proof tree needs -- split facts map to themselves -- and
     nothing of the chain-only differential tiers.  A channel-pruned variant has other
-    layer sizes: no map (``ShapeMismatchError``), the variant is verified from scratch."""
+    layer sizes: it is mapped through its expansion (:mod:`verify.reuse.expand`)."""
 
     how = "position (graph)"
 
-    def __init__(self, original, variant):
+    def __init__(self, original, variant, how: str | None = None):
         if original.n_inputs != variant.n_inputs or original.n_outputs != variant.n_outputs \
                 or tuple(original.hidden_sizes) != tuple(variant.hidden_sizes):
             raise ShapeMismatchError(
@@ -88,6 +88,8 @@ class GraphChangeMap:
                 f"the original's {tuple(original.hidden_sizes)} (channel pruning): no neuron "
                 "map for graph networks yet")
         self.original, self.variant = original, variant
+        if how is not None:
+            self.how = how
         self.kept_rows = [np.arange(n) for n in original.hidden_sizes] + \
             [np.arange(original.n_outputs)]  # per layer, as ChangeMap's (output last)
 

@@ -47,7 +47,7 @@ from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
-from .derive import GraphChangeMap
+from .expand import graph_change_map
 from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
                    warm_alphas)
 
@@ -113,6 +113,18 @@ class _Reuser(CoreChecks):
             if self.ropt.tree_walk and _relu_tree(region, branches):
                 if not proof.covers(r, region):
                     raise _NoFit(f"the proof's branches do not cover region {r}")
+                if ob is None:
+                    # no original bound gave candidates: one plain bound of the whole
+                    # region (an easier variant is done) with its minimisers, then a few
+                    # milliseconds of attack (a broken variant is found) before the
+                    # whole tree is bounded
+                    got = self._root_closes(search)
+                    if got is True:
+                        return None
+                    cex = got if got is not None else \
+                        self.attack(region, r, quick=True) if self.ropt.attack else None
+                    if cex is not None:
+                        return cex
                 leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
                                          Statistics(), self.propagator)
                 try:
@@ -446,9 +458,9 @@ def reverify(original: Network, variant, prop: Property,
         if not graph and reuse_options.equivalence_transfer and _transferred(
                 original, variant, prop, proof, reuse_options, stats):
             return done(Status.HOLDS, "equivalence-transfer")
-        try:
-            cmap = GraphChangeMap(original, variant) if graph else \
-                ChangeMap(original, variant, record)
+        try:  # searched: the network the proof is re-checked on (the expansion, if pruned)
+            cmap, searched = graph_change_map(original, variant, record) if graph else \
+                (ChangeMap(original, variant, record), variant)
         except ShapeMismatchError as exc:
             raise _NoFit(str(exc)) from None
         if graph:  # CNNs: the proof tree re-checked with bounds (no chain-only tiers, no Z3)
@@ -457,13 +469,18 @@ def reverify(original: Network, variant, prop: Property,
         stats.change_map = cmap.how
         _proof_stats(stats, proof, cmap)
         # the reuse attempt gets a share of the budget; the fallback the rest
-        reuser = _Reuser(variant, cmap, options, reuse_options, stats,
+        reuser = _Reuser(searched, cmap, options, reuse_options, stats,
                          t0 + reuse_options.reuse_share * options.timeout)
         # no falsification up front: the branches' own candidates and an attack on
         # any region with a branch left open find a counterexample (a proof that
         # carries over needs neither)
         for r, region in enumerate(prop.regions):
             cex = reuser.region(region, r, proof)
+            if cex is not None and searched is not variant:  # replayed on the variant itself
+                cex = confirm_batch(variant, region, r, np.array(cex.input)[None, :])
+                if cex is None:
+                    raise _NoFit("a counterexample of the expanded variant is none of the "
+                                 "variant's")
             if cex is not None:
                 return done(Status.VIOLATED, "reuse", cex)
         method = ("bab" if stats.closed_by_split else "core" if stats.closed_by_core
