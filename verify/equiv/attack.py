@@ -21,7 +21,11 @@ import torch
 from ..network import Network
 
 
-def torch_model(network: Network) -> torch.nn.Module:
+def torch_model(network):
+    """A torch function of the network's flat float64 input batch (a graph network
+    evaluates itself)."""
+    if not isinstance(network, Network):
+        return network.evaluate
     from ..torch_io import to_torch
     return to_torch(network).requires_grad_(False)  # gradients of inputs only
 

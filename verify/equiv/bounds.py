@@ -152,6 +152,38 @@ def product_network(f: Network, g: Network) -> Network:
     return Network(tuple(layers), f.input_shape, f"{f.name}-vs-{g.name}")
 
 
+def product_graph(f, g):
+    """:func:`product_network` for graph networks (CNNs, residual nets): one graph
+    holding both, fed the same input, whose output is ``g(x) - f(x)`` (a ``Sum``
+    with weights (1, -1) of the two flattened outputs)."""
+    from ..graph import GraphNetwork
+    from ..graph.model import Node
+    from ..graph.ops import Reshape, Sum
+    f, g = _as_graph(f), _as_graph(g)
+    if f.input_shape != g.input_shape and f.n_inputs == g.n_inputs:
+        raise ValueError("the two networks read their inputs in different shapes "
+                         f"({f.input_shape} and {g.input_shape})")
+    nodes = list(f.nodes)
+    base = len(nodes) - 1  # g's node j (j >= 1) goes to base + j; its input stays node 0
+    for n in g.nodes[1:]:
+        nodes.append(Node(n.op, tuple(0 if j == 0 else base + j for j in n.inputs), n.shape,
+                          f"variant/{n.name}"))
+    outs = []
+    for out in (len(nodes) - 1, base):  # g's output, then f's
+        if nodes[out].shape != (f.n_outputs,):
+            nodes.append(Node(Reshape((f.n_outputs,)), (out,), (f.n_outputs,), "flatten"))
+            out = len(nodes) - 1
+        outs.append(out)
+    nodes.append(Node(Sum((1.0, -1.0)), tuple(outs), (f.n_outputs,), "variant-original"))
+    return GraphNetwork(tuple(nodes), f"{f.name}-vs-{g.name}")
+
+
+def _as_graph(net):
+    from ..graph import GraphNetwork
+    from ..graph.model import chain_graph
+    return net if isinstance(net, GraphNetwork) else chain_graph(net)
+
+
 def _deepen(net: Network, L: int) -> Network:
     """``net`` with ``L`` affine layers and the same function: identity hidden
     layers inserted before the output layer (after a ReLU, ``relu(h) = h``; with

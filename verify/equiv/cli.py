@@ -89,15 +89,6 @@ def region_of(original, prop, box, around, eps, clip):
     return lo, hi, what
 
 
-def _chain(network, path: str):
-    from ..network import Network
-    from ..errors import UnsupportedNetworkError
-    if not isinstance(network, Network):
-        raise UnsupportedNetworkError("equiv supports fully-connected ReLU chains only", path=path,
-                                      expected="a chain of Gemm/MatMul layers and ReLUs")
-    return network
-
-
 @click.command("equiv")
 @click.argument("original")
 @click.argument("variant")
@@ -125,8 +116,7 @@ def equiv_cmd(original, variant, prop, box, around, eps, clip, target_delta, tim
     options = EquivOptions(
         timeout=check_timeout(timeout, "--timeout"), argmin=argmin, split=not no_split,
         target_delta=None if target_delta is None else _number(target_delta, "--target-delta"))
-    f = _chain(load_network(original), original)
-    g = _chain(load_network(variant), variant)
+    f, g = load_network(original), load_network(variant)
     if (f.n_inputs, f.n_outputs) != (g.n_inputs, g.n_outputs):
         from ..errors import ShapeMismatchError
         raise ShapeMismatchError(f"{f.describe()} and {g.describe()} differ in inputs or outputs",

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bounds import TOLERANCE, BoundPropagator
+from ..bounds import TOLERANCE
+from ..graphbounds import make_propagator
 from ..network import Network
 from .align import align
-from .bounds import DiffPropagator, naive_bound, product_bound, product_network
+from .bounds import (DiffPropagator, naive_bound, product_bound, product_graph,
+                     product_network)
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,17 @@ class PairBounder:
     """Bounds boxes of one (original, variant) pair.  ``sign`` -1: classes are
     the argmin of the outputs (ACAS Xu's advisories)."""
 
-    def __init__(self, f: Network, g: Network, *, sign: float = 1.0, product: bool = True):
+    def __init__(self, f, g, *, sign: float = 1.0, product: bool = True):
+        """``f``, ``g``: fully-connected chains (:class:`Network`) or graph networks;
+        graphs get the product-network bound (no neuron-by-neuron alignment)."""
         self.f, self.g, self.sign = f, g, float(sign)
-        pair = align(f, g)
+        chains = isinstance(f, Network) and isinstance(g, Network)
+        pair = align(f, g) if chains else None
         self.diff = None if pair is None else DiffPropagator(*pair)
-        self.prod = BoundPropagator(product_network(f, g)) if product or pair is None else None
-        self.prop_f, self.prop_g = BoundPropagator(f), BoundPropagator(g)
+        self.prod = None
+        if product or pair is None:
+            self.prod = make_propagator(product_network(f, g) if chains else product_graph(f, g))
+        self.prop_f, self.prop_g = make_propagator(f), make_propagator(g)
         self.n_out = f.n_outputs
 
     def top_rows(self, c: int) -> np.ndarray:
