@@ -37,6 +37,8 @@ LAZY_COMMANDS = {
                     "Re-check a stored proof of PROP on NET, as a certificate."),
     "equiv": ("verify.equiv.cli", "equiv_cmd",
               "Certify how far VARIANT can differ from ORIGINAL on a region."),
+    "equiv-report": ("verify.equiv.cli", "equiv_report_cmd",
+                     "Write an HTML functional-similarity report for VARIANTS of ORIGINAL."),
 }
 
 
