@@ -8,11 +8,15 @@ Quick tour::
     v.save("out", "net.small")                        # out/net.small.onnx + .changes.json
 
 Steps, their string forms and conventions are documented in
-:mod:`compress.recipe`, :mod:`compress.prune`, :mod:`compress.quantize`; the
+:mod:`compress.recipe`, :mod:`compress.prune`, :mod:`compress.quantize`,
+:mod:`compress.factorize` (``svd:R`` / ``energy:E``), :mod:`compress.merge`
+(``merge-linear`` / ``merge-approx``); the
 change-record schema in :mod:`compress.record`; size/fidelity measures in
 :mod:`compress.metrics`.
 """
 from .core import Variant
+from .factorize import Factorize
+from .merge import MergeLinear
 from .io import load_variant, save_variant
 from .metrics import (accuracy, agreement, output_deviation, parameter_counts,
                       sample_box, storage_bytes)
@@ -24,6 +28,7 @@ from .record import SCHEMA, SCHEMA_VERSION, ChangeRecord, LayerChange
 
 __all__ = [
     "Variant", "Recipe", "MagnitudePrune", "NeuronPrune", "DeadNeurons", "Quantize",
+    "Factorize", "MergeLinear",
     "parse_step", "compress", "sweep", "magnitude_prune", "prune_neurons",
     "remove_dead_neurons", "quantize_weights", "fixed_point", "ChangeRecord", "LayerChange",
     "SCHEMA", "SCHEMA_VERSION", "save_variant", "load_variant", "parameter_counts",

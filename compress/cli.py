@@ -176,7 +176,8 @@ def _fmt_bytes(n: int) -> str:
 def compress_cmd(net, out_dir, prunes, quantizes, factorizes, merge_linear, merge_approx,
                  recipes, per_channel, calibration, labels, domain, box_file, sweep, samples,
                  seed):
-    """Write pruned and/or quantized variants of NET, each with a change record.
+    """Write pruned, quantized, factorised or merged variants of NET, each with a
+    change record.
 
     Steps given with --prune/--quantize are applied in order (pruning steps in
     the order given, quantization last) to make one variant; with --sweep each

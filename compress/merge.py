@@ -18,7 +18,10 @@ so at most ``rank(W_k[A, live])`` of them stay; on ACAS Xu's first layer (5 inpu
 that is at most 5.  The coefficients come from a least-squares solve and a neuron is
 merged only when its row's residual is below ``1e-9`` of its norm: the variant equals
 the original on the domain up to float rounding (``coreproof equiv`` confirms a
-certified delta of that order); outside the domain it differs.  The change record
+certified delta of that order); outside the domain it differs.  When every parameter
+of the network is a float32 number (an ONNX model's usually are), the folded layer is
+rounded to float32 too, so the deployable file stays float32 (half the bytes of a
+float64 one): the change is then float32 rounding of that layer's weights.  The change record
 lists the merged neurons (``removed_merged``) and the domain (``exact_on_box``).
 
 The approximate form (``merge-approx:T[:TOL]``) takes the neurons active on at least a
@@ -85,11 +88,19 @@ def apply_merge(network: Network, k: int, plan) -> tuple[Network, np.ndarray]:
     out = W2[:, merged]
     W2[:, basis] += out @ C
     b2 = nxt.bias + out @ e
+    if all(_float32_exact(x) for f in network.affines for x in (f.weight, f.bias)):
+        # a float32 network stays one (a compact deployable file): the folded layer is
+        # rounded to float32, a change of float32 rounding (as the file would make)
+        W2, b2 = W2.astype(np.float32).astype(np.float64), b2.astype(np.float32).astype(np.float64)
     keep = np.setdiff1d(np.arange(a.out_size), merged)
     affines = list(network.affines)
     affines[k] = Affine(a.weight[keep], a.bias[keep])
     affines[k + 1] = Affine(W2[:, keep], b2)
     return network.with_affines(affines), keep
+
+
+def _float32_exact(a: np.ndarray) -> bool:
+    return bool(np.array_equal(a.astype(np.float32), a))
 
 
 def _merge_layers(network: Network, masks, tol: float) -> StepOutcome:

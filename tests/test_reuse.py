@@ -177,7 +177,7 @@ def test_variant_easier_than_the_original_is_closed_at_its_root(acas_prop2_proof
     assert r.reuse.closed_by_difference == proof.n_branches and r.reuse.closed_at_root == 0
     assert verify_property(easy, prop, OPTS).status.value == "holds"
     # on the original itself the root bound does not close it: the proof tree does
-    r = reverify(net, net, prop, OPTS, proof=proof)
+    r = reverify(net, net, prop, OPTS, proof=proof, reuse_options=tiers)
     assert r.status.value == "holds" and r.reuse.closed_at_root == 0
     assert r.reuse.closed_by_bounds + r.reuse.closed_by_split >= proof.n_branches
 

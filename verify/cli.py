@@ -28,7 +28,7 @@ from .errors import CoreproofError, InputError
 #: commands defined outside this module: name -> (module, attribute, short help)
 LAZY_COMMANDS = {
     "compress": ("compress.cli", "compress_cmd",
-                 "Write pruned and/or quantized variants of NET, each with a change record."),
+                 "Write pruned, quantized, factorised or merged variants of NET, with change records."),
     "reverify": ("verify.reuse.cli_commands", "reverify_cmd",
                  "Verify compressed VARIANTS of ORIGINAL reusing the original's proof."),
     "report": ("verify.reuse.cli_commands", "report_cmd",
@@ -37,6 +37,8 @@ LAZY_COMMANDS = {
                     "Re-check a stored proof of PROP on NET, as a certificate."),
     "equiv": ("verify.equiv.cli", "equiv_cmd",
               "Certify how far VARIANT can differ from ORIGINAL on a region."),
+    "equiv-report": ("verify.equiv.cli", "equiv_report_cmd",
+                     "Write an HTML functional-similarity report for VARIANTS of ORIGINAL."),
 }
 
 

@@ -141,3 +141,55 @@ def equiv_cmd(original, variant, prop, box, around, eps, clip, target_delta, tim
         if res.reason:
             click.echo(f"  {res.reason}")
     sys.exit(exit_codes.of_status(res.status))
+
+
+@click.command("equiv-report")
+@click.argument("original")
+@click.argument("variants", nargs=-1, required=True)
+@click.option("--property", "props", multiple=True, metavar="P.vnnlib",
+              help="A region: the hull of P's input boxes (repeatable).")
+@click.option("--box", metavar="LO,HI", help="The region: every input in [LO, HI].")
+@click.option("--around", metavar="X.npy", help="The region: the L-inf ball around X (with --eps).")
+@click.option("--eps", metavar="E", help="Radius of the --around ball.")
+@click.option("--clip", metavar="LO,HI", help="Clip the regions to [LO, HI].")
+@click.option("-o", "--output", required=True, metavar="REPORT.html")
+@click.option("--samples", default=1000, show_default=True, type=click.IntRange(1))
+@click.option("--timeout", default="10", show_default=True, help="Seconds per pair.")
+@click.option("--argmin", is_flag=True, help="The predicted class is the SMALLEST output.")
+@click.option("--no-split", is_flag=True, help="Bound each region once.")
+@click.option("--json", "as_json", is_flag=True, help="Also print one JSON object per pair.")
+def equiv_report_cmd(original, variants, props, box, around, eps, clip, output, samples,
+                     timeout, argmin, no_split, as_json):
+    """Write an HTML functional-similarity report for VARIANTS of ORIGINAL.
+
+    Per variant and region: sampled top-1 agreement and deviation, the certified
+    delta and certified top-1 agreement, and the compression ratio (packed
+    bytes; a change record next to a variant is used), with a plot of the
+    certified delta against the compression ratio."""
+    import json
+
+    from ..api import load_network
+    from ..atomic import atomic_write
+    from ..options import check_timeout
+    from ..reuse.cli_commands import load_variant_file
+    from .api import EquivOptions
+    from .report import render_html, similarity_rows
+    options = EquivOptions(timeout=check_timeout(timeout, "--timeout"), argmin=argmin,
+                           split=not no_split)
+    f = _chain(load_network(original), original)
+    regions = [(Path(p).name, *region_of(f, p, None, None, None, clip)[:2]) for p in props]
+    if box is not None or around is not None:
+        lo, hi, what = region_of(f, None, box, around, eps, clip)
+        regions.append((what, lo, hi))
+    if not regions:
+        raise OptionError("give a region: --property P (repeatable), --box LO,HI or --around X.npy --eps E")
+    family = []
+    for v in variants:
+        net, record = load_variant_file(v, f)
+        family.append((Path(v).name, _chain(net, v), record))
+    rows = similarity_rows(f, family, regions, options, samples)
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r.to_dict()))
+    atomic_write(Path(output), render_html(f.name, rows))
+    click.echo(f"wrote {output} ({len(rows)} pairs)", err=True)

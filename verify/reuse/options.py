@@ -74,9 +74,13 @@ class ReuseOptions:
     bound_core_min_gain: float = 2.0
     empty_bound_core_min_gain: float = 1.05
     # equivalence transfer (verify.reuse.transfer) first, when the original's proof has a
-    # margin on input boxes (at most transfer_max_boxes per region)
+    # margin on input boxes (at most transfer_max_boxes per region); boxes it does not
+    # carry are bisected up to transfer_refine_rounds times for a variant with no
+    # structural map (a distilled student) only: a compressed variant has the reuse tiers
+    # next, and the bisection cost 1-8 s per ACAS Xu pair where it failed (load 4)
     equivalence_transfer: bool = True
     transfer_max_boxes: int = 256
+    transfer_refine_rounds: int = 3
 
     def __post_init__(self):
         if self.cores not in ("lazy", "eager"):

@@ -48,6 +48,7 @@ from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
 from .expand import graph_change_map
+from .transfer import try_transfer
 from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
                    warm_alphas)
 
@@ -368,17 +369,6 @@ def _proof_stats(stats: ReuseStats, proof: ProofRecord, cmap: ChangeMap) -> None
                                                    counts[REMOVED])
 
 
-def _transferred(original, variant, prop, proof, ropt: ReuseOptions, stats: ReuseStats) -> bool:
-    from .transfer import equivalence_transfer, has_margin
-    if not has_margin(proof, ropt.transfer_max_boxes):
-        return False
-    t = equivalence_transfer(original, variant, prop, proof, ropt.transfer_max_boxes)
-    stats.transfer_tried, stats.transfer_boxes = True, t.boxes
-    stats.transfer_margin = None if np.isnan(t.margin) else t.margin
-    stats.transfer_deviation = None if np.isnan(t.deviation) else t.deviation
-    return t.closed
-
-
 def _unwrap(variant, record):
     if hasattr(variant, "network") and hasattr(variant, "record"):  # a compress.Variant
         return variant.network, record if record is not None else variant.record
@@ -455,14 +445,18 @@ def reverify(original: Network, variant, prop: Property,
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
         graph = not isinstance(original, Network) or not isinstance(variant, Network)
-        if not graph and reuse_options.equivalence_transfer and _transferred(
-                original, variant, prop, proof, reuse_options, stats):
-            return done(Status.HOLDS, "equivalence-transfer")
+        cmap = no_map = None
+        searched = variant
         try:  # searched: the network the proof is re-checked on (the expansion, if pruned)
             cmap, searched = graph_change_map(original, variant, record) if graph else \
                 (ChangeMap(original, variant, record), variant)
         except ShapeMismatchError as exc:
-            raise _NoFit(str(exc)) from None
+            no_map = str(exc)  # e.g. a distilled student: transfer, else scratch
+        if not graph and reuse_options.equivalence_transfer and try_transfer(
+                original, variant, prop, proof, reuse_options, stats, no_map is not None):
+            return done(Status.HOLDS, "equivalence-transfer")
+        if no_map is not None:
+            raise _NoFit(no_map)
         if graph:  # CNNs: the proof tree re-checked with bounds (no chain-only tiers, no Z3)
             reuse_options = dataclasses.replace(
                 reuse_options, difference=False, bound_core_on_demand=False, tree_walk=True)
