@@ -192,7 +192,7 @@ def torch_pruned_graph(net, amount: float = 0.2):
                 mod.weight.copy_(w)
             holder.add_module(f"n{i}", mod)
             mods[i] = mod
-    pruned = torch_pruned_model(holder)
+    pruned = torch_pruned_model(holder, amount)
     nodes = list(net.nodes)
     for i in mods:
         w = getattr(pruned, f"n{i}").weight.detach().double().numpy()
