@@ -301,7 +301,7 @@ def test_compress_failing_mid_write_leaves_no_partial_variant(tmp_path, monkeypa
         def SerializeToString(self):
             raise KeyboardInterrupt
 
-    def half_written(network, like=None):
+    def half_written(network, like=None, factors=None):
         return HalfWritten(), "float32"
     if fails == "record":
         monkeypatch.setattr(compress.record.ChangeRecord, "save", broken)

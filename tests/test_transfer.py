@@ -148,3 +148,5 @@ def test_cli_reverify_of_a_student_names_the_method(digits_mlp, student, tmp_pat
                                       str(tmp_path / "student.onnx"), "--property",
                                       str(tmp_path / "p.vnnlib"), "--quiet"])
     assert row["method"] in human.stdout
+    if row["method"] == "equivalence-transfer":
+        assert "original's margin >=" in human.stdout

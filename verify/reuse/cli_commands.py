@@ -64,6 +64,9 @@ def describe(row: dict) -> str:
             f"({row['method']}, {row['time_s']:.3f} s; core size {r['core_size']}, "
             f"reused {r['reused']}, refinements {r['refinements']}"
             + (f", fallback: {r['fallback_reason']}" if r["fallback"] else "") + ")")
+    if row["method"] == "equivalence-transfer" and r.get("transfer_margin") is not None:
+        text += (f"; original's margin >= {r['transfer_margin']:.4g}, certified deviation "
+                 f"along the rows <= {r['transfer_deviation']:.4g} on {r['transfer_boxes']} boxes")
     if "scratch_status" in row:
         text += f"; scratch {row['scratch_status'].upper()} in {row['scratch_time_s']:.3f} s"
         if row["scratch_time_s"] and row["time_s"] > 0:
