@@ -89,6 +89,18 @@ def region_of(original, prop, box, around, eps, clip):
     return lo, hi, what
 
 
+def _chain(network, path: str):
+    """``network`` when it is a fully-connected chain (the similarity report's
+    compression figures are computed for chains), else UnsupportedNetworkError."""
+    from ..network import Network
+    from ..errors import UnsupportedNetworkError
+    if not isinstance(network, Network):
+        raise UnsupportedNetworkError("equiv-report supports fully-connected ReLU chains only "
+                                      "(equiv itself also takes CNNs)", path=path,
+                                      expected="a chain of Gemm/MatMul layers and ReLUs")
+    return network
+
+
 @click.command("equiv")
 @click.argument("original")
 @click.argument("variant")
