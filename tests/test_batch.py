@@ -10,18 +10,11 @@ import pytest
 
 from verify.batch import BatchOptions, Job, run_job, verify_many
 from verify.errors import OptionError
+from vnnlib_files import write_robustness_vnnlib as write_box
 
 
 def write_robustness_vnnlib(path: Path, x0, eps: float, label: int, n_out: int) -> Path:
-    lo, hi = np.clip(x0 - eps, 0, 1), np.clip(x0 + eps, 0, 1)
-    lines = [f"(declare-const X_{i} Real)" for i in range(len(x0))]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
-    for i, (a, b) in enumerate(zip(lo, hi)):
-        lines += [f"(assert (>= X_{i} {float(a)!r}))", f"(assert (<= X_{i} {float(b)!r}))"]
-    others = " ".join(f"(and (>= Y_{j} Y_{label}))" for j in range(n_out) if j != label)
-    lines.append(f"(assert (or {others}))")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_box(path, np.clip(x0 - eps, 0, 1), np.clip(x0 + eps, 0, 1), label, n_out)
 
 
 @pytest.fixture(scope="module")

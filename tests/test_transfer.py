@@ -13,6 +13,7 @@ from verify.options import VerifyOptions
 from verify.properties import local_robustness
 from verify.reuse import ReuseOptions, build_proof, reverify
 from verify.verifier import verify_property
+from vnnlib_files import write_robustness_vnnlib
 
 OPTS = VerifyOptions(timeout=20)
 
@@ -116,16 +117,6 @@ def test_transfer_cuts_no_corners_on_a_nearly_broken_variant(digits_mlp):
             assert _no_sampled_violation(v, prop)
 
 
-def _write_robustness(path, lo, hi, target, n_out=10):
-    lines = [f"(declare-const X_{i} Real)" for i in range(len(lo))]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(n_out)]
-    for i, (a, b) in enumerate(zip(lo, hi)):
-        lines += [f"(assert (>= X_{i} {float(a)!r}))", f"(assert (<= X_{i} {float(b)!r}))"]
-    others = " ".join(f"(and (>= Y_{j} Y_{target}))" for j in range(n_out) if j != target)
-    lines.append(f"(assert (or {others}))")
-    path.write_text("\n".join(lines) + "\n")
-
-
 def test_cli_reverify_of_a_student_names_the_method(digits_mlp, student, tmp_path):
     from click.testing import CliRunner
 
@@ -135,7 +126,7 @@ def test_cli_reverify_of_a_student_names_the_method(digits_mlp, student, tmp_pat
     save_onnx(net, tmp_path / "teacher.onnx")
     save_onnx(student, tmp_path / "student.onnx")  # no change record: no structural map
     target = int(net.forward(X[0]).argmax())
-    _write_robustness(tmp_path / "p.vnnlib", np.clip(X[0] - 0.005, 0, 1),
+    write_robustness_vnnlib(tmp_path / "p.vnnlib", np.clip(X[0] - 0.005, 0, 1),
                       np.clip(X[0] + 0.005, 0, 1), target)
     res = CliRunner().invoke(main, ["reverify", str(tmp_path / "teacher.onnx"),
                                     str(tmp_path / "student.onnx"), "--property",
