@@ -305,3 +305,29 @@ def test_timeout_is_honoured():
     assert elapsed < 2.5
     if res.status.value == "unknown":
         assert "timeout" in res.reason or res.method == "timeout"
+
+
+def _planted_corner(n=10, threshold=9.8):
+    """y0 = sum relu(x_i), y1 = threshold on [0, 1]^n: unsafe (y0 >= y1) only in the
+    corner where the inputs sum to >= threshold, a share of about 3e-14 of the box."""
+    hidden = Affine(np.eye(n), np.zeros(n))
+    out = Affine(np.vstack([np.ones(n), np.zeros(n)]), np.array([0.0, threshold]))
+    net = Network((hidden, out))
+    region = Region(np.zeros(n), np.ones(n), (Conjunction(np.array([[-1.0, 1.0]]), np.zeros(1)),))
+    return net, Property((region,), 2, name="planted-corner")
+
+
+def test_the_attack_finds_a_planted_counterexample_that_sampling_misses():
+    net, prop = _planted_corner()
+    attacker, region = Attacker(net), prop.regions[0]
+    far = time.monotonic() + 30
+    sampled, _ = attacker.attack(region, 0, np.random.default_rng(0), far, restarts=0,
+                                 samples=2000)
+    assert sampled is None  # random sampling alone misses the corner
+    cex, _ = attacker.attack(region, 0, np.random.default_rng(0), far, restarts=2, samples=2000)
+    assert cex is not None
+    x = np.array(cex.input)
+    assert prop.violated_by(x, net.forward(x)) and x.sum() >= 9.8
+    res = verify_property(net, prop, VerifyOptions(timeout=10))
+    assert res.status.value == "violated"
+    assert prop.violated_by(np.array(res.counterexample.input), net.forward(np.array(res.counterexample.input)))
