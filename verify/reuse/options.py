@@ -80,6 +80,12 @@ class ReuseOptions:
     # next, and the bisection cost 1-8 s per ACAS Xu pair where it failed (load 4)
     equivalence_transfer: bool = True
     transfer_max_boxes: int = 256
+    # ... but for a variant related to the original (a change record or a derived map,
+    # whose proof tree the reuse tiers re-check leaf by leaf) only up to this many
+    # boxes per region: a transfer that fails costs a differential bound of every box
+    # (measured on ACAS Xu 1_3 / 1_4, props 1 and 3, 45-173 boxes: 0.25-2.2 s per
+    # variant against 0.04-0.65 s for the reuse tiers, which also closed every pair)
+    transfer_first_max_boxes: int = 16
     transfer_refine_rounds: int = 3
 
     def __post_init__(self):

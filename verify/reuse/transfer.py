@@ -130,7 +130,7 @@ def try_transfer(original, variant, prop, proof, ropt, stats, refine: bool) -> b
     (:class:`~verify.reuse.results.ReuseStats`).  ``refine``: bisect boxes the
     margin does not carry (for a variant with no structural map, whose only other
     way is verification from scratch; a compressed variant has the reuse tiers)."""
-    if not has_margin(proof, ropt.transfer_max_boxes):
+    if not has_margin(proof, ropt.transfer_max_boxes if refine else ropt.transfer_first_max_boxes):
         return False
     t = equivalence_transfer(original, variant, prop, proof, ropt.transfer_max_boxes,
                              refine_rounds=ropt.transfer_refine_rounds if refine else 0)
