@@ -13,8 +13,6 @@ import numpy as np
 from .ops import Conv, Gemm, Scale
 
 
-
-
 # ---------------------------------------------------------------- exact folding
 def _is_f32(a: np.ndarray) -> bool:
     return bool(np.array_equal(a.astype(np.float32).astype(np.float64), a))

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, UnsupportedNetworkError
-from ..onnx_io import _attrs, _constant_value, _node_label, _topological, _Unsupported
+from ..onnx_nodes import _attrs, _constant_value, _node_label, _topological, _Unsupported
 from .exact_fold import _fold_affine
 from .model import GraphNetwork, Node
 from .onnx_handlers import _HANDLERS

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..onnx_io import _Unsupported, _Walker
+from ..onnx_nodes import _Unsupported, layout_shape
 from . import pooling
 from .ops import Conv, Gemm, Pad, Relu, Scale, Sum
 
@@ -55,7 +55,7 @@ def _layout(op_type):
         if any(isinstance(x, int) for x in ins[1:]):
             raise _Unsupported(f"the {op_type} shape / axes input must be a constant")
         args = [None] + [None if x is None else np.asarray(x) for x in ins[1:]]
-        return b.reshape(t, _Walker.new_shape(op_type, attrs, args, b.shape(t)))
+        return b.reshape(t, layout_shape(op_type, attrs, args, b.shape(t)))
     return handler
 
 
