@@ -11,127 +11,35 @@ searched the same way over their ReLU nodes, bounded by
 :class:`verify.graphbounds.GraphBoundPropagator`; their leaves are never sent to Z3
 (the encoder takes chains only): a branch with every ReLU fixed is a linear program
 that beta-CROWN decides at convergence, and one it cannot refute stays ``unknown``.
+
+This module holds the search loop (:class:`RegionSearch`, :func:`search_region`); the
+branch, leaf and outcome types are in :mod:`verify.search_types`, the spec rows in
+:mod:`verify.spec_rows`, and how a branch is split in :mod:`verify.branching`.
 """
 from __future__ import annotations
 
 import dataclasses
-import heapq
-import itertools
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .attack import confirm_batch
-from .bounds import BoundPropagator, refute_conjunction
+from .bounds import BoundPropagator
+from .branching import Splitting
 from .graphbounds import make_propagator
 from .network import Network
 from .options import VerifyOptions
 from .properties import Region
 from .result import Counterexample, Statistics
+from .search_types import Leaf, Node, RegionOutcome, _Frontier, split_arrays, split_facts
+from .spec_rows import refuted_conjunctions, region_rows
+
+__all__ = ["Leaf", "Node", "RegionOutcome", "RegionSearch", "portfolio", "refuted_conjunctions",
+           "region_rows", "search_region", "split_arrays", "split_facts"]
 
 
-@dataclass
-class Node:
-    lo: np.ndarray
-    hi: np.ndarray
-    splits: list[np.ndarray] | None  # per hidden layer, int8 in {-1, 0, +1}
-    parent: list[tuple[np.ndarray, np.ndarray]] | None = None  # parent bounds to intersect
-    depth: int = 0
-    score: float = 0.0  # the parent's worst open margin: most negative is searched first
-    parent_spec: tuple[np.ndarray, np.ndarray] | None = None  # parent's linear spec bound
-
-
-@dataclass
-class Leaf:
-    """A closed branch: every unsafe conjunction refuted by bounds, the branch
-    infeasible, or (``z3``) each open conjunction UNSAT with its raw core.
-    With ``RegionSearch(record=True)`` the box and the layer bounds it was
-    closed with are kept too (what a reusable proof needs)."""
-
-    method: str  # "bounds" | "infeasible" | "z3"
-    depth: int
-    splits: tuple[str, ...] = ()  # ReLU phase facts, e.g. "L1.N7.active"
-    cores: dict[int, tuple[str, ...]] = field(default_factory=dict)  # conjunction -> raw core
-    digits: dict[int, int | None] = field(default_factory=dict)  # conjunction -> rounding used
-    lo: np.ndarray | None = None
-    hi: np.ndarray | None = None
-    layer_bounds: list | None = None
-    unstable: int = 0
-    spec_lower: np.ndarray | None = None  # (m,) the spec rows' lower bounds (bounds leaves)
-    alphas: list | None = None  # per hidden layer (n_k,) the alpha-CROWN slopes it ended with
-
-
-@dataclass
-class RegionOutcome:
-    status: str  # holds | violated | unknown
-    method: str
-    counterexample: Counterexample | None = None
-    reason: str | None = None
-    leaves: list[Leaf] = field(default_factory=list)
-
-
-def region_rows(region: Region, n_outputs: int):
-    """All unsafe rows of a region as (C, d) tensors plus the owning conjunction of each row."""
-    rows, owner = [], []
-    for j, conj in enumerate(region.unsafe):
-        for r in range(conj.coeffs.shape[0]):
-            rows.append((conj.coeffs[r], conj.rhs[r]))
-            owner.append(j)
-    m = len(rows)
-    assert all(a <= b for a, b in zip(owner, owner[1:]))  # refuted_conjunctions needs it
-    C = torch.tensor(np.array([r[0] for r in rows]).reshape(m, n_outputs))
-    d = torch.tensor(np.array([r[1] for r in rows], dtype=np.float64).reshape(m))
-    return C, d, np.array(owner, dtype=np.int64)
-
-
-def refuted_conjunctions(res, owner, n_conj: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """(B, n_conj): conjunction refuted on the branch -- one of its rows has a
-    positive lower bound, or (multi-row) a convex combination of its rows does.
-    ``owner``: the conjunction of each spec row, ascending (as ``region_rows``)."""
-    spec = res.spec_lower.numpy()
-    if len(owner) == n_conj and (owner == np.arange(n_conj)).all():
-        return spec > 0  # one row per conjunction (local robustness): the common case
-    out = np.zeros((spec.shape[0], n_conj), dtype=bool)
-    counts = np.bincount(owner, minlength=n_conj)
-    nonempty = np.flatnonzero(counts)
-    if len(nonempty) == 0:
-        return out
-    starts = np.cumsum(counts) - counts
-    # per conjunction: any of its (consecutive) rows positive
-    out[:, nonempty] = np.logical_or.reduceat(spec > 0, starts[nonempty], axis=1)
-    multi = np.flatnonzero(counts > 1)
-    if len(multi):
-        coeffs, const = res.spec_coeffs.numpy(), res.spec_const.numpy()
-        for j in multi:
-            cols = np.arange(starts[j], starts[j] + counts[j])
-            todo = np.flatnonzero(~out[:, j])
-            if len(todo):
-                ok = refute_conjunction(coeffs[np.ix_(todo, cols)], const[np.ix_(todo, cols)],
-                                        lo[todo], hi[todo])
-                out[todo[ok], j] = True
-    return out
-
-
-def split_facts(splits) -> tuple[str, ...]:
-    """ReLU phase splits (per hidden layer, int8 in {-1, 0, +1}) as named facts."""
-    if splits is None:
-        return ()
-    return tuple(f"L{k}.N{i}.{'active' if s[i] > 0 else 'inactive'}"
-                 for k, s in enumerate(splits) for i in np.flatnonzero(s))
-
-
-def split_arrays(facts, hidden_sizes) -> list[np.ndarray]:
-    """The inverse of :func:`split_facts`."""
-    arrays = [np.zeros(n, dtype=np.int8) for n in hidden_sizes]
-    for f in facts:
-        layer, neuron, phase = f.split(".")
-        arrays[int(layer[1:])][int(neuron[1:])] = 1 if phase == "active" else -1
-    return arrays
-
-
-class RegionSearch:
+class RegionSearch(Splitting):
     """Decides one region of a property on one network."""
 
     def __init__(self, network: Network, region: Region, region_index: int,
@@ -471,176 +379,6 @@ class RegionSearch:
         self._close(node, None, 0, "z3", cores, digits_used, layer_b)
         self._closed_by_z3 = True
         return None
-
-    def _split_inputs(self, batch, res, spec_lower, refuted, idx) -> list:
-        """Bisect each box in ``idx``.  With few inputs, look ahead: bound both
-        halves for the best few dimensions by coefficients (all boxes in one
-        batch) and keep the dimension whose halves are best; else the largest
-        |coefficient| * width."""
-        out, cands = [], []
-        for i in idx:
-            node = batch[i]
-            width = node.hi - node.lo
-            dims = np.flatnonzero(width > 1e-12 * np.maximum(1.0, np.abs(node.hi)))
-            if len(dims) == 0:
-                return [None]
-            cands.append((node, dims))
-        if not cands:
-            return out
-        if self.net.n_inputs <= self.opt.lookahead_max_inputs:
-            if self.opt.lookahead_dims:  # the best few by coefficients, and the relatively
-                # widest (coefficients can hide how much it loosens the bounds)
-                cands = [(node, self._lookahead_dims(node, dims, res, i, spec_lower[i], refuted[i]))
-                         for (node, dims), i in zip(cands, idx)]
-            los, his, rows = [], [], []
-            for (node, dims), i in zip(cands, idx):
-                rows += [i] * (2 * len(dims))
-                for dim in dims:
-                    mid = (node.lo[dim] + node.hi[dim]) / 2
-                    a_hi = node.hi.copy(); a_hi[dim] = mid
-                    b_lo = node.lo.copy(); b_lo[dim] = mid
-                    los += [node.lo, b_lo]
-                    his += [a_hi, node.hi]
-            los, his = np.stack(los), np.stack(his)
-            child = np.full(len(los), np.nan)
-            forward_lookahead = self.opt.intermediate_bounds != "backward"
-            for s in range(0, len(los), self.LOOKAHEAD_CHUNK):  # deadline checked per chunk
-                if self.time_left() <= 0:
-                    break
-                e = min(len(los), s + self.LOOKAHEAD_CHUNK)
-                sel = torch.tensor(rows[s:e])
-                # the parent's bounds hold on its halves, but with forward-mode bounds
-                # they would mask how much each split tightens the deep layers
-                fixed = [(l[sel], u[sel]) for l, u in zip(res.lower, res.upper)] \
-                    if self.opt.inherit_bounds and not forward_lookahead else None
-                r = self.prop.bound(torch.from_numpy(los[s:e]), torch.from_numpy(his[s:e]), self.C,
-                                    self.d, None, fixed, forward=forward_lookahead)
-                self.stats.bound_evaluations += e - s
-                spec = r.spec_lower.numpy()
-                per_conj = np.stack([spec[:, self.owner == j].max(axis=1) for j in range(self.n_conj)], 1)
-                child[s:e] = np.where(r.infeasible.numpy(), np.inf, per_conj.min(axis=1))
-            pos = 0
-            for (node, dims), i in zip(cands, idx):
-                scores = child[pos:pos + 2 * len(dims)]
-                pos += 2 * len(dims)
-                if np.isnan(scores).any():  # out of time: the cheap heuristic instead
-                    out += self._split_by_coefficients([((node, dims), i)], res, spec_lower, refuted)
-                    continue
-                scores = np.minimum(scores, 1e30).reshape(len(dims), 2).sum(axis=1)
-                out.append(self._bisect(node, int(dims[np.argmax(scores)]), *self._inherited(res, i)))
-            return out
-        return self._split_by_coefficients(list(zip(cands, idx)), res, spec_lower, refuted)
-
-    LOOKAHEAD_CHUNK = 512
-
-    def _split_by_coefficients(self, items, res, spec_lower, refuted) -> list:
-        """Bisect the dimension with the largest sum over open rows of
-        |input coefficient| * width."""
-        return [self._bisect(node, int(self._coefficient_ranking(node, dims, res, i, spec_lower[i],
-                                                                  refuted[i])[0]),
-                             *self._inherited(res, i))
-                for (node, dims), i in items]
-
-    def _inherited(self, res, i: int):
-        """Row ``i``'s layer bounds and linear spec bound, for its children to
-        intersect with (a half box lies inside its parent, so the parent's
-        bounds hold on it)."""
-        if not self.opt.inherit_bounds:
-            return None, None
-        layers = [(l[i].numpy(), u[i].numpy()) for l, u in zip(res.lower, res.upper)] \
-            if self.prop.n_hidden else None
-        return layers, (res.spec_coeffs[i].numpy(), res.spec_const[i].numpy())
-
-    def _span(self, dims) -> np.ndarray:
-        span = (self.region.upper - self.region.lower)[dims]
-        return np.where(span > 0, span, 1.0)
-
-    def _lookahead_dims(self, node: Node, dims, res, i: int, spec_lower_row, refuted_row):
-        """The look-ahead's dimensions: the best few by coefficients, and the
-        relatively widest."""
-        ranked = self._coefficient_ranking(node, dims, res, i, spec_lower_row, refuted_row)
-        best = list(ranked[:self.opt.lookahead_dims])
-        widest = int(dims[np.argmax((node.hi - node.lo)[dims] / self._span(dims))])
-        return np.array(best if widest in best else best + [widest])
-
-    def _coefficient_ranking(self, node: Node, dims, res, i: int, spec_lower_row,
-                             refuted_row) -> np.ndarray:
-        """``dims`` best first by the sum over open rows of |input coefficient| * width
-        (dimensions already split to a millionth of the region come last)."""
-        open_rows = ~refuted_row[self.owner] & (spec_lower_row <= 0)
-        width = (node.hi - node.lo)[dims]
-        coeff = np.abs(res.guide_coeffs[i].numpy()[open_rows][:, dims]).sum(0) * width
-        rel = width / self._span(dims)
-        coeff = np.where(rel > 1e-6, coeff, 0.0)  # never starve the other dimensions
-        return dims[np.lexsort((-rel, -coeff))]
-
-    @staticmethod
-    def _bisect(node: Node, dim: int, parent=None, parent_spec=None) -> list[Node]:
-        mid = (node.lo[dim] + node.hi[dim]) / 2
-        left_hi = node.hi.copy(); left_hi[dim] = mid
-        right_lo = node.lo.copy(); right_lo[dim] = mid
-        return [Node(node.lo, left_hi, None, parent, node.depth + 1, parent_spec=parent_spec),
-                Node(right_lo, node.hi, None, parent, node.depth + 1, parent_spec=parent_spec)]
-
-    def _worst_row(self, spec_lower_row: np.ndarray, refuted_row: np.ndarray) -> int:
-        """The open conjunction furthest from refuted, and its most promising row."""
-        open_conj = np.flatnonzero(~refuted_row)
-        best_rows = [self._best_row(spec_lower_row, j) for j in open_conj]
-        return best_rows[int(np.argmin([spec_lower_row[r] for r in best_rows]))]
-
-    def _best_row(self, spec_lower_row: np.ndarray, conj: int) -> int:
-        rows = np.flatnonzero(self.owner == conj)
-        return int(rows[np.argmax(spec_lower_row[rows])])
-
-    def _split_relu(self, node: Node, res, i, layer_b, spec_lower_row, refuted_row):
-        """Split the unstable ReLU with the largest relaxation gap weighted by
-        its back-substitution coefficient for the worst open row."""
-        worst = self._worst_row(spec_lower_row, refuted_row)
-        best, best_score = None, 0.0
-        for k in range(self.prop.n_hidden):
-            l, u = layer_b[k]
-            unst = (l < 0) & (u > 0)
-            if not unst.any():
-                continue
-            lam = res.layer_coeffs[k][i, worst].numpy()
-            gap = np.where(unst, u * -l / np.where(unst, u - l, 1.0), 0.0)
-            score = np.abs(lam) * gap + 1e-9 * gap
-            j = int(np.argmax(score))
-            if score[j] > best_score:
-                best, best_score = (k, j), score[j]
-        if best is None:
-            return None
-        k, j = best
-        children = []
-        for phase in (1, -1):
-            sp = [s.copy() for s in node.splits]
-            sp[k][j] = phase
-            children.append(Node(node.lo, node.hi, sp, layer_b, node.depth + 1))
-        return children
-
-
-class _Frontier:
-    """Open branches: a heap on ``Node.score`` (best-first) or a stack."""
-
-    def __init__(self, best_first: bool):
-        self.best_first = best_first
-        self.items: list = []
-        self.counter = itertools.count()
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def push(self, node: Node) -> None:
-        if self.best_first:
-            heapq.heappush(self.items, (node.score, next(self.counter), node))
-        else:
-            self.items.append(node)
-
-    def pop_many(self, n: int) -> list[Node]:
-        n = min(n, len(self.items))
-        if self.best_first:
-            return [heapq.heappop(self.items)[2] for _ in range(n)]
-        return [self.items.pop() for _ in range(n)]
 
 
 def search_region(network: Network, region: Region, r: int, options: VerifyOptions,

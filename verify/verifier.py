@@ -16,7 +16,8 @@ from .network import Network
 from .options import VerifyOptions
 from .properties import Property
 from .result import Statistics, Status, VerificationResult
-from .search import Leaf, RegionSearch, search_region
+from .search import RegionSearch, search_region
+from .search_types import Leaf
 from .vnnlib import check_fits
 
 

@@ -36,6 +36,9 @@ Numerals are read as the nearest IEEE double, as other VNN-LIB tools do.
 Linear arithmetic on them is exact (rationals); a derived input bound that is
 not exactly a double (e.g. from ``(<= (* 3 X_0) 1)``) is rounded outward and a
 derived right-hand side upward, so the box and the unsafe set never shrink.
+
+This module parses commands, terms and formulas; the tokens and S-expressions are read
+by :mod:`verify.vnnlib_sexpr`, the regions assembled by :mod:`verify.vnnlib_regions`.
 """
 from __future__ import annotations
 
@@ -45,50 +48,22 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
-
 from .errors import PropertyError, ShapeMismatchError
-from .properties import Conjunction, Property, Region
+from .properties import Property
+from .vnnlib_regions import RegionAssembly
+from .vnnlib_sexpr import _List, _Sym, read_sexprs
 
 __all__ = ["MAX_DNF_TERMS", "check_fits", "load_vnnlib", "parse_vnnlib"]
 
 #: Largest disjunctive normal form accepted (number of conjunctive terms).
 MAX_DNF_TERMS = 10_000
 
-_TOKEN_RE = re.compile(r"(\n)|[ \t\r\f\v]+|;[^\n]*|(\()|(\))|([^\s();]+)")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\Z")
 _NUMERIC_LOOKING_RE = re.compile(r"[+-]?\.?\d")
 _VAR_RE = re.compile(r"([XY])_(0|[1-9][0-9]*)\Z")
-_COMMANDS = frozenset({"assert", "declare-const", "declare-fun", "define-fun", "check-sat",
-                       "get-model", "exit", "set-logic", "set-info", "set-option"})
 _IGNORED = frozenset({"check-sat", "get-model", "exit", "set-logic", "set-info", "set-option"})
 _COMPARISONS = frozenset({"<=", ">=", "<", ">", "="})
 _ONE = Fraction(1)
-
-
-class _Sym:
-    __slots__ = ("text", "line")
-
-    def __init__(self, text: str, line: int):
-        self.text = text
-        self.line = line
-
-
-class _List:
-    __slots__ = ("items", "line")
-
-    def __init__(self, line: int):
-        self.items: list = []
-        self.line = line
-
-
-def _describe(node) -> str:
-    if isinstance(node, _Sym):
-        return repr(node.text)
-    head = node.items[0] if node.items else None
-    if isinstance(head, _Sym):
-        return f"'({head.text} ...)'"
-    return "'(...)'"
 
 
 def _round_outward(value: Fraction, up: bool) -> float:
@@ -102,7 +77,7 @@ def _round_outward(value: Fraction, up: bool) -> float:
     return f
 
 
-class _Parser:
+class _Parser(RegionAssembly):
     """One parse of one VNN-LIB text."""
 
     def __init__(self, text: str, source: str, max_terms: int):
@@ -128,41 +103,7 @@ class _Parser:
     # -- lexing and S-expressions -------------------------------------------
     def read(self) -> list[_List]:
         """Tokenize and build the top-level S-expressions (iteratively)."""
-        line = 1
-        top: list[_List] = []
-        stack: list[_List] = []
-        for m in _TOKEN_RE.finditer(self.text):
-            group = m.lastindex
-            if group is None:  # blanks or comment
-                continue
-            if group == 1:  # newline
-                line += 1
-            elif group == 2:  # (
-                stack.append(_List(line))
-            elif group == 3:  # )
-                if not stack:
-                    raise self.error("unexpected ')'", line, "'(' to start a command")
-                node = stack.pop()
-                if stack:
-                    stack[-1].items.append(node)
-                else:
-                    top.append(node)
-            else:
-                tok = m.group(4)
-                if not stack:
-                    raise self.error(f"unexpected {tok!r} outside parentheses", line,
-                                     "'(' to start a command")
-                cur = stack[-1]
-                if tok in _COMMANDS and not cur.items and len(stack) > 1:
-                    outer = stack[0]
-                    raise self.error(f"'{tok}' command inside another command", line,
-                                     f"')' to close the '(' opened at line {outer.line}")
-                cur.items.append(_Sym(tok, line))
-        if stack:
-            node = stack[-1]
-            raise self.error("unclosed '(' at end of file", node.line,
-                             f"')' to close the '(' opened at line {node.line}")
-        return top
+        return read_sexprs(self.text, self.error)
 
     # -- commands -------------------------------------------------------------
     def run(self):
@@ -409,79 +350,6 @@ class _Parser:
         for d in multi:
             terms = [t + u for t in terms for u in d]
         return terms
-
-    # -- sizes and regions ------------------------------------------------
-    def sizes(self) -> tuple[int, int]:
-        n_in = self._count(lambda k: k >= 0, lambda k: k, "X", "input")
-        n_out = self._count(lambda k: k < 0, lambda k: ~k, "Y", "output")
-        if n_in == 0:
-            raise self.error("no input variables declared", None, "(declare-const X_0 Real)")
-        return n_in, n_out
-
-    def _count(self, select, index, letter: str, what: str) -> int:
-        idx = sorted(index(k) for k in self.vars.values() if select(k))
-        for expect, got in zip(range(len(idx)), idx):
-            if got != expect:
-                key = got if letter == "X" else ~got
-                raise self.error(f"{what} variables must be {letter}_0..{letter}_{{n-1}} "
-                                 f"without gaps: {letter}_{expect} is not declared",
-                                 self.decl_line[key], f"(declare-const {letter}_{expect} Real)")
-        return len(idx)
-
-    def regions(self, n_in: int, n_out: int) -> tuple[Region, ...]:
-        kind = np.asarray(self.lit_kind, dtype=np.int8)
-        var = np.asarray(self.lit_var, dtype=np.int64)
-        val = np.asarray(self.lit_val, dtype=np.float64)
-        upper = np.asarray(self.lit_upper, dtype=bool)
-        groups: dict[bytes, tuple[np.ndarray, np.ndarray, list[Conjunction]]] = {}
-        empty = None  # the first empty box: (input, its literals)
-        for term in self.dnf:
-            ids = np.asarray(term, dtype=np.int64)
-            lo = np.full(n_in, -np.inf)
-            hi = np.full(n_in, np.inf)
-            if ids.size:
-                b = ids[kind[ids] == 0]
-                ub = b[upper[b]]
-                lb = b[~upper[b]]
-                np.minimum.at(hi, var[ub], val[ub])
-                np.maximum.at(lo, var[lb], val[lb])
-            if np.any(lo > hi):
-                if empty is None:
-                    empty = (int(np.flatnonzero(lo > hi)[0]), ids)
-                continue  # empty box: this disjunct is unsatisfiable
-            for arr, side in ((lo, "lower"), (hi, "upper")):
-                bad = np.flatnonzero(~np.isfinite(arr))
-                if bad.size:
-                    i = int(bad[0])
-                    raise self.error(f"input X_{i} has no {side} bound", self.decl_line[i],
-                                     f"an assert bounding X_{i} from "
-                                     f"{'below' if side == 'lower' else 'above'}")
-            row_ids = list(dict.fromkeys(int(i) for i in ids if kind[i] == 1))
-            coeffs = np.zeros((len(row_ids), n_out))
-            rhs = np.zeros(len(row_ids))
-            for r, lit in enumerate(row_ids):
-                row, bound = self.lit_row[lit]
-                for j, x in row.items():
-                    coeffs[r, j] = x
-                rhs[r] = bound
-            key = lo.tobytes() + hi.tobytes()
-            if key not in groups:
-                groups[key] = (lo, hi, [])
-            groups[key][2].append(Conjunction(coeffs, rhs))
-        if not groups:
-            i, ids = empty if empty is not None else (None, None)
-            if i is None:  # pragma: no cover - every disjunct is a term
-                raise self.error("the constraints are unsatisfiable", None,
-                                 "at least one non-empty input box")
-            mine = [k for k in ids if kind[k] == 0 and var[k] == i]
-            low = max((k for k in mine if not upper[k]), key=lambda k: val[k])
-            high = min((k for k in mine if upper[k]), key=lambda k: val[k])
-            raise self.error(f"input X_{i} has lower bound {val[low]:g} (line "
-                             f"{self.lit_line[low]}) above its upper bound {val[high]:g} "
-                             f"(line {self.lit_line[high]}): the input box is empty, the constraints "
-                             "are unsatisfiable",
-                             self.lit_line[high], f"lower <= upper for X_{i}")
-        return tuple(Region(lo, hi, tuple(cs)) for lo, hi, cs in groups.values())
 
 
 def parse_vnnlib(text: str, source: str = "<string>", n_inputs: int | None = None,

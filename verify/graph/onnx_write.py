@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..onnx_io import OPSET
 from .model import GraphNetwork
 from .ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Sum, Transpose
-
-OPSET = 13
 
 
 def save_graph_onnx(graph: GraphNetwork, path, *, like=None, input_name: str = "input",

@@ -1,0 +1,51 @@
+"""A region's unsafe rows as one linear specification, and which of its
+conjunctions a bound refutes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .bounds import refute_conjunction
+from .properties import Region
+
+
+def region_rows(region: Region, n_outputs: int):
+    """All unsafe rows of a region as (C, d) tensors plus the owning conjunction of each row."""
+    rows, owner = [], []
+    for j, conj in enumerate(region.unsafe):
+        for r in range(conj.coeffs.shape[0]):
+            rows.append((conj.coeffs[r], conj.rhs[r]))
+            owner.append(j)
+    m = len(rows)
+    assert all(a <= b for a, b in zip(owner, owner[1:]))  # refuted_conjunctions needs it
+    C = torch.tensor(np.array([r[0] for r in rows]).reshape(m, n_outputs))
+    d = torch.tensor(np.array([r[1] for r in rows], dtype=np.float64).reshape(m))
+    return C, d, np.array(owner, dtype=np.int64)
+
+
+def refuted_conjunctions(res, owner, n_conj: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(B, n_conj): conjunction refuted on the branch -- one of its rows has a
+    positive lower bound, or (multi-row) a convex combination of its rows does.
+    ``owner``: the conjunction of each spec row, ascending (as ``region_rows``)."""
+    spec = res.spec_lower.numpy()
+    if len(owner) == n_conj and (owner == np.arange(n_conj)).all():
+        return spec > 0  # one row per conjunction (local robustness): the common case
+    out = np.zeros((spec.shape[0], n_conj), dtype=bool)
+    counts = np.bincount(owner, minlength=n_conj)
+    nonempty = np.flatnonzero(counts)
+    if len(nonempty) == 0:
+        return out
+    starts = np.cumsum(counts) - counts
+    # per conjunction: any of its (consecutive) rows positive
+    out[:, nonempty] = np.logical_or.reduceat(spec > 0, starts[nonempty], axis=1)
+    multi = np.flatnonzero(counts > 1)
+    if len(multi):
+        coeffs, const = res.spec_coeffs.numpy(), res.spec_const.numpy()
+        for j in multi:
+            cols = np.arange(starts[j], starts[j] + counts[j])
+            todo = np.flatnonzero(~out[:, j])
+            if len(todo):
+                ok = refute_conjunction(coeffs[np.ix_(todo, cols)], const[np.ix_(todo, cols)],
+                                        lo[todo], hi[todo])
+                out[todo[ok], j] = True
+    return out
