@@ -73,18 +73,18 @@ class ReuseOptions:
     # 97 % for empty ones (intervals suffice; 167 of 172)
     bound_core_min_gain: float = 2.0
     empty_bound_core_min_gain: float = 1.05
-    # equivalence transfer (verify.reuse.transfer) first, when the original's proof has a
-    # margin on input boxes (at most transfer_max_boxes per region); boxes it does not
-    # carry are bisected up to transfer_refine_rounds times for a variant with no
-    # structural map (a distilled student) only: a compressed variant has the reuse tiers
-    # next, and the bisection cost 1-8 s per ACAS Xu pair where it failed (load 4)
+    # equivalence transfer (verify.reuse.transfer), when the original's proof has a
+    # margin on input boxes (at most transfer_max_boxes per region): first for a variant
+    # with no structural map (a distilled student), whose only other way is scratch, with
+    # boxes it does not carry bisected up to transfer_refine_rounds times; for a related
+    # variant after the proof's own tiers gave up, before scratch (measured, quick
+    # families: tried first it cost more than the tiers on the 55 pairs whose original
+    # one bound settled -- geo-mean 0.40x against scratch -- and 0.25-2.2 s per ACAS Xu
+    # variant where it failed, where the tiers take 0.04-0.65 s)
     equivalence_transfer: bool = True
     transfer_max_boxes: int = 256
-    # ... but for a variant related to the original (a change record or a derived map,
-    # whose proof tree the reuse tiers re-check leaf by leaf) only up to this many
-    # boxes per region: a transfer that fails costs a differential bound of every box
-    # (measured on ACAS Xu 1_3 / 1_4, props 1 and 3, 45-173 boxes: 0.25-2.2 s per
-    # variant against 0.04-0.65 s for the reuse tiers, which also closed every pair)
+    # ... for a related variant only up to this many boxes per region (a transfer that
+    # fails costs a differential bound of every box)
     transfer_first_max_boxes: int = 16
     transfer_refine_rounds: int = 3
 

@@ -421,6 +421,7 @@ def reverify(original: Network, variant, prop: Property,
         return ReuseResult(status, time.monotonic() - t0, method, cex, reason, variant.name,
                            prop.name, stats)
 
+    transfer_later = False  # an equivalence transfer once the proof's tiers gave up
     try:
         if proof.status == "violated" and proof.counterexample is not None:
             # the original's counterexample, re-run on the variant (a witness is only
@@ -452,9 +453,12 @@ def reverify(original: Network, variant, prop: Property,
                 (ChangeMap(original, variant, record), variant)
         except ShapeMismatchError as exc:
             no_map = str(exc)  # e.g. a distilled student: transfer, else scratch
-        if not graph and reuse_options.equivalence_transfer and try_transfer(
-                original, variant, prop, proof, reuse_options, stats, no_map is not None):
-            return done(Status.HOLDS, "equivalence-transfer")
+        if not graph and reuse_options.equivalence_transfer:
+            if no_map is not None:  # no structural map: the transfer, else scratch
+                if try_transfer(original, variant, prop, proof, reuse_options, stats, True):
+                    return done(Status.HOLDS, "equivalence-transfer")
+            else:  # a related variant: its proof's tiers first (see ReuseOptions)
+                transfer_later = True
         if no_map is not None:
             raise _NoFit(no_map)
         if graph:  # CNNs: the proof tree re-checked with bounds (no chain-only tiers, no Z3)
@@ -486,6 +490,9 @@ def reverify(original: Network, variant, prop: Property,
         return done(Status.HOLDS, f"reuse-{method}")
     except _NoFit as exc:
         stats.fallback_reason = str(exc)
+        if transfer_later and try_transfer(original, variant, prop, proof, reuse_options, stats,
+                                           False):
+            return done(Status.HOLDS, "equivalence-transfer")
     if not reuse_options.fallback:
         return done(Status.UNKNOWN, "reuse", reason=stats.fallback_reason)
     stats.fallback = True
