@@ -30,8 +30,9 @@ class ReuseOptions:
     tree_max_open: float = 0.1
     # the leaves the interval change bound leaves open get the symbolic one
     # (verify.diffbounds: both networks back-substituted together) when the interval
-    # bound lost at most this many times the original's margin there; its tighter
-    # per-layer changes also move the intermediate bounds of tier 1.  0: never
+    # bound lost at most this many times the original's margin there, after tier 1
+    # (ReLU-split trees only); its tighter per-layer changes also move the bounds tier
+    # 2 starts from.  0: never
     # (mnist-net_256x4 image 7 at eps 0.01, int16: it closes 14-16 of the 17 leaves
     # tiers 0-1 left open, and reuse took 5.7-6.0 s against 9.3-10.9 s without it,
     # alternated, 2 cores under load ~4; on int8 and magnitude 10 % it closes none

@@ -446,21 +446,21 @@ def reverify(original: Network, variant, prop: Property,
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
         graph = not isinstance(original, Network) or not isinstance(variant, Network)
-        cmap = no_map = None
-        searched = variant
+        transfer = not graph and reuse_options.equivalence_transfer
+        no_map = None
         try:  # searched: the network the proof is re-checked on (the expansion, if pruned)
             cmap, searched = graph_change_map(original, variant, record) if graph else \
                 (ChangeMap(original, variant, record), variant)
         except ShapeMismatchError as exc:
-            no_map = str(exc)  # e.g. a distilled student: transfer, else scratch
-        if not graph and reuse_options.equivalence_transfer:
-            if no_map is not None:  # no structural map: the transfer, else scratch
-                if try_transfer(original, variant, prop, proof, reuse_options, stats, True):
-                    return done(Status.HOLDS, "equivalence-transfer")
-            else:  # a related variant: its proof's tiers first (see ReuseOptions)
-                transfer_later = True
-        if no_map is not None:
+            no_map = str(exc)
+        if no_map is not None:  # e.g. a distilled student: the transfer, else scratch
+            if transfer and try_transfer(original, variant, prop, proof, reuse_options, stats,
+                                         True):
+                return done(Status.HOLDS, "equivalence-transfer")
             raise _NoFit(no_map)
+        # a related variant: its proof's tiers first, the transfer once they give up
+        # (see ReuseOptions)
+        transfer_later = transfer
         if graph:  # CNNs: the proof tree re-checked with bounds (no chain-only tiers, no Z3)
             reuse_options = dataclasses.replace(
                 reuse_options, difference=False, bound_core_on_demand=False, tree_walk=True)

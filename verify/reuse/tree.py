@@ -153,7 +153,6 @@ class TreeCheck:
         self.closed = {"closed_by_bounds": 0, "closed_by_difference": 0, "closed_by_symbolic": 0,
                        "closed_by_difference_backsub": 0, "closed_by_split": 0}
         self.n_hidden = len(search.net.hidden_sizes)
-        self.max_open_leaves = float("inf")  # leaves open after tier 1 that give the tree up
 
     def run(self, region, r: int, root_check=None, max_open: float = 1.0):
         """A confirmed counterexample, None when every leaf closed, or raises
@@ -165,14 +164,13 @@ class TreeCheck:
         closures are then discarded)."""
         from ..attack import confirm_batch
         branches, search = self.branches, self.search
-        self.max_open_leaves = max_open * len(branches)
         todo = [i for i, b in enumerate(branches) if b.method != "infeasible"]
         self.closed["closed_by_bounds"] += len(branches) - len(todo)  # empty on the original
         step = max(1, min(search._batch_size() * 8, 2048))
         open_after_1, moved_of = [], {}
         for s in range(0, len(todo), step):
             idx = todo[s:s + step]
-            still, moved = self._tiers01(idx)
+            still, moved = self._tiers01(idx, max_open * len(branches))
             open_after_1 += still
             moved_of.update(moved)
         if not open_after_1:
@@ -226,8 +224,10 @@ class TreeCheck:
             setattr(self.stats, name, getattr(self.stats, name) + n)
 
     # ---- tiers ----------------------------------------------------------------------
-    def _tiers01(self, idx):
-        """Tiers 0 and 1 on leaves ``idx``: (still open, {leaf: its moved bounds})."""
+    def _tiers01(self, idx, max_open_leaves: float):
+        """Tiers 0, 1 and 1b on leaves ``idx``: (still open, {leaf: its moved bounds}).
+        ``max_open_leaves``: more leaves open than this give the tree up (tier 1b is
+        skipped when it could not bring them under it)."""
         branches, search = self.branches, self.search
         lowers = [np.stack([branches[i].layer_bounds[k][0] for i in idx]) for k in range(self.n_hidden)]
         uppers = [np.stack([branches[i].layer_bounds[k][1] for i in idx]) for k in range(self.n_hidden)]
@@ -279,7 +279,7 @@ class TreeCheck:
             rows = rows[known[rows] & hopeful(spec_dl[rows], spec0[rows] - spec_dl[rows],
                                               search.owner, search.n_conj, gate)]
             # not when the tree would be given up even if it closed all of them
-            if len(rows) and len(open_j) - len(rows) <= self.max_open_leaves:
+            if len(rows) and len(open_j) - len(rows) <= max_open_leaves:
                 tight, sdl = symbolic_deviation(self.cmap, [l[rows] for l in lowers],
                                                 [u[rows] for u in uppers],
                                                 [(dl[rows], du[rows]) for dl, du in changes],
@@ -288,14 +288,15 @@ class TreeCheck:
                 self.closed["closed_by_bounds"] += int(done.sum())
                 self.closed["closed_by_difference"] += int(done.sum())
                 self.closed["closed_by_symbolic"] += int(done.sum())
-                tighter = moved_bounds(self.cmap, [l[rows] for l in lowers],
-                                       [u[rows] for u in uppers], tight)
-                for j, row in enumerate(rows):
-                    leaf = idx[row]
-                    if done[j]:
-                        del moved_of[leaf]
-                    else:  # tier 2 starts from the tighter moved bounds
-                        moved_of[leaf] = [(l[j], u[j]) for l, u in tighter]
+                for row in rows[done]:
+                    del moved_of[idx[row]]
+                # tier 2 starts from the tighter moved bounds of the others
+                left = np.flatnonzero(~done)
+                tighter = moved_bounds(self.cmap, [l[rows[left]] for l in lowers],
+                                       [u[rows[left]] for u in uppers],
+                                       [(dl[left], du[left]) for dl, du in tight])
+                for j, row in enumerate(rows[left]):
+                    moved_of[idx[row]] = [(l[j], u[j]) for l, u in tighter]
         return list(moved_of), moved_of
 
     def _refuted(self, spec_lower: np.ndarray) -> np.ndarray:
