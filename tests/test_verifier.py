@@ -58,7 +58,35 @@ def exact_z3_verdict(net, prop):
 
 SPLITTING = {"input": dict(), "input-backward": dict(intermediate_bounds="backward"),
              "input-forward": dict(intermediate_bounds="forward"), "relu": dict(input_split_max=0),
-             "relu-no-z3": dict(input_split_max=0, use_z3=False)}
+             "relu-no-z3": dict(input_split_max=0, use_z3=False),
+             "relu-z3-early": dict(input_split_max=0, z3_relu_split_max_unstable=6)}
+
+
+def tight_property(rng, net, slack):
+    """A unit box and one output row whose sampled minimum is ``slack`` above the
+    unsafe threshold: it holds (or nearly), and only deep ReLU splitting decides it."""
+    lo = rng.uniform(-1, 0, net.n_inputs)
+    hi = lo + 1.0
+    c = rng.normal(size=(1, net.n_outputs))
+    m = (net.forward(rng.uniform(lo, hi, size=(20000, net.n_inputs))) @ c.T).min()
+    return Property((Region(lo, hi, (Conjunction(c, np.array([m - slack])),)),), net.n_outputs)
+
+
+@pytest.mark.parametrize("sizes,seed", [([3, 6, 6, 2], 5), ([3, 6, 6, 2], 6), ([2, 8, 8, 2], 2),
+                                        ([2, 8, 8, 2], 9)])
+def test_z3_decides_fully_split_branches_exactly(sizes, seed):
+    """With beta-CROWN's extra steps on fully split branches switched off, those
+    branches stay open and go to Z3 with their split facts asserted, which makes the
+    query an exact linear program: without the inactive facts a model outside the
+    branch is a spurious SAT and the verdict stays unknown."""
+    rng = np.random.default_rng(seed)
+    net = random_net(rng, sizes)
+    prop = tight_property(rng, net, 0.01)
+    res = verify_property(net, prop, VerifyOptions(timeout=60, seed=seed, input_split_max=0,
+                                                   fixed_leaf_iterations=0))
+    assert res.status.value == exact_z3_verdict(net, prop) == "holds"
+    assert res.method == "z3" and res.statistics.z3_queries > 0
+    assert not sampled_violation(net, prop, rng)
 
 
 @pytest.mark.parametrize("mode", sorted(SPLITTING))
@@ -244,7 +272,7 @@ def test_digits_mlp_holds_via_z3_and_violated_via_counterexample(digits_mlp):
     z3_holds = 0
     for idx, eps in _points_bounds_cannot_prove(net, X, y):
         prop = local_robustness(X[idx], eps, int(y[idx]), 10)
-        res = verify_property(net, prop, VerifyOptions(timeout=30, z3_max_unstable=64))
+        res = verify_property(net, prop, VerifyOptions(timeout=30, z3_relu_split_max_unstable=64))
         r = prop.regions[0]
         if res.status.value == "violated":
             _assert_replays(net, prop, res)

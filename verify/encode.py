@@ -7,13 +7,18 @@ Names (stable across a network and its compressed variants):
                           (within a proven rounding slack when coefficients are rounded)
 * ``L{k}.N{i}.relu``      a = max(z, 0) for an unstable neuron (a disjunction)
 * ``L{k}.N{i}.bounds``    l <= z <= u, the propagated bounds of the neuron
+* ``L{k}.N{i}.inactive``  W a + b <= 0 for a neuron the branch split inactive
 * ``out.{j}.affine``      output j of the last affine layer
 * ``spec.{r}``            row r of the unsafe conjunction: c_r @ y <= d_r
 
 Stable-inactive neurons are left out (their activation is the constant 0) and
-stable-active neurons are used linearly (a = z); both facts are implied by
-the bounds on the branch, so the query stays exact for the branch.  Leaving
-constraints out only weakens the query, so UNSAT stays a sound ``holds``.
+stable-active neurons are used linearly (a = z); both facts hold for every
+input of the branch.  Leaving constraints out only weakens the query, so UNSAT
+stays a sound ``holds``; but a model may then lie outside the branch (a
+spurious SAT).  A branch's ReLU split facts (``Branch.splits``) close that gap
+for the neurons it split: active ones keep ``l >= 0`` in their bounds, inactive
+ones get their pre-activation asserted ``<= 0``, so a fully split branch is an
+exact linear program.
 """
 from __future__ import annotations
 
@@ -57,6 +62,7 @@ class Branch:
     layer_bounds: list[tuple[np.ndarray, np.ndarray]]
     coeffs: np.ndarray  # (m, n_out)
     rhs: np.ndarray  # (m,)
+    splits: tuple[str, ...] = ()  # the branch's ReLU phase facts, e.g. "L1.N7.inactive"
 
 
 @dataclass
@@ -89,33 +95,40 @@ def encode(network: Network, branch: Branch, digits: int | None = None) -> Query
     n_layers = len(network.affines)
     needed_out = np.flatnonzero(np.any(branch.coeffs != 0, axis=0))
     ys = {}
+    inactive = _inactive_splits(branch.splits)
+
+    def linear(aff, i, live):
+        """W_i a + b_i as a z3 term, and the rounding slack it is exact within."""
+        if aff.is_quantized:
+            sc = Fraction(float(aff.weight_scale[i]))
+            terms = [int(aff.weight_int[i, j]) * acts[j] for j in live if aff.weight_int[i, j] != 0]
+            lin = (R(sc) * z3.Sum(terms) if terms else R(Fraction(0)))
+            return lin + R(Fraction(float(aff.bias[i]))), 0.0
+        w = aff.weight[i]
+        coeffs = [(_rational(w[j], digits), j) for j in live]
+        terms = [R(c) * acts[j] for c, j in coeffs if c != 0]
+        b = _rational(aff.bias[i], digits)
+        lin = (z3.Sum(terms) if terms else R(Fraction(0))) + R(b)
+        if digits is None:
+            return lin, 0.0
+        err = sum(abs(float(w[j]) - float(c)) * amax[j] for c, j in coeffs)
+        return lin, _round_up(err + abs(float(aff.bias[i]) - float(b)))
+
     for k, aff in enumerate(network.affines):
         hidden = k < n_layers - 1
         live = [j for j, a in enumerate(acts) if a is not None]
         if hidden:
             l, u = branch.layer_bounds[k]
             rows = [i for i in range(aff.out_size) if u[i] > 0]
+            for i in sorted(inactive.get(k, ())):
+                if u[i] <= 0:  # split inactive: left out below, its phase asserted here
+                    lin, slack = linear(aff, i, live)
+                    cons[neuron_name(k, i, "inactive")] = lin <= R(Fraction(slack))
         else:
             rows = list(needed_out)
         new_acts: list = [None] * aff.out_size
         for i in rows:
-            if aff.is_quantized:
-                sc = Fraction(float(aff.weight_scale[i]))
-                terms = [int(aff.weight_int[i, j]) * acts[j] for j in live if aff.weight_int[i, j] != 0]
-                lin = (R(sc) * z3.Sum(terms) if terms else R(Fraction(0)))
-                lin = lin + R(Fraction(float(aff.bias[i])))
-                slack = 0.0
-            else:
-                w = aff.weight[i]
-                coeffs = [(_rational(w[j], digits), j) for j in live]
-                terms = [R(c) * acts[j] for c, j in coeffs if c != 0]
-                b = _rational(aff.bias[i], digits)
-                lin = (z3.Sum(terms) if terms else R(Fraction(0))) + R(b)
-                if digits is None:
-                    slack = 0.0
-                else:
-                    err = sum(abs(float(w[j]) - float(c)) * amax[j] for c, j in coeffs)
-                    slack = _round_up(err + abs(float(aff.bias[i]) - float(b)))
+            lin, slack = linear(aff, i, live)
             z = z3.Real(f"z{k}_{i}" if hidden else f"y{i}", ctx)
             name = neuron_name(k, i, "affine") if hidden else f"out.{i}.affine"
             if slack > 0:
@@ -144,6 +157,15 @@ def encode(network: Network, branch: Branch, digits: int | None = None) -> Query
                  for j in range(branch.coeffs.shape[1]) if branch.coeffs[r, j] != 0]
         cons[f"spec.{r}"] = (z3.Sum(terms) if terms else R(Fraction(0))) <= R(Fraction(float(branch.rhs[r])))
     return Query(ctx, solver, xs, cons, digits)
+
+
+def _inactive_splits(facts) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = {}
+    for f in facts:
+        layer, neuron, phase = f.split(".")
+        if phase == "inactive":
+            out.setdefault(int(layer[1:]), set()).add(int(neuron[1:]))
+    return out
 
 
 @dataclass

@@ -271,7 +271,18 @@ class RegionSearch(Splitting):
                 stuck = [k for k, pair in enumerate(children) if pair is None]
                 if stuck and self._close_fixed(batch, [to_split[k][0] for k in stuck], splits,
                                                lo, hi):
-                    keep = [k for k in range(len(children)) if k not in stuck]
+                    stuck = []
+                for k in list(stuck):  # an exact answer for what beta-CROWN left open
+                    i, layer_b = to_split[k]
+                    if not self._z3_fixed_leaf_allowed(layer_b):
+                        continue
+                    outcome = self._z3_leaf(batch[i], layer_b, refuted[i])
+                    if outcome is not None:
+                        return outcome
+                    if self._closed_by_z3:
+                        stuck.remove(k)
+                if len(stuck) < sum(pair is None for pair in children):
+                    keep = [k for k, pair in enumerate(children) if pair is not None or k in stuck]
                     to_split = [to_split[k] for k in keep]
                     children = [children[k] for k in keep]
             for (i, _), pair in zip(to_split, children):
@@ -323,10 +334,14 @@ class RegionSearch(Splitting):
         per_branch = 2 * width * self.net.n_inputs
         return int(max(1, min(self.opt.batch_size, 1.2e7 // per_branch)))
 
+    def _z3_fixed_leaf_allowed(self, layer_b) -> bool:
+        return (self.use_z3 and self.z3_unknown < self.opt.z3_max_failures
+                and self._z3_terms(layer_b) <= self.opt.z3_max_terms)
+
     def _z3_threshold(self, node: Node) -> int:
         if self.input_split:
             return self.opt.z3_max_unstable if node.depth >= self.opt.z3_min_depth else 0
-        return self.opt.z3_max_unstable
+        return self.opt.z3_relu_split_max_unstable
 
     def _method(self) -> str:
         if any(l.method == "z3" for l in self.leaves):
@@ -354,7 +369,8 @@ class RegionSearch(Splitting):
         cores, digits_used = {}, {}
         for j in np.flatnonzero(~refuted_row):
             conj = self.region.unsafe[j]
-            branch = Branch(node.lo, node.hi, layer_b, conj.coeffs, conj.rhs)
+            branch = Branch(node.lo, node.hi, layer_b, conj.coeffs, conj.rhs,
+                            () if node.splits is None else split_facts(node.splits))
             for digits in self.opt.z3_digits:
                 budget = min(self.opt.z3_input_query_timeout if self.input_split
                              else self.opt.z3_query_timeout, self.time_left())

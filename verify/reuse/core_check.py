@@ -32,8 +32,9 @@ class CoreChecks:
                 m = self.cmap.map_name(n)
                 if m is not None and m not in names:
                     names.append(m)
+        facts = self.cmap.map_splits(b.splits)  # the branch's splits, on the variant's neurons
         for digits in self.opt.z3_digits:
-            q = encode(self.net, Branch(b.lower, b.upper, lb, conj.coeffs, conj.rhs), digits)
+            q = encode(self.net, Branch(b.lower, b.upper, lb, conj.coeffs, conj.rhs, facts), digits)
             spurious = False
             if names is not None:
                 self.stats.cores_used += 1

@@ -304,7 +304,7 @@ def _leaf_cores(net: Network, region: Region, leaf: Leaf, options: VerifyOptions
             if left <= 0.05:
                 return cores
             query = encode(net, Branch(leaf.lo, leaf.hi, leaf.layer_bounds, conj.coeffs,
-                                       conj.rhs), digits)
+                                       conj.rhs, leaf.splits), digits)
             start = list(leaf.cores[j]) if j in leaf.cores else None  # the search's raw core
             core = extract_core(query, start, timeout=min(ropt.core_timeout, left),
                                 budget=min(ropt.minimise_budget, left))
