@@ -152,12 +152,16 @@ class DiffRelaxation:
     t: np.ndarray
 
 
-def diff_relaxation(lf, uf, lg, ug, dl, du) -> DiffRelaxation:
+def diff_relaxation(lf, uf, lg, ug, dl, du, mixed_by_change: bool = False) -> DiffRelaxation:
     """The relaxation of ``dh = relu(z + dz) - relu(z)`` for ``z`` in ``[lf, uf]``,
     ``z + dz`` in ``[lg, ug]``, ``dz`` in ``[dl, du]``: per neuron the better (by
     its worst gap) of the chords of the "bow tie" (``dh`` between 0 and ``dz``:
     relu is monotone and 1-Lipschitz), whose gap shrinks with the change, and
-    the two networks' own CROWN relaxations (exact where both are stable)."""
+    the two networks' own CROWN relaxations (exact where both are stable).
+    ``mixed_by_change``: where the two are stable in opposite phases, the chords
+    (``dh`` between 0 and ``dz``) rather than the exact ``dh = -z`` or ``z + dz``:
+    when bounds are clamped by phase splits, ``z`` ranges over the whole box in
+    the back-substitution, while ``dz`` stays small there."""
     alpha, s, t = crown_relax(lf, uf)
     ag, sg, tg = crown_relax(lg, ug)
     # A: relu(z') - relu(z) with both CROWN relaxations, z' = z + dz
@@ -176,6 +180,8 @@ def diff_relaxation(lf, uf, lg, ug, dl, du) -> DiffRelaxation:
     zero = np.zeros_like(dl)
     B = (lo_slope, zero, lo_const, up_slope, zero, up_const)
     pick = gap_b < err_a
+    if mixed_by_change:
+        pick |= ((lf >= 0) & (ug <= 0)) | ((uf <= 0) & (lg >= 0))
     aL, bL, cL, aU, bU, cU = (np.where(pick, b, a) for a, b in zip(A, B))
     return DiffRelaxation(aL, bL, cL, aU, bU, cU, alpha, s, t)
 

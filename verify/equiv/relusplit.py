@@ -140,7 +140,8 @@ class ReluSplitter:
         relax, rf, rg = [], [], []
         for k in range(H):
             (lf, uf), (lg, ug), (dl, du) = F[k], G[k], D[k]
-            redo = np.flatnonzero(since < k)
+            # layers above a new split; and the first layer itself under a new cut
+            redo = np.flatnonzero((since < k) | ((since == 0) & (k == 0)))
             if len(redo):
                 lf[redo], uf[redo] = self._own(self.diff.prop_f, k, lf[redo], uf[redo], rf, redo,
                                                tlo, thi, sub(redo))
@@ -157,7 +158,7 @@ class ReluSplitter:
             dl, du = np.maximum(dl, widen_lower(lg - uf)), np.minimum(du, widen_upper(ug - lf))
             empty |= ((lf > uf) | (lg > ug) | (dl > du)).any(axis=1)
             F[k], G[k], D[k] = (lf, uf), (lg, ug), (dl, du)
-            r = diff_relaxation(lf, uf, lg, ug, dl, du)
+            r = diff_relaxation(lf, uf, lg, ug, dl, du, mixed_by_change=True)
             relax.append(_Rows(r))
             rf.append(tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in (r.alpha, r.s, r.t)))
             rg.append(tuple(torch.from_numpy(v) for v in crown_relax(lg, ug)))
