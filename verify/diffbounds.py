@@ -72,13 +72,13 @@ def _best_beta(base, v, d, lo, hi):
     if not len(bi):
         return beta
     f32 = np.float32
-    base, vv = base[bi, mi].astype(f32), v[bi, 0].astype(f32)
+    base, vv = base[bi, mi], v[bi, 0]
     with np.errstate(divide="ignore", invalid="ignore"):
         t = base / vv
     t = np.where((vv != 0) & (t > 0), t, f32(np.inf))
     order = np.argsort(t, axis=-1)
     ts = np.take_along_axis(t, order, -1)
-    drop = np.take_along_axis((np.abs(vv) * (hi[bi, 0] - lo[bi, 0])).astype(f32), order, -1)
+    drop = np.take_along_axis(np.abs(vv) * (hi[bi, 0] - lo[bi, 0]), order, -1)
     left = slope0[bi, mi, None].astype(f32) - np.cumsum(drop, -1)
     k = np.argmax(left <= 0, axis=-1)
     b = np.take_along_axis(ts, k[:, None], -1)[:, 0].astype(float)
@@ -102,12 +102,15 @@ def cut_min(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray, cuts=N
     A = np.broadcast_to(A, (B, m, n))
     q = V.shape[1]
     beta = np.zeros((B, m, q))
-    L, H = lo[:, None, :], hi[:, None, :]
+    L, H = lo[:, None, :].astype(np.float32), hi[:, None, :].astype(np.float32)
     used = np.flatnonzero(np.abs(V).sum((0, 2)) > 0)
+    A2 = A.astype(np.float32)  # the search runs in float32: any beta >= 0 is sound
+    V32 = V.astype(np.float32)
     for _ in range(passes):
         for i in used:
-            base = A - np.einsum("bmq,bqn->bmn", beta, V) + beta[..., i:i + 1] * V[:, i][:, None, :]
-            beta[..., i] = _best_beta(base, V[:, i][:, None, :], d[:, i][:, None], L, H)
+            base = A2 + beta[..., i:i + 1].astype(np.float32) * V32[:, i][:, None, :]
+            beta[..., i] = _best_beta(base, V32[:, i][:, None, :], d[:, i][:, None], L, H)
+            A2 = base - beta[..., i:i + 1].astype(np.float32) * V32[:, i][:, None, :]
     A2 = A - np.einsum("bmq,bqn->bmn", beta, V)
     c2 = c - np.einsum("bmq,bq->bm", beta, d)
     v = c2 + mv(np.clip(A2, 0, None), lo) + mv(np.clip(A2, None, 0), hi)

@@ -20,16 +20,19 @@ tighten each other (``z' = z + dz``).  A child branch starts from its
 parent's bounds (it is a subset) and recomputes only the layers above its
 new split, only for neurons that are not exact.
 
-The first hidden layer is linear in the input, so a phase split there is
-also a linear cut on the input (``w x + b >= 0``), which the bounds of the
-branch respect exactly (Lagrangian duality, :func:`verify.diffbounds.cut_min`):
-without it, a relaxation made exact on the branch is still minimised over the
-whole box, where it can be far looser than the relaxation it replaced.
-Higher layers' splits only clamp bounds.  Which neuron: in the lowest layer
-with a neuron whose relaxation is not exact, the one whose relaxation gaps
-(of ``dh`` and of the original's ``h``), weighted by the worst output row's
-coefficients on them, cost the most; split in the original if it is unstable
-there, else in the variant.
+Each split also keeps a linear cut on the input that holds on the branch,
+which every bound of the branch respects (Lagrangian duality,
+:func:`verify.diffbounds.cut_min`): in the first hidden layer, linear in the
+input, the phase itself (``w x + b >= 0``); above it, the neuron's linear
+bound on the parent (``z <= U(x)`` and ``z >= 0`` give ``U(x) >= 0``).
+Without cuts a relaxation made exact on the branch is still minimised over
+the whole box, where it can be far looser than the one it replaced.  Where the
+two networks are stable in opposite phases ``dh`` is relaxed by the chords in
+``dz`` for the same reason.  Which neuron: the one whose relaxation gaps (of
+``dh`` and of the original's ``h``), weighted by the worst output row's
+coefficients on them, cost the most (lower layers favoured, their splits also
+tighten the layers above); split in the original if it is unstable there,
+else in the variant.
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ import torch
 from ..diffbounds import (backsub_difference, crown_relax, cut_min, diff_relaxation,
                           relaxation_gaps, widen_lower, widen_upper)
 from .bounds import DiffPropagator
+
+#: a lower layer's relaxation gaps count this much more per layer when choosing a split
+LOWER_LAYER_WEIGHT = 2.0
 
 
 
@@ -183,6 +189,101 @@ class ReluSplitter:
                               delta[b], agree_low[b], choices[b], it[5], it[6]))
         return out
 
+    def cut(self, parent: Branch, net: int, k: int, j: int, phase: int):
+        """The input cut ``v @ x + d >= 0`` implied on ``parent`` by the phase
+        ``phase`` of neuron ``j`` of layer ``k`` of network ``net`` (0 original,
+        1 variant): in the first layer the phase itself; above it, from the
+        neuron's linear bound on the parent (``z <= U(x)`` and ``z >= 0`` give
+        ``U(x) >= 0``; ``z >= L(x)`` and ``z <= 0`` give ``-L(x) >= 0``)."""
+        L = self.layers
+        if k == 0:
+            W, b = L.Wf[0] + (L.dW[0] if net else 0.0), L.bf[0] + (L.db[0] if net else 0.0)
+            return phase * W[j], phase * b[j]
+        prop = self.diff.prop_g if net else self.diff.prop_f
+        bounds = parent.g if net else parent.f
+        relax = [tuple(torch.from_numpy(np.ascontiguousarray(v[None])) for v in crown_relax(l, u))
+                 for l, u in bounds[:k]]
+        row = np.zeros((1, len(bounds[k][0])))
+        row[0, j] = -phase  # the lower bound of -phase z: -phase z >= A x + c on the parent
+        t = lambda a: torch.from_numpy(a[None])  # noqa: E731
+        A, c = _own_linear(prop, k, row, relax, t(self.lo), t(self.hi))
+        return -A[0, 0], -c[0, 0]
+
+    def _own(self, prop, k, l, u, relax, rows, tlo, thi, cuts):
+        """A network's own bounds of layer ``k`` on branches ``rows``: those given,
+        intersected with the back-substitution of the neurons they leave unstable."""
+        idx = np.flatnonzero(((l < 0) & (u > 0)).any(axis=0))
+        if not len(idx):
+            return l, u
+        t_rows = torch.from_numpy(rows)
+        sel = [tuple(v[t_rows] for v in r) for r in relax]
+        eye = np.eye(l.shape[1])[idx]
+        low = _own_min(prop, k, np.vstack([eye, -eye]), sel, tlo[t_rows], thi[t_rows], cuts)
+        m = len(idx)
+        l, u = l.copy(), u.copy()
+        l[:, idx] = np.maximum(l[:, idx], low[:, :m])
+        u[:, idx] = np.minimum(u[:, idx], -low[:, m:])
+        return l, u
+
+    def _change(self, k, lf, uf, lg, ug, dl, du, relax, lo, hi, cuts):
+        """Bounds of ``dz_k`` on branches: those given, intersected with the
+        back-substitution of the neurons whose ``dh`` relaxation is not exact."""
+        exact = ((lf >= 0) & (lg >= 0)) | ((uf <= 0) & (ug <= 0))
+        idx = np.flatnonzero((~exact).any(axis=0))
+        if not len(idx):
+            return dl, du
+        eye = np.eye(lf.shape[1])[idx]
+        low, _ = backsub_difference(self.layers, k, np.vstack([eye, -eye]), relax, lo, hi,
+                                    cuts=cuts)
+        m = len(idx)
+        dl, du = dl.copy(), du.copy()
+        dl[:, idx] = np.maximum(dl[:, idx], low[:, :m])
+        du[:, idx] = np.minimum(du[:, idx], -low[:, m:])
+        return dl, du
+
+    def _choose(self, rec, relax, F, G, D, worst_row):
+        """Per branch, the (network, layer, neuron) to split: the neuron whose
+        relaxation gaps cost the worst output row most (a lower layer's gaps
+        count ``LOWER_LAYER_WEIGHT`` times more per layer: its split also
+        tightens the bounds of every layer above) -- the original's neuron if it
+        is unstable there, else the variant's.  None: every relaxation is exact."""
+        B = len(worst_row)
+        at = np.arange(B)
+        best = np.zeros(B)
+        choice: list = [None] * B
+        for k in range(self.H):
+            P, Q = (np.broadcast_to(v, (B,) + v.shape[-2:])[at, worst_row] for v in rec[k])
+            (lf, uf), (lg, ug), (dl, du) = F[k], G[k], D[k]
+            gap_dh, gap_h = relaxation_gaps(relax[k].r, lf, uf, dl, du)
+            f_open, g_open = (lf < 0) & (uf > 0), (lg < 0) & (ug > 0)
+            score = np.where(f_open | g_open, np.abs(P) * gap_dh + np.abs(Q) * gap_h, 0.0)
+            score *= LOWER_LAYER_WEIGHT ** (self.H - 1 - k)
+            j = np.argmax(score, axis=1)
+            for b in np.flatnonzero(score[at, j] > best):
+                best[b] = score[b, j[b]]
+                choice[b] = (0 if f_open[b, j[b]] else 1, k, int(j[b]))
+        return choice
+
+    def cut(self, parent: Branch, net: int, k: int, j: int, phase: int):
+        """The input cut ``v @ x + d >= 0`` implied on ``parent`` by the phase
+        ``phase`` of neuron ``j`` of layer ``k`` of network ``net`` (0 original,
+        1 variant): in the first layer the phase itself; above it, from the
+        neuron's linear bound on the parent (``z <= U(x)`` and ``z >= 0`` give
+        ``U(x) >= 0``; ``z >= L(x)`` and ``z <= 0`` give ``-L(x) >= 0``)."""
+        L = self.layers
+        if k == 0:
+            W, b = L.Wf[0] + (L.dW[0] if net else 0.0), L.bf[0] + (L.db[0] if net else 0.0)
+            return phase * W[j], phase * b[j]
+        prop = self.diff.prop_g if net else self.diff.prop_f
+        bounds = parent.g if net else parent.f
+        relax = [tuple(torch.from_numpy(np.ascontiguousarray(v[None])) for v in crown_relax(l, u))
+                 for l, u in bounds[:k]]
+        row = np.zeros((1, len(bounds[k][0])))
+        row[0, j] = -phase  # the lower bound of -phase z: -phase z >= A x + c on the parent
+        t = lambda a: torch.from_numpy(a[None])  # noqa: E731
+        A, c = _own_linear(prop, k, row, relax, t(self.lo), t(self.hi))
+        return -A[0, 0], -c[0, 0]
+
     def _own(self, prop, k, l, u, relax, rows, tlo, thi, cuts):
         """A network's own bounds of layer ``k`` on branches ``rows``: those given,
         intersected with the back-substitution of the neurons they leave unstable."""
@@ -235,16 +336,22 @@ class ReluSplitter:
         return choice
 
 
-def _own_min(prop, K: int, lam: np.ndarray, relax, tlo, thi, cuts) -> np.ndarray:
-    """Lower bounds (B, m) of the rows ``lam @ z_K`` of one network on branches
-    (its CROWN back-substitution with the branches' relaxations ``relax``), over
-    the inputs of the box that meet the branches' cuts."""
+def _own_linear(prop, K: int, lam: np.ndarray, relax, tlo, thi):
+    """The linear lower bounds ``lam @ z_K >= A x + c`` of one network on branches
+    (its CROWN back-substitution with the branches' relaxations ``relax``):
+    (A (B, m, n), c (B, m))."""
     B = tlo.shape[0]
     bnd, A, _ = prop._backsub(K, torch.from_numpy(lam).expand(B, *lam.shape), None, None,
                               tlo, thi, relax=relax)
     A, lo, hi = A.numpy(), tlo.numpy(), thi.numpy()
-    const = bnd.numpy() - (np.clip(A, 0, None) * lo[:, None]).sum(-1) - (np.clip(A, None, 0) * hi[:, None]).sum(-1)
-    return cut_min(A, const, lo, hi, cuts)
+    return A, bnd.numpy() - (np.clip(A, 0, None) * lo[:, None]).sum(-1) - (np.clip(A, None, 0) * hi[:, None]).sum(-1)
+
+
+def _own_min(prop, K: int, lam: np.ndarray, relax, tlo, thi, cuts) -> np.ndarray:
+    """Lower bounds (B, m) of the rows ``lam @ z_K`` of one network on branches,
+    over the inputs of the box that meet the branches' cuts."""
+    A, const = _own_linear(prop, K, lam, relax, tlo, thi)
+    return cut_min(A, const, tlo.numpy(), thi.numpy(), cuts)
 
 
 class _Rows:
@@ -257,18 +364,16 @@ class _Rows:
         return replace(self.r, **{f.name: getattr(self.r, f.name)[rows] for f in fields(self.r)})
 
 
-def children(parent: Branch, layers):
-    """The two branches that split ``parent``'s chosen neuron (both cover it)."""
+def children(parent: Branch, splitter: "ReluSplitter"):
+    """The two branches that split ``parent``'s chosen neuron (both cover it),
+    each with the split's input cut."""
     net, k, j = parent.choice
     out = []
     for phase in (1, -1):
         splits = [s.copy() for s in parent.splits]
         splits[k][net, j] = phase
-        cuts = parent.cuts
-        if k == 0:  # the first layer is linear in the input: its phase is a cut
-            W, b = layers.Wf[0] + (layers.dW[0] if net else 0.0), layers.bf[0] + (layers.db[0] if net else 0.0)
-            cuts = cuts + ((phase * W[j], phase * b[j]),)
-        out.append((parent.f, parent.g, parent.d, splits, k, parent.depth + 1, cuts))
+        cut = splitter.cut(parent, net, k, j, phase)
+        out.append((parent.f, parent.g, parent.d, splits, k, parent.depth + 1, parent.cuts + (cut,)))
     return out
 
 
@@ -303,7 +408,7 @@ def relu_branch_and_bound(splitter: ReluSplitter, root: Branch, *, target: float
         while heap and len(parents) < max(room, 1) and _open(heap[0][2], target,
                                                                        agreement):
             parents.append(heapq.heappop(heap)[2])
-        items = [c for p in parents for c in children(p, splitter.layers)]
+        items = [c for p in parents for c in children(p, splitter)]
         t0 = time.monotonic()
         kids = splitter.bound(items)
         per_child = (time.monotonic() - t0) / len(items)
