@@ -155,3 +155,9 @@ def test_cut_min_matches_the_linear_program():
     A, c = rng.normal(size=(1, 2, n)), rng.normal(size=(1, 2))
     assert np.allclose(diffbounds.cut_min(A, c, lo[None], hi[None], None),
                        diffbounds.box_min(A, c, lo[None], hi[None]))
+
+
+def test_split_by_is_checked():
+    from verify.errors import OptionError
+    with pytest.raises(OptionError, match="split_by"):
+        EquivOptions(split_by="neurons")

@@ -51,7 +51,6 @@ from .bounds import DiffPropagator
 LOWER_LAYER_WEIGHT = 2.0
 
 
-
 @dataclass(frozen=True)
 class Branch:
     """Bounds on one branch.  Per hidden layer k, (n_k,) arrays: ``f[k]`` the
@@ -67,7 +66,7 @@ class Branch:
     agree_low: np.ndarray  # (2 (n_out - 1),) lower bounds of both networks' top-class rows
     choice: tuple[int, int, int] | None  # (network 0/1, layer, neuron) to split next
     depth: int = 0
-    # the first layer's splits as cuts on the input: (v, d) with v @ x + d >= 0 on the branch
+    # one input cut per split, (v, d): v @ x + d >= 0 on the branch (see ReluSplitter.cut)
     cuts: tuple = ()
 
     @property
@@ -102,9 +101,10 @@ def _stack(per_branch):
 
 
 class ReluSplitter:
-    """Bounds branches of one aligned pair on one box ``[lo, hi]``, for the
-    rows ``|g - f|`` per output and the variant's rows ``R`` of class ``c``
-    (``R @ y > 0``: the class wins; ``R_f_low``: the original's own bound)."""
+    """Bounds branches of one aligned pair (``diff``) on one box ``[lo, hi]``:
+    ``|g - f|`` per output, and the class rows ``R`` (``R @ y > 0``: the class
+    wins) of the original (its own bound) and of the variant (the original's
+    plus the change's)."""
 
     def __init__(self, diff: DiffPropagator, lo: np.ndarray, hi: np.ndarray, R: np.ndarray):
         self.diff, self.layers = diff, diff.layers
