@@ -28,11 +28,13 @@ bound on the parent (``z <= U(x)`` and ``z >= 0`` give ``U(x) >= 0``).
 Without cuts a relaxation made exact on the branch is still minimised over
 the whole box, where it can be far looser than the one it replaced.  Where the
 two networks are stable in opposite phases ``dh`` is relaxed by the chords in
-``dz`` for the same reason.  Which neuron: the one whose relaxation gaps (of
+``dz`` for the same reason.  Which neuron: in the lowest layer with a
+neuron whose relaxation is not exact (its splits give exact cuts in the first
+layer and tighten every layer above), the one whose relaxation gaps (of
 ``dh`` and of the original's ``h``), weighted by the worst output row's
-coefficients on them, cost the most (lower layers favoured, their splits also
-tighten the layers above); split in the original if it is unstable there,
-else in the variant.
+coefficients on them, cost the most; split in the original if it is unstable
+there, else in the variant.  (Scoring all layers together, the second
+layer's cheaper but weaker splits won and the bounds were no tighter.)
 """
 from __future__ import annotations
 
@@ -47,8 +49,6 @@ from ..diffbounds import (backsub_difference, crown_relax, cut_min, diff_relaxat
                           relaxation_gaps, widen_lower, widen_upper)
 from .bounds import DiffPropagator
 
-#: a lower layer's relaxation gaps count this much more per layer when choosing a split
-LOWER_LAYER_WEIGHT = 2.0
 
 
 @dataclass(frozen=True)
@@ -188,81 +188,6 @@ class ReluSplitter:
             out.append(Branch(pick(F), pick(G), pick(D), tuple(S[k][b] for k in range(H)),
                               delta[b], agree_low[b], choices[b], it[5], it[6]))
         return out
-
-    def cut(self, parent: Branch, net: int, k: int, j: int, phase: int):
-        """The input cut ``v @ x + d >= 0`` implied on ``parent`` by the phase
-        ``phase`` of neuron ``j`` of layer ``k`` of network ``net`` (0 original,
-        1 variant): in the first layer the phase itself; above it, from the
-        neuron's linear bound on the parent (``z <= U(x)`` and ``z >= 0`` give
-        ``U(x) >= 0``; ``z >= L(x)`` and ``z <= 0`` give ``-L(x) >= 0``)."""
-        L = self.layers
-        if k == 0:
-            W, b = L.Wf[0] + (L.dW[0] if net else 0.0), L.bf[0] + (L.db[0] if net else 0.0)
-            return phase * W[j], phase * b[j]
-        prop = self.diff.prop_g if net else self.diff.prop_f
-        bounds = parent.g if net else parent.f
-        relax = [tuple(torch.from_numpy(np.ascontiguousarray(v[None])) for v in crown_relax(l, u))
-                 for l, u in bounds[:k]]
-        row = np.zeros((1, len(bounds[k][0])))
-        row[0, j] = -phase  # the lower bound of -phase z: -phase z >= A x + c on the parent
-        t = lambda a: torch.from_numpy(a[None])  # noqa: E731
-        A, c = _own_linear(prop, k, row, relax, t(self.lo), t(self.hi))
-        return -A[0, 0], -c[0, 0]
-
-    def _own(self, prop, k, l, u, relax, rows, tlo, thi, cuts):
-        """A network's own bounds of layer ``k`` on branches ``rows``: those given,
-        intersected with the back-substitution of the neurons they leave unstable."""
-        idx = np.flatnonzero(((l < 0) & (u > 0)).any(axis=0))
-        if not len(idx):
-            return l, u
-        t_rows = torch.from_numpy(rows)
-        sel = [tuple(v[t_rows] for v in r) for r in relax]
-        eye = np.eye(l.shape[1])[idx]
-        low = _own_min(prop, k, np.vstack([eye, -eye]), sel, tlo[t_rows], thi[t_rows], cuts)
-        m = len(idx)
-        l, u = l.copy(), u.copy()
-        l[:, idx] = np.maximum(l[:, idx], low[:, :m])
-        u[:, idx] = np.minimum(u[:, idx], -low[:, m:])
-        return l, u
-
-    def _change(self, k, lf, uf, lg, ug, dl, du, relax, lo, hi, cuts):
-        """Bounds of ``dz_k`` on branches: those given, intersected with the
-        back-substitution of the neurons whose ``dh`` relaxation is not exact."""
-        exact = ((lf >= 0) & (lg >= 0)) | ((uf <= 0) & (ug <= 0))
-        idx = np.flatnonzero((~exact).any(axis=0))
-        if not len(idx):
-            return dl, du
-        eye = np.eye(lf.shape[1])[idx]
-        low, _ = backsub_difference(self.layers, k, np.vstack([eye, -eye]), relax, lo, hi,
-                                    cuts=cuts)
-        m = len(idx)
-        dl, du = dl.copy(), du.copy()
-        dl[:, idx] = np.maximum(dl[:, idx], low[:, :m])
-        du[:, idx] = np.minimum(du[:, idx], -low[:, m:])
-        return dl, du
-
-    def _choose(self, rec, relax, F, G, D, worst_row):
-        """Per branch, the (network, layer, neuron) to split: the neuron whose
-        relaxation gaps cost the worst output row most (a lower layer's gaps
-        count ``LOWER_LAYER_WEIGHT`` times more per layer: its split also
-        tightens the bounds of every layer above) -- the original's neuron if it
-        is unstable there, else the variant's.  None: every relaxation is exact."""
-        B = len(worst_row)
-        at = np.arange(B)
-        best = np.zeros(B)
-        choice: list = [None] * B
-        for k in range(self.H):
-            P, Q = (np.broadcast_to(v, (B,) + v.shape[-2:])[at, worst_row] for v in rec[k])
-            (lf, uf), (lg, ug), (dl, du) = F[k], G[k], D[k]
-            gap_dh, gap_h = relaxation_gaps(relax[k].r, lf, uf, dl, du)
-            f_open, g_open = (lf < 0) & (uf > 0), (lg < 0) & (ug > 0)
-            score = np.where(f_open | g_open, np.abs(P) * gap_dh + np.abs(Q) * gap_h, 0.0)
-            score *= LOWER_LAYER_WEIGHT ** (self.H - 1 - k)
-            j = np.argmax(score, axis=1)
-            for b in np.flatnonzero(score[at, j] > best):
-                best[b] = score[b, j[b]]
-                choice[b] = (0 if f_open[b, j[b]] else 1, k, int(j[b]))
-        return choice
 
     def cut(self, parent: Branch, net: int, k: int, j: int, phase: int):
         """The input cut ``v @ x + d >= 0`` implied on ``parent`` by the phase
