@@ -1,12 +1,14 @@
 """Certified functional equivalence benchmark (``coreproof equiv``, issue 16).
 
     python benchmarks/equivalence_benchmark.py [--reduced] [--timeout S] [--images N] [--json out.json]
+        [--networks acasxu mnist] [--reverify-timeout S]
 
 Pairs: ACAS Xu 1_1 on the input boxes of properties 1-4 (classes by argmin;
 input-splitting branch and bound until the timeout), and mnist-net_256x2 on
 L-inf balls of radius 0.02 (clipped to [0, 1]) around the images of the
-MNIST-FC properties (recovered from the eps 0.03 boxes; 784 inputs: one bound,
-no splitting), each against int8, int4, magnitude pruning 10 % and 30 %, low-rank
+MNIST-FC properties (recovered from the eps 0.03 boxes; 784 inputs: ReLU phase
+splitting of the difference, :mod:`verify.equiv.relusplit`, until the timeout),
+each against int8, int4, magnitude pruning 10 % and 30 %, low-rank
 factorization keeping 90 % of the squared singular values (``energy:0.9``) and
 ``merge-linear`` on the pair's own box (made here with :mod:`compress`).
 
@@ -81,18 +83,18 @@ def mnist_image(box_lo: np.ndarray, box_hi: np.ndarray, eps: float = 0.03) -> np
 
 def pairs(args):
     acas = load_network(DATA / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx")
-    for p in (1, 2, 3, 4):
+    for p in (1, 2, 3, 4) if "acasxu" in args.networks else ():
         prop = load_property(DATA / "acasxu" / f"prop_{p}.vnnlib", acas)
         lo, hi = property_box(prop)
         yield "acasxu_1_1", f"prop_{p}", acas, lo, hi, True, args.timeout, prop
     mnist = load_network(DATA / "mnistfc" / "mnist-net_256x2.onnx")
-    for i in range(args.images):
+    for i in range(args.images if "mnist" in args.networks else 0):
         plo, phi = property_box(load_property(DATA / "mnistfc" / f"prop_{i}_0.03.vnnlib", mnist))
         x = mnist_image(plo, phi)
         prop = local_robustness(x, 0.02, int(mnist.forward(x).argmax()), mnist.n_outputs,
                                 name=f"robust_image_{i}")
         yield "mnist-net_256x2", f"image_{i}", mnist, np.clip(x - 0.02, 0, 1), np.clip(x + 0.02, 0, 1), \
-            False, args.mnist_timeout, prop
+            True, args.mnist_timeout, prop
 
 
 NET_FILES = {"acasxu_1_1": DATA / "acasxu" / "ACASXU_run2a_1_1_batch_2000.onnx",
@@ -122,6 +124,7 @@ def run(args) -> list[dict]:
         for vname, vobj in here.items():
             variant = vobj.network
             size = size_of.get((net_name, vname)) or sizes(vobj, NET_FILES[net_name])
+            # split_by auto: input bisection on ACAS Xu (5 inputs), ReLU phases on MNIST
             opts = EquivOptions(timeout=timeout, argmin=net_name.startswith("acas"),
                                 target_delta=0.0 if split else None, split=split)
             res = certify_equivalence(net, variant, lo, hi, opts)
@@ -134,7 +137,8 @@ def run(args) -> list[dict]:
                    "naive": naive, "naive_over_delta": naive / delta if delta > 0 else float("inf"),
                    "root_differential": max(res.root_differential or [float("nan")]),
                    "root_product": max(res.root_product or [float("nan")]),
-                   "top1": res.top1, "leaves": res.leaves, "time_s": res.time_s,
+                   "top1": res.top1, "leaves": res.leaves, "splitting": res.splitting,
+                   "time_s": res.time_s,
                    "sound": bool(np.all(np.asarray(res.delta) >= np.maximum(pgd, res.deviation_found))),
                    "merged": vobj.record.n_removed_neurons, **size,
                    "original_params": size_of[net_name, "original"]["params"],
@@ -149,7 +153,7 @@ def run(args) -> list[dict]:
             rows.append(row)
             print(f"{net_name:16s} {region:9s} {vname:15s} delta {delta:10.4g}  found {found:10.4g}  "
                   f"ratio {row['ratio']:7.2f}  naive {naive:10.4g} ({row['naive_over_delta']:8.1f}x)  "
-                  f"root {row['root_differential']:9.4g}  {res.top1:12s} {res.leaves:5d} boxes "
+                  f"root {row['root_differential']:9.4g}  {res.top1:12s} {res.leaves:5d} {res.splitting} leaves "
                   f"{res.time_s:6.2f} s{'' if row['sound'] else '  UNSOUND'}  "
                   f"params {row['params']} file {row['file_bytes']} B"
                   + (f"  reverify {row['reverify_status']} {row['reverify_method']} "
@@ -216,6 +220,8 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=15)
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--variants", nargs="*", help=f"a subset of: {', '.join(VARIANTS)}")
+    ap.add_argument("--networks", nargs="*", choices=("acasxu", "mnist"), default=["acasxu", "mnist"],
+                    help="which networks' pairs to run")
     ap.add_argument("--reverify-timeout", type=float, default=20.0,
                     help="seconds per reverify pair (0: no reverify)")
     ap.add_argument("--proof-timeout", type=float, default=60.0,

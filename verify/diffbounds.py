@@ -58,6 +58,77 @@ def box_min(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.
     return v - TOLERANCE * (1.0 + np.abs(v) + scale)
 
 
+def _best_beta(base, v, d, lo, hi):
+    """Per row, the ``beta >= 0`` maximising ``min_box (base - beta v) x - beta d``
+    (rows (B, m, n), ``v`` (B, 1, n), ``d`` (B, 1)): a concave piecewise-linear
+    function whose slope ``-(v x*) - d`` drops by ``|v_k| (hi_k - lo_k)`` at each
+    breakpoint ``base_k / v_k``; the maximum is at the first breakpoint where
+    the slope turns <= 0.  Found in float32 (any ``beta >= 0`` gives a sound
+    bound; the caller evaluates it in float64)."""
+    c0 = np.where(base != 0, base, -v)  # the coefficients' signs just above beta = 0
+    slope0 = -(v * np.where(c0 > 0, lo, hi)).sum(-1) - d
+    beta = np.zeros(slope0.shape)
+    bi, mi = np.nonzero(slope0 > 0)  # elsewhere beta = 0 is best
+    if not len(bi):
+        return beta
+    f32 = np.float32
+    base, vv = base[bi, mi], v[bi, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = base / vv
+    t = np.where((vv != 0) & (t > 0), t, f32(np.inf))
+    order = np.argsort(t, axis=-1)
+    ts = np.take_along_axis(t, order, -1)
+    drop = np.take_along_axis(np.abs(vv) * (hi[bi, 0] - lo[bi, 0]), order, -1)
+    left = slope0[bi, mi, None].astype(f32) - np.cumsum(drop, -1)
+    k = np.argmax(left <= 0, axis=-1)
+    b = np.take_along_axis(ts, k[:, None], -1)[:, 0].astype(float)
+    beta[bi, mi] = np.where(np.isfinite(b), b, 0.0)
+    return beta
+
+
+def cut_min(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray, cuts=None,
+            passes: int = 1) -> np.ndarray:
+    """Lower bound of the minimum of each row of ``A @ x + c`` (rows (B, m), boxes
+    (B, n)) over the inputs of each box that satisfy its linear cuts ``V @ x + d
+    >= 0`` (``cuts`` = (V (B, q, n), d (B, q)); all-zero cuts are padding), widened
+    outward.  Lagrangian duality: for every ``beta >= 0`` the minimum over the box
+    of ``(A - beta V) x + c - beta d`` is a lower bound; ``beta`` per row and cut
+    by coordinate ascent (each coordinate exactly, :func:`_best_beta`).  No cuts:
+    :func:`box_min`."""
+    if cuts is None or cuts[0].shape[1] == 0:
+        return box_min(A, c, lo, hi)
+    V, d = cuts
+    B, m, n = A.shape if A.ndim == 3 else (lo.shape[0],) + A.shape
+    A = np.broadcast_to(A, (B, m, n))
+    q = V.shape[1]
+    beta = np.zeros((B, m, q))
+    L, H = lo[:, None, :].astype(np.float32), hi[:, None, :].astype(np.float32)
+    used = np.flatnonzero(np.abs(V).sum((0, 2)) > 0)
+    A2 = A.astype(np.float32)  # the search runs in float32: any beta >= 0 is sound
+    V32 = V.astype(np.float32)
+    for _ in range(passes):
+        for i in used:
+            base = A2 + beta[..., i:i + 1].astype(np.float32) * V32[:, i][:, None, :]
+            beta[..., i] = _best_beta(base, V32[:, i][:, None, :], d[:, i][:, None], L, H)
+            A2 = base - beta[..., i:i + 1].astype(np.float32) * V32[:, i][:, None, :]
+    A2 = A - np.einsum("bmq,bqn->bmn", beta, V)
+    c2 = c - np.einsum("bmq,bq->bm", beta, d)
+    v = c2 + mv(np.clip(A2, 0, None), lo) + mv(np.clip(A2, None, 0), hi)
+    reach = np.maximum(np.abs(lo), np.abs(hi))
+    scale = (np.abs(c) + np.abs(c2) + mv(np.abs(A) + np.abs(A2), reach)
+             + np.einsum("bmq,bq->bm", beta, mv(np.abs(V), reach) + np.abs(d)))
+    return np.maximum(v - TOLERANCE * (1.0 + np.abs(v) + scale), box_min(A, c, lo, hi))
+
+
+def relaxation_gaps(r: DiffRelaxation, lf, uf, dl, du):
+    """Per neuron, the worst gap over its bounds of ``r``'s relaxation of ``dh``
+    (upper minus lower) and of ``h`` (``s z + t - alpha z``)."""
+    da, dbz = r.aU - r.aL, r.bU - r.bL
+    gap_dh = (r.cU - r.cL) + np.maximum(da * dl, da * du) + np.maximum(dbz * lf, dbz * uf)
+    ds = r.s - r.alpha
+    return gap_dh, np.maximum(ds * lf, ds * uf) + r.t
+
+
 def crown_relax(l: np.ndarray, u: np.ndarray):
     """CROWN relaxation of relu on [l, u]: ``alpha z <= relu(z) <= s z + t``."""
     unstable = (l < 0) & (u > 0)
@@ -84,12 +155,16 @@ class DiffRelaxation:
     t: np.ndarray
 
 
-def diff_relaxation(lf, uf, lg, ug, dl, du) -> DiffRelaxation:
+def diff_relaxation(lf, uf, lg, ug, dl, du, mixed_by_change: bool = False) -> DiffRelaxation:
     """The relaxation of ``dh = relu(z + dz) - relu(z)`` for ``z`` in ``[lf, uf]``,
     ``z + dz`` in ``[lg, ug]``, ``dz`` in ``[dl, du]``: per neuron the better (by
     its worst gap) of the chords of the "bow tie" (``dh`` between 0 and ``dz``:
     relu is monotone and 1-Lipschitz), whose gap shrinks with the change, and
-    the two networks' own CROWN relaxations (exact where both are stable)."""
+    the two networks' own CROWN relaxations (exact where both are stable).
+    ``mixed_by_change``: where the two are stable in opposite phases, the chords
+    (``dh`` between 0 and ``dz``) rather than the exact ``dh = -z`` or ``z + dz``:
+    when bounds are clamped by phase splits, ``z`` ranges over the whole box in
+    the back-substitution, while ``dz`` stays small there."""
     alpha, s, t = crown_relax(lf, uf)
     ag, sg, tg = crown_relax(lg, ug)
     # A: relu(z') - relu(z) with both CROWN relaxations, z' = z + dz
@@ -108,6 +183,8 @@ def diff_relaxation(lf, uf, lg, ug, dl, du) -> DiffRelaxation:
     zero = np.zeros_like(dl)
     B = (lo_slope, zero, lo_const, up_slope, zero, up_const)
     pick = gap_b < err_a
+    if mixed_by_change:
+        pick |= ((lf >= 0) & (ug <= 0)) | ((uf <= 0) & (lg >= 0))
     aL, bL, cL, aU, bU, cU = (np.where(pick, b, a) for a, b in zip(A, B))
     return DiffRelaxation(aL, bL, cL, aU, bU, cU, alpha, s, t)
 
@@ -125,15 +202,22 @@ class AlignedLayers:
 
 
 def backsub_difference(layers: AlignedLayers, K: int, lam: np.ndarray,
-                       relax: list[DiffRelaxation], lo: np.ndarray, hi: np.ndarray):
+                       relax: list[DiffRelaxation], lo: np.ndarray, hi: np.ndarray,
+                       record: dict | None = None, cuts=None):
     """Lower bound over each box ``[lo[b], hi[b]]`` of the rows ``lam @ dz_K`` (K:
     an affine layer; ``relax``: the relaxations of the hidden layers below it) and
-    the rows' input coefficients: ((B, m), (B, m, n))."""
+    the rows' input coefficients: ((B, m), (B, m, n)).  ``record``: if given,
+    ``record[j] = (P, Q)``, the rows' coefficients on ``dh_j`` and ``h_j`` before
+    layer ``j``'s relaxation (what each neuron's relaxation gap costs the rows).
+    ``cuts``: linear constraints on the input that hold on each branch (see
+    :func:`cut_min`); the bound is then over the box's inputs that meet them."""
     P = lam @ layers.Wg[K]
     Q = lam @ layers.dW[K]
     c = lam @ layers.db[K]
     for j in range(K - 1, -1, -1):
         r = relax[j]
+        if record is not None:
+            record[j] = (P, Q)
         e = lambda v: v[..., None, :]  # noqa: E731 - per box, shared by the rows
         Pp, Pn = np.clip(P, 0, None), np.clip(P, None, 0)
         Qp, Qn = np.clip(Q, 0, None), np.clip(Q, None, 0)
@@ -145,7 +229,7 @@ def backsub_difference(layers: AlignedLayers, K: int, lam: np.ndarray,
         c = c + Cdz @ layers.db[j] + Cz @ layers.bf[j]
     if Q.ndim == 2:  # K = 0: the same for every box
         Q = np.broadcast_to(Q, (lo.shape[0],) + Q.shape)
-    return box_min(Q, c, lo, hi), Q
+    return cut_min(Q, c, lo, hi, cuts), Q
 
 
 def tighten_changes(layers: AlignedLayers, lowers, uppers, changes, lo: np.ndarray,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -23,7 +23,12 @@ from ..errors import OptionError, ShapeMismatchError
 from ..network import Network
 from ..result import Status
 from .attack import Disagreement, find_disagreement, max_deviation, replay
+from .relusplit import ReluSplitter, relu_branch_and_bound
 from .search import PairBounder, branch_and_bound
+
+#: ``split_by="auto"``: ReLU phase splitting above this many inputs (bisecting one of
+#: many inputs barely changes the bound), input bisection up to it
+RELU_SPLIT_MIN_INPUTS = 64
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,10 @@ class EquivOptions:
     timeout: float = 10.0  # wall-clock seconds (attack and branch and bound)
     target_delta: float | None = None  # split the input box until delta <= target
     argmin: bool = False  # the predicted class is the smallest output (ACAS Xu)
-    split: bool = True  # split the input box to prove top-1 agreement / reach the target
+    split: bool = True  # split to prove top-1 agreement / reach the target
+    # what to split: "input" (bisect the box), "relu" (phases of hidden neurons of
+    # aligned networks, verify.equiv.relusplit) or "auto" (relu above RELU_SPLIT_MIN_INPUTS)
+    split_by: str = "auto"
     product: bool = True  # also bound the product network (a second sound bound)
     max_leaves: int = 20000
     attack_samples: int = 2000
@@ -45,6 +53,8 @@ class EquivOptions:
             raise OptionError(f"timeout must be a finite number of seconds > 0, got {self.timeout!r}")
         if self.target_delta is not None and not (self.target_delta >= 0):
             raise OptionError(f"target delta must be >= 0, got {self.target_delta!r}")
+        if self.split_by not in ("auto", "input", "relu"):
+            raise OptionError(f"split_by must be auto, input or relu, got {self.split_by!r}")
         if self.max_leaves < 1:
             raise OptionError("max_leaves must be at least 1")
 
@@ -69,6 +79,7 @@ class EquivResult:
     leaves: int
     bounded: int
     method: str  # "differential" (aligned networks) or "product"
+    splitting: str  # "input" (box bisection), "relu" (phase splits) or "none"
     time_s: float
     disagreement: dict | None = None  # replayed: inputs where the classes differ
     deviation_witness: dict | None = None  # replayed: |g - f| above the target
@@ -148,13 +159,27 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
     target = options.target_delta
     # a disagreement found settles top-1; the bound is still tightened to the target
     agreement = not found
-    if options.split and (agreement or target is not None):
+    relu = options.split_by == "relu" or (options.split_by == "auto"
+                                          and len(lo) > RELU_SPLIT_MIN_INPUTS)
+    splitting = "none"
+    if options.split and (agreement or target is not None) and relu and bounder.diff is not None:
+        splitting = "relu"
+        splitter = ReluSplitter(bounder.diff, lo, hi, bounder.top_rows(root.top_class))
+        outcome = relu_branch_and_bound(splitter, splitter.root(), target=target,
+                                        agreement=agreement, deadline=deadline,
+                                        max_leaves=options.max_leaves, cap=root.delta)
+        # the leaves cover the box: one bound of the box from all of them
+        leaves = [replace(root, delta=outcome.delta, agree=root.agree or outcome.agree)]
+        n_leaves, bounded = outcome.leaves, outcome.bounded
+    elif options.split and (agreement or target is not None):
+        splitting = "input"
         outcome = branch_and_bound(bounder, root, target=target, agreement=agreement,
                                    deadline=deadline, max_leaves=options.max_leaves,
                                    on_leaf=look if agreement else None)
         leaves, bounded = outcome.leaves, outcome.bounded
+        n_leaves = len(leaves)
     else:
-        leaves, bounded = [root], 1
+        leaves, bounded, n_leaves = [root], 1, 1
     delta = np.max([leaf.delta for leaf in leaves], axis=0)
     agree_all = all(leaf.agree for leaf in leaves)
     witness = None
@@ -188,8 +213,9 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
             float(v) for v in root.differential),
         root_product=None if root.product is None else tuple(float(v) for v in root.product),
         top1=top1, agreement_share=_volume_share(leaves, lo, hi),
-        classes_certified=tuple(classes), target_delta=target, leaves=len(leaves),
+        classes_certified=tuple(classes), target_delta=target, leaves=n_leaves,
         bounded=bounded, method="differential" if bounder.diff is not None else "product",
+        splitting=splitting,
         time_s=time.monotonic() - start,
         disagreement=found[0].to_dict() if found else None, deviation_witness=witness,
         reason=reason)

@@ -113,9 +113,12 @@ def _chain(network, path: str):
 @click.option("--timeout", default="10", show_default=True, help="Seconds (searches and splitting).")
 @click.option("--argmin", is_flag=True, help="The predicted class is the SMALLEST output (ACAS Xu).")
 @click.option("--no-split", is_flag=True, help="Bound the region once; no branch and bound.")
+@click.option("--split-by", type=click.Choice(["auto", "input", "relu"]), default="auto",
+              show_default=True, help="Bisect the input box, or split hidden ReLU phases "
+              "(auto: ReLU phases above 64 inputs).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def equiv_cmd(original, variant, prop, box, around, eps, clip, target_delta, timeout, argmin,
-              no_split, as_json):
+              no_split, split_by, as_json):
     """Certify how far VARIANT can differ from ORIGINAL on a region.
 
     Prints a sound upper bound delta of max |VARIANT(x) - ORIGINAL(x)| per
@@ -127,7 +130,7 @@ def equiv_cmd(original, variant, prop, box, around, eps, clip, target_delta, tim
     from .api import EquivOptions, certify_equivalence
     options = EquivOptions(
         timeout=check_timeout(timeout, "--timeout"), argmin=argmin, split=not no_split,
-        target_delta=None if target_delta is None else _number(target_delta, "--target-delta"))
+        split_by=split_by, target_delta=None if target_delta is None else _number(target_delta, "--target-delta"))
     f, g = load_network(original), load_network(variant)
     if (f.n_inputs, f.n_outputs) != (g.n_inputs, g.n_outputs):
         from ..errors import ShapeMismatchError
@@ -145,7 +148,8 @@ def equiv_cmd(original, variant, prop, box, around, eps, clip, target_delta, tim
                    f"{max(res.deviation_found):.6g}; separate bounds give {max(res.naive_delta):.6g})")
         click.echo("  per output delta: " + " ".join(f"{d:.4g}" for d in res.delta))
         click.echo(f"  top-1 agreement: {res.top1} ({100 * res.agreement_share:.1f} % of the region "
-                   f"certified; {res.leaves} boxes, {res.time_s:.2f} s, {res.method} bound)")
+                   f"certified; {res.leaves} {'ReLU-split branches' if res.splitting == 'relu' else 'boxes'}, "
+                   f"{res.time_s:.2f} s, {res.method} bound)")
         if res.disagreement:
             d = res.disagreement
             click.echo(f"  disagreement (replayed): original says {d['original_class']}, variant "
