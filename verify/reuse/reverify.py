@@ -47,6 +47,7 @@ from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
 from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
+from .derive import GraphChangeMap
 from .expand import graph_change_map
 from .transfer import try_transfer
 from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
@@ -72,6 +73,10 @@ class _Reuser(CoreChecks):
         self.propagator = make_propagator(variant, options.graph_bounds)
         self.rng = np.random.default_rng(options.seed)
         self.attacker: Attacker | None = None
+        # a CNN variant with its original's architecture (or expanded to it): the
+        # graph differential tiers of verify.reuse.tree.TreeCheck
+        self.graph_tiers = ropt.graph_difference and isinstance(cmap, GraphChangeMap) \
+            and cmap.diffable()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -95,7 +100,12 @@ class _Reuser(CoreChecks):
             cex = self._original_candidates(region, r, ob)
             if cex is not None:
                 return cex
-            if self.ropt.difference and has_leaf_bounds(branches):
+            rooted = False  # a CNN tree: the variant's root bound and its minimisers first
+            if self.graph_tiers and self.ropt.tree_walk and _relu_tree(region, branches):
+                got, rooted = self._root_closes(search), True
+                if got is not None:
+                    return None if got is True else got
+            if (self.ropt.difference or self.graph_tiers) and has_leaf_bounds(branches):
                 # the original's tree re-checked leaf by leaf from its own bounds; with
                 # ReLU splits only while the cheap tiers close every leaf (a leaf is
                 # the original's phase domain, the path below splits the variant's)
@@ -106,7 +116,7 @@ class _Reuser(CoreChecks):
                                          Statistics(), self.propagator)
                 try:
                     return TreeCheck(self, leaf_search, branches).run(
-                        region, r, lambda: self._root_closes(search),
+                        region, r, None if rooted else lambda: self._root_closes(search),
                         max_open=self.ropt.tree_max_open if relu_split else 1.0)
                 except TreeOpen as exc:
                     if not relu_split:
@@ -119,7 +129,7 @@ class _Reuser(CoreChecks):
                     # region (an easier variant is done) with its minimisers, then a few
                     # milliseconds of attack (a broken variant is found) before the
                     # whole tree is bounded
-                    got = self._root_closes(search)
+                    got = None if rooted else self._root_closes(search)
                     if got is True:
                         return None
                     cex = got if got is not None else \
@@ -143,6 +153,16 @@ class _Reuser(CoreChecks):
                 return cex
         if not proof.covers(r, region):
             raise _NoFit(f"the proof's branches do not cover region {r}")
+        if single is not None and self.graph_tiers and has_leaf_bounds(branches):
+            # a CNN region one bound settled: its margin plus the graph change bound,
+            # then the variant's spec rows over the moved bounds, before its own bound
+            leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
+                                     Statistics(), self.propagator)
+            try:
+                return TreeCheck(self, leaf_search, branches).run(
+                    region, r, lambda: self._root_closes(search), backsub=False)
+            except TreeOpen as exc:
+                raise _NoFit(str(exc)) from None
         if single is not None and single.method == "bounds" and ob is not None:
             closed, moved, loss = self._closed_by_difference(search, ob)
             if closed:

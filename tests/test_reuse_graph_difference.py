@@ -1,0 +1,96 @@
+"""The graph differential bound (verify.reuse.graph_difference): sound against sampled
+points on every operator kind of the graph model, for a perturbed variant."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from graph_nets import NETS
+from verify.errors import ShapeMismatchError
+from verify.graph import Conv, Gemm, GraphNetwork, Node, Scale
+from verify.graphbounds import GraphBoundPropagator
+from verify.reuse.graph_difference import GraphDiff
+
+
+def perturbed(net: GraphNetwork, rng, size: float) -> GraphNetwork:
+    """Every Conv / Gemm / Scale parameter moved by up to ``size`` (relative)."""
+    nodes = list(net.nodes)
+    for i, n in enumerate(nodes[1:], 1):
+        names = {Conv: ("weight", "bias"), Gemm: ("weight", "bias"),
+                 Scale: ("scale", "shift")}.get(type(n.op))
+        if names is None:
+            continue
+        new = {k: getattr(n.op, k) * (1 + rng.uniform(-size, size, getattr(n.op, k).shape))
+               for k in names}
+        nodes[i] = Node(dataclasses.replace(n.op, **new), n.inputs, n.shape, n.name)
+    return GraphNetwork(tuple(nodes), net.name + "~perturbed")
+
+
+def _case(name, seed=0, size=0.05, eps=0.05):
+    rng = np.random.default_rng(seed)
+    f = NETS[name](rng)
+    g = perturbed(f, rng, size)
+    n0 = f.n_inputs
+    centre = rng.uniform(-1, 1, n0)
+    lo, hi = centre - eps, centre + eps
+    C = rng.normal(size=(4, f.n_outputs))
+    prop = GraphBoundPropagator(f)
+    res = prop.bound(torch.from_numpy(lo[None]), torch.from_numpy(hi[None]),
+                     torch.from_numpy(C), torch.zeros(len(C)))
+    lowers = [l.numpy() for l in res.lower]
+    uppers = [u.numpy() for u in res.upper]
+    return f, g, lo, hi, C, lowers, uppers, rng
+
+
+def _samples(rng, lo, hi, n=3000):
+    x = rng.uniform(lo, hi, size=(n, len(lo)))
+    x[: n // 10] = np.where(rng.random((n // 10, len(lo))) < 0.5, lo, hi)  # corners
+    return x
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_graph_deviation_bounds_the_change_on_samples(name):
+    f, g, lo, hi, C, lowers, uppers, rng = _case(name)
+    changes, spec = GraphDiff(f, g).deviation(lowers, uppers, lo[None], hi[None], C)
+    x = _samples(rng, lo, hi)
+    gap = (g.forward(x) - f.forward(x)) @ C.T  # (n, m)
+    assert (gap >= spec[0] - 1e-12).all(), (gap.min(0), spec[0])
+    # not vacuous: finite, within 100 times the sampled range
+    assert (spec[0] > gap.min(0) - 100 * (gap.max(0) - gap.min(0)) - 1.0).all()
+    zf, zg = f.pre_activations(x), g.pre_activations(x)
+    for k, (dl, du) in enumerate(changes):
+        dz = zg[k] - zf[k]
+        assert (dz >= dl[0] - 1e-12).all() and (dz <= du[0] + 1e-12).all(), k
+
+
+def test_a_mutated_deviation_is_caught_by_the_samples(monkeypatch):
+    """The test above can fail: a ReLU change taken as the pre-activation change
+    everywhere (wrong where the phases differ) is unsound and the samples show it."""
+    from verify.reuse import graph_difference as gd
+    real = gd.GraphDiff._relu
+
+    def wrong(h, d, l, u, shape, B):
+        hv, dv, ch = real(h, d, l, u, shape, B)
+        if d is None:
+            return hv, dv, ch
+        return hv, (dv[0], dv[1] * 0.0), ch  # the change collapsed to its centre
+    monkeypatch.setattr(gd.GraphDiff, "_relu", staticmethod(wrong))
+    caught = 0
+    for name in sorted(NETS):
+        f, g, lo, hi, C, lowers, uppers, rng = _case(name, size=0.2)
+        _, spec = GraphDiff(f, g).deviation(lowers, uppers, lo[None], hi[None], C)
+        gap = (g.forward(_samples(rng, lo, hi)) - f.forward(_samples(rng, lo, hi))) @ C.T
+        caught += int((gap < spec[0] - 1e-12).any())
+    assert caught > 0
+
+
+def test_a_variant_with_another_operator_is_refused():
+    rng = np.random.default_rng(0)
+    f = NETS["conv_stride_pad"](rng)
+    nodes = list(f.nodes)
+    conv = nodes[1].op
+    nodes[1] = Node(dataclasses.replace(conv, strides=(1, 1), pads=(0, 0, 0, 0)), (0,),
+                    nodes[1].shape, "other")
+    with pytest.raises((ShapeMismatchError, ValueError)):
+        GraphDiff(f, GraphNetwork(tuple(nodes), "other"))
