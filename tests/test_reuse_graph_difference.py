@@ -94,3 +94,65 @@ def test_a_variant_with_another_operator_is_refused():
                     nodes[1].shape, "other")
     with pytest.raises((ShapeMismatchError, ValueError)):
         GraphDiff(f, GraphNetwork(tuple(nodes), "other"))
+
+
+# ---- in reverify: the root margin plus the change closes a CNN variant ---------------
+from test_graph_search import digits_cnn, first_unproved_eps  # noqa: E402,F401 - fixture
+
+
+def _broken(net: GraphNetwork) -> GraphNetwork:
+    """The output layer's weights negated: the same architecture, a different class."""
+    nodes = list(net.nodes)
+    last = nodes[-1]
+    op = dataclasses.replace(last.op, weight=-last.op.weight, bias=-last.op.bias)
+    nodes[-1] = Node(op, last.inputs, last.shape, last.name)
+    return GraphNetwork(tuple(nodes), net.name + "~broken")
+
+
+@pytest.fixture(scope="module")
+def root_case(digits_cnn):  # noqa: F811
+    from verify.options import VerifyOptions
+    from verify.properties import local_robustness
+    from verify.reuse.proof import build_proof
+    net, X, y = digits_cnn
+    idx = int(np.flatnonzero(net.forward(X).argmax(1) == y)[0])
+    eps = (first_unproved_eps(net, X[idx], int(y[idx])) or 0.04) / 2
+    prop = local_robustness(X[idx], eps, int(y[idx]), 10)
+    opts = VerifyOptions(timeout=30)
+    proof = build_proof(net, prop, opts)
+    assert proof.status == "holds" and proof.n_branches == 1
+    return net, prop, proof, opts
+
+
+def test_cnn_root_proof_carries_over_by_the_change_bound_and_a_broken_variant_does_not(
+        root_case):
+    from compress.graph_compress import compress_graph
+    from verify.reuse.reverify import reverify
+    from verify.verifier import verify_property
+    net, prop, proof, opts = root_case
+    int8 = compress_graph(net, "int8").network
+    res = reverify(net, int8, prop, opts, proof=proof)
+    assert res.status.value == "holds" and res.method == "reuse-difference", res.method
+    assert res.reuse.closed_by_difference == 1 and not res.reuse.fallback
+    assert verify_property(int8, prop, opts).status.value == "holds"
+    broken = _broken(net)
+    res = reverify(net, broken, prop, opts, proof=proof)
+    assert res.status.value == "violated"
+    x = np.array(res.counterexample.input)
+    assert prop.violated_by(x, broken.forward(x))
+
+
+def test_a_change_bound_taken_as_zero_would_prove_the_broken_variant(root_case, monkeypatch):
+    """The test above can fail: with the change bound mutated to zero, tier 0 closes the
+    broken variant with the original's margin (an unsound holds)."""
+    from verify.reuse import graph_difference as gd
+    from verify.reuse.reverify import reverify
+    net, prop, proof, opts = root_case
+    real = gd.GraphDiff.deviation
+
+    def zero(self, *args):
+        changes, spec = real(self, *args)
+        return [(0 * dl, 0 * du) for dl, du in changes], 0 * spec
+    monkeypatch.setattr(gd.GraphDiff, "deviation", zero)
+    res = reverify(net, _broken(net), prop, opts, proof=proof)
+    assert res.status.value == "holds"
