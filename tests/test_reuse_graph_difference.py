@@ -156,3 +156,39 @@ def test_a_change_bound_taken_as_zero_would_prove_the_broken_variant(root_case, 
     monkeypatch.setattr(gd.GraphDiff, "deviation", zero)
     res = reverify(net, _broken(net), prop, opts, proof=proof)
     assert res.status.value == "holds"
+
+
+def test_a_violated_cnn_originals_root_bound_moved_by_the_change_proves_a_fixed_variant(
+        digits_cnn):  # noqa: F811
+    """No proof to reuse, but the original's root bound: the variant whose true class gets
+    a bias of +20 holds, shown by the original's root bounds moved by the change (and the
+    verdict agrees with scratch); one with -20 is violated (its counterexample replays)."""
+    from verify.options import VerifyOptions
+    from verify.properties import local_robustness
+    from verify.reuse.proof import build_proof
+    from verify.reuse.reverify import reverify
+    from verify.verifier import verify_property
+    net, X, y = digits_cnn
+    idx = int(np.flatnonzero(net.forward(X).argmax(1) == y)[0])
+    label, opts = int(y[idx]), VerifyOptions(timeout=30)
+    prop = local_robustness(X[idx], 0.15, label, 10)
+    proof = build_proof(net, prop, opts)
+    assert proof.status == "violated" and len(proof.root_branches) == 1
+
+    def biased(delta):
+        nodes = list(net.nodes)
+        last = nodes[-1]
+        b = last.op.bias.copy()
+        b[label] += delta
+        nodes[-1] = Node(dataclasses.replace(last.op, bias=b), last.inputs, last.shape, last.name)
+        return GraphNetwork(tuple(nodes), f"biased{delta}")
+    fixed = biased(20.0)
+    res = reverify(net, fixed, prop, opts, proof=proof)
+    assert res.status.value == "holds" and res.method == "reuse-difference-root", res.method
+    assert not res.reuse.fallback
+    assert verify_property(fixed, prop, opts).status.value == "holds"
+    worse = biased(-20.0)
+    res = reverify(net, worse, prop, opts, proof=proof)
+    assert res.status.value == "violated"
+    x = np.array(res.counterexample.input)
+    assert prop.violated_by(x, worse.forward(x))

@@ -395,6 +395,33 @@ def _unwrap(variant, record):
     return variant, record
 
 
+def _closed_by_moved_root(original, variant, record, prop: Property, proof: ProofRecord,
+                          options: VerifyOptions, ropt: ReuseOptions, stats: ReuseStats,
+                          t0: float) -> bool:
+    """A CNN original without a proof (violated): whether the variant's spec rows,
+    back-substituted over the original's root bounds moved by the graph change bound
+    (:class:`verify.reuse.tree.TreeCheck`, tiers 0-1 only), close every region."""
+    if not ropt.graph_difference or len(proof.root_branches) != len(prop.regions) \
+            or isinstance(original, Network) or isinstance(variant, Network):
+        return False
+    try:
+        cmap, searched = graph_change_map(original, variant, record)
+    except ShapeMismatchError:
+        return False
+    reuser = _Reuser(searched, cmap, options, ropt, stats, t0 + ropt.reuse_share * options.timeout)
+    if not reuser.graph_tiers:
+        return False
+    for r, region in enumerate(prop.regions):
+        search = LeafSearch(searched, region, r, options, reuser.deadline, Statistics(),
+                            reuser.propagator)
+        try:  # max_open 0: no leaf may stay open after tiers 0-1
+            TreeCheck(reuser, search, [proof.root_branches[r]]).run(region, r, max_open=0.0)
+        except TreeOpen:
+            return False
+    stats.change_map = cmap.how
+    return True
+
+
 def get_proof(original: Network, prop: Property, options: VerifyOptions,
               reuse_options: ReuseOptions, store=None,
               trust: bool = False) -> tuple[ProofRecord, bool]:
@@ -452,6 +479,9 @@ def reverify(original: Network, variant, prop: Property,
                                     np.array(c.input, dtype=np.float64)[None, :])
                 if cex is not None:
                     return done(Status.VIOLATED, "reuse-counterexample", cex)
+            if _closed_by_moved_root(original, variant, record, prop, proof, options,
+                                     reuse_options, stats, t0):
+                return done(Status.HOLDS, "reuse-difference-root")
             if reuse_options.attack:  # the variant is likely broken too: a quick attack
                 quick = _Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
                 for r, region in enumerate(prop.regions):
