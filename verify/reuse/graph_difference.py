@@ -123,9 +123,22 @@ class GraphDiff:
         t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float64))
         shape0 = f.nodes[0].shape
         lo, hi = t(box_lo).reshape(B, *shape0), t(box_hi).reshape(B, *shape0)
-        # per node: the original's (mid, rad) and the change's (mid, rad); None: zero
-        hv = [((lo + hi) / 2, (hi - lo) / 2)] + [None] * (len(f.nodes) - 1)
-        dv: list = [None] * len(f.nodes)
+        # the original's nodes as (mid, rad), made when a changed operator reads them:
+        # the box, a ReLU's output from the stored bounds of its input, else intervals
+        hv = {0: ((lo + hi) / 2, (hi - lo) / 2)}
+
+        def h(i):
+            if i not in hv:
+                node = f.nodes[i]
+                if plan[i] == "relu":
+                    k = self.relu_of[i]
+                    a_lo, a_hi = t(lowers[k]).clamp(min=0), t(uppers[k]).clamp(min=0)
+                    hv[i] = (((a_lo + a_hi) / 2).reshape(B, *node.shape),
+                             ((a_hi - a_lo) / 2).reshape(B, *node.shape))
+                else:
+                    hv[i] = self._interval(node.op, [h(j) for j in node.inputs])
+            return hv[i]
+        dv: list = [None] * len(f.nodes)  # the change of each node as (mid, rad); None: zero
         changes = [None] * len(self.relu_of)
         out = f.output
         C = t(spec_c)
@@ -133,19 +146,19 @@ class GraphDiff:
             ins = node.inputs
             if i == out and isinstance(node.op, Gemm) and node.shape[-1] == C.shape[1] \
                     and int(np.prod(node.shape)) == C.shape[1]:
-                return changes, self._spec(plan[i], node.op, hv[ins[0]], dv[ins[0]], C, B)
+                return changes, self._spec(plan[i], node.op, lambda: h(ins[0]), dv[ins[0]], C, B)
             if plan[i] == "relu":
                 k = self.relu_of[i]
-                hv[i], dv[i], changes[k] = self._relu(hv[ins[0]], dv[ins[0]],
-                                                     t(lowers[k]), t(uppers[k]), node.shape, B)
+                dv[i], changes[k] = self._relu(dv[ins[0]], t(lowers[k]), t(uppers[k]),
+                                               node.shape, B)
             else:
-                hv[i] = self._interval(node.op, [hv[j] for j in ins])
-                dv[i] = self._change(plan[i], node.op, [hv[j] for j in ins],
-                                     [dv[j] for j in ins], self.in_shapes[i])
+                dv[i] = self._change(plan[i], node.op, ins, h, [dv[j] for j in ins],
+                                     self.in_shapes[i], B)
             for j in ins:  # free what no later node reads
                 if self._last_use[j] == i:
-                    hv[j] = dv[j] = None
-        mid, rad = dv[out] if dv[out] is not None else (torch.zeros_like(hv[out][0]),) * 2
+                    dv[j] = None
+        mid, rad = dv[out] if dv[out] is not None else \
+            (torch.zeros((B, f.n_outputs), dtype=torch.float64),) * 2
         mid, rad = mid.reshape(B, -1), rad.reshape(B, -1)
         spec = mid @ C.T - rad @ C.abs().T
         return changes, (spec - TOLERANCE * (1.0 + spec.abs())).numpy()
@@ -156,16 +169,19 @@ class GraphDiff:
         mid, rad = (l + u) / 2, (u - l) / 2
         return mid, _widen(mid, rad)
 
-    def _change(self, step, op, hs, ds, in_shapes):
+    def _change(self, step, op, ins, h, ds, in_shapes, B):
+        """The change of an affine node from its inputs' changes ``ds`` (and, for a
+        changed operator, the original's input ``h(ins[0])``)."""
         if step == "same":
             if all(d is None for d in ds):
                 return None
-            ds = [d if d is not None else (torch.zeros_like(h[0]),) * 2 for d, h in zip(ds, hs)]
+            zero = lambda s: torch.zeros((B, *s), dtype=torch.float64)
+            ds = [d if d is not None else (zero(s), zero(s)) for d, s in zip(ds, in_shapes)]
             mid = self._linear(op, [d[0] for d in ds], in_shapes)
             rad = op.abs_forward(*(d[1] for d in ds))
             return mid, _widen(mid, rad)
         linear, delta = step
-        (hm, hr), d = hs[0], ds[0]
+        (hm, hr), d = h(ins[0]), ds[0]
         mid, rad = delta.forward(hm), delta.abs_forward(hr)
         if d is not None:
             mid = mid + linear.forward(d[0])
@@ -173,38 +189,34 @@ class GraphDiff:
         return mid, _widen(mid, rad)
 
     @staticmethod
-    def _relu(h, d, l_stored, u_stored, shape, B):
-        """The original's ReLU output and the change of it from its input's bounds
-        (intersected with the stored ones) and the input's change."""
-        m, r = h
-        l = torch.maximum((m - r).reshape(B, -1), l_stored)
-        u = torch.minimum((m + r).reshape(B, -1), u_stored)
+    def _relu(d, l, u, shape, B):
+        """The change of a ReLU's output from the original's bounds ``l``/``u`` (B, n) of
+        its input and the input's change ``d``; also the latter as (dl, du) numpy."""
         if d is None:
             dl = du = torch.zeros_like(l)
         else:
             dl, du = ((d[0] - d[1]).reshape(B, -1), (d[0] + d[1]).reshape(B, -1))
-        a_lo, a_hi = l.clamp(min=0), u.clamp(min=0)
-        lo_h = torch.maximum(dl.clamp(max=0), -a_hi)
+        lo_h = torch.maximum(dl.clamp(max=0), -u.clamp(min=0))
         hi_h = torch.minimum(du.clamp(min=0), (u + du).clamp(min=0))
         both = (l >= 0) & (l + dl >= 0)
         lo_h, hi_h = torch.where(both, dl, lo_h), torch.where(both, du, hi_h)
         full = (B, *shape)
-        hv = (((a_lo + a_hi) / 2).reshape(full), ((a_hi - a_lo) / 2).reshape(full))
         dv = (((lo_h + hi_h) / 2).reshape(full), ((hi_h - lo_h) / 2).reshape(full))
-        return hv, dv, (dl.numpy(), du.numpy())
+        return dv, (dl.numpy(), du.numpy())
 
     @staticmethod
     def _spec(step, op, h, d, C, B):
-        """The lower bound of ``C (g - f)`` with ``C`` folded into the output Gemm."""
+        """The lower bound of ``C (g - f)`` with ``C`` folded into the output Gemm
+        (``h()``: the original's input of it, asked for when the Gemm changed)."""
         if step == "same":
-            W, dW, db = op._w, torch.zeros_like(op._w), torch.zeros_like(op._b)
+            mid = rad = torch.zeros((B, C.shape[0]), dtype=torch.float64)
+            CW = C @ op._w
         else:
             linear, delta = step
-            W, dW, db = linear._w, delta._w, delta._b
-        CW, CdW, Cdb = C @ W, C @ dW, C @ db
-        hm, hr = h[0].reshape(B, -1), h[1].reshape(B, -1)
-        mid = hm @ CdW.T + Cdb
-        rad = hr @ CdW.abs().T
+            CW, CdW, Cdb = C @ linear._w, C @ delta._w, C @ delta._b
+            hm, hr = (x.reshape(B, -1) for x in h())
+            mid = hm @ CdW.T + Cdb
+            rad = hr @ CdW.abs().T
         if d is not None:
             mid = mid + d[0].reshape(B, -1) @ CW.T
             rad = rad + d[1].reshape(B, -1) @ CW.abs().T
