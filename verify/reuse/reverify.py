@@ -395,6 +395,19 @@ def _unwrap(variant, record):
     return variant, record
 
 
+def _tree_candidates(variant, prop: Property, proof: ProofRecord):
+    """A CNN proof tree: a confirmed counterexample of the variant among the minimisers
+    of the original's root bound (kept from its proof search), before any change map or
+    bound of the variant -- a broken variant usually fails there."""
+    for r, region in enumerate(prop.regions):
+        ob = proof.root_bounds.get(r)
+        if ob is not None and len(proof.regions.get(r) or []) > 1:
+            cex = confirm_batch(variant, region, r, ob.candidates(region.lower, region.upper))
+            if cex is not None:
+                return cex
+    return None
+
+
 def _closed_by_moved_root(original, variant, record, prop: Property, proof: ProofRecord,
                           options: VerifyOptions, ropt: ReuseOptions, stats: ReuseStats,
                           t0: float) -> bool:
@@ -496,6 +509,10 @@ def reverify(original: Network, variant, prop: Property,
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
         graph = not isinstance(original, Network) or not isinstance(variant, Network)
+        if graph and reuse_options.graph_difference:
+            cex = _tree_candidates(variant, prop, proof)
+            if cex is not None:
+                return done(Status.VIOLATED, "reuse", cex)
         transfer = not graph and reuse_options.equivalence_transfer
         no_map = None
         try:  # searched: the network the proof is re-checked on (the expansion, if pruned)
