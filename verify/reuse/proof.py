@@ -431,3 +431,25 @@ def load_proof(store: ProofStore, network: Network, prop: Property,
     if rec.network != network.digest() or rec.property != prop.digest():
         return None
     return rec
+
+
+def get_proof(original: Network, prop: Property, options: VerifyOptions,
+              reuse_options: ReuseOptions, store=None,
+              trust: bool = False) -> tuple[ProofRecord, bool]:
+    """The original's proof record from ``store`` -- re-checked on the original
+    first (:mod:`.check`) unless ``trust`` -- or built now (and stored)."""
+    if store is not None:
+        rec = load_proof(store, original, prop, options)
+        if rec is not None and not trust:
+            from .check import check_proof
+            outcome = check_proof(original, prop, rec, options)
+            if not outcome.ok:
+                store._problem(f"stored proof of {original.name} / {prop.name} failed its "
+                               f"re-check ({outcome.reason}); proving again")
+                rec = None
+        if rec is not None:
+            return rec, True
+    rec = build_proof(original, prop, options, reuse_options)
+    if store is not None:
+        save_proof(store, rec, prop, options)
+    return rec, False

@@ -15,6 +15,13 @@ violates are added and the check repeats.  After ``refine_rounds`` (or with
 no core) comes the full query, then branch and bound on just that branch,
 and if even that fails, verification from scratch.
 
+A CNN (graph) variant with its original's architecture (or a channel-pruned one's
+expansion) gets the graph change bound instead (:mod:`verify.reuse.graph_difference`,
+in :class:`verify.reuse.tree.TreeCheck`), for a region one bound settled and for a proof
+tree (after the original's root minimisers and the variant's root bound), then the tree
+walk; a violated original's root bound is moved to the variant
+(:mod:`verify.reuse.graph_reuse`).
+
 Soundness: only the variant's constraints are ever asserted, and ``holds``
 needs every branch of every region closed on the variant (by its bounds, the
 original's bounds -- derived in this process -- plus a proven bound of the
@@ -44,11 +51,12 @@ from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
 from .difference import (OriginalBounds, deviation, margin_loss, original_bounds,
                          variant_bounds, with_spec_shift)
 from .options import ReuseOptions
-from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
+from .proof import ProofBranch, ProofRecord, get_proof  # noqa: F401 - get_proof re-exported
 from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
 from .derive import GraphChangeMap
 from .expand import graph_change_map
+from .graph_reuse import closed_by_moved_root, tree_first
 from .transfer import try_transfer
 from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
                    warm_alphas)
@@ -73,6 +81,7 @@ class _Reuser(CoreChecks):
         self.propagator = make_propagator(variant, options.graph_bounds)
         self.rng = np.random.default_rng(options.seed)
         self.attacker: Attacker | None = None
+        self.root_tried: set = set()  # regions whose root bound reverify took already
         # a CNN variant with its original's architecture (or expanded to it): the
         # graph differential tiers of verify.reuse.tree.TreeCheck
         self.graph_tiers = ropt.graph_difference and isinstance(cmap, GraphChangeMap) \
@@ -100,8 +109,9 @@ class _Reuser(CoreChecks):
             cex = self._original_candidates(region, r, ob)
             if cex is not None:
                 return cex
-            rooted = False  # a CNN tree: the variant's root bound and its minimisers first
-            if self.graph_tiers and self.ropt.tree_walk and _relu_tree(region, branches):
+            rooted = r in self.root_tried  # a CNN tree: the variant's root bound first
+            if self.graph_tiers and self.ropt.tree_walk and _relu_tree(region, branches) \
+                    and not rooted:
                 got, rooted = self._root_closes(search), True
                 if got is not None:
                     return None if got is True else got
@@ -395,68 +405,6 @@ def _unwrap(variant, record):
     return variant, record
 
 
-def _tree_candidates(variant, prop: Property, proof: ProofRecord):
-    """A CNN proof tree: a confirmed counterexample of the variant among the minimisers
-    of the original's root bound (kept from its proof search), before any change map or
-    bound of the variant -- a broken variant usually fails there."""
-    for r, region in enumerate(prop.regions):
-        ob = proof.root_bounds.get(r)
-        if ob is not None and len(proof.regions.get(r) or []) > 1:
-            cex = confirm_batch(variant, region, r, ob.candidates(region.lower, region.upper))
-            if cex is not None:
-                return cex
-    return None
-
-
-def _closed_by_moved_root(original, variant, record, prop: Property, proof: ProofRecord,
-                          options: VerifyOptions, ropt: ReuseOptions, stats: ReuseStats,
-                          t0: float) -> bool:
-    """A CNN original without a proof (violated): whether the variant's spec rows,
-    back-substituted over the original's root bounds moved by the graph change bound
-    (:class:`verify.reuse.tree.TreeCheck`, tiers 0-1 only), close every region."""
-    if not ropt.graph_difference or len(proof.root_branches) != len(prop.regions) \
-            or isinstance(original, Network) or isinstance(variant, Network):
-        return False
-    try:
-        cmap, searched = graph_change_map(original, variant, record)
-    except ShapeMismatchError:
-        return False
-    reuser = _Reuser(searched, cmap, options, ropt, stats, t0 + ropt.reuse_share * options.timeout)
-    if not reuser.graph_tiers:
-        return False
-    for r, region in enumerate(prop.regions):
-        search = LeafSearch(searched, region, r, options, reuser.deadline, Statistics(),
-                            reuser.propagator)
-        try:  # max_open 0: no leaf may stay open after tiers 0-1
-            TreeCheck(reuser, search, [proof.root_branches[r]]).run(region, r, max_open=0.0)
-        except TreeOpen:
-            return False
-    stats.change_map = cmap.how
-    return True
-
-
-def get_proof(original: Network, prop: Property, options: VerifyOptions,
-              reuse_options: ReuseOptions, store=None,
-              trust: bool = False) -> tuple[ProofRecord, bool]:
-    """The original's proof record from ``store`` -- re-checked on the original
-    first (:mod:`.check`) unless ``trust`` -- or built now (and stored)."""
-    if store is not None:
-        rec = load_proof(store, original, prop, options)
-        if rec is not None and not trust:
-            from .check import check_proof
-            outcome = check_proof(original, prop, rec, options)
-            if not outcome.ok:
-                store._problem(f"stored proof of {original.name} / {prop.name} failed its "
-                               f"re-check ({outcome.reason}); proving again")
-                rec = None
-        if rec is not None:
-            return rec, True
-    rec = build_proof(original, prop, options, reuse_options)
-    if store is not None:
-        save_proof(store, rec, prop, options)
-    return rec, False
-
-
 def reverify(original: Network, variant, prop: Property,
              options: VerifyOptions = VerifyOptions(), record=None, store=None,
              reuse_options: ReuseOptions = ReuseOptions(),
@@ -492,8 +440,10 @@ def reverify(original: Network, variant, prop: Property,
                                     np.array(c.input, dtype=np.float64)[None, :])
                 if cex is not None:
                     return done(Status.VIOLATED, "reuse-counterexample", cex)
-            if _closed_by_moved_root(original, variant, record, prop, proof, options,
-                                     reuse_options, stats, t0):
+            if closed_by_moved_root(
+                    original, variant, record, prop, proof, reuse_options,
+                    lambda net, cmap: _Reuser(net, cmap, options, reuse_options, stats,
+                                              t0 + reuse_options.reuse_share * options.timeout)):
                 return done(Status.HOLDS, "reuse-difference-root")
             if reuse_options.attack:  # the variant is likely broken too: a quick attack
                 quick = _Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
@@ -509,10 +459,15 @@ def reverify(original: Network, variant, prop: Property,
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
         graph = not isinstance(original, Network) or not isinstance(variant, Network)
+        root_tried = set()  # regions whose variant root bound was taken in vain
         if graph and reuse_options.graph_difference:
-            cex = _tree_candidates(variant, prop, proof)
-            if cex is not None:
-                return done(Status.VIOLATED, "reuse", cex)
+            got = tree_first(variant, prop, proof, options,
+                             t0 + reuse_options.reuse_share * options.timeout, stats)
+            if got is True:
+                return done(Status.HOLDS, "reuse-root-bound")
+            if isinstance(got, Counterexample):
+                return done(Status.VIOLATED, "reuse", got)
+            root_tried = got
         transfer = not graph and reuse_options.equivalence_transfer
         no_map = None
         try:  # searched: the network the proof is re-checked on (the expansion, if pruned)
@@ -536,6 +491,7 @@ def reverify(original: Network, variant, prop: Property,
         # the reuse attempt gets a share of the budget; the fallback the rest
         reuser = _Reuser(searched, cmap, options, reuse_options, stats,
                          t0 + reuse_options.reuse_share * options.timeout)
+        reuser.root_tried = root_tried
         # no falsification up front: the branches' own candidates and an attack on
         # any region with a branch left open find a counterexample (a proof that
         # carries over needs neither)
