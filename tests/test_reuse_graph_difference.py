@@ -190,3 +190,11 @@ def test_a_violated_cnn_originals_root_bound_moved_by_the_change_proves_a_fixed_
     assert res.status.value == "violated"
     x = np.array(res.counterexample.input)
     assert prop.violated_by(x, worse.forward(x))
+    # the original's root bound is kept without a proof: its minimisers, confirmed on
+    # the variant, are counterexamples of a broken one and none of the fixed one
+    from verify.reuse.graph_reuse import root_candidates
+    assert proof.root_bounds
+    cex = root_candidates(worse, prop, proof, trees_only=False)
+    assert cex is not None and prop.violated_by(np.array(cex.input),
+                                                worse.forward(np.array(cex.input)))
+    assert root_candidates(fixed, prop, proof, trees_only=False) is None

@@ -1,9 +1,11 @@
 """Two CNN reuse steps that need no proof tree walked (see :mod:`verify.reuse.reverify`).
 
-* :func:`tree_candidates` -- a broken variant of a proof tree is looked for first at the
+* :func:`root_candidates` -- a broken variant of a proof tree is looked for first at the
   minimisers of the original's root bound (kept from its proof search): before any change
   map (a channel-pruned variant's expansion) or bound of the variant; then
   :func:`tree_first` takes the variant's own root bound (an easier variant is done).
+  An original without a proof (violated, undecided) has its root bound too: its
+  minimisers are tried on the variant after the original's counterexample.
 * :func:`closed_by_moved_root` -- an original without a proof (violated) still has its
   root bound: moved by the graph change bound (:mod:`verify.reuse.graph_difference`), with
   the variant's spec rows back-substituted over it (tiers 0-1 of
@@ -27,12 +29,13 @@ from .proof import ProofRecord
 from .tree import LeafSearch, TreeCheck, TreeOpen
 
 
-def tree_candidates(variant, prop: Property, proof: ProofRecord):
+def root_candidates(variant, prop: Property, proof: ProofRecord, trees_only: bool = True):
     """A confirmed counterexample of the variant among the minimisers of the original's
-    root bound of each region its proof split, or None."""
+    root bound of each region its proof split (``trees_only``; else of every region, for
+    an original without a proof), or None."""
     for r, region in enumerate(prop.regions):
         ob = proof.root_bounds.get(r)
-        if ob is not None and len(proof.regions.get(r) or []) > 1:
+        if ob is not None and (not trees_only or len(proof.regions.get(r) or []) > 1):
             cex = confirm_batch(variant, region, r, ob.candidates(region.lower, region.upper))
             if cex is not None:
                 return cex
@@ -45,7 +48,7 @@ def tree_first(variant, prop: Property, proof: ProofRecord, options, deadline: f
     variant easier than its original needs no more.  Returns a confirmed counterexample,
     True when every region's root bound closed it, else the regions whose root bound was
     taken in vain (not to be taken again)."""
-    cex = tree_candidates(variant, prop, proof)
+    cex = root_candidates(variant, prop, proof)
     if cex is not None:
         return cex
     n = len(prop.regions)

@@ -361,6 +361,8 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
                          reason=res.reason, counterexample=res.counterexample)
     if res.status is not Status.HOLDS:
         record.root_branches = _root_branches(prop, proof.roots)
+        record.root_bounds = {r: original_bounds(None, b) for r, b in proof.roots.items()
+                              if b is not None}
         return record
     t1 = time.monotonic()
     for r, leaves in proof.leaves.items():

@@ -56,7 +56,7 @@ from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
 from .derive import GraphChangeMap
 from .expand import graph_change_map
-from .graph_reuse import closed_by_moved_root, tree_first
+from .graph_reuse import closed_by_moved_root, root_candidates, tree_first
 from .transfer import try_transfer
 from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
                    warm_alphas)
@@ -430,6 +430,11 @@ def reverify(original: Network, variant, prop: Property,
                            prop.name, stats)
 
     transfer_later = False  # an equivalence transfer once the proof's tiers gave up
+
+    def graph_candidates():  # a CNN original without a proof: its root bound's minimisers
+        if not reuse_options.graph_difference or isinstance(variant, Network):
+            return None
+        return root_candidates(variant, prop, proof, trees_only=False)
     try:
         if proof.status == "violated" and proof.counterexample is not None:
             # the original's counterexample, re-run on the variant (a witness is only
@@ -440,6 +445,9 @@ def reverify(original: Network, variant, prop: Property,
                                     np.array(c.input, dtype=np.float64)[None, :])
                 if cex is not None:
                     return done(Status.VIOLATED, "reuse-counterexample", cex)
+            cex = graph_candidates()
+            if cex is not None:
+                return done(Status.VIOLATED, "reuse", cex)
             if closed_by_moved_root(
                     original, variant, record, prop, proof, reuse_options,
                     lambda net, cmap: _Reuser(net, cmap, options, reuse_options, stats,
@@ -455,6 +463,9 @@ def reverify(original: Network, variant, prop: Property,
                     if cex is not None:
                         return done(Status.VIOLATED, "attack", cex)
         if proof.status != "holds":
+            cex = graph_candidates() if proof.status != "violated" else None
+            if cex is not None:
+                return done(Status.VIOLATED, "reuse", cex)
             raise _NoFit(f"the original has no proof ({proof.status})")
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
