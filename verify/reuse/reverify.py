@@ -420,6 +420,7 @@ def reverify(original: Network, variant, prop: Property,
     if proof is None:
         proof, stats.proof_from_store = get_proof(original, prop, options, reuse_options, store)
     stats.original_status, stats.original_time_s = proof.status, proof.time_s
+    stats.branches = proof.n_branches  # (also for a variant decided before any change map)
     stats.original_core_time_s = proof.core_time_s
     stats.original_proof_s = proof.time_s + proof.core_time_s
     stats.original_name = proof.network_name or original.name
