@@ -8,7 +8,8 @@ lower bounds.  The leaves are re-checked on the variant in tiers, each on
 the leaves the one before left open:
 
 0. the original's spec lower bounds plus an interval bound of the spec's
-   change (:func:`leaf_deviation`, a few matrix products for all leaves);
+   change (:func:`leaf_deviation`, a few matrix products for all leaves; for a
+   graph variant :mod:`verify.reuse.graph_difference`, a few interval passes);
 1. the variant's spec rows back-substituted over the original's layer
    bounds moved by the change (no intermediate neuron back-substituted),
    alpha-CROWN warm-started from the original's slopes;
@@ -163,7 +164,6 @@ class TreeCheck:
                        "closed_by_difference_backsub": 0, "closed_by_split": 0}
         self.n_hidden = len(search.net.hidden_sizes)
         self.graph = isinstance(self.cmap, GraphChangeMap)  # no symbolic tier (chains only)
-        self.backsub = True
 
     def run(self, region, r: int, root_check=None, max_open: float = 1.0,
             backsub: bool = True):
@@ -175,7 +175,6 @@ class TreeCheck:
         tiers 0-1 leave more than this share of the leaves open (the leaves'
         closures are then discarded).  ``backsub`` False skips tiers 1 and 1b
         (a graph region one bound settled: tier 1 costs about a full bound there)."""
-        self.backsub = backsub
         from ..attack import confirm_batch
         branches, search = self.branches, self.search
         todo = [i for i, b in enumerate(branches) if b.method != "infeasible"]
@@ -184,7 +183,7 @@ class TreeCheck:
         open_after_1, moved_of = [], {}
         for s in range(0, len(todo), step):
             idx = todo[s:s + step]
-            still, moved = self._tiers01(idx, max_open * len(branches))
+            still, moved = self._tiers01(idx, max_open * len(branches), backsub)
             open_after_1 += still
             moved_of.update(moved)
         if not open_after_1:
@@ -238,7 +237,7 @@ class TreeCheck:
             setattr(self.stats, name, getattr(self.stats, name) + n)
 
     # ---- tiers ----------------------------------------------------------------------
-    def _tiers01(self, idx, max_open_leaves: float):
+    def _tiers01(self, idx, max_open_leaves: float, backsub: bool = True):
         """Tiers 0, 1 and 1b on leaves ``idx``: (still open, {leaf: its moved bounds}).
         ``max_open_leaves``: more leaves open than this give the tree up (tier 1b is
         skipped when it could not bring them under it)."""
@@ -264,7 +263,7 @@ class TreeCheck:
         moved = moved_bounds(self.cmap, [l[sel] for l in lowers], [u[sel] for u in uppers],
                              [(dl[sel], du[sel]) for dl, du in changes])
         ids = [idx[j] for j in sel]
-        if not self.backsub:
+        if not backsub:
             return ids, {i: [(l[j], u[j]) for l, u in moved] for j, i in enumerate(ids)}
         lo, hi = torch.from_numpy(box_lo[sel]), torch.from_numpy(box_hi[sel])
         # tier 1: the variant's spec rows over the moved bounds, warm-started
