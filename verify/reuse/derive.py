@@ -93,6 +93,22 @@ class GraphChangeMap:
         self.kept_rows = [np.arange(n) for n in original.hidden_sizes] + \
             [np.arange(original.n_outputs)]  # per layer, as ChangeMap's (output last)
 
+    def diff(self):
+        """The node-by-node change of the variant (:mod:`verify.reuse.graph_difference`),
+        built once; raises ShapeMismatchError for graphs that differ otherwise."""
+        if not hasattr(self, "_diff"):
+            from .graph_difference import GraphDiff
+            self._diff = GraphDiff(self.original, self.variant)
+        return self._diff
+
+    def diffable(self) -> bool:
+        """Whether :meth:`diff` applies (the same nodes; only parameters changed)."""
+        try:
+            self.diff()
+        except ShapeMismatchError:
+            return False
+        return True
+
     def map_name(self, name: str) -> str:
         return name
 

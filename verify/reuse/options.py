@@ -42,6 +42,12 @@ class ReuseOptions:
     # TreeWalk: a node closed prunes its subtree, parents' bounds are inherited);
     # False: its leaves are bounded again one by one, each from scratch
     tree_walk: bool = True
+    # a CNN variant with its original's architecture (quantized, magnitude-pruned, or a
+    # channel-pruned one's expansion): the original's per-leaf (or root) margins plus an
+    # interval bound of the change (verify.reuse.graph_difference), then the variant's
+    # spec rows over the original's moved bounds, before the variant's own bounds
+    # (verify.reuse.tree.TreeCheck); a tree they leave over tree_max_open open is walked
+    graph_difference: bool = True
     core_budget: float = 30.0  # seconds for extracting the original's cores (all branches)
     core_timeout: float = 2.0  # per Z3 query while extracting / checking a core
     minimise_budget: float = 2.0  # seconds of deletion checks per core

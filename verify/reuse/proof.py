@@ -132,6 +132,11 @@ class ProofRecord:
     # never stored (see verify.reuse.difference)
     root_bounds: dict[int, OriginalBounds] = field(default_factory=dict, init=False, repr=False,
                                                    compare=False)
+    # a record without a proof (violated, unknown), built in this process: per region the
+    # original's root bound as a one-box branch (layer and spec-row bounds), which a
+    # graph variant's differential tiers start from (never stored)
+    root_branches: dict[int, ProofBranch] = field(default_factory=dict, init=False,
+                                                  repr=False, compare=False)
 
     def covers(self, r: int, region: Region) -> bool:
         """Whether the branches of region ``r`` tile ``region``'s box (see :func:`covers`)."""
@@ -327,6 +332,20 @@ def _branch(leaf: Leaf, cores: dict[int, Core]) -> ProofBranch:
                        alphas=alphas, layer_bounds=leaf.layer_bounds, spec_lower=leaf.spec_lower)
 
 
+def _root_branches(prop: Property, roots: dict) -> dict[int, ProofBranch]:
+    """The verifier's root bound of each region it bounded, as a one-box branch."""
+    out = {}
+    for r, res in roots.items():
+        if res is None or bool(res.infeasible[0]):
+            continue
+        region = prop.regions[r]
+        out[r] = ProofBranch(region.lower, region.upper, (), "bounds",
+                             layer_bounds=[(l[0].numpy(), u[0].numpy())
+                                           for l, u in zip(res.lower, res.upper)],
+                             spec_lower=res.spec_lower[0].numpy())
+    return out
+
+
 def build_proof(network: Network, prop: Property, options: VerifyOptions = VerifyOptions(),
                 reuse_options: ReuseOptions = ReuseOptions()) -> ProofRecord:
     """Decide ``prop`` on ``network`` (:func:`verify.verifier.verify_property`,
@@ -341,6 +360,9 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
                          network_name=network.name, property_name=prop.name,
                          reason=res.reason, counterexample=res.counterexample)
     if res.status is not Status.HOLDS:
+        record.root_branches = _root_branches(prop, proof.roots)
+        record.root_bounds = {r: original_bounds(None, b) for r, b in proof.roots.items()
+                              if b is not None}
         return record
     t1 = time.monotonic()
     for r, leaves in proof.leaves.items():
@@ -411,3 +433,25 @@ def load_proof(store: ProofStore, network: Network, prop: Property,
     if rec.network != network.digest() or rec.property != prop.digest():
         return None
     return rec
+
+
+def get_proof(original: Network, prop: Property, options: VerifyOptions,
+              reuse_options: ReuseOptions, store=None,
+              trust: bool = False) -> tuple[ProofRecord, bool]:
+    """The original's proof record from ``store`` -- re-checked on the original
+    first (:mod:`.check`) unless ``trust`` -- or built now (and stored)."""
+    if store is not None:
+        rec = load_proof(store, original, prop, options)
+        if rec is not None and not trust:
+            from .check import check_proof
+            outcome = check_proof(original, prop, rec, options)
+            if not outcome.ok:
+                store._problem(f"stored proof of {original.name} / {prop.name} failed its "
+                               f"re-check ({outcome.reason}); proving again")
+                rec = None
+        if rec is not None:
+            return rec, True
+    rec = build_proof(original, prop, options, reuse_options)
+    if store is not None:
+        save_proof(store, rec, prop, options)
+    return rec, False

@@ -15,6 +15,13 @@ violates are added and the check repeats.  After ``refine_rounds`` (or with
 no core) comes the full query, then branch and bound on just that branch,
 and if even that fails, verification from scratch.
 
+A CNN (graph) variant with its original's architecture (or a channel-pruned one's
+expansion) gets the graph change bound instead (:mod:`verify.reuse.graph_difference`,
+in :class:`verify.reuse.tree.TreeCheck`), for a region one bound settled and for a proof
+tree (after the original's root minimisers and the variant's root bound), then the tree
+walk; a violated original's root bound is moved to the variant
+(:mod:`verify.reuse.graph_reuse`).
+
 Soundness: only the variant's constraints are ever asserted, and ``holds``
 needs every branch of every region closed on the variant (by its bounds, the
 original's bounds -- derived in this process -- plus a proven bound of the
@@ -44,10 +51,12 @@ from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
 from .difference import (OriginalBounds, deviation, margin_loss, original_bounds,
                          variant_bounds, with_spec_shift)
 from .options import ReuseOptions
-from .proof import ProofBranch, ProofRecord, build_proof, load_proof, save_proof
+from .proof import ProofBranch, ProofRecord, get_proof  # noqa: F401 - get_proof re-exported
 from .core_check import CoreChecks
 from .results import ReuseResult, ReuseStats
+from .derive import GraphChangeMap
 from .expand import graph_change_map
+from .graph_reuse import closed_by_moved_root, root_candidates, tree_first
 from .transfer import try_transfer
 from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
                    warm_alphas)
@@ -72,6 +81,11 @@ class _Reuser(CoreChecks):
         self.propagator = make_propagator(variant, options.graph_bounds)
         self.rng = np.random.default_rng(options.seed)
         self.attacker: Attacker | None = None
+        self.root_tried: set = set()  # regions whose root bound reverify took already
+        # a CNN variant with its original's architecture (or expanded to it): the
+        # graph differential tiers of verify.reuse.tree.TreeCheck
+        self.graph_tiers = ropt.graph_difference and isinstance(cmap, GraphChangeMap) \
+            and cmap.diffable()
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -95,7 +109,13 @@ class _Reuser(CoreChecks):
             cex = self._original_candidates(region, r, ob)
             if cex is not None:
                 return cex
-            if self.ropt.difference and has_leaf_bounds(branches):
+            rooted = r in self.root_tried  # a CNN tree: the variant's root bound first
+            if self.graph_tiers and self.ropt.tree_walk and _relu_tree(region, branches) \
+                    and not rooted:
+                got, rooted = self._root_closes(search), True
+                if got is not None:
+                    return None if got is True else got
+            if (self.ropt.difference or self.graph_tiers) and has_leaf_bounds(branches):
                 # the original's tree re-checked leaf by leaf from its own bounds; with
                 # ReLU splits only while the cheap tiers close every leaf (a leaf is
                 # the original's phase domain, the path below splits the variant's)
@@ -106,7 +126,7 @@ class _Reuser(CoreChecks):
                                          Statistics(), self.propagator)
                 try:
                     return TreeCheck(self, leaf_search, branches).run(
-                        region, r, lambda: self._root_closes(search),
+                        region, r, None if rooted else lambda: self._root_closes(search),
                         max_open=self.ropt.tree_max_open if relu_split else 1.0)
                 except TreeOpen as exc:
                     if not relu_split:
@@ -119,7 +139,7 @@ class _Reuser(CoreChecks):
                     # region (an easier variant is done) with its minimisers, then a few
                     # milliseconds of attack (a broken variant is found) before the
                     # whole tree is bounded
-                    got = self._root_closes(search)
+                    got = None if rooted else self._root_closes(search)
                     if got is True:
                         return None
                     cex = got if got is not None else \
@@ -143,6 +163,16 @@ class _Reuser(CoreChecks):
                 return cex
         if not proof.covers(r, region):
             raise _NoFit(f"the proof's branches do not cover region {r}")
+        if single is not None and self.graph_tiers and has_leaf_bounds(branches):
+            # a CNN region one bound settled: its margin plus the graph change bound,
+            # then the variant's spec rows over the moved bounds, before its own bound
+            leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
+                                     Statistics(), self.propagator)
+            try:
+                return TreeCheck(self, leaf_search, branches).run(
+                    region, r, lambda: self._root_closes(search), backsub=False)
+            except TreeOpen as exc:
+                raise _NoFit(str(exc)) from None
         if single is not None and single.method == "bounds" and ob is not None:
             closed, moved, loss = self._closed_by_difference(search, ob)
             if closed:
@@ -375,28 +405,6 @@ def _unwrap(variant, record):
     return variant, record
 
 
-def get_proof(original: Network, prop: Property, options: VerifyOptions,
-              reuse_options: ReuseOptions, store=None,
-              trust: bool = False) -> tuple[ProofRecord, bool]:
-    """The original's proof record from ``store`` -- re-checked on the original
-    first (:mod:`.check`) unless ``trust`` -- or built now (and stored)."""
-    if store is not None:
-        rec = load_proof(store, original, prop, options)
-        if rec is not None and not trust:
-            from .check import check_proof
-            outcome = check_proof(original, prop, rec, options)
-            if not outcome.ok:
-                store._problem(f"stored proof of {original.name} / {prop.name} failed its "
-                               f"re-check ({outcome.reason}); proving again")
-                rec = None
-        if rec is not None:
-            return rec, True
-    rec = build_proof(original, prop, options, reuse_options)
-    if store is not None:
-        save_proof(store, rec, prop, options)
-    return rec, False
-
-
 def reverify(original: Network, variant, prop: Property,
              options: VerifyOptions = VerifyOptions(), record=None, store=None,
              reuse_options: ReuseOptions = ReuseOptions(),
@@ -412,6 +420,7 @@ def reverify(original: Network, variant, prop: Property,
     if proof is None:
         proof, stats.proof_from_store = get_proof(original, prop, options, reuse_options, store)
     stats.original_status, stats.original_time_s = proof.status, proof.time_s
+    stats.branches = proof.n_branches  # (also for a variant decided before any change map)
     stats.original_core_time_s = proof.core_time_s
     stats.original_proof_s = proof.time_s + proof.core_time_s
     stats.original_name = proof.network_name or original.name
@@ -422,6 +431,11 @@ def reverify(original: Network, variant, prop: Property,
                            prop.name, stats)
 
     transfer_later = False  # an equivalence transfer once the proof's tiers gave up
+
+    def graph_candidates():  # a CNN original without a proof: its root bound's minimisers
+        if not reuse_options.graph_difference or isinstance(variant, Network):
+            return None
+        return root_candidates(variant, prop, proof, trees_only=False)
     try:
         if proof.status == "violated" and proof.counterexample is not None:
             # the original's counterexample, re-run on the variant (a witness is only
@@ -432,6 +446,14 @@ def reverify(original: Network, variant, prop: Property,
                                     np.array(c.input, dtype=np.float64)[None, :])
                 if cex is not None:
                     return done(Status.VIOLATED, "reuse-counterexample", cex)
+            cex = graph_candidates()
+            if cex is not None:
+                return done(Status.VIOLATED, "reuse", cex)
+            if closed_by_moved_root(
+                    original, variant, record, prop, proof, reuse_options,
+                    lambda net, cmap: _Reuser(net, cmap, options, reuse_options, stats,
+                                              t0 + reuse_options.reuse_share * options.timeout)):
+                return done(Status.HOLDS, "reuse-difference-root")
             if reuse_options.attack:  # the variant is likely broken too: a quick attack
                 quick = _Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
                 for r, region in enumerate(prop.regions):
@@ -442,10 +464,22 @@ def reverify(original: Network, variant, prop: Property,
                     if cex is not None:
                         return done(Status.VIOLATED, "attack", cex)
         if proof.status != "holds":
+            cex = graph_candidates() if proof.status != "violated" else None
+            if cex is not None:
+                return done(Status.VIOLATED, "reuse", cex)
             raise _NoFit(f"the original has no proof ({proof.status})")
         if proof.network != original.digest() or proof.property != prop.digest():
             raise _NoFit("the proof record belongs to another network or property")
         graph = not isinstance(original, Network) or not isinstance(variant, Network)
+        root_tried = set()  # regions whose variant root bound was taken in vain
+        if graph and reuse_options.graph_difference:
+            got = tree_first(variant, prop, proof, options,
+                             t0 + reuse_options.reuse_share * options.timeout, stats)
+            if got is True:
+                return done(Status.HOLDS, "reuse-root-bound")
+            if isinstance(got, Counterexample):
+                return done(Status.VIOLATED, "reuse", got)
+            root_tried = got
         transfer = not graph and reuse_options.equivalence_transfer
         no_map = None
         try:  # searched: the network the proof is re-checked on (the expansion, if pruned)
@@ -469,6 +503,7 @@ def reverify(original: Network, variant, prop: Property,
         # the reuse attempt gets a share of the budget; the fallback the rest
         reuser = _Reuser(searched, cmap, options, reuse_options, stats,
                          t0 + reuse_options.reuse_share * options.timeout)
+        reuser.root_tried = root_tried
         # no falsification up front: the branches' own candidates and an attack on
         # any region with a branch left open find a counterexample (a proof that
         # carries over needs neither)

@@ -8,7 +8,8 @@ lower bounds.  The leaves are re-checked on the variant in tiers, each on
 the leaves the one before left open:
 
 0. the original's spec lower bounds plus an interval bound of the spec's
-   change (:func:`leaf_deviation`, a few matrix products for all leaves);
+   change (:func:`leaf_deviation`, a few matrix products for all leaves; for a
+   graph variant :mod:`verify.reuse.graph_difference`, a few interval passes);
 1. the variant's spec rows back-substituted over the original's layer
    bounds moved by the change (no intermediate neuron back-substituted),
    alpha-CROWN warm-started from the original's slopes;
@@ -37,6 +38,7 @@ import torch
 from ..bounds import TOLERANCE
 from ..search import Node, RegionSearch
 from .changes import ChangeMap
+from .derive import GraphChangeMap
 from .difference import hopeful, symbolic_deviation
 
 
@@ -92,6 +94,14 @@ def leaf_deviation(cmap: ChangeMap, lowers, uppers, box_lo: np.ndarray, box_hi: 
         em, er = (lo_h + hi_h) / 2, (hi_h - lo_h) / 2
         hm, hr = (a_lo + a_hi) / 2, (a_hi - a_lo) / 2
     raise AssertionError("unreachable: the last layer returns")
+
+
+def change_bounds(cmap, lowers, uppers, box_lo, box_hi, spec_c):
+    """:func:`leaf_deviation` for a chain, :meth:`verify.reuse.graph_difference.GraphDiff.
+    deviation` for a graph variant with its original's architecture."""
+    if isinstance(cmap, GraphChangeMap):
+        return cmap.diff().deviation(lowers, uppers, box_lo, box_hi, spec_c)
+    return leaf_deviation(cmap, lowers, uppers, box_lo, box_hi, spec_c)
 
 
 def moved_bounds(cmap: ChangeMap, lowers, uppers, changes) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -153,15 +163,18 @@ class TreeCheck:
         self.closed = {"closed_by_bounds": 0, "closed_by_difference": 0, "closed_by_symbolic": 0,
                        "closed_by_difference_backsub": 0, "closed_by_split": 0}
         self.n_hidden = len(search.net.hidden_sizes)
+        self.graph = isinstance(self.cmap, GraphChangeMap)  # no symbolic tier (chains only)
 
-    def run(self, region, r: int, root_check=None, max_open: float = 1.0):
+    def run(self, region, r: int, root_check=None, max_open: float = 1.0,
+            backsub: bool = True):
         """A confirmed counterexample, None when every leaf closed, or raises
         :class:`TreeOpen` when some leaf stays open.  ``root_check``: called
         when tiers 0-1 leave leaves open, before the costlier tiers; returns
         True (the region is closed on the variant some other way), a
         counterexample, or None.  ``max_open``: raise :class:`TreeOpen` when
         tiers 0-1 leave more than this share of the leaves open (the leaves'
-        closures are then discarded)."""
+        closures are then discarded).  ``backsub`` False skips tiers 1 and 1b
+        (a graph region one bound settled: tier 1 costs about a full bound there)."""
         from ..attack import confirm_batch
         branches, search = self.branches, self.search
         todo = [i for i, b in enumerate(branches) if b.method != "infeasible"]
@@ -170,7 +183,7 @@ class TreeCheck:
         open_after_1, moved_of = [], {}
         for s in range(0, len(todo), step):
             idx = todo[s:s + step]
-            still, moved = self._tiers01(idx, max_open * len(branches))
+            still, moved = self._tiers01(idx, max_open * len(branches), backsub)
             open_after_1 += still
             moved_of.update(moved)
         if not open_after_1:
@@ -224,7 +237,7 @@ class TreeCheck:
             setattr(self.stats, name, getattr(self.stats, name) + n)
 
     # ---- tiers ----------------------------------------------------------------------
-    def _tiers01(self, idx, max_open_leaves: float):
+    def _tiers01(self, idx, max_open_leaves: float, backsub: bool = True):
         """Tiers 0, 1 and 1b on leaves ``idx``: (still open, {leaf: its moved bounds}).
         ``max_open_leaves``: more leaves open than this give the tree up (tier 1b is
         skipped when it could not bring them under it)."""
@@ -233,8 +246,8 @@ class TreeCheck:
         uppers = [np.stack([branches[i].layer_bounds[k][1] for i in idx]) for k in range(self.n_hidden)]
         box_lo = np.stack([branches[i].lower for i in idx])
         box_hi = np.stack([branches[i].upper for i in idx])
-        changes, spec_dl = leaf_deviation(self.cmap, lowers, uppers, box_lo, box_hi,
-                                          search.C.numpy())
+        changes, spec_dl = change_bounds(self.cmap, lowers, uppers, box_lo, box_hi,
+                                         search.C.numpy())
         # tier 0: the original's spec lower bound plus the change's
         known = np.array([branches[i].spec_lower is not None for i in idx])
         spec0 = np.full(spec_dl.shape, -np.inf)
@@ -250,11 +263,15 @@ class TreeCheck:
         moved = moved_bounds(self.cmap, [l[sel] for l in lowers], [u[sel] for u in uppers],
                              [(dl[sel], du[sel]) for dl, du in changes])
         ids = [idx[j] for j in sel]
+        if not backsub:
+            return ids, {i: [(l[j], u[j]) for l, u in moved] for j, i in enumerate(ids)}
         lo, hi = torch.from_numpy(box_lo[sel]), torch.from_numpy(box_hi[sel])
         # tier 1: the variant's spec rows over the moved bounds, warm-started
         alpha_init = warm_alphas(self.cmap, branches, ids)
+        # (a graph without warm-start slopes: plain back-substitution; alpha steps from
+        # scratch cost seconds on the verivital maxpool net, where a full bound takes 0.05 s)
         iters = (self.reuser.ropt.warm_alpha_iterations if alpha_init is not None
-                 else search.alpha_iterations)
+                 else 0 if self.graph else search.alpha_iterations)
         res = search.prop.spec_bound(lo, hi, search.C, search.d, [m[0] for m in moved],
                                      [m[1] for m in moved], iters if self.n_hidden else 0,
                                      deadline=search.deadline, alpha_init=alpha_init)
@@ -272,7 +289,7 @@ class TreeCheck:
         gate = self.reuser.ropt.symbolic_max_loss
         # with input splits (few inputs, narrow layers) tier 2 is cheaper than this
         # (ACAS Xu 1_3: 0.09 s against 0.48 s for an int16 variant)
-        if gate > 0 and len(open_j) and not search.input_split:
+        if gate > 0 and len(open_j) and not search.input_split and not self.graph:
             # tier 1b: the symbolic change bound, on the open leaves whose interval
             # change bound came close to their margin
             rows = sel[open_j]
