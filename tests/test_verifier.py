@@ -59,7 +59,8 @@ def exact_z3_verdict(net, prop):
 SPLITTING = {"input": dict(), "input-backward": dict(intermediate_bounds="backward"),
              "input-forward": dict(intermediate_bounds="forward"), "relu": dict(input_split_max=0),
              "relu-no-z3": dict(input_split_max=0, use_z3=False),
-             "relu-z3-early": dict(input_split_max=0, z3_relu_split_max_unstable=6)}
+             "relu-z3-early": dict(input_split_max=0, z3_relu_split_max_unstable=6),
+             "relu-refine-all": dict(input_split_max=0, refine_unstable_only=False)}
 
 
 def tight_property(rng, net, slack):

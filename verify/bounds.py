@@ -16,6 +16,7 @@ import time
 import numpy as np
 import torch
 
+from .ascent import Adam
 from .network import Network
 
 #: relative/absolute widening applied to every concrete bound
@@ -292,7 +293,7 @@ class BoundPropagator:
                      else torch.zeros(B, m, sg.shape[1], dtype=lam.dtype, requires_grad=True)
                      for sg in signs]
             params += [b for b in betas if b is not None]
-        opt = torch.optim.Adam(params, lr=0.1)
+        opt = Adam(params, lr=0.1)
         best = bnd.clone()
         for _ in range(iterations):
             if deadline is not None and time.monotonic() > deadline:

@@ -73,6 +73,10 @@ class VerifyOptions:
     # small margin that closes most of them instead of splitting them further)
     alpha_tier_iterations: int = 20
     alpha_tier_max_unstable: int = 24
+    # ReLU splitting: a child branch back-substitutes only the neurons that its
+    # parent's bounds (intersected with interval bounds) leave unstable, and its split
+    # ones; the stable ones keep the parent's back-substituted bounds
+    refine_unstable_only: bool = True
     inherit_bounds: bool = True  # input splitting: halves intersect their parent's layer bounds
     # input splitting: intermediate bounds by "backward" substitution (CROWN), by
     # "forward" linear bounds (10x cheaper, looser on large boxes), or "hybrid":

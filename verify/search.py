@@ -231,7 +231,11 @@ class RegionSearch(Splitting):
             if all(n.parent_spec is not None for n in batch):
                 inherited = (torch.from_numpy(np.stack([n.parent_spec[0] for n in batch])),
                              torch.from_numpy(np.stack([n.parent_spec[1] for n in batch])))
-            res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited)
+            refine = None
+            if fixed is not None and not self.input_split and self.opt.refine_unstable_only:
+                refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
+            res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited,
+                                                       refine=refine)
             spec_lower = res.spec_lower.numpy()
             unstable = res.unstable()
             if first:
