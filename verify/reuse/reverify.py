@@ -36,367 +36,22 @@ import time
 import numpy as np
 import torch
 
-from ..attack import Attacker, confirm_batch
-from ..graphbounds import make_propagator
+from ..attack import confirm_batch
 from ..errors import ShapeMismatchError
 from ..network import Network
 from ..options import VerifyOptions
-from ..properties import Property, Region
-from ..search import Node, RegionSearch, split_arrays
-from ..result import Counterexample, Statistics, Status
+from ..properties import Property
+from ..result import Counterexample, Status
 from ..verifier import verify_property
 from ..vnnlib import check_fits
-from .bound_core import bound_with, box_tensors, core_neurons
-from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
-from .difference import (OriginalBounds, deviation, margin_loss, original_bounds,
-                         variant_bounds, with_spec_shift)
+from .changes import ChangeMap
 from .options import ReuseOptions
-from .proof import ProofBranch, ProofRecord, get_proof  # noqa: F401 - get_proof re-exported
-from .core_check import CoreChecks
+from .proof import ProofRecord, get_proof  # noqa: F401 - get_proof re-exported
 from .results import ReuseResult, ReuseStats
-from .derive import GraphChangeMap
 from .expand import graph_change_map
 from .graph_reuse import closed_by_moved_root, root_candidates, tree_first
 from .transfer import try_transfer
-from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
-                   warm_alphas)
-
-
-def _relu_tree(region: Region, branches) -> bool:
-    """A proof tree of ReLU splits only (every leaf the region's box)."""
-    return any(b.splits for b in branches) and all(
-        np.array_equal(b.lower, region.lower) and np.array_equal(b.upper, region.upper)
-        for b in branches)
-
-
-class _NoFit(Exception):
-    """The proof does not carry over; verify from scratch."""
-
-
-class _Reuser(CoreChecks):
-    def __init__(self, variant: Network, cmap: ChangeMap, options: VerifyOptions,
-                 ropt: ReuseOptions, stats: ReuseStats, deadline: float):
-        self.net, self.cmap, self.opt, self.ropt = variant, cmap, options, ropt
-        self.stats, self.deadline = stats, deadline
-        self.propagator = make_propagator(variant, options.graph_bounds)
-        self.rng = np.random.default_rng(options.seed)
-        self.attacker: Attacker | None = None
-        self.root_tried: set = set()  # regions whose root bound reverify took already
-        # a CNN variant with its original's architecture (or expanded to it): the
-        # graph differential tiers of verify.reuse.tree.TreeCheck
-        self.graph_tiers = ropt.graph_difference and isinstance(cmap, GraphChangeMap) \
-            and cmap.diffable()
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    # ---- one region --------------------------------------------------------------
-    def region(self, region: Region, r: int, proof: ProofRecord):
-        """Returns a confirmed counterexample, or None when every branch of the
-        proof's region ``r`` is closed on the variant."""
-        # the variant's own search on this region: its batched bounding (hybrid
-        # intermediate bounds with few inputs) and, for branches that stay open,
-        # its branch and bound
-        search = RegionSearch(self.net, region, r, self.opt, self.deadline, Statistics(),
-                              self.propagator)
-        branches = proof.regions.get(r) or []
-        single = branches[0] if len(branches) == 1 and not branches[0].splits else None
-        # the original's bound of the region, where it is used: counterexample
-        # candidates for a split proof, moved bounds for a region one bound settled
-        ob = self._original_bounds(search, proof) if self.ropt.difference and (
-            len(branches) > 1 or single is not None and single.method == "bounds") else None
-        if len(branches) > 1:
-            cex = self._original_candidates(region, r, ob)
-            if cex is not None:
-                return cex
-            rooted = r in self.root_tried  # a CNN tree: the variant's root bound first
-            if self.graph_tiers and self.ropt.tree_walk and _relu_tree(region, branches) \
-                    and not rooted:
-                got, rooted = self._root_closes(search), True
-                if got is not None:
-                    return None if got is True else got
-            if (self.ropt.difference or self.graph_tiers) and has_leaf_bounds(branches):
-                # the original's tree re-checked leaf by leaf from its own bounds; with
-                # ReLU splits only while the cheap tiers close every leaf (a leaf is
-                # the original's phase domain, the path below splits the variant's)
-                if not proof.covers(r, region):
-                    raise _NoFit(f"the proof's branches do not cover region {r}")
-                relu_split = any(b.splits for b in branches)
-                leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
-                                         Statistics(), self.propagator)
-                try:
-                    return TreeCheck(self, leaf_search, branches).run(
-                        region, r, None if rooted else lambda: self._root_closes(search),
-                        max_open=self.ropt.tree_max_open if relu_split else 1.0)
-                except TreeOpen as exc:
-                    if not relu_split:
-                        raise _NoFit(str(exc)) from None
-            if self.ropt.tree_walk and _relu_tree(region, branches):
-                if not proof.covers(r, region):
-                    raise _NoFit(f"the proof's branches do not cover region {r}")
-                if ob is None:
-                    # no original bound gave candidates: one plain bound of the whole
-                    # region (an easier variant is done) with its minimisers, then a few
-                    # milliseconds of attack (a broken variant is found) before the
-                    # whole tree is bounded
-                    got = None if rooted else self._root_closes(search)
-                    if got is True:
-                        return None
-                    cex = got if got is not None else \
-                        self.attack(region, r, quick=True) if self.ropt.attack else None
-                    if cex is not None:
-                        return cex
-                leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
-                                         Statistics(), self.propagator)
-                try:
-                    return TreeWalk(self, leaf_search, branches).run(region, r)
-                except TreeOpen as exc:
-                    raise _NoFit(str(exc)) from None
-            # a compressed variant can be easier than the original: one bound of the
-            # whole region (milliseconds) before re-checking a proof tree of many
-            # branches; its minimisers are counterexample candidates otherwise
-            if search.closed_at_root():
-                self.stats.closed_at_root += 1
-                return None
-            cex = search.root_counterexample()
-            if cex is not None:
-                return cex
-        if not proof.covers(r, region):
-            raise _NoFit(f"the proof's branches do not cover region {r}")
-        if single is not None and self.graph_tiers and has_leaf_bounds(branches):
-            # a CNN region one bound settled: its margin plus the graph change bound,
-            # then the variant's spec rows over the moved bounds, before its own bound
-            leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
-                                     Statistics(), self.propagator)
-            try:
-                return TreeCheck(self, leaf_search, branches).run(
-                    region, r, lambda: self._root_closes(search), backsub=False)
-            except TreeOpen as exc:
-                raise _NoFit(str(exc)) from None
-        if single is not None and single.method == "bounds" and ob is not None:
-            closed, moved, loss = self._closed_by_difference(search, ob)
-            if closed:
-                return None
-            cex = self._original_candidates(region, r, ob)
-            if cex is not None:
-                return cex
-            # then back-substitution over the moved intermediate bounds, unless the
-            # moved bound fell too far short (see ReuseOptions.difference_backsub_max_loss)
-            if loss <= self.ropt.difference_backsub_max_loss \
-                    and self._closed_by_moved_bounds(search, moved):
-                return None
-        if single is not None and single.bound_core is None and self.ropt.bound_core_on_demand:
-            proof.bound_core_of(r, self.cmap.original, region, self.opt, self.ropt.minimise_budget)
-        if single is not None and self._try_bound_core(single):
-            closed, candidates = self._closed_by_bound_core(search, single)
-            if closed:
-                return None
-            # the bound's minimisers: a broken variant's counterexample is often one
-            cex = confirm_batch(self.net, region, r, candidates)
-            if cex is not None:
-                return cex
-        relu_split = any(b.splits for b in branches)
-        splits = [split_arrays(self.cmap.map_splits(b.splits), self.net.hidden_sizes)
-                  if relu_split else None for b in branches]
-        attacked = len(branches) > 1 and self.ropt.attack
-        if attacked:
-            # a proof tree takes many bounds to re-check; when the variant is broken
-            # a few milliseconds of attack usually find the counterexample first
-            cex = self.attack(region, r, quick=True)
-            if cex is not None:
-                return cex
-        step = max(1, self.opt.batch_size)
-        alpha = search.alpha_iterations
-        # plain CROWN on every branch, then (after a cheap look for a counterexample)
-        # alpha-CROWN on the branches it left open
-        open_items = []
-        for s in range(0, len(branches), step):
-            batch = self._bound(search, branches, splits, range(s, min(len(branches), s + step)), 0)
-            if batch:
-                open_items += batch
-                cex = self._candidates(region, r, batch)
-                if cex is not None:
-                    return cex
-        if not open_items:
-            return None
-        if self.ropt.attack and not attacked:
-            cex = self.attack(region, r, quick=True)
-            if cex is not None:
-                return cex
-        if self.ropt.bounds_first and alpha:
-            plain, open_items = open_items, []
-            for s in range(0, len(plain), step):
-                open_items += self._bound(search, branches, splits,
-                                          [it[0] for it in plain[s:s + step]], alpha)
-        if not open_items:
-            return None
-        if self.ropt.attack:
-            cex = self.attack(region, r, quick=False)
-            if cex is not None:
-                return cex
-        to_split = []
-        for i, lb, todo, unstable, infeasible, _ in open_items:
-            b = branches[i]
-            if infeasible:  # only reached with bounds_first off: empty on the variant
-                self.stats.closed_by_bounds += 1
-                continue
-            closed = True
-            for j in todo:
-                verdict = self.z3_branch(region, r, b, lb, int(j), unstable)
-                if isinstance(verdict, Counterexample):
-                    return verdict
-                if verdict != "unsat":
-                    closed = False
-                    break
-            if not closed:
-                to_split.append(Node(b.lower.copy(), b.upper.copy(), splits[i], None, b.depth))
-        if to_split:
-            if self.left() <= 0:
-                raise _NoFit("time budget used up re-checking the proof branches")
-            cex = search_open(search, to_split, r, self.stats, "branches", _NoFit)
-            if cex is not None:
-                return cex
-            self.stats.closed_by_split += len(to_split)
-        return None
-
-    def _root_closes(self, search: RegionSearch):
-        """One bound of the variant's whole region: True when it closes it, else a
-        confirmed counterexample among its minimisers, or None."""
-        if search.closed_at_root():
-            self.stats.closed_at_root += 1
-            return True
-        return search.root_counterexample()
-
-    def _try_bound_core(self, b: ProofBranch) -> bool:
-        """Whether the branch's bound core promises to be cheaper than a full bound
-        of it, counting the checks that fail (see ``ReuseOptions.bound_core_min_gain``)."""
-        if b.bound_core is None or b.splits:
-            return False
-        if b.bound_core_gain is None:  # not measured: try it
-            return True
-        need = (self.ropt.empty_bound_core_min_gain if not b.bound_core.names
-                else self.ropt.bound_core_min_gain)
-        return b.bound_core_gain >= need
-
-    def _original_bounds(self, search: RegionSearch, proof: ProofRecord) -> OriginalBounds:
-        """The original's bound of the region, kept with the proof record (derived
-        here, once, for a record from the store)."""
-        r = search.index
-        if r not in proof.root_bounds:
-            proof.root_bounds[r] = original_bounds(RegionSearch(
-                self.cmap.original, search.region, r, self.opt, self.deadline, Statistics()))
-        return proof.root_bounds[r]
-
-    def _original_candidates(self, region: Region, r: int, ob: OriginalBounds | None):
-        """A confirmed counterexample among the minimisers of the original's bound
-        of the region and its centre: where a broken variant usually fails (the
-        variant's own bound has nearly the same minimisers, at the cost of a bound)."""
-        if ob is None:
-            return None
-        return confirm_batch(self.net, region, r, ob.candidates(region.lower, region.upper))
-
-    def _closed_by_difference(self, search: RegionSearch, ob: OriginalBounds):
-        """A region the original settled with one bound: the variant's bounds are
-        the original's moved by the change (:mod:`verify.reuse.difference`).
-        Returns (closed, the moved bounds, their :func:`margin_loss`)."""
-        lower, upper = search.region.lower, search.region.upper
-        dev = deviation(self.cmap, ob, lower, upper, search.C.numpy())
-        moved = variant_bounds(self.cmap, ob, dev, lower, upper)
-        refuted, closed = search.refutation(moved, lower[None, :], upper[None, :])
-        through = None if closed.all() else dev.through_active()
-        if through is not None:  # the tighter bound of the spec's change, when needed
-            moved = with_spec_shift(moved, ob, np.maximum(dev.spec, through), lower, upper)
-            refuted, closed = search.refutation(moved, lower[None, :], upper[None, :])
-        if not closed.all():
-            return False, moved, margin_loss(ob, moved, search.owner, refuted[0])
-        self.stats.closed_by_bounds += 1
-        self.stats.closed_by_difference += 1
-        return True, moved, 0.0
-
-    def _closed_by_moved_bounds(self, search: RegionSearch, moved) -> bool:
-        """After :meth:`_closed_by_difference` said no: the variant's spec rows
-        back-substituted over the moved intermediate bounds (no intermediate
-        neuron back-substituted: the costly part of a bound on wide layers)."""
-        lo, hi = search.root_box()
-        res = search.prop.spec_bound(lo, hi, search.C, search.d, moved.lower, moved.upper, 0)
-        if not search.refutation(res, lo.numpy(), hi.numpy())[1].all():
-            return False
-        self.stats.closed_by_bounds += 1
-        self.stats.closed_by_difference += 1
-        self.stats.closed_by_difference_backsub += 1
-        return True
-
-    def _closed_by_bound_core(self, search: RegionSearch, b: ProofBranch):
-        """Bound the variant on the branch back-substituting only the neurons of
-        the original's bound core that the variant keeps (intervals for the
-        rest): (True, None) when that closes it, else (False, the bound's
-        minimisers and the box centre as counterexample candidates) and the
-        full path follows."""
-        names = [self.cmap.map_name(n) for n in b.bound_core.names]
-        res, closed = bound_with(search, b.lower, b.upper,
-                                 core_neurons(n for n in names if n is not None))
-        if not closed:
-            return False, res.candidates(*box_tensors(b.lower, b.upper))
-        self.stats.closed_by_bounds += 1
-        self.stats.closed_by_bound_core += 1
-        return True, None
-
-    def _bound(self, search: RegionSearch, branches, splits, idx, alpha) -> list[tuple]:
-        """Bound branches ``idx`` on the variant, counting those closed; returns the
-        open ones as items (index, layer bounds, open conjunctions, unstable count,
-        infeasible, corner candidates)."""
-        relu_split = splits[0] is not None
-        n_hidden = len(self.net.hidden_sizes)
-        lo = np.stack([branches[i].lower for i in idx])
-        hi = np.stack([branches[i].upper for i in idx])
-        sp = None if not relu_split else [
-            torch.from_numpy(np.stack([splits[i][k] for i in idx])) for k in range(n_hidden)]
-        tlo, thi = torch.from_numpy(lo), torch.from_numpy(hi)
-        # a whole region (a proof settled at its root) is large: forward-mode bounds
-        # would only be computed in vain (as in RegionSearch.closed_at_root)
-        # alpha-CROWN starts from the original's slopes of the branch, when kept
-        res, refuted, _ = search.bound_branches(
-            tlo, thi, sp, None, alpha, "backward" if len(branches) == 1 else None,
-            alpha_init=warm_alphas(self.cmap, branches, list(idx)) if alpha else None)
-        infeasible, unstable = res.infeasible.numpy(), res.unstable()
-        out = []
-        for b, i in enumerate(idx):
-            if self.ropt.bounds_first and (infeasible[b] or refuted[b].all()):
-                self.stats.closed_by_bounds += 1
-                continue
-            lb = [(res.lower[k][b].numpy(), res.upper[k][b].numpy()) for k in range(n_hidden)]
-            todo = np.flatnonzero(~refuted[b]) if self.ropt.bounds_first \
-                else np.arange(search.n_conj)
-            out.append((i, lb, todo, int(unstable[b]), bool(infeasible[b]),
-                        res.candidates(tlo, thi, b)))
-        return out
-
-    def _candidates(self, region: Region, r: int, batch):
-        """Confirm the bound minimisers and midpoints of a batch's open branches."""
-        return confirm_batch(self.net, region, r, np.vstack([it[5] for it in batch]))
-
-    def attack(self, region: Region, r: int, quick: bool, starts=None):
-        """Sampling + PGD on the variant (``starts``: extra PGD starting points)."""
-        if self.attacker is None:
-            self.attacker = Attacker(self.net)
-        budget = min(0.2 if quick else 1.0, max(self.left(), 0.0))
-        cex, _ = self.attacker.attack(region, r, self.rng, time.monotonic() + budget,
-                                      restarts=2 if quick else self.opt.attack_restarts,
-                                      steps=10 if quick else self.opt.attack_steps,
-                                      samples=200 if quick else self.opt.random_samples,
-                                      starts=starts)
-        return cex
-
-def _proof_stats(stats: ReuseStats, proof: ProofRecord, cmap: ChangeMap) -> None:
-    stats.branches = proof.n_branches
-    for core in proof.cores():
-        stats.cores += 1
-        stats.cores_minimal += int(core.minimal)
-        stats.core_size += len(core.names)
-        stats.constraints_total += core.total
-    counts = cmap.counts(proof.core_names())
-    stats.reused, stats.revalued, stats.dropped = (counts[UNCHANGED], counts[REVALUED],
-                                                   counts[REMOVED])
+from .reuser import NoFit, Reuser, proof_stats
 
 
 def _unwrap(variant, record):
@@ -451,11 +106,11 @@ def reverify(original: Network, variant, prop: Property,
                 return done(Status.VIOLATED, "reuse", cex)
             if closed_by_moved_root(
                     original, variant, record, prop, proof, reuse_options,
-                    lambda net, cmap: _Reuser(net, cmap, options, reuse_options, stats,
+                    lambda net, cmap: Reuser(net, cmap, options, reuse_options, stats,
                                               t0 + reuse_options.reuse_share * options.timeout)):
                 return done(Status.HOLDS, "reuse-difference-root")
             if reuse_options.attack:  # the variant is likely broken too: a quick attack
-                quick = _Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
+                quick = Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
                 for r, region in enumerate(prop.regions):
                     # PGD from the original's counterexample first: it usually sits
                     # next to the variant's
@@ -467,9 +122,9 @@ def reverify(original: Network, variant, prop: Property,
             cex = graph_candidates() if proof.status != "violated" else None
             if cex is not None:
                 return done(Status.VIOLATED, "reuse", cex)
-            raise _NoFit(f"the original has no proof ({proof.status})")
+            raise NoFit(f"the original has no proof ({proof.status})")
         if proof.network != original.digest() or proof.property != prop.digest():
-            raise _NoFit("the proof record belongs to another network or property")
+            raise NoFit("the proof record belongs to another network or property")
         graph = not isinstance(original, Network) or not isinstance(variant, Network)
         root_tried = set()  # regions whose variant root bound was taken in vain
         if graph and reuse_options.graph_difference:
@@ -491,7 +146,7 @@ def reverify(original: Network, variant, prop: Property,
             if transfer and try_transfer(original, variant, prop, proof, reuse_options, stats,
                                          True):
                 return done(Status.HOLDS, "equivalence-transfer")
-            raise _NoFit(no_map)
+            raise NoFit(no_map)
         # a related variant: its proof's tiers first, the transfer once they give up
         # (see ReuseOptions)
         transfer_later = transfer
@@ -499,9 +154,9 @@ def reverify(original: Network, variant, prop: Property,
             reuse_options = dataclasses.replace(
                 reuse_options, difference=False, bound_core_on_demand=False, tree_walk=True)
         stats.change_map = cmap.how
-        _proof_stats(stats, proof, cmap)
+        proof_stats(stats, proof, cmap)
         # the reuse attempt gets a share of the budget; the fallback the rest
-        reuser = _Reuser(searched, cmap, options, reuse_options, stats,
+        reuser = Reuser(searched, cmap, options, reuse_options, stats,
                          t0 + reuse_options.reuse_share * options.timeout)
         reuser.root_tried = root_tried
         # no falsification up front: the branches' own candidates and an attack on
@@ -512,7 +167,7 @@ def reverify(original: Network, variant, prop: Property,
             if cex is not None and searched is not variant:  # replayed on the variant itself
                 cex = confirm_batch(variant, region, r, np.array(cex.input)[None, :])
                 if cex is None:
-                    raise _NoFit("a counterexample of the expanded variant is none of the "
+                    raise NoFit("a counterexample of the expanded variant is none of the "
                                  "variant's")
             if cex is not None:
                 return done(Status.VIOLATED, "reuse", cex)
@@ -523,7 +178,7 @@ def reverify(original: Network, variant, prop: Property,
                   else "bound-core" if stats.closed_by_bound_core == stats.closed_by_bounds
                   else "bounds")
         return done(Status.HOLDS, f"reuse-{method}")
-    except _NoFit as exc:
+    except NoFit as exc:
         stats.fallback_reason = str(exc)
         if transfer_later and try_transfer(original, variant, prop, proof, reuse_options, stats,
                                            False):
