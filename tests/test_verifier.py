@@ -360,3 +360,54 @@ def test_the_attack_finds_a_planted_counterexample_that_sampling_misses():
     res = verify_property(net, prop, VerifyOptions(timeout=10))
     assert res.status.value == "violated"
     assert prop.violated_by(np.array(res.counterexample.input), net.forward(np.array(res.counterexample.input)))
+
+
+def test_child_branches_back_substitute_only_after_a_new_split():
+    """ReLU-split children bounded with their parent's bounds (``fixed``): a branch
+    with a new split (a neuron the parent left unstable) in layer 0 gets layers 1+
+    back-substituted, one without keeps its parent's; in one batch, each branch gets
+    exactly the bounds it gets alone, and every sampled input of a branch (its box
+    under its split facts) lies within them."""
+    import torch
+    from verify.bounds import BoundPropagator
+    rng = np.random.default_rng(11)
+    net = random_net(rng, [5, 20, 20, 20, 3])
+    prop = BoundPropagator(net)
+    C, d = torch.tensor(rng.normal(size=(4, 3))), torch.tensor(rng.normal(size=4))
+    lo0 = rng.uniform(-1, 0, 5)
+    hi0 = lo0 + 0.6
+    B = 6
+    lo, hi = torch.from_numpy(np.tile(lo0, (B, 1))), torch.from_numpy(np.tile(hi0, (B, 1)))
+    parent = prop.bound(lo, hi, C, d)
+    fixed = list(zip(parent.lower, parent.upper))
+    l0, u0 = parent.lower[0][0].numpy(), parent.upper[0][0].numpy()
+    unstable0 = np.flatnonzero((l0 < 0) & (u0 > 0))
+    assert len(unstable0) >= B // 2
+    splits = [torch.zeros((B, 20), dtype=torch.int8) for _ in range(3)]
+    for b in range(0, B, 2):  # even branches: a new split in layer 0
+        splits[0][b, unstable0[b // 2]] = 1 if b % 4 == 0 else -1
+    res = prop.bound(lo, hi, C, d, splits, fixed)
+    for b in range(B):
+        one = prop.bound(lo[b:b + 1], hi[b:b + 1], C, d, [s[b:b + 1] for s in splits],
+                         [(l[b:b + 1], u[b:b + 1]) for l, u in fixed])
+        for k in range(3):
+            np.testing.assert_allclose(one.lower[k][0], res.lower[k][b], rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(one.upper[k][0], res.upper[k][b], rtol=1e-9, atol=1e-9)
+    # odd branches (no new split) keep the parent's bounds; even ones are back-substituted:
+    # tighter somewhere than the parent's bounds met with interval arithmetic alone
+    for k in (1, 2):
+        assert torch.equal(res.lower[k][1], parent.lower[k][0])
+    interval = prop.bound(lo, hi, C, d, splits, fixed, backward=False)
+    for b in range(0, B, 2):
+        assert any(bool((res.lower[k][b] > interval.lower[k][b] + 1e-9).any()
+                        | (res.upper[k][b] < interval.upper[k][b] - 1e-9).any()) for k in (1, 2))
+    xs = rng.uniform(lo0, hi0, size=(40000, 5))
+    zs = net.pre_activations(xs)
+    for b in range(B):
+        keep = np.ones(len(xs), dtype=bool)
+        for k in range(3):
+            sp = splits[k][b].numpy()
+            keep &= np.all((sp == 0) | ((sp > 0) & (zs[k] >= 0)) | ((sp < 0) & (zs[k] <= 0)), axis=1)
+        for k in range(3):
+            z = zs[k][keep]
+            assert np.all(z >= res.lower[k][b].numpy()) and np.all(z <= res.upper[k][b].numpy())

@@ -343,6 +343,12 @@ class BoundPropagator:
         infeasible = torch.zeros(B, dtype=torch.bool)
         if forward:
             mid, rad = (hi + lo)[:, :, None] / 2, (hi - lo)[:, :, None] / 2
+        # ReLU splitting passes the parent's bounds as ``fixed`` (on the same box): a
+        # layer's back-substitution can only improve on them in a branch with a split of
+        # an earlier layer that the parent's bounds leave unstable (one made since)
+        fresh = None
+        if fixed is not None and splits is not None and all(f is not None for f in fixed):
+            fresh = torch.zeros(B, dtype=torch.bool)
         for k in range(self.n_hidden):
             W, b = self.weights[k], self.biases[k]
             Wp_t, Wn_t = self.weight_parts(k)
@@ -372,9 +378,17 @@ class BoundPropagator:
                 u = torch.minimum(u, fixed[k][1])
             sp = None if splits is None else splits[k]
             if backward and k > 0:
-                l, u = self._backsub_neurons(k, l, u, sp, relax, lo, hi,
-                                             every=not forward and refine is None,
-                                             only=None if refine is None else refine[k])
+                rows = None if fresh is None else fresh.nonzero()[:, 0]
+                every, only = not forward and refine is None, None if refine is None else refine[k]
+                if rows is None or len(rows) == B:
+                    l, u = self._backsub_neurons(k, l, u, sp, relax, lo, hi, every, only)
+                elif len(rows):
+                    l, u = l.clone(), u.clone()
+                    l[rows], u[rows] = self._backsub_neurons(
+                        k, l[rows], u[rows], None if sp is None else sp[rows],
+                        [tuple(x[rows] for x in r) for r in relax], lo[rows], hi[rows], every, only)
+            if fresh is not None and sp is not None:
+                fresh |= ((sp != 0) & (fixed[k][0] < 0) & (fixed[k][1] > 0)).any(-1)
             l, u = self._split_layer(l, u, sp, infeasible)
             lower.append(l)
             upper.append(u)
