@@ -88,9 +88,10 @@ class RegionSearch(Splitting):
             alpha = self.alpha_iterations
         if mode is None:
             mode = self.opt.intermediate_bounds if self.input_split else "backward"
+        # a proof's leaves keep tight bounds of their own (what reuse's tiers start from)
         res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed, alpha_iterations=alpha,
                               deadline=self.deadline, forward=mode != "backward", refine=refine,
-                              alpha_init=alpha_init)
+                              alpha_init=alpha_init, keep_parent=not self.record)
         self.stats.bound_evaluations += len(lo)
         if inherited is not None:
             res.merge_linear(*inherited, lo, hi)
