@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from ..diffbounds import (backsub_difference, crown_relax, cut_min, diff_relaxation,
-                          relaxation_gaps, widen_lower, widen_upper)
+                          optimise_difference, relaxation_gaps, widen_lower, widen_upper)
 from .bounds import DiffPropagator
 
 
@@ -106,8 +106,10 @@ class ReluSplitter:
     wins) of the original (its own bound) and of the variant (the original's
     plus the change's)."""
 
-    def __init__(self, diff: DiffPropagator, lo: np.ndarray, hi: np.ndarray, R: np.ndarray):
+    def __init__(self, diff: DiffPropagator, lo: np.ndarray, hi: np.ndarray, R: np.ndarray,
+                 slope_steps: int = 0):
         self.diff, self.layers = diff, diff.layers
+        self.slope_steps = slope_steps
         self.lo, self.hi = np.asarray(lo, float), np.asarray(hi, float)
         self.n_out = diff.f.n_outputs
         self.H = diff.f.n_layers - 1
@@ -172,6 +174,13 @@ class ReluSplitter:
         rec: dict = {}
         low, _ = backsub_difference(self.layers, H, self.lam, [r.r for r in relax], lo, hi,
                                     record=rec, cuts=cuts)
+        keep = np.flatnonzero(~empty)
+        if self.slope_steps and len(keep):  # both bounds hold on the branch: the better
+            low[keep] = np.maximum(low[keep], optimise_difference(
+                self.layers, H, self.lam,
+                [tuple(a[keep] for a in (*F[k], *G[k], *D[k])) for k in range(H)],
+                lo[keep], hi[keep], sub(keep), steps=self.slope_steps,
+                phases=[(S[k][keep, 0], S[k][keep, 1]) for k in range(H)]))
         delta = np.maximum(np.maximum(-low[:, :n], -low[:, n:2 * n]), 0.0)
         # the variant's class rows: the original's own bound plus the change's
         own = _own_min(self.diff.prop_f, H, self.R, rf, tlo, thi, cuts)
