@@ -296,6 +296,11 @@ def project(x: dict) -> dict:
     return {k: v.clamp(0.0, 1.0) for k, v in x.items()}
 
 
+def nonnegative(beta):
+    """Split multipliers projected onto their sound range ``beta >= 0``."""
+    return beta.clamp(min=0.0)
+
+
 def _slope_relaxation(p: "_RelaxParts", x: dict, T):
     """Per row, the relaxation given the free slopes ``x`` (tensors (B, m, n)),
     each projected onto its sound range [0, 1]: a lower slope of relu in [0, 1]
@@ -328,8 +333,9 @@ def _backsub_rows(layers: AlignedLayers, K: int, lam, rel, T, split=None):
         Cz = Pp * bL + Pn * bU + Qp * ah + Qn * s
         if split is not None:
             pf, pg, bf, bg = split[j]
-            Cz = Cz - bf.clamp(min=0) * T(pf)[:, None] - bg.clamp(min=0) * T(pg)[:, None]
-            Cdz = Cdz - bg.clamp(min=0) * T(pg)[:, None]
+            bf, bg = nonnegative(bf), nonnegative(bg)
+            Cz = Cz - bf * T(pf)[:, None] - bg * T(pg)[:, None]
+            Cdz = Cdz - bg * T(pg)[:, None]
         c = c + (Pp * cL + Pn * cU + Qn * t).sum(-1)
         P = Cdz @ T(layers.Wg[j])
         Q = Cdz @ T(layers.dW[j]) + Cz @ T(layers.Wf[j])
