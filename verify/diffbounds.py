@@ -19,6 +19,9 @@ the original's bounds ``[lf, uf]`` and ``dz`` in ``[dl, du]``: on a branch
 of a proof tree (a box cut by ReLU phase splits) the original's bounds of the
 branch serve, so the bound holds on that branch.  Results are widened
 outward by :data:`verify.bounds.TOLERANCE` for float64 rounding.
+:func:`optimise_difference` is the back-substitution with the relaxation's
+free slopes (and the multipliers of a branch's phase splits) chosen per row by
+projected gradient ascent, alpha-/beta-CROWN style.
 """
 from __future__ import annotations
 
@@ -379,8 +382,9 @@ def optimise_difference(layers: AlignedLayers, K: int, lam: np.ndarray, bounds, 
         return None if phases is None else [(pf, pg) + tuple(b.to(T(0.0).dtype) for b in bs)
                                             for (pf, pg), bs in zip(phases, betas)]
     if steps > 0:
-        Q0, _ = _backsub_rows(layers, K, lam, [_slope_relaxation(p, v, f32)
-                                               for p, v in zip(parts, x)], f32)
+        with torch.no_grad():
+            Q0, _ = _backsub_rows(layers, K, lam, [_slope_relaxation(p, v, f32)
+                                                   for p, v in zip(parts, x)], f32)
         Q0 = np.broadcast_to(Q0.detach().numpy().astype(float), (B, m, lo.shape[1]))
         use_cuts = cuts is not None and cuts[0].shape[1] > 0
         beta = f32(cut_multipliers(Q0, lo, hi, cuts)) if use_cuts else None
