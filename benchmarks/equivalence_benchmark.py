@@ -88,7 +88,8 @@ def pairs(args):
         lo, hi = property_box(prop)
         yield "acasxu_1_1", f"prop_{p}", acas, lo, hi, True, args.timeout, prop
     mnist = load_network(DATA / "mnistfc" / "mnist-net_256x2.onnx")
-    for i in range(args.images if "mnist" in args.networks else 0):
+    images = args.image_list if args.image_list is not None else range(args.images)
+    for i in (images if "mnist" in args.networks else ()):
         plo, phi = property_box(load_property(DATA / "mnistfc" / f"prop_{i}_0.03.vnnlib", mnist))
         x = mnist_image(plo, phi)
         prop = local_robustness(x, 0.02, int(mnist.forward(x).argmax()), mnist.n_outputs,
@@ -126,7 +127,8 @@ def run(args) -> list[dict]:
             size = size_of.get((net_name, vname)) or sizes(vobj, NET_FILES[net_name])
             # split_by auto: input bisection on ACAS Xu (5 inputs), ReLU phases on MNIST
             opts = EquivOptions(timeout=timeout, argmin=net_name.startswith("acas"),
-                                target_delta=0.0 if split else None, split=split)
+                                target_delta=0.0 if split else None, split=split,
+                                slope_steps=args.slope_steps if net_name.startswith("mnist") else 0)
             res = certify_equivalence(net, variant, lo, hi, opts)
             pgd = max_deviation(net, variant, lo, hi, rng=np.random.default_rng(1), samples=20000,
                                 restarts=12, steps=100).value
@@ -218,6 +220,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds per ACAS Xu pair")
     ap.add_argument("--mnist-timeout", type=float, default=10.0)
     ap.add_argument("--images", type=int, default=15)
+    ap.add_argument("--image-list", type=int, nargs="*", help="these MNIST images instead")
+    ap.add_argument("--slope-steps", type=int, default=0,
+                    help="MNIST: gradient steps on each branch's relaxation slopes")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--variants", nargs="*", help=f"a subset of: {', '.join(VARIANTS)}")
     ap.add_argument("--networks", nargs="*", choices=("acasxu", "mnist"), default=["acasxu", "mnist"],

@@ -19,12 +19,16 @@ the original's bounds ``[lf, uf]`` and ``dz`` in ``[dl, du]``: on a branch
 of a proof tree (a box cut by ReLU phase splits) the original's bounds of the
 branch serve, so the bound holds on that branch.  Results are widened
 outward by :data:`verify.bounds.TOLERANCE` for float64 rounding.
+:func:`optimise_difference` is the back-substitution with the relaxation's
+free slopes (and the multipliers of a branch's phase splits) chosen per row by
+projected gradient ascent, alpha-/beta-CROWN style.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .bounds import TOLERANCE
 
@@ -100,6 +104,21 @@ def cut_min(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray, cuts=N
     V, d = cuts
     B, m, n = A.shape if A.ndim == 3 else (lo.shape[0],) + A.shape
     A = np.broadcast_to(A, (B, m, n))
+    beta = cut_multipliers(A, lo, hi, cuts, passes)
+    A2 = A - np.einsum("bmq,bqn->bmn", beta, V)
+    c2 = c - np.einsum("bmq,bq->bm", beta, d)
+    v = c2 + mv(np.clip(A2, 0, None), lo) + mv(np.clip(A2, None, 0), hi)
+    reach = np.maximum(np.abs(lo), np.abs(hi))
+    scale = (np.abs(c) + np.abs(c2) + mv(np.abs(A) + np.abs(A2), reach)
+             + np.einsum("bmq,bq->bm", beta, mv(np.abs(V), reach) + np.abs(d)))
+    return np.maximum(v - TOLERANCE * (1.0 + np.abs(v) + scale), box_min(A, c, lo, hi))
+
+
+def cut_multipliers(A: np.ndarray, lo: np.ndarray, hi: np.ndarray, cuts,
+                    passes: int = 1) -> np.ndarray:
+    """The multipliers ``beta >= 0`` (B, m, q) of :func:`cut_min` (rows A (B, m, n))."""
+    V, d = cuts
+    B, m, n = A.shape
     q = V.shape[1]
     beta = np.zeros((B, m, q))
     L, H = lo[:, None, :].astype(np.float32), hi[:, None, :].astype(np.float32)
@@ -111,13 +130,7 @@ def cut_min(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray, cuts=N
             base = A2 + beta[..., i:i + 1].astype(np.float32) * V32[:, i][:, None, :]
             beta[..., i] = _best_beta(base, V32[:, i][:, None, :], d[:, i][:, None], L, H)
             A2 = base - beta[..., i:i + 1].astype(np.float32) * V32[:, i][:, None, :]
-    A2 = A - np.einsum("bmq,bqn->bmn", beta, V)
-    c2 = c - np.einsum("bmq,bq->bm", beta, d)
-    v = c2 + mv(np.clip(A2, 0, None), lo) + mv(np.clip(A2, None, 0), hi)
-    reach = np.maximum(np.abs(lo), np.abs(hi))
-    scale = (np.abs(c) + np.abs(c2) + mv(np.abs(A) + np.abs(A2), reach)
-             + np.einsum("bmq,bq->bm", beta, mv(np.abs(V), reach) + np.abs(d)))
-    return np.maximum(v - TOLERANCE * (1.0 + np.abs(v) + scale), box_min(A, c, lo, hi))
+    return beta
 
 
 def relaxation_gaps(r: DiffRelaxation, lf, uf, dl, du):
@@ -165,28 +178,42 @@ def diff_relaxation(lf, uf, lg, ug, dl, du, mixed_by_change: bool = False) -> Di
     (``dh`` between 0 and ``dz``) rather than the exact ``dh = -z`` or ``z + dz``:
     when bounds are clamped by phase splits, ``z`` ranges over the whole box in
     the back-substitution, while ``dz`` stays small there."""
-    alpha, s, t = crown_relax(lf, uf)
-    ag, sg, tg = crown_relax(lg, ug)
-    # A: relu(z') - relu(z) with both CROWN relaxations, z' = z + dz
-    A = (ag, ag - s, -t, sg, sg - alpha, tg)
-    gap_g = np.maximum((sg - ag) * lg, (sg - ag) * ug) + tg
-    gap_f = np.maximum((s - alpha) * lf, (s - alpha) * uf) + t
-    err_a = gap_g + gap_f
-    # B: the chords of the bow tie (dh between 0 and dz) over [dl, du]
-    pos, neg = dl >= 0, du <= 0
-    width = np.where(pos | neg, 1.0, du - dl)
-    up_slope = np.where(pos, 1.0, np.where(neg, 0.0, du / width))
-    up_const = np.where(pos | neg, 0.0, -du * dl / width)
-    lo_slope = np.where(neg, 1.0, np.where(pos, 0.0, -dl / width))
-    lo_const = np.where(pos | neg, 0.0, dl * du / width)
-    gap_b = np.maximum((up_slope - lo_slope) * dl, (up_slope - lo_slope) * du) + up_const - lo_const
-    zero = np.zeros_like(dl)
-    B = (lo_slope, zero, lo_const, up_slope, zero, up_const)
-    pick = gap_b < err_a
-    if mixed_by_change:
-        pick |= ((lf >= 0) & (ug <= 0)) | ((uf <= 0) & (lg >= 0))
-    aL, bL, cL, aU, bU, cU = (np.where(pick, b, a) for a, b in zip(A, B))
-    return DiffRelaxation(aL, bL, cL, aU, bU, cU, alpha, s, t)
+    p = _RelaxParts(lf, uf, lg, ug, dl, du, mixed_by_change)
+    aL, bL, cL, aU, bU, cU = (np.where(p.pick, b, a) for a, b in zip(p.A, p.B))
+    return DiffRelaxation(aL, bL, cL, aU, bU, cU, p.alpha, p.s, p.t)
+
+
+class _RelaxParts:
+    """The pieces :func:`diff_relaxation` chooses from: the two networks' CROWN
+    relaxations (``alpha``, ``s``, ``t``; ``ag``, ``sg``, ``tg``), ``A`` (the
+    relaxation of ``dh`` they give) and ``B`` (the bow tie's chords), each
+    (aL, bL, cL, aU, bU, cU), and ``pick`` (B chosen)."""
+
+    def __init__(self, lf, uf, lg, ug, dl, du, mixed_by_change):
+        alpha, s, t = crown_relax(lf, uf)
+        ag, sg, tg = crown_relax(lg, ug)
+        # A: relu(z') - relu(z) with both CROWN relaxations, z' = z + dz
+        self.A = (ag, ag - s, -t, sg, sg - alpha, tg)
+        gap_g = np.maximum((sg - ag) * lg, (sg - ag) * ug) + tg
+        gap_f = np.maximum((s - alpha) * lf, (s - alpha) * uf) + t
+        err_a = gap_g + gap_f
+        # B: the chords of the bow tie (dh between 0 and dz) over [dl, du]
+        pos, neg = dl >= 0, du <= 0
+        width = np.where(pos | neg, 1.0, du - dl)
+        up_slope = np.where(pos, 1.0, np.where(neg, 0.0, du / width))
+        up_const = np.where(pos | neg, 0.0, -du * dl / width)
+        lo_slope = np.where(neg, 1.0, np.where(pos, 0.0, -dl / width))
+        lo_const = np.where(pos | neg, 0.0, dl * du / width)
+        gap_b = (np.maximum((up_slope - lo_slope) * dl, (up_slope - lo_slope) * du)
+                 + up_const - lo_const)
+        zero = np.zeros_like(dl)
+        self.B = (lo_slope, zero, lo_const, up_slope, zero, up_const)
+        pick = gap_b < err_a
+        if mixed_by_change:
+            pick |= ((lf >= 0) & (ug <= 0)) | ((uf <= 0) & (lg >= 0))
+        self.pick = pick
+        self.alpha, self.s, self.t, self.ag, self.sg, self.tg = alpha, s, t, ag, sg, tg
+        self.open_f, self.open_g = (lf < 0) & (uf > 0), (lg < 0) & (ug > 0)
 
 
 @dataclass(frozen=True)
@@ -258,3 +285,125 @@ def tighten_changes(layers: AlignedLayers, lowers, uppers, changes, lo: np.ndarr
         out.append((dl, du))
         relax.append(diff_relaxation(l, u, l + dl, u + du, dl, du))
     return out, relax
+
+
+#: the free parameters of the optimised relaxation, per neuron and row, each in [0, 1]:
+#: the original's lower slope where it bounds ``h`` and where it bounds ``dh``, the
+#: variant's lower slope, and the weights of the CROWN relaxation against the chords
+#: in ``dh``'s lower and upper bound
+SLOPES = ("alpha_h", "alpha_d", "alpha_g", "mix_lower", "mix_upper")
+
+
+def project(x: dict) -> dict:
+    """The free slopes projected onto their sound range [0, 1]."""
+    return {k: v.clamp(0.0, 1.0) for k, v in x.items()}
+
+
+def nonnegative(beta):
+    """Split multipliers projected onto their sound range ``beta >= 0``."""
+    return beta.clamp(min=0.0)
+
+
+def _slope_relaxation(p: "_RelaxParts", x: dict, T):
+    """Per row, the relaxation given the free slopes ``x`` (tensors (B, m, n)),
+    each projected onto its sound range [0, 1]: a lower slope of relu in [0, 1]
+    on an unstable neuron (fixed on a stable one), and a convex combination of
+    two sound bounds of ``dh``.  Returns (aL, bL, cL, aU, bU, cU, alpha_h, s, t)."""
+    e = lambda v: T(v)[:, None, :]  # noqa: E731 - per branch, shared by the rows
+    y = project(x)
+    ah = torch.where(e(p.open_f) > 0, y["alpha_h"], e(p.alpha))
+    ad = torch.where(e(p.open_f) > 0, y["alpha_d"], e(p.alpha))
+    ag = torch.where(e(p.open_g) > 0, y["alpha_g"], e(p.ag))
+    s, t, sg, tg = e(p.s), e(p.t), e(p.sg), e(p.tg)
+    (bl, _, bc, bu, _, bcu), wl, wu = p.B, y["mix_lower"], y["mix_upper"]
+    return (wl * ag + (1 - wl) * e(bl), wl * (ag - s), -wl * t + (1 - wl) * e(bc),
+            wu * sg + (1 - wu) * e(bu), wu * (sg - ad), wu * tg + (1 - wu) * e(bcu), ah, s, t)
+
+
+def _backsub_rows(layers: AlignedLayers, K: int, lam, rel, T, split=None):
+    """:func:`backsub_difference` in torch with a relaxation per row: (Q, c).
+    ``split``: per layer, (phase_f, phase_g, beta_f, beta_g): the branch's phase
+    constraints ``phase_f z >= 0`` and ``phase_g (z + dz) >= 0`` (B, n) and their
+    multipliers (B, m, n), projected onto ``beta >= 0`` (beta-CROWN: for every
+    such ``beta`` the rows minus ``beta phase z`` bound them below on the branch)."""
+    P = T(lam @ layers.Wg[K])[None]
+    Q = T(lam @ layers.dW[K])[None]
+    c = T(lam @ layers.db[K])[None]
+    for j in range(K - 1, -1, -1):
+        aL, bL, cL, aU, bU, cU, ah, s, t = rel[j]
+        Pp, Pn, Qp, Qn = P.clamp(min=0), P.clamp(max=0), Q.clamp(min=0), Q.clamp(max=0)
+        Cdz = Pp * aL + Pn * aU
+        Cz = Pp * bL + Pn * bU + Qp * ah + Qn * s
+        if split is not None:
+            pf, pg, bf, bg = split[j]
+            bf, bg = nonnegative(bf), nonnegative(bg)
+            Cz = Cz - bf * T(pf)[:, None] - bg * T(pg)[:, None]
+            Cdz = Cdz - bg * T(pg)[:, None]
+        c = c + (Pp * cL + Pn * cU + Qn * t).sum(-1)
+        P = Cdz @ T(layers.Wg[j])
+        Q = Cdz @ T(layers.dW[j]) + Cz @ T(layers.Wf[j])
+        c = c + Cdz @ T(layers.db[j]) + Cz @ T(layers.bf[j])
+    return Q, c
+
+
+def optimise_difference(layers: AlignedLayers, K: int, lam: np.ndarray, bounds, lo: np.ndarray,
+                        hi: np.ndarray, cuts=None, steps: int = 20, lr: float = 0.2,
+                        init: list | None = None, phases=None) -> np.ndarray:
+    """Lower bound (B, m) over each box (and its cuts, :func:`cut_min`) of the
+    rows ``lam @ dz_K``, like :func:`backsub_difference` but with the
+    relaxation's free slopes (:data:`SLOPES`) chosen per row and branch by
+    projected gradient ascent on the bound (alpha-CROWN style).  Every slope in
+    its range gives a sound bound, so the search runs in float32 with the cuts'
+    multipliers of the start held fixed; the result is evaluated in float64.
+    ``bounds``: per hidden layer below ``K``, (lf, uf, lg, ug, dl, du) of the
+    branches, (B, n_k) each (as for :func:`diff_relaxation` with
+    ``mixed_by_change``, which is the start).  ``init``: per layer, starting
+    slopes {name: (B, m, n_k)} instead.  ``phases``: per hidden layer, the
+    branches' phase splits (phase_f, phase_g) (B, n_k) (+1 active, -1 inactive,
+    0 free), whose multipliers (beta-CROWN) are optimised with the slopes."""
+    B, m = lo.shape[0], lam.shape[0]
+    parts = [_RelaxParts(*b, True) for b in bounds]
+    x = []
+    for j, p in enumerate(parts):
+        start = {"alpha_h": p.alpha, "alpha_d": p.alpha, "alpha_g": p.ag,
+                 "mix_lower": 1.0 - p.pick, "mix_upper": 1.0 - p.pick}
+        if init is not None:
+            start = init[j]
+        x.append({k: torch.tensor(np.broadcast_to(np.asarray(start[k], np.float32)[..., None, :]
+                                                  if np.ndim(start[k]) == 2 else start[k],
+                                                  (B, m, p.s.shape[-1])).copy(),
+                                  requires_grad=True) for k in SLOPES})
+    f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))  # noqa: E731
+    betas = [] if phases is None else [
+        tuple(torch.zeros((B, m, p.s.shape[-1]), requires_grad=True) for _ in range(2))
+        for p in parts]
+
+    def split(T):
+        return None if phases is None else [(pf, pg) + tuple(b.to(T(0.0).dtype) for b in bs)
+                                            for (pf, pg), bs in zip(phases, betas)]
+    if steps > 0:
+        with torch.no_grad():
+            Q0, _ = _backsub_rows(layers, K, lam, [_slope_relaxation(p, v, f32)
+                                                   for p, v in zip(parts, x)], f32)
+        Q0 = np.broadcast_to(Q0.detach().numpy().astype(float), (B, m, lo.shape[1]))
+        use_cuts = cuts is not None and cuts[0].shape[1] > 0
+        beta = f32(cut_multipliers(Q0, lo, hi, cuts)) if use_cuts else None
+        L, H = f32(lo)[:, None], f32(hi)[:, None]
+        opt = torch.optim.Adam([v for d in x for v in d.values()]
+                               + [b for bs in betas for b in bs], lr=lr)
+        for _ in range(steps):
+            Q, c = _backsub_rows(layers, K, lam, [_slope_relaxation(p, v, f32)
+                                                  for p, v in zip(parts, x)], f32, split(f32))
+            if beta is not None:
+                Q = Q - torch.einsum("bmq,bqn->bmn", beta, f32(cuts[0]))
+                c = c - torch.einsum("bmq,bq->bm", beta, f32(cuts[1]))
+            val = c + (Q.clamp(min=0) * L).sum(-1) + (Q.clamp(max=0) * H).sum(-1)
+            opt.zero_grad()
+            (-val.sum()).backward()
+            opt.step()
+    f64 = lambda a: torch.as_tensor(np.asarray(a, float))  # noqa: E731
+    with torch.no_grad():
+        Q, c = _backsub_rows(layers, K, lam, [_slope_relaxation(p, {k: v.double() for k, v in d.items()}, f64)
+                                              for p, d in zip(parts, x)], f64, split(f64))
+    Q = np.broadcast_to(Q.numpy(), (B, m, lo.shape[1]))
+    return cut_min(Q, np.broadcast_to(c.numpy(), (B, m)), lo, hi, cuts)

@@ -42,6 +42,9 @@ class EquivOptions:
     split_by: str = "auto"
     product: bool = True  # also bound the product network (a second sound bound)
     max_leaves: int = 20000
+    # ReLU splitting: projected-gradient steps on each branch's relaxation slopes and
+    # split multipliers (verify.diffbounds.optimise_difference); 0: the fixed relaxation
+    slope_steps: int = 0
     attack_samples: int = 2000
     attack_restarts: int = 4
     attack_steps: int = 60
@@ -55,6 +58,8 @@ class EquivOptions:
             raise OptionError(f"target delta must be >= 0, got {self.target_delta!r}")
         if self.split_by not in ("auto", "input", "relu"):
             raise OptionError(f"split_by must be auto, input or relu, got {self.split_by!r}")
+        if self.slope_steps < 0:
+            raise OptionError(f"slope_steps must be >= 0, got {self.slope_steps!r}")
         if self.max_leaves < 1:
             raise OptionError("max_leaves must be at least 1")
 
@@ -164,7 +169,8 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
     splitting = "none"
     if options.split and (agreement or target is not None) and relu and bounder.diff is not None:
         splitting = "relu"
-        splitter = ReluSplitter(bounder.diff, lo, hi, bounder.top_rows(root.top_class))
+        splitter = ReluSplitter(bounder.diff, lo, hi, bounder.top_rows(root.top_class),
+                                slope_steps=options.slope_steps)
         outcome = relu_branch_and_bound(splitter, splitter.root(), target=target,
                                         agreement=agreement, deadline=deadline,
                                         max_leaves=options.max_leaves, cap=root.delta)
