@@ -1,5 +1,7 @@
 """ReLU phase splitting of the difference (:mod:`verify.equiv.relusplit`) and the
 input cuts it relies on (:func:`verify.diffbounds.cut_min`)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -33,14 +35,16 @@ def _split_leaves(net, variant, lo, hi, max_leaves=48):
         max_leaves=max_leaves)
 
 
+@pytest.mark.parametrize("slope_steps", [0, 8])  # fixed relaxation; optimised slopes
 @pytest.mark.parametrize("kind", sorted(VARIANTS))
-def test_relu_split_delta_bounds_every_found_deviation(digits_mlp, kind):
+def test_relu_split_delta_bounds_every_found_deviation(digits_mlp, kind, slope_steps):
     net, X, _ = digits_mlp
     variant = VARIANTS[kind](net)
     for image in (0, 7):
         lo, hi = _box(X[image], EPS)
         root = certify_equivalence(net, variant, lo, hi, EquivOptions(split=False))
-        res = certify_equivalence(net, variant, lo, hi, RELU)
+        res = certify_equivalence(net, variant, lo, hi,
+                                  dataclasses.replace(RELU, slope_steps=slope_steps))
         found = _largest_deviation(net, variant, lo, hi)
         assert res.splitting == "relu" and res.leaves > 1
         assert np.all(np.asarray(res.delta) >= found), (res.delta, found)

@@ -45,6 +45,7 @@ class Reuser(CoreChecks):
                  ropt: ReuseOptions, stats: ReuseStats, deadline: float):
         self.net, self.cmap, self.opt, self.ropt = variant, cmap, options, ropt
         self.stats, self.deadline = stats, deadline
+        self.open_search_until: float | None = None  # see ReuseOptions.continue_open_search
         self.propagator = make_propagator(variant, options.graph_bounds)
         self.rng = np.random.default_rng(options.seed)
         self.attacker: Attacker | None = None
@@ -220,7 +221,8 @@ class Reuser(CoreChecks):
         if to_split:
             if self.left() <= 0:
                 raise NoFit("time budget used up re-checking the proof branches")
-            cex = search_open(search, to_split, r, self.stats, "branches", NoFit)
+            cex = search_open(search, to_split, r, self.stats, "branches", NoFit,
+                              self.open_search_until)
             if cex is not None:
                 return cex
             self.stats.closed_by_split += len(to_split)

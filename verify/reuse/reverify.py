@@ -159,6 +159,8 @@ def reverify(original: Network, variant, prop: Property,
         reuser = Reuser(searched, cmap, options, reuse_options, stats,
                          t0 + reuse_options.reuse_share * options.timeout)
         reuser.root_tried = root_tried
+        if reuse_options.continue_open_search:
+            reuser.open_search_until = t0 + options.timeout
         # no falsification up front: the branches' own candidates and an attack on
         # any region with a branch left open find a counterexample (a proof that
         # carries over needs neither)

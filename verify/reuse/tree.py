@@ -130,9 +130,13 @@ def warm_alphas(cmap: ChangeMap, branches, idx) -> list[torch.Tensor] | None:
     return out
 
 
-def search_open(search: RegionSearch, nodes, r: int, stats, what: str, error):
-    """The variant's own branch and bound on the proof's ``nodes`` still open: a confirmed
-    counterexample, or None when every one closed; raises ``error`` otherwise."""
+def search_open(search: RegionSearch, nodes, r: int, stats, what: str, error,
+                until: float | None = None):
+    """The variant's own branch and bound on the proof's ``nodes`` still open (until
+    ``until``, when later than the search's deadline): a confirmed counterexample, or
+    None when every one closed; raises ``error`` otherwise."""
+    if until is not None and until > search.deadline:
+        search.deadline = until
     out = search.run(nodes)
     stats.z3_queries += search.stats.z3_queries
     if out.status == "violated":
@@ -226,7 +230,8 @@ class TreeCheck:
             return self._commit()
         if self.reuser.left() <= 0:
             raise TreeOpen("time budget used up re-checking the proof tree")
-        cex = search_open(search, to_split, r, self.stats, "leaves", TreeOpen)
+        cex = search_open(search, to_split, r, self.stats, "leaves", TreeOpen,
+                          self.reuser.open_search_until)
         if cex is not None:
             return cex
         self.closed["closed_by_split"] += len(to_split)
@@ -432,7 +437,8 @@ class TreeWalk:
         cex = self.reuser.attack(region, r, quick=True)
         if cex is not None:
             return cex
-        cex = search_open(search, to_split, r, self.stats, "leaves", TreeOpen)
+        cex = search_open(search, to_split, r, self.stats, "leaves", TreeOpen,
+                          self.reuser.open_search_until)
         if cex is None:
             self.stats.closed_by_split += len(to_split)
         return cex
