@@ -88,10 +88,12 @@ class RegionSearch(Splitting):
             alpha = self.alpha_iterations
         if mode is None:
             mode = self.opt.intermediate_bounds if self.input_split else "backward"
-        # a proof's leaves keep tight bounds of their own (what reuse's tiers start from)
+        # a chain proof's leaves keep tight bounds of their own (what reuse's tiers move;
+        # a graph's change bound was measured with the parent's kept)
+        keep_parent = not (self.record and isinstance(self.net, Network))
         res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed, alpha_iterations=alpha,
                               deadline=self.deadline, forward=mode != "backward", refine=refine,
-                              alpha_init=alpha_init, keep_parent=not self.record)
+                              alpha_init=alpha_init, keep_parent=keep_parent)
         self.stats.bound_evaluations += len(lo)
         if inherited is not None:
             res.merge_linear(*inherited, lo, hi)
