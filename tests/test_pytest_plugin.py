@@ -312,3 +312,55 @@ def test_plugin_is_silent_when_unused(suite):
     result.assert_outcomes(passed=1)
     assert "= coreproof =" not in result.stdout.str()  # no summary section
     assert not (suite.path / ".coreproof").exists()
+
+
+README_PRELUDE = '''
+import numpy as np
+import pytest
+
+from verify.properties import local_robustness
+from netlib import diff_model
+
+load_my_model = diff_model
+model = diff_model()
+quantized = pruned = diff_model(scale=0.5)
+points, labels = [[0.9, 0.1]], [0]
+prop = local_robustness(np.array([0.9, 0.1]), 0.05, 0, 2)
+'''
+
+README_VNNLIB = """
+(declare-const X_0 Real)
+(declare-const X_1 Real)
+(declare-const Y_0 Real)
+(declare-const Y_1 Real)
+(assert (>= X_0 0.6))
+(assert (<= X_0 1.0))
+(assert (>= X_1 0.0))
+(assert (<= X_1 0.1))
+(assert (<= Y_0 Y_1))
+"""
+
+
+def _readme_pytest_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Safety checks in pytest"):]
+    section = section[:section.index("\n## ", 1)]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def test_readme_pytest_example_runs_as_written(suite):
+    """The README's two pytest examples, with the names they leave to the reader
+    (the model, points, a property, the compressed variants) defined on tiny nets;
+    the second block's first lines (meant for a test body) wrapped in a test."""
+    first, second = _readme_pytest_blocks()[:2]
+    head, marked = second.split("@pytest.mark", 1)
+    body = "".join("    " + line + "\n" for line in head.strip().splitlines())
+    module = (README_PRELUDE + "\n\n" + first + "\n\ndef test_variant_lines(coreproof):\n" + body
+              + "\n\n@pytest.mark" + marked)
+    (suite.path / "props").mkdir()
+    (suite.path / "props" / "prop_1.vnnlib").write_text(README_VNNLIB)
+    suite.makepyfile(test_readme=module)
+    result = run(suite)
+    result.assert_outcomes(passed=3)
+    counts = summary(result)
+    assert counts["violated"] == counts["unknown"] == 0 and counts["holds"] >= 6
