@@ -28,6 +28,19 @@ def _plugin_autoloaded() -> bool:
 
 PLUGIN_ARGS = [] if _plugin_autoloaded() else ["-p", "verify.pytest_plugin"]
 
+# the unsafe set of a box where diff_model's class is 0 (the property holds)
+CLASS0_VNNLIB = """
+(declare-const X_0 Real)
+(declare-const X_1 Real)
+(declare-const Y_0 Real)
+(declare-const Y_1 Real)
+(assert (>= X_0 0.6))
+(assert (<= X_0 1.0))
+(assert (>= X_1 0.0))
+(assert (<= X_1 0.1))
+(assert (<= Y_0 Y_1))
+"""
+
 # y0 = x0 - x1 and y1 = x1 - x0 through one ReLU layer: class 0 iff x0 > x1.
 # Around (0.9, 0.1) with eps 0.1 the margin is >= 1.2 (holds); around
 # (0.55, 0.45) with eps 0.1 the classes swap (violated).
@@ -59,26 +72,14 @@ def hard_network(n=30):
     w2 = np.zeros((2, 2 * n))
     w2[0, :n], w2[0, n:] = 1.0, -1.0
     return Network((Affine(w1, b1), Affine(w2, np.array([0.1, 0.0]))), name="hard")
-'''
+''' + f"\n\nCLASS0_VNNLIB = {CLASS0_VNNLIB!r}\n"
 
 ROBUST_SUITE = '''
 import numpy as np
 import torch
 
 from verify.properties import Conjunction, Property, Region
-from netlib import diff_model
-
-VNNLIB = """
-(declare-const X_0 Real)
-(declare-const X_1 Real)
-(declare-const Y_0 Real)
-(declare-const Y_1 Real)
-(assert (>= X_0 0.6))
-(assert (<= X_0 1.0))
-(assert (>= X_1 0.0))
-(assert (<= X_1 0.1))
-(assert (<= Y_0 Y_1))
-"""
+from netlib import CLASS0_VNNLIB as VNNLIB, diff_model
 
 
 def test_robust_points(coreproof):
@@ -328,17 +329,6 @@ points, labels = [[0.9, 0.1]], [0]
 prop = local_robustness(np.array([0.9, 0.1]), 0.05, 0, 2)
 '''
 
-README_VNNLIB = """
-(declare-const X_0 Real)
-(declare-const X_1 Real)
-(declare-const Y_0 Real)
-(declare-const Y_1 Real)
-(assert (>= X_0 0.6))
-(assert (<= X_0 1.0))
-(assert (>= X_1 0.0))
-(assert (<= X_1 0.1))
-(assert (<= Y_0 Y_1))
-"""
 
 
 def _readme_pytest_blocks() -> list[str]:
@@ -358,7 +348,7 @@ def test_readme_pytest_example_runs_as_written(suite):
     module = (README_PRELUDE + "\n\n" + first + "\n\ndef test_variant_lines(coreproof):\n" + body
               + "\n\n@pytest.mark" + marked)
     (suite.path / "props").mkdir()
-    (suite.path / "props" / "prop_1.vnnlib").write_text(README_VNNLIB)
+    (suite.path / "props" / "prop_1.vnnlib").write_text(CLASS0_VNNLIB)
     suite.makepyfile(test_readme=module)
     result = run(suite)
     result.assert_outcomes(passed=3)

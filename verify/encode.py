@@ -32,6 +32,7 @@ import numpy as np
 import z3
 
 from .network import Network
+from .search_types import split_arrays
 
 
 def neuron_name(layer: int, index: int, kind: str) -> str:
@@ -95,7 +96,7 @@ def encode(network: Network, branch: Branch, digits: int | None = None) -> Query
     n_layers = len(network.affines)
     needed_out = np.flatnonzero(np.any(branch.coeffs != 0, axis=0))
     ys = {}
-    inactive = _inactive_splits(branch.splits)
+    phases = split_arrays(branch.splits, network.hidden_sizes)  # -1: split inactive
 
     def linear(aff, i, live):
         """W_i a + b_i as a z3 term, and the rounding slack it is exact within."""
@@ -120,7 +121,7 @@ def encode(network: Network, branch: Branch, digits: int | None = None) -> Query
         if hidden:
             l, u = branch.layer_bounds[k]
             rows = [i for i in range(aff.out_size) if u[i] > 0]
-            for i in sorted(inactive.get(k, ())):
+            for i in np.flatnonzero(phases[k] < 0):
                 if u[i] <= 0:  # split inactive: left out below, its phase asserted here
                     lin, slack = linear(aff, i, live)
                     cons[neuron_name(k, i, "inactive")] = lin <= R(Fraction(slack))
@@ -157,15 +158,6 @@ def encode(network: Network, branch: Branch, digits: int | None = None) -> Query
                  for j in range(branch.coeffs.shape[1]) if branch.coeffs[r, j] != 0]
         cons[f"spec.{r}"] = (z3.Sum(terms) if terms else R(Fraction(0))) <= R(Fraction(float(branch.rhs[r])))
     return Query(ctx, solver, xs, cons, digits)
-
-
-def _inactive_splits(facts) -> dict[int, set[int]]:
-    out: dict[int, set[int]] = {}
-    for f in facts:
-        layer, neuron, phase = f.split(".")
-        if phase == "inactive":
-            out.setdefault(int(layer[1:]), set()).add(int(neuron[1:]))
-    return out
 
 
 @dataclass

@@ -259,9 +259,7 @@ class RegionSearch(Splitting):
             for i in open_idx:
                 node = batch[i]
                 layer_b = [(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(n_hidden)]
-                if (self.use_z3 and self.z3_unknown < self.opt.z3_max_failures
-                        and unstable[i] <= self._z3_threshold(node)
-                        and self._z3_terms(layer_b) <= self.opt.z3_max_terms):
+                if unstable[i] <= self._z3_threshold(node) and self._z3_allowed(layer_b):
                     outcome = self._z3_leaf(node, layer_b, refuted[i])
                     if outcome is not None:
                         return outcome
@@ -276,20 +274,22 @@ class RegionSearch(Splitting):
                 # every ReLU of these is fixed: the branch is a linear program, whose
                 # Lagrangian dual (beta-CROWN) is exact at convergence: optimise longer
                 stuck = [k for k, pair in enumerate(children) if pair is None]
+                closed_now = set()
                 if stuck and self._close_fixed(batch, [to_split[k][0] for k in stuck], splits,
                                                lo, hi):
-                    stuck = []
-                for k in list(stuck):  # an exact answer for what beta-CROWN left open
-                    i, layer_b = to_split[k]
-                    if not self._z3_fixed_leaf_allowed(layer_b):
-                        continue
-                    outcome = self._z3_leaf(batch[i], layer_b, refuted[i])
-                    if outcome is not None:
-                        return outcome
-                    if self._closed_by_z3:
-                        stuck.remove(k)
-                if len(stuck) < sum(pair is None for pair in children):
-                    keep = [k for k, pair in enumerate(children) if pair is not None or k in stuck]
+                    closed_now = set(stuck)
+                else:  # an exact answer (Z3) for what beta-CROWN left open
+                    for k in stuck:
+                        i, layer_b = to_split[k]
+                        if not self._z3_allowed(layer_b):
+                            continue
+                        outcome = self._z3_leaf(batch[i], layer_b, refuted[i])
+                        if outcome is not None:
+                            return outcome
+                        if self._closed_by_z3:
+                            closed_now.add(k)
+                if closed_now:
+                    keep = [k for k in range(len(children)) if k not in closed_now]
                     to_split = [to_split[k] for k in keep]
                     children = [children[k] for k in keep]
             for (i, _), pair in zip(to_split, children):
@@ -341,7 +341,8 @@ class RegionSearch(Splitting):
         per_branch = 2 * width * self.net.n_inputs
         return int(max(1, min(self.opt.batch_size, 1.2e7 // per_branch)))
 
-    def _z3_fixed_leaf_allowed(self, layer_b) -> bool:
+    def _z3_allowed(self, layer_b) -> bool:
+        """Whether a branch may go to Z3 at all (Z3 on, not given up, query small enough)."""
         return (self.use_z3 and self.z3_unknown < self.opt.z3_max_failures
                 and self._z3_terms(layer_b) <= self.opt.z3_max_terms)
 
@@ -377,7 +378,7 @@ class RegionSearch(Splitting):
         for j in np.flatnonzero(~refuted_row):
             conj = self.region.unsafe[j]
             branch = Branch(node.lo, node.hi, layer_b, conj.coeffs, conj.rhs,
-                            () if node.splits is None else split_facts(node.splits))
+                            split_facts(node.splits))
             for digits in self.opt.z3_digits:
                 budget = min(self.opt.z3_input_query_timeout if self.input_split
                              else self.opt.z3_query_timeout, self.time_left())
