@@ -201,14 +201,16 @@ def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode):
     assert tight_somewhere  # the bounds are not vacuous
 
 
-def test_beta_crown_bounds_hold_on_split_branches():
+@pytest.mark.parametrize("search_dtype", ["float32", None])
+def test_beta_crown_bounds_hold_on_split_branches(search_dtype):
     """Bounds of a branch with ReLU splits (alpha/beta optimised) hold for every
-    sampled input that respects the splits, and never lose to plain CROWN."""
+    sampled input that respects the splits, and never lose to plain CROWN -- with
+    the optimisation steps in float64 and in float32 (then evaluated in float64)."""
     import torch
     from verify.bounds import BoundPropagator
     rng = np.random.default_rng(3)
     net = random_net(rng, [4, 12, 12, 3])
-    prop = BoundPropagator(net)
+    prop = BoundPropagator(net, search_dtype and getattr(torch, search_dtype))
     C = torch.tensor(rng.normal(size=(5, 3)))
     d = torch.zeros(5)
     checked = 0

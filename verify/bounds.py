@@ -125,12 +125,20 @@ class BatchBounds:
 
 
 class BoundPropagator:
-    """Holds a network's weights as float64 tensors and bounds batches of branches."""
+    """Holds a network's weights as float64 tensors and bounds batches of branches.
 
-    def __init__(self, network: Network):
+    ``search_dtype``: the alpha/beta-CROWN steps run in this precision (float32: half
+    the time of float64 on a CPU); the slopes and multipliers they find are then
+    evaluated once in float64, and only that bound is returned (any slopes in [0, 1]
+    and multipliers >= 0 give a sound bound, so the cheaper search loses nothing of
+    soundness). None: every step in float64."""
+
+    def __init__(self, network: Network, search_dtype: torch.dtype | None = torch.float32):
         self.network = network
+        self.search_dtype = search_dtype
         self.n_hidden = len(network.affines) - 1
         self._parts: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(network.affines)
+        self._cast: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
     # made on first use: a proof that carries over by differential bounds
     # (verify.reuse.difference) bounds nothing on the variant
@@ -141,6 +149,15 @@ class BoundPropagator:
     @cached_property
     def biases(self) -> list[torch.Tensor]:
         return [torch.from_numpy(np.array(a.bias)) for a in self.network.affines]
+
+    def _layers(self, dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The weights and biases in ``dtype`` (float64: the exact ones)."""
+        if dtype == torch.float64:
+            return self.weights, self.biases
+        if dtype not in self._cast:
+            self._cast[dtype] = ([w.to(dtype) for w in self.weights],
+                                 [b.to(dtype) for b in self.biases])
+        return self._cast[dtype]
 
     def weight_parts(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Positive and negative parts of layer ``k``'s weights, transposed; made
@@ -176,9 +193,11 @@ class BoundPropagator:
         multipliers of the split constraints ``sign * z_k >= 0``; the bound
         ``lam @ z_K - sum beta * sign * z_k`` is then a lower bound of
         ``lam @ z_K`` on the branch (where every split constraint holds).
+        Works in ``lam``'s dtype (float64 for every bound that is returned).
         Returns (bound (B,m), input coeffs (B,m,n0), recorded per-layer coefficients)."""
-        const = lam @ self.biases[K]
-        A = lam @ self.weights[K]
+        weights, biases = self._layers(lam.dtype)
+        const = lam @ biases[K]
+        A = lam @ weights[K]
         recorded = [None] * self.n_hidden
         for k in range(K - 1, -1, -1):
             if relax is not None and alphas is None:
@@ -193,8 +212,8 @@ class BoundPropagator:
             A = a_pos * alpha[:, None, :] + a_neg * s[:, None, :]
             if betas is not None and betas[k] is not None:
                 A = A - betas[k] * signs[k][:, None, :]
-            const = const + A @ self.biases[k]
-            A = A @ self.weights[k]
+            const = const + A @ biases[k]
+            A = A @ weights[k]
         return _linear_min(const, A, lo, hi), A, recorded
 
     def _backsub_neurons(self, k, l, u, sp, relax, lo, hi, every: bool, only=None):
@@ -280,27 +299,43 @@ class BoundPropagator:
         [0, 1] where they are used."""
         lower = [l.detach() for l in lower]
         upper = [u.detach() for u in upper]
-        alphas = [((u > -l).to(u.dtype) if alpha_init is None or alpha_init[k] is None
-                   else torch.where(torch.isfinite(alpha_init[k]), alpha_init[k].to(u.dtype),
-                                    (u > -l).to(u.dtype))).clone().requires_grad_(True)
-                  for k, (l, u) in enumerate(zip(lower, upper))]
+        work = self.search_dtype or lam.dtype  # the steps' precision (see the class)
+        w_lam, w_lo, w_hi = lam.to(work), lo.to(work), hi.to(work)
+        w_lower, w_upper = [l.to(work) for l in lower], [u.to(work) for u in upper]
+        alphas = [((u > -l).to(work) if alpha_init is None or alpha_init[k] is None
+                   else torch.where(torch.isfinite(alpha_init[k]), alpha_init[k].to(work),
+                                    (u > -l).to(work))).clone().requires_grad_(True)
+                  for k, (l, u) in enumerate(zip(w_lower, w_upper))]
         signs = betas = None
         params = list(alphas)
         if splits is not None and any(sp is not None and bool((sp != 0).any()) for sp in splits):
             B, m = lam.shape[0], lam.shape[1]
-            signs = [None if sp is None else sp.to(lam.dtype) for sp in splits]
+            signs = [None if sp is None else sp.to(work) for sp in splits]
             betas = [None if sg is None or not bool((sg != 0).any())
-                     else torch.zeros(B, m, sg.shape[1], dtype=lam.dtype, requires_grad=True)
+                     else torch.zeros(B, m, sg.shape[1], dtype=work, requires_grad=True)
                      for sg in signs]
             params += [b for b in betas if b is not None]
         opt = Adam(params, lr=0.1)
+        exact = work == lam.dtype  # then every iterate is a returned (sound) bound
         best = bnd.clone()
+        # in lower precision: the iterate with the best total bound per branch is kept
+        # (slopes are shared by a branch's rows) and evaluated exactly at the end
+        kept_total = torch.full((lam.shape[0],), -torch.inf, dtype=work)
+        kept = [p.detach().clone() for p in params]
         for _ in range(iterations):
             if deadline is not None and time.monotonic() > deadline:
                 break
-            cur, _, _ = self._backsub(K, lam, lower, upper, lo, hi, alphas=alphas, betas=betas,
-                                      signs=signs)
-            best = torch.maximum(best, cur.detach())
+            cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
+                                      betas=betas, signs=signs)
+            if exact:
+                best = torch.maximum(best, cur.detach())
+            else:
+                with torch.no_grad():
+                    total = cur.sum(-1)
+                    better = total > kept_total
+                    kept_total = torch.where(better, total, kept_total)
+                    kept = [torch.where(better.view(-1, *[1] * (p.dim() - 1)), p, q)
+                            for p, q in zip(params, kept)]
             opt.zero_grad()
             (-cur.sum()).backward()
             opt.step()
@@ -310,6 +345,13 @@ class BoundPropagator:
                         if b is not None:
                             b.clamp_(min=0.0)
         with torch.no_grad():
+            if not exact:  # the kept slopes and multipliers, evaluated in float64
+                alphas = [a.to(lam.dtype) for a in kept[:len(alphas)]]
+                it = iter(kept[len(alphas):])
+                betas = None if betas is None else \
+                    [None if b is None else next(it).to(lam.dtype) for b in betas]
+                signs = None if signs is None else \
+                    [None if sg is None else sg.to(lam.dtype) for sg in signs]
             last, A, rec = self._backsub(K, lam, lower, upper, lo, hi, record=True, alphas=alphas,
                                          betas=betas, signs=signs)
         return (torch.maximum(best, last), last, A, rec,

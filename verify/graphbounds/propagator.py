@@ -41,6 +41,7 @@ class GraphBoundPropagator(BoundPropagator):
 
     def __init__(self, network: GraphNetwork, options: GraphBoundOptions = GraphBoundOptions()):
         self.network = network
+        self.search_dtype = None  # the operators' rules back-substitute in float64
         self.options = options
         self.nodes = network.nodes
         self.relus = network.relu_nodes
@@ -314,7 +315,8 @@ def make_propagator(network, options: GraphBoundOptions | None = None) -> BoundP
     the graph's for a :class:`GraphNetwork`."""
     if isinstance(network, GraphNetwork):
         return GraphBoundPropagator(network, options or GraphBoundOptions())
-    return BoundPropagator(network)
+    fast = (options or GraphBoundOptions()).optimise_in_float32
+    return BoundPropagator(network, torch.float32 if fast else None)
 
 
 def _rows_of(alpha_init, rows):
