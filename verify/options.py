@@ -48,7 +48,10 @@ class VerifyOptions:
     attack_steps: int = 40
     random_samples: int = 2000  # random points tried before attacking
     attack_time_share: float = 0.03  # of the timeout, for falsification before the search ...
-    attack_max_s: float = 1.0  # ... but at most this long
+    attack_max_s: float = 0.1  # ... but at most this long (one round: a longer attack ...
+    # ... runs interleaved with branch and bound, started from the open branches' bound
+    # minimisers, on about this share of the search's time (0: none)
+    attack_search_share: float = 0.1
     batch_size: int = 256  # branches bounded at once
     z3_max_unstable: int = 6  # input splitting: leaves with at most this many unstable ReLUs go to Z3
     # ReLU splitting: the same for a branch that still has unstable ReLUs.  0: splitting
@@ -103,6 +106,9 @@ class VerifyOptions:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.portfolio_share <= 1.0:
             raise OptionError(f"portfolio_share must be in (0, 1], got {self.portfolio_share}")
+        if not 0.0 <= self.attack_search_share < 1.0:
+            raise OptionError("attack_search_share must be in [0, 1), got "
+                              f"{self.attack_search_share}")
         if not 0.0 <= self.attack_time_share <= 1.0 or self.attack_max_s < 0:
             raise OptionError("attack_time_share must be in [0, 1] and attack_max_s >= 0, got "
                               f"{self.attack_time_share}, {self.attack_max_s}")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .attack import confirm_batch
+from .attack_schedule import InterleavedAttack
 from .bounds import BoundPropagator
 from .branching import Splitting
 from .graphbounds import make_propagator
@@ -62,6 +63,7 @@ class RegionSearch(Splitting):
         self.z3_unknown = 0
         self.root_candidates: np.ndarray | None = None  # set by closed_at_root
         self.root_result = None  # the bound closed_at_root took (what a reusable proof keeps)
+        self.attack = InterleavedAttack(network, region, region_index, options, stats, deadline)
 
     # ------------------------------------------------------------------
     def time_left(self) -> float:
@@ -255,6 +257,13 @@ class RegionSearch(Splitting):
             cex = confirm_batch(self.net, self.region, self.index, np.vstack([corners, centres]))
             if cex is not None:
                 return RegionOutcome("violated", "bab-candidate", cex, leaves=self.leaves)
+            if self.attack.due():  # PGD from the minimisers of each open branch's worst row
+                worst = spec_lower[open_idx].argmin(axis=1)
+                starts = corners.reshape(len(open_idx), -1, self.net.n_inputs)[
+                    np.arange(len(open_idx)), worst]
+                cex = self.attack.round(starts)
+                if cex is not None:
+                    return RegionOutcome("violated", "bab-attack", cex, leaves=self.leaves)
             to_split = []
             for i in open_idx:
                 node = batch[i]
