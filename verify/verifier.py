@@ -60,7 +60,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
                                   network.name, prop.name, stats)
 
     # the root bound first: it settles easy properties in milliseconds
-    settled = set()
+    settled, starts = set(), {}
     for r, region in enumerate(prop.regions):
         search = RegionSearch(network, region, r, options, deadline, stats, propagator,
                               record=proof is not None)
@@ -75,6 +75,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
             cex = search.root_counterexample()
             if cex is not None:
                 return done(Status.VIOLATED, "attack", cex)
+            starts[r] = search.root_candidates  # the bound's minimisers: PGD starts too
     if len(settled) == len(prop.regions):
         return done(Status.HOLDS, "bounds")
     attacker = Attacker(network)
@@ -82,7 +83,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
     for r, region in enumerate(prop.regions):
         if r in settled:
             continue
-        cex = _falsify(attacker, region, r, rng, options, stats,
+        cex = _falsify(attacker, region, r, rng, options, stats, starts.get(r),
                        min(deadline, time.monotonic() + min(options.attack_max_s, options.attack_time_share
                                                                 * options.timeout) / len(prop.regions)))
         if cex is not None:
@@ -117,13 +118,15 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
 
 
 def _falsify(attacker: Attacker, region, r: int, rng, options: VerifyOptions,
-             stats: Statistics, until: float):
+             stats: Statistics, starts, until: float):
     """Rounds of sampling + PGD with more restarts each round, until ``until``
-    (counterexamples of hard instances sit in small pockets of the box)."""
+    (counterexamples of hard instances sit in small pockets of the box); the first
+    round's PGD also starts from ``starts`` (None or (k, n) points)."""
     restarts, samples = options.attack_restarts, options.random_samples
     while True:
         cex, n = attacker.attack(region, r, rng, until, restarts=restarts,
-                                 steps=options.attack_steps, samples=samples)
+                                 steps=options.attack_steps, samples=samples, starts=starts)
+        starts = None
         stats.attack_restarts += n
         if cex is not None or time.monotonic() >= until or restarts == 0:
             return cex
