@@ -54,3 +54,42 @@ def test_whole_set_margin_alone_follows_the_decoy():
             x.clamp_(0, 1)
     xs = x.detach().numpy()
     assert not any(prop.violated_by(p, net.forward(p)) for p in xs)
+
+
+def _wide_region_net(seed=4, n=30, eps=0.07):
+    """A random 30-input MLP (ReLU splitting: more than 16 inputs) and the robustness
+    of its predicted class in a box its root bound does not prove."""
+    from verify.properties import local_robustness
+    rng = np.random.default_rng(seed)
+    sizes = [n, 40, 40, 5]
+    net = Network(tuple(Affine(rng.normal(size=(o, i)), rng.normal(size=o))
+                        for i, o in zip(sizes[:-1], sizes[1:])))
+    x = rng.uniform(-1, 1, n)
+    label = int(net.forward(x).argmax())
+    return net, local_robustness(x, eps, label, 5, domain=None)
+
+
+def test_a_far_root_bound_buys_a_longer_falsification(monkeypatch):
+    """When the root bound lies further below zero than the attack's best margin lies
+    above it, the verifier falsifies a second time with attack_far_share of the
+    timeout; when the attack got closer to zero than the bound, it does not."""
+    import verify.verifier as verifier
+    from verify.options import VerifyOptions
+
+    net, prop = _wide_region_net()
+    calls = []
+
+    def fake(attacker, region, r, rng, options, stats, starts, until):
+        calls.append(until - time.monotonic())
+        attacker.best_margin = margin
+        return None
+
+    monkeypatch.setattr(verifier, "_falsify", fake)
+    opts = VerifyOptions(timeout=4.0, attack_far_share=0.5, attack_far_max_s=60.0)
+    for margin, second in ((1e-3, True), (1e6, False)):
+        calls.clear()
+        verifier.verify_property(net, prop, opts)
+        assert len(calls) == (2 if second else 1)
+        if second:
+            assert 1.0 < calls[1] <= 2.0  # half the timeout
+

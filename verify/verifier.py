@@ -60,7 +60,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
                                   network.name, prop.name, stats)
 
     # the root bound first: it settles easy properties in milliseconds
-    settled, starts = set(), {}
+    settled, starts, gaps = set(), {}, {}
     for r, region in enumerate(prop.regions):
         search = RegionSearch(network, region, r, options, deadline, stats, propagator,
                               record=proof is not None)
@@ -76,6 +76,8 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
             if cex is not None:
                 return done(Status.VIOLATED, "attack", cex)
             starts[r] = search.root_candidates  # the bound's minimisers: PGD starts too
+            if not search.input_split:  # (input splitting: a complete search, fast)
+                gaps[r] = search.root_margin()
     if len(settled) == len(prop.regions):
         return done(Status.HOLDS, "bounds")
     attacker = Attacker(network)
@@ -86,6 +88,16 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
         cex = _falsify(attacker, region, r, rng, options, stats, starts.get(r),
                        min(deadline, time.monotonic() + min(options.attack_max_s, options.attack_time_share
                                                                 * options.timeout) / len(prop.regions)))
+        if cex is not None:
+            return done(Status.VIOLATED, "attack", cex)
+    # a root bound further below zero than the attack got above it: longer falsification
+    # (or no PGD step ran: nothing known)
+    far = [r for r in gaps
+           if attacker.best_margin == float("inf") or -gaps[r] > attacker.best_margin]
+    for r in far:
+        budget = min(options.attack_far_max_s, options.attack_far_share * options.timeout) / len(far)
+        cex = _falsify(attacker, prop.regions[r], r, rng, options, stats, None,
+                       min(deadline, time.monotonic() + budget))
         if cex is not None:
             return done(Status.VIOLATED, "attack", cex)
     methods, unknown_reasons, core_sizes = [], [], []
