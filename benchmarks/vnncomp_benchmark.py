@@ -2,7 +2,7 @@
 
     python benchmarks/vnncomp_benchmark.py [--only NAME ...] [--timeout-scale 1.0]
                                            [--limit N] [--jsonl results.jsonl]
-                                           [--cross-check SECONDS]
+                                           [--cross-check SECONDS] [--every K]
 
 Benchmarks: ``acasxu`` (properties 1-4 on all 45 networks), ``mnist``
 (mnist-net_256x2, 30 properties), and the CNN / residual / deep-FC sets
@@ -161,8 +161,9 @@ class _Runner:
             self.proc.join(10)
 
 
-def run(name: str, scale: float, limit: int | None, cross_check: float, out) -> dict:
-    rows = instances(name)[:limit]
+def run(name: str, scale: float, limit: int | None, cross_check: float, out,
+        every: int = 1) -> dict:
+    rows = instances(name)[::every][:limit]
     counts = {"holds": 0, "violated": 0, "unknown": 0, "error": 0}
     times, solved_times, wrong = [], [], 0
     runner = _Runner(cross_check)
@@ -199,6 +200,8 @@ def main():
     ap.add_argument("--only", nargs="+", choices=list(CSV))
     ap.add_argument("--timeout-scale", type=float, default=1.0)
     ap.add_argument("--limit", type=int, help="first N instances of each benchmark")
+    ap.add_argument("--every", type=int, default=1,
+                    help="every K-th instance (a spread sample; --limit applies after)")
     ap.add_argument("--cross-check", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--jsonl")
     args = ap.parse_args()
@@ -208,7 +211,7 @@ def main():
     summaries = []
     for name in args.only or list(CSV):
         t0 = time.monotonic()
-        s = run(name, args.timeout_scale, args.limit, args.cross_check, out)
+        s = run(name, args.timeout_scale, args.limit, args.cross_check, out, args.every)
         s["wall_s"] = round(time.monotonic() - t0, 1)
         summaries.append(s)
     print("| benchmark | instances | solved | holds | violated | unknown | error | wrong "
