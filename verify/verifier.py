@@ -90,10 +90,10 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
                                                                 * options.timeout) / len(prop.regions)))
         if cex is not None:
             return done(Status.VIOLATED, "attack", cex)
-    # a root bound further below zero than the attack got above it: longer falsification
-    # (or no PGD step ran: nothing known)
-    far = [r for r in gaps
-           if attacker.best_margin == float("inf") or -gaps[r] > attacker.best_margin]
+    # a root bound further below zero than the attack got above it (times
+    # attack_far_ratio): longer falsification (also when no PGD step ran: nothing known)
+    far = [r for r in gaps if attacker.best_margin == float("inf")
+           or -gaps[r] > options.attack_far_ratio * attacker.best_margin]
     for r in far:
         budget = min(options.attack_far_max_s, options.attack_far_share * options.timeout) / len(far)
         cex = _falsify(attacker, prop.regions[r], r, rng, options, stats, None,
