@@ -48,8 +48,16 @@ class VerifyOptions:
     attack_steps: int = 40
     random_samples: int = 2000  # random points tried before attacking
     attack_time_share: float = 0.03  # of the timeout, for falsification before the search ...
-    attack_max_s: float = 0.1  # ... but at most this long (one round: a longer attack ...
-    # ... runs interleaved with branch and bound, started from the open branches' bound
+    attack_max_s: float = 0.1  # ... but at most this long (one round)
+    # then, when the root bound is further below zero than attack_far_ratio times the
+    # attack's best margin is above it (branch and bound has far to go, a
+    # counterexample may be near), this share of the timeout more, at most
+    # attack_far_max_s (ratio 2: mnist-net_256x2 holds at bound -0.56 / margin +0.49
+    # and -0.95 / +0.81 by branch and bound in seconds, and skip it)
+    attack_far_share: float = 0.1
+    attack_far_max_s: float = 60.0
+    attack_far_ratio: float = 2.0
+    # during branch and bound: PGD rounds started from the open branches' bound
     # minimisers, on about this share of the search's time (0: none)
     attack_search_share: float = 0.1
     batch_size: int = 256  # branches bounded at once
@@ -109,6 +117,11 @@ class VerifyOptions:
         if not 0.0 <= self.attack_search_share < 1.0:
             raise OptionError("attack_search_share must be in [0, 1), got "
                               f"{self.attack_search_share}")
+        if (not 0.0 <= self.attack_far_share <= 1.0 or self.attack_far_max_s < 0
+                or self.attack_far_ratio < 0):
+            raise OptionError("attack_far_share must be in [0, 1], attack_far_max_s and "
+                              f"attack_far_ratio >= 0, got {self.attack_far_share}, "
+                              f"{self.attack_far_max_s}, {self.attack_far_ratio}")
         if not 0.0 <= self.attack_time_share <= 1.0 or self.attack_max_s < 0:
             raise OptionError("attack_time_share must be in [0, 1] and attack_max_s >= 0, got "
                               f"{self.attack_time_share}, {self.attack_max_s}")

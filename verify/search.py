@@ -195,6 +195,12 @@ class RegionSearch(Splitting):
             return None
         return confirm_batch(self.net, self.region, self.index, self.root_candidates)
 
+    def root_margin(self) -> float:
+        """After :meth:`closed_at_root` said no: the root bound's worst conjunction
+        margin (<= 0; how far the bound is from refuting the region)."""
+        spec = self.root_result.spec_lower.numpy()[0]
+        return self._margin(spec, np.zeros(self.n_conj, dtype=bool))
+
     def _root(self) -> Node:
         return Node(self.region.lower.copy(), self.region.upper.copy(),
                     None if self.input_split else

@@ -60,7 +60,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
                                   network.name, prop.name, stats)
 
     # the root bound first: it settles easy properties in milliseconds
-    settled = set()
+    settled, starts, gaps = set(), {}, {}
     for r, region in enumerate(prop.regions):
         search = RegionSearch(network, region, r, options, deadline, stats, propagator,
                               record=proof is not None)
@@ -75,6 +75,9 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
             cex = search.root_counterexample()
             if cex is not None:
                 return done(Status.VIOLATED, "attack", cex)
+            starts[r] = search.root_candidates  # the bound's minimisers: PGD starts too
+            if not search.input_split:  # (input splitting: a complete search, fast)
+                gaps[r] = search.root_margin()
     if len(settled) == len(prop.regions):
         return done(Status.HOLDS, "bounds")
     attacker = Attacker(network)
@@ -82,9 +85,19 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
     for r, region in enumerate(prop.regions):
         if r in settled:
             continue
-        cex = _falsify(attacker, region, r, rng, options, stats,
+        cex = _falsify(attacker, region, r, rng, options, stats, starts.get(r),
                        min(deadline, time.monotonic() + min(options.attack_max_s, options.attack_time_share
                                                                 * options.timeout) / len(prop.regions)))
+        if cex is not None:
+            return done(Status.VIOLATED, "attack", cex)
+    # a root bound further below zero than the attack got above it (times
+    # attack_far_ratio): longer falsification (also when no PGD step ran: nothing known)
+    far = [r for r in gaps if attacker.best_margin == float("inf")
+           or -gaps[r] > options.attack_far_ratio * attacker.best_margin]
+    for r in far:
+        budget = min(options.attack_far_max_s, options.attack_far_share * options.timeout) / len(far)
+        cex = _falsify(attacker, prop.regions[r], r, rng, options, stats, None,
+                       min(deadline, time.monotonic() + budget))
         if cex is not None:
             return done(Status.VIOLATED, "attack", cex)
     methods, unknown_reasons, core_sizes = [], [], []
@@ -117,13 +130,15 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
 
 
 def _falsify(attacker: Attacker, region, r: int, rng, options: VerifyOptions,
-             stats: Statistics, until: float):
+             stats: Statistics, starts, until: float):
     """Rounds of sampling + PGD with more restarts each round, until ``until``
-    (counterexamples of hard instances sit in small pockets of the box)."""
+    (counterexamples of hard instances sit in small pockets of the box); the first
+    round's PGD also starts from ``starts`` (None or (k, n) points)."""
     restarts, samples = options.attack_restarts, options.random_samples
     while True:
         cex, n = attacker.attack(region, r, rng, until, restarts=restarts,
-                                 steps=options.attack_steps, samples=samples)
+                                 steps=options.attack_steps, samples=samples, starts=starts)
+        starts = None
         stats.attack_restarts += n
         if cex is not None or time.monotonic() >= until or restarts == 0:
             return cex
