@@ -9,7 +9,7 @@ from verify.attack import Attacker
 from verify.bounds import layer_bounds
 from verify.encode import Branch, encode, solve
 from verify.network import Affine, Network
-from verify.options import VerifyOptions
+from verify.options import ReluBranchOptions, VerifyOptions
 from verify.properties import Conjunction, Property, Region, local_robustness
 from verify.verifier import verify_property
 
@@ -60,7 +60,10 @@ SPLITTING = {"input": dict(), "input-backward": dict(intermediate_bounds="backwa
              "input-forward": dict(intermediate_bounds="forward"), "relu": dict(input_split_max=0),
              "relu-no-z3": dict(input_split_max=0, use_z3=False),
              "relu-z3-early": dict(input_split_max=0, z3_relu_split_max_unstable=6),
-             "relu-refine-all": dict(input_split_max=0, refine_unstable_only=False)}
+             "relu-refine-all": dict(input_split_max=0, refine_unstable_only=False),
+             "relu-babsr": dict(input_split_max=0, relu_branching=ReluBranchOptions("babsr")),
+             "relu-fsb": dict(input_split_max=0, use_z3=False,
+                              relu_branching=ReluBranchOptions("fsb", fsb_candidates=3))}
 
 
 def tight_property(rng, net, slack):

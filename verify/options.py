@@ -38,6 +38,23 @@ class GraphBoundOptions:
 
 
 @dataclass(frozen=True)
+class ReluBranchOptions:
+    """How ReLU-split branch and bound picks the neuron to split (see
+    :mod:`verify.relu_branching`; graph networks always use "gap")."""
+
+    # "gap": |coefficient| * relaxation gap; "babsr": the BaBSR score; "fsb": filtered
+    # smart branching, a look-ahead over the best few by BaBSR (and the best by gap)
+    heuristic: str = "gap"
+    fsb_candidates: int = 4  # FSB: this many by BaBSR per branch (plus the best by gap)
+
+    def __post_init__(self):
+        if self.heuristic not in ("gap", "babsr", "fsb"):
+            raise OptionError(f"heuristic must be gap, babsr or fsb, got {self.heuristic!r}")
+        if self.fsb_candidates < 1:
+            raise OptionError(f"fsb_candidates must be >= 1, got {self.fsb_candidates}")
+
+
+@dataclass(frozen=True)
 class VerifyOptions:
     timeout: float = 60.0  # wall-clock seconds for the whole property (hard)
     attack_restarts: int = 8  # gradient-attack random restarts per round
@@ -86,6 +103,7 @@ class VerifyOptions:
     seed: int = 0
     use_z3: bool = True
     graph_bounds: GraphBoundOptions = GraphBoundOptions()  # graph networks (CNNs) only
+    relu_branching: ReluBranchOptions = ReluBranchOptions()  # ReLU splitting: which neuron
 
     def __post_init__(self):
         check_timeout(self.timeout)
