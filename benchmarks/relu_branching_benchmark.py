@@ -10,7 +10,8 @@ An instance is ``mnistfc:<net>:<prop>`` (VNN-COMP 2021 MNIST-FC), ``int4:<net>:<
 (the same on the network's int4 variant, made with ``compress``, as the reuse
 benchmark's mnistfc family makes it) or ``eran:<image index>`` (mnist_relu_9_200,
 eps 0.015); ``@T`` sets its timeout.  Heuristics: ``gap``, ``babsr``, ``fsbK`` (filtered
-smart branching over the top K by BaBSR).  Prints one row per (instance, heuristic):
+smart branching over the top K by BaBSR; ``fsbKL``: its look-ahead re-tightens the
+layers after the split).  Prints one row per (instance, heuristic):
 verdict, wall time, branches, bound evaluations; then per heuristic the decided count,
 the total time and the geometric mean of the time ratio against the first heuristic
 on the instances both decide.  ``--jsonl`` writes the rows too.
@@ -54,8 +55,10 @@ def instance(spec: str):
 
 
 def heuristic(name: str) -> ReluBranchOptions:
-    if name.startswith("fsb"):
-        return ReluBranchOptions("fsb", fsb_candidates=int(name[3:] or 4))
+    if name.startswith("fsb"):  # fsbK, or fsbKL: look-ahead re-tightens later layers
+        layers = name.endswith("L")
+        return ReluBranchOptions("fsb", fsb_candidates=int(name[3:].rstrip("L") or 4),
+                                 lookahead="layers" if layers else "spec")
     return ReluBranchOptions(name)
 
 

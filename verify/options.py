@@ -46,12 +46,17 @@ class ReluBranchOptions:
     # smart branching, a look-ahead over the best few by BaBSR (and the best by gap)
     heuristic: str = "gap"
     fsb_candidates: int = 4  # FSB: this many by BaBSR per branch (plus the best by gap)
+    # FSB's children bounds: "spec": the spec rows over the parent's intermediate bounds
+    # with the phase imposed; "layers": the layers after the split back-substituted too
+    lookahead: str = "spec"
 
     def __post_init__(self):
         if self.heuristic not in ("gap", "babsr", "fsb"):
             raise OptionError(f"heuristic must be gap, babsr or fsb, got {self.heuristic!r}")
         if self.fsb_candidates < 1:
             raise OptionError(f"fsb_candidates must be >= 1, got {self.fsb_candidates}")
+        if self.lookahead not in ("spec", "layers"):
+            raise OptionError(f"lookahead must be spec or layers, got {self.lookahead!r}")
 
 
 @dataclass(frozen=True)

@@ -117,39 +117,61 @@ class ReluSplitting:
 
     def _lookahead(self, batch, res, idx, cand, refuted) -> np.ndarray | None:
         """Per branch, the column of ``cand`` whose worse child bound is best (ties: the
-        better sum), or None when out of time.  Every (branch, candidate, phase) is one
-        row of a single batched spec-row bound over the parent's intermediate bounds
-        with that phase imposed (sound: a child's pre-activations lie within its
-        parent's bounds, and the phase holds on it)."""
+        better sum), or None when out of time."""
         b, c = cand.shape
+        bounds = self._lookahead_bounds(batch, res, idx, cand)
+        if bounds is None:
+            return None
+        spec, infeasible = bounds
+        child = self._child_margin(spec, np.repeat(refuted, 2 * c, axis=0))
+        child = np.minimum(np.where(infeasible, np.inf, child), 1e30).reshape(b, c, 2)
+        worse, both = child.min(2), child.sum(2)
+        return np.array([np.lexsort((-both[q], -worse[q]))[0] for q in range(b)])
+
+    def _lookahead_bounds(self, batch, res, idx, cand):
+        """Spec-row lower bounds (N, m) and infeasibility (N,) of the children of
+        splitting, in branch ``idx[q]`` (row of ``res``), each flat neuron ``cand[q]``:
+        rows in the order (branch, candidate, active / inactive), all bounded in one
+        batched call (chunked; None when out of time).  "spec": the parent's
+        intermediate bounds with the phase imposed (sound: a child's pre-activations
+        lie within its parent's bounds); "layers": the layers after the split
+        back-substituted again from those."""
+        c = cand.shape[1]
         offsets = np.cumsum([0] + list(self.net.hidden_sizes))
         layer = (np.searchsorted(offsets, cand, side="right") - 1).ravel()  # (b*c,)
         neuron = cand.ravel() - offsets[layer]
-        parent = np.repeat(idx, 2 * c)  # rows: branch, candidate, phase (active, inactive)
+        parent = np.repeat(idx, 2 * c)
         sel = torch.from_numpy(parent)
-        lower = [l[sel].clone() for l in res.lower]
-        upper = [u[sel].clone() for u in res.upper]
+        fixed = [(l[sel], u[sel]) for l, u in zip(res.lower, res.upper)]
+        phase = [torch.zeros(l.shape, dtype=torch.int8) for l, _ in fixed]  # the new split only
         for k in range(self.prop.n_hidden):
             at = np.flatnonzero(layer == k)
             if len(at):
                 r, j = torch.from_numpy(2 * at), torch.from_numpy(neuron[at])
-                lower[k][r, j] = lower[k][r, j].clamp(min=0.0)  # active child: z >= 0
-                upper[k][r + 1, j] = upper[k][r + 1, j].clamp(max=0.0)  # inactive: z <= 0
+                phase[k][r, j], phase[k][r + 1, j] = 1, -1  # active: z >= 0; inactive: z <= 0
+        lower = [torch.where(p > 0, l.clamp(min=0.0), l) for p, (l, _) in zip(phase, fixed)]
+        upper = [torch.where(p < 0, u.clamp(max=0.0), u) for p, (_, u) in zip(phase, fixed)]
         lo = torch.from_numpy(np.stack([batch[i].lo for i in parent]))
         hi = torch.from_numpy(np.stack([batch[i].hi for i in parent]))
-        spec = []
+        spec, infeasible = [], []
         for s in range(0, len(parent), self.LOOKAHEAD_CHUNK):  # deadline checked per chunk
             if self.time_left() <= 0:
                 return None
             e = min(len(parent), s + self.LOOKAHEAD_CHUNK)
-            r = self.prop.spec_bound(lo[s:e], hi[s:e], self.C, self.d,
-                                     [l[s:e] for l in lower], [u[s:e] for u in upper], 0)
+            if self.opt.relu_branching.lookahead == "layers":  # the parent's bounds and the
+                # phase: bound() back-substitutes the layers after the new split
+                r = self.prop.bound(lo[s:e], hi[s:e], self.C, self.d, [p[s:e] for p in phase],
+                                    [(l[s:e], u[s:e]) for l, u in fixed], refine=self._refine_all())
+            else:
+                r = self.prop.spec_bound(lo[s:e], hi[s:e], self.C, self.d,
+                                         [l[s:e] for l in lower], [u[s:e] for u in upper], 0)
             self.stats.bound_evaluations += e - s
             spec.append(r.spec_lower.numpy())
-        child = self._child_margin(np.concatenate(spec), np.repeat(refuted, 2 * c, axis=0))
-        child = np.minimum(child, 1e30).reshape(b, c, 2)
-        worse, both = child.min(2), child.sum(2)
-        return np.array([np.lexsort((-both[q], -worse[q]))[0] for q in range(b)])
+            infeasible.append(r.infeasible.numpy())
+        return np.concatenate(spec), np.concatenate(infeasible)
+
+    def _refine_all(self) -> list[torch.Tensor]:
+        return [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
 
     def _child_margin(self, spec: np.ndarray, refuted: np.ndarray) -> np.ndarray:
         """(N,) the bound of each child's least-refuted open conjunction (+inf when
