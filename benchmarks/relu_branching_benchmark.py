@@ -8,10 +8,12 @@ in one process, with the same timeout.
 
 An instance is ``mnistfc:<net>:<prop>`` (VNN-COMP 2021 MNIST-FC), ``int4:<net>:<prop>``
 (the same on the network's int4 variant, made with ``compress``, as the reuse
-benchmark's mnistfc family makes it) or ``eran:<image index>`` (mnist_relu_9_200,
+benchmark's mnistfc family makes it), ``ball:<net>:<image>:<eps>`` (an L-inf ball
+around the centre of MNIST-FC image's box, labelled by the network, as the reuse
+benchmark's hard family makes them) or ``eran:<image index>`` (mnist_relu_9_200,
 eps 0.015); ``@T`` sets its timeout.  Heuristics: ``gap``, ``babsr``, ``fsbK`` (filtered
 smart branching over the top K by BaBSR; ``fsbKL``: its look-ahead re-tightens the
-layers after the split).  Prints one row per (instance, heuristic):
+layers after the split; ``fsbKaN``: N alpha steps from the parent's slopes).  Prints one row per (instance, heuristic):
 verdict, wall time, branches, bound evaluations; then per heuristic the decided count,
 the total time and the geometric mean of the time ratio against the first heuristic
 on the instances both decide.  ``--jsonl`` writes the rows too.
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from compress import compress  # noqa: E402
-from verify.api import load_network, load_property  # noqa: E402
+from verify.api import load_network, load_property, local_robustness  # noqa: E402
 from verify.options import ReluBranchOptions, VerifyOptions  # noqa: E402
 from verify.verifier import verify_property  # noqa: E402
 
@@ -47,6 +49,12 @@ def instance(spec: str):
         if kind == "int4":
             net = compress(net, "int4").network
         return spec, net, load_property(DATA / "mnistfc" / f"{rest[1]}.vnnlib", net), timeout
+    if kind == "ball":  # ball:<net>:<image>:<eps>: robustness around an MNIST-FC image
+        net = load_network(DATA / "mnistfc" / f"mnist-net_{rest[0]}.onnx")
+        r = load_property(DATA / "mnistfc" / f"prop_{rest[1]}_0.03.vnnlib", net).regions[0]
+        label = int(np.argmax(net.forward((r.lower + r.upper) / 2)))
+        return spec, net, local_robustness((r.lower + r.upper) / 2, float(rest[2]), label,
+                                           net.n_outputs), timeout
     if kind == "eran":
         net = load_network(DATA / "eran" / "nets" / "mnist_relu_9_200.onnx")
         prop = DATA / "eran" / "specs" / "mnist" / f"mnist_spec_idx_{rest[0]}_eps_0.01500.vnnlib.gz"
@@ -55,17 +63,20 @@ def instance(spec: str):
 
 
 def heuristic(name: str) -> ReluBranchOptions:
-    if name.startswith("fsb"):  # fsbK, or fsbKL: look-ahead re-tightens later layers
-        layers = name.endswith("L")
-        return ReluBranchOptions("fsb", fsb_candidates=int(name[3:].rstrip("L") or 4),
-                                 lookahead="layers" if layers else "spec")
+    if name.startswith("fsb") and name != "fsb":  # fsbK; fsbKL: look-ahead re-tightens
+        # later layers; fsbKaN: N alpha steps from the parent's slopes (else the defaults)
+        body, _, steps = name[3:].partition("a")
+        default = ReluBranchOptions()
+        return ReluBranchOptions("fsb", fsb_candidates=int(body.rstrip("L") or default.fsb_candidates),
+                                 lookahead="layers" if body.endswith("L") else "spec",
+                                 lookahead_alpha_iterations=int(steps or default.lookahead_alpha_iterations))
     return ReluBranchOptions(name)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("instances", nargs="+")
-    ap.add_argument("--heuristics", default="gap,babsr,fsb4")
+    ap.add_argument("--heuristics", default="gap,babsr,fsb")
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--jsonl", type=Path)
     args = ap.parse_args(argv)

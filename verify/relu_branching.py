@@ -164,7 +164,10 @@ class ReluSplitting:
                                     [(l[s:e], u[s:e]) for l, u in fixed], refine=self._refine_all())
             else:
                 r = self.prop.spec_bound(lo[s:e], hi[s:e], self.C, self.d,
-                                         [l[s:e] for l in lower], [u[s:e] for u in upper], 0)
+                                         [l[s:e] for l in lower], [u[s:e] for u in upper],
+                                         self.opt.relu_branching.lookahead_alpha_iterations,
+                                         alpha_init=None if res.alphas is None else
+                                         [a[sel[s:e]] for a in res.alphas])
             self.stats.bound_evaluations += e - s
             spec.append(r.spec_lower.numpy())
             infeasible.append(r.infeasible.numpy())
