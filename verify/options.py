@@ -44,12 +44,17 @@ class ReluBranchOptions:
 
     # "gap": |coefficient| * relaxation gap; "babsr": the BaBSR score; "fsb": filtered
     # smart branching, a look-ahead over the best few by BaBSR (and the best by gap)
-    heuristic: str = "gap"
+    # (babsr by default: side by side at 60 s on 18 MNIST-FC instances it decided 2 that
+    # gap did not and was as fast or faster on the rest; fsb decided 2 of babsr's in half
+    # its time but took 5.7x longer on one and timed out on another -- see
+    # benchmarks/relu_branching_benchmark.py and the README)
+    heuristic: str = "babsr"
     # FSB: this many by BaBSR per branch (plus the best by gap); on mnist-net_256x2 int4
     # prop_0_0.03 (with one alpha step): 4: 1374 branches, 8: 492, 12: 238, 16: 286, 24: 262
     fsb_candidates: int = 12
     # FSB's children bounds: "spec": the spec rows over the parent's intermediate bounds
     # with the phase imposed; "layers": the layers after the split back-substituted too
+    # (no alpha steps; measured slower: 49.8 s against 40.3 s on the instance below)
     lookahead: str = "spec"
     # "spec": alpha-CROWN steps from the parent's slopes (the first iterate is the
     # bound with the parent's slopes; 0: plain CROWN slopes, which rank candidates
@@ -63,6 +68,9 @@ class ReluBranchOptions:
             raise OptionError(f"fsb_candidates must be >= 1, got {self.fsb_candidates}")
         if self.lookahead not in ("spec", "layers"):
             raise OptionError(f"lookahead must be spec or layers, got {self.lookahead!r}")
+        if self.lookahead_alpha_iterations < 0:
+            raise OptionError("lookahead_alpha_iterations must be >= 0, got "
+                              f"{self.lookahead_alpha_iterations}")
 
 
 @dataclass(frozen=True)
