@@ -54,11 +54,12 @@ class ReluBranchOptions:
     fsb_candidates: int = 12
     # FSB's children bounds: "spec": the spec rows over the parent's intermediate bounds
     # with the phase imposed; "layers": the layers after the split back-substituted too
-    # (no alpha steps; measured slower: 49.8 s against 40.3 s on the instance below)
+    # (side by side with babsr, load 1-2: 15.3 s / 26.9 s on the int4 instance above,
+    # 8.4 / 11.2 s and 24.5 / 10.6 s and 14.7 / 4.9 s on mnist-net_256x4 balls)
     lookahead: str = "spec"
-    # "spec": alpha-CROWN steps from the parent's slopes (the first iterate is the
-    # bound with the parent's slopes; 0: plain CROWN slopes, which rank candidates
-    # badly: 8 candidates took 2020+ branches on the instance above, 492 with 1 step)
+    # alpha-CROWN steps from the parent's slopes (the first iterate is the bound with
+    # the parent's slopes; 0: plain CROWN slopes, which rank candidates badly: 8
+    # candidates took 2020+ branches on the instance above, 492 with 1 step)
     lookahead_alpha_iterations: int = 1
 
     def __post_init__(self):

@@ -135,7 +135,7 @@ class ReluSplitting:
         batched call (chunked; None when out of time).  "spec": the parent's
         intermediate bounds with the phase imposed (sound: a child's pre-activations
         lie within its parent's bounds); "layers": the layers after the split
-        back-substituted again from those."""
+        back-substituted again from those.  Alpha steps start from the parent's slopes."""
         c = cand.shape[1]
         offsets = np.cumsum([0] + list(self.net.hidden_sizes))
         layer = (np.searchsorted(offsets, cand, side="right") - 1).ravel()  # (b*c,)
@@ -154,6 +154,7 @@ class ReluSplitting:
         lo = torch.from_numpy(np.stack([batch[i].lo for i in parent]))
         hi = torch.from_numpy(np.stack([batch[i].hi for i in parent]))
         spec, infeasible = [], []
+        alpha_init = lambda s, e: None if res.alphas is None else [a[sel[s:e]] for a in res.alphas]
         for s in range(0, len(parent), self.LOOKAHEAD_CHUNK):  # deadline checked per chunk
             if self.time_left() <= 0:
                 return None
@@ -161,13 +162,14 @@ class ReluSplitting:
             if self.opt.relu_branching.lookahead == "layers":  # the parent's bounds and the
                 # phase: bound() back-substitutes the layers after the new split
                 r = self.prop.bound(lo[s:e], hi[s:e], self.C, self.d, [p[s:e] for p in phase],
-                                    [(l[s:e], u[s:e]) for l, u in fixed], refine=self._refine_all())
+                                    [(l[s:e], u[s:e]) for l, u in fixed], refine=self._refine_all(),
+                                    alpha_iterations=self.opt.relu_branching.lookahead_alpha_iterations,
+                                    alpha_init=alpha_init(s, e))
             else:
                 r = self.prop.spec_bound(lo[s:e], hi[s:e], self.C, self.d,
                                          [l[s:e] for l in lower], [u[s:e] for u in upper],
                                          self.opt.relu_branching.lookahead_alpha_iterations,
-                                         alpha_init=None if res.alphas is None else
-                                         [a[sel[s:e]] for a in res.alphas])
+                                         alpha_init=alpha_init(s, e))
             self.stats.bound_evaluations += e - s
             spec.append(r.spec_lower.numpy())
             infeasible.append(r.infeasible.numpy())
