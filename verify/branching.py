@@ -1,5 +1,6 @@
 """How branch and bound splits an open branch: bisection of the input box (with a
-look-ahead over the most promising dimensions) or a phase split of one unstable ReLU.
+look-ahead over the most promising dimensions); ReLU phase splits are chosen in
+:mod:`verify.relu_branching`.
 
 :class:`Splitting` is a mixin of :class:`verify.search.RegionSearch`: its methods read
 the search's network (``net``), options (``opt``), propagator (``prop``), spec rows
@@ -9,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .relu_branching import ReluSplitting
 from .search_types import Node
 
 
-class Splitting:
+class Splitting(ReluSplitting):
     """The branch-splitting half of :class:`verify.search.RegionSearch`."""
 
     def _split_inputs(self, batch, res, spec_lower, refuted, idx) -> list:
@@ -74,8 +76,6 @@ class Splitting:
             return out
         return self._split_by_coefficients(list(zip(cands, idx)), res, spec_lower, refuted)
 
-    LOOKAHEAD_CHUNK = 512
-
     def _split_by_coefficients(self, items, res, spec_lower, refuted) -> list:
         """Bisect the dimension with the largest sum over open rows of
         |input coefficient| * width."""
@@ -124,39 +124,3 @@ class Splitting:
         right_lo = node.lo.copy(); right_lo[dim] = mid
         return [Node(node.lo, left_hi, None, parent, node.depth + 1, parent_spec=parent_spec),
                 Node(right_lo, node.hi, None, parent, node.depth + 1, parent_spec=parent_spec)]
-
-    def _worst_row(self, spec_lower_row: np.ndarray, refuted_row: np.ndarray) -> int:
-        """The open conjunction furthest from refuted, and its most promising row."""
-        open_conj = np.flatnonzero(~refuted_row)
-        best_rows = [self._best_row(spec_lower_row, j) for j in open_conj]
-        return best_rows[int(np.argmin([spec_lower_row[r] for r in best_rows]))]
-
-    def _best_row(self, spec_lower_row: np.ndarray, conj: int) -> int:
-        rows = np.flatnonzero(self.owner == conj)
-        return int(rows[np.argmax(spec_lower_row[rows])])
-
-    def _split_relu(self, node: Node, res, i, layer_b, spec_lower_row, refuted_row):
-        """Split the unstable ReLU with the largest relaxation gap weighted by
-        its back-substitution coefficient for the worst open row."""
-        worst = self._worst_row(spec_lower_row, refuted_row)
-        best, best_score = None, 0.0
-        for k in range(self.prop.n_hidden):
-            l, u = layer_b[k]
-            unst = (l < 0) & (u > 0)
-            if not unst.any():
-                continue
-            lam = res.layer_coeffs[k][i, worst].numpy()
-            gap = np.where(unst, u * -l / np.where(unst, u - l, 1.0), 0.0)
-            score = np.abs(lam) * gap + 1e-9 * gap
-            j = int(np.argmax(score))
-            if score[j] > best_score:
-                best, best_score = (k, j), score[j]
-        if best is None:
-            return None
-        k, j = best
-        children = []
-        for phase in (1, -1):
-            sp = [s.copy() for s in node.splits]
-            sp[k][j] = phase
-            children.append(Node(node.lo, node.hi, sp, layer_b, node.depth + 1))
-        return children

@@ -42,6 +42,43 @@ class GraphBoundOptions:
 
 
 @dataclass(frozen=True)
+class ReluBranchOptions:
+    """How ReLU-split branch and bound picks the neuron to split (see
+    :mod:`verify.relu_branching`; graph networks always use "gap")."""
+
+    # "gap": |coefficient| * relaxation gap; "babsr": the BaBSR score; "fsb": filtered
+    # smart branching, a look-ahead over the best few by BaBSR (and the best by gap)
+    # (babsr by default: side by side at 60 s on 18 MNIST-FC instances it decided 2 that
+    # gap did not and was as fast or faster on the rest; fsb decided 2 of babsr's in half
+    # its time but took 5.7x longer on one and timed out on another -- see
+    # benchmarks/relu_branching_benchmark.py and the README)
+    heuristic: str = "babsr"
+    # FSB: this many by BaBSR per branch (plus the best by gap); on mnist-net_256x2 int4
+    # prop_0_0.03 (with one alpha step): 4: 1374 branches, 8: 492, 12: 238, 16: 286, 24: 262
+    fsb_candidates: int = 12
+    # FSB's children bounds: "spec": the spec rows over the parent's intermediate bounds
+    # with the phase imposed; "layers": the layers after the split back-substituted too
+    # (side by side with babsr, load 1-2: 15.3 s / 26.9 s on the int4 instance above,
+    # 8.4 / 11.2 s and 24.5 / 10.6 s and 14.7 / 4.9 s on mnist-net_256x4 balls)
+    lookahead: str = "spec"
+    # alpha-CROWN steps from the parent's slopes (the first iterate is the bound with
+    # the parent's slopes; 0: plain CROWN slopes, which rank candidates badly: 8
+    # candidates took 2020+ branches on the instance above, 492 with 1 step)
+    lookahead_alpha_iterations: int = 1
+
+    def __post_init__(self):
+        if self.heuristic not in ("gap", "babsr", "fsb"):
+            raise OptionError(f"heuristic must be gap, babsr or fsb, got {self.heuristic!r}")
+        if self.fsb_candidates < 1:
+            raise OptionError(f"fsb_candidates must be >= 1, got {self.fsb_candidates}")
+        if self.lookahead not in ("spec", "layers"):
+            raise OptionError(f"lookahead must be spec or layers, got {self.lookahead!r}")
+        if self.lookahead_alpha_iterations < 0:
+            raise OptionError("lookahead_alpha_iterations must be >= 0, got "
+                              f"{self.lookahead_alpha_iterations}")
+
+
+@dataclass(frozen=True)
 class VerifyOptions:
     timeout: float = 60.0  # wall-clock seconds for the whole property (hard)
     attack_restarts: int = 8  # gradient-attack random restarts per round
@@ -101,6 +138,7 @@ class VerifyOptions:
     seed: int = 0
     use_z3: bool = True
     graph_bounds: GraphBoundOptions = GraphBoundOptions()  # graph networks (CNNs) only
+    relu_branching: ReluBranchOptions = ReluBranchOptions()  # ReLU splitting: which neuron
 
     def __post_init__(self):
         check_timeout(self.timeout)

@@ -284,8 +284,7 @@ class RegionSearch(Splitting):
             if self.input_split:
                 children = self._split_inputs(batch, res, spec_lower, refuted, [i for i, _ in to_split])
             else:
-                children = [self._split_relu(batch[i], res, i, lb, spec_lower[i], refuted[i])
-                            for i, lb in to_split]
+                children = self._split_relus(batch, res, to_split, spec_lower, refuted)
                 # every ReLU of these is fixed: the branch is a linear program, whose
                 # Lagrangian dual (beta-CROWN) is exact at convergence: optimise longer
                 stuck = [k for k, pair in enumerate(children) if pair is None]
