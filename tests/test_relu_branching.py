@@ -159,7 +159,8 @@ def test_digits_verdicts_agree_with_exact_milp(digits_mlp):
         verdicts.add(truth)
         for heuristic in ("babsr", "fsb"):
             opts = VerifyOptions(timeout=60, input_split_max=0, use_z3=False, attack_max_s=0.0,
-                                 random_samples=0, relu_branching=ReluBranchOptions(
+                                 random_samples=0, attack_far_share=0.0,
+                                 attack_search_share=0.0, relu_branching=ReluBranchOptions(
                                      heuristic, fsb_candidates=3))
             res = verify_property(net, prop, opts)
             assert res.status.value == ("holds" if truth else "violated"), (idx, eps, heuristic)

@@ -345,7 +345,13 @@ class BoundPropagator:
                         if b is not None:
                             b.clamp_(min=0.0)
         with torch.no_grad():
-            if not exact:  # the kept slopes and multipliers, evaluated in float64
+            if not exact:  # the last step's slopes and multipliers are an iterate too
+                cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
+                                          betas=betas, signs=signs)
+                better = cur.sum(-1) > kept_total
+                kept = [torch.where(better.view(-1, *[1] * (p.dim() - 1)), p.detach(), q)
+                        for p, q in zip(params, kept)]
+                # the kept slopes and multipliers, evaluated in float64
                 alphas = [a.to(lam.dtype) for a in kept[:len(alphas)]]
                 it = iter(kept[len(alphas):])
                 betas = None if betas is None else \
