@@ -68,8 +68,6 @@ def _peak_mib() -> float:
 
 def _worker(conn, cross_check: float):
     """Verify the instances sent over ``conn`` one at a time."""
-    import numpy as np
-
     from verify.api import VerifyOptions, load_network, load_property, verify_property
     from verify.errors import CoreproofError
     while True:

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import csv
 import importlib
-import io
 import contextlib
 import os
 import signal
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 

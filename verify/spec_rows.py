@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .bounds import refute_conjunction
 from .properties import Region
 
 
@@ -49,3 +48,39 @@ def refuted_conjunctions(res, owner, n_conj: int, lo: np.ndarray, hi: np.ndarray
                                         lo[todo], hi[todo])
                 out[todo[ok], j] = True
     return out
+
+
+def refute_conjunction(coeffs: np.ndarray, const: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                       iterations: int = 40) -> np.ndarray:
+    """Refute conjunctions of linear lower bounds over boxes.
+
+    ``coeffs``: (B, m, n), ``const``: (B, m) with row_j(x) >= coeffs_j @ x + const_j.
+    The conjunction "all rows <= 0" is impossible on a box when some convex
+    combination ``lam`` of the rows has a positive minimum over the box.
+    Maximises that minimum by projected supergradient ascent over ``lam``;
+    returns (B,) booleans (True: refuted, soundly widened for rounding)."""
+    B, m, n = coeffs.shape
+    lam = np.full((B, m), 1.0 / m)
+    best = np.full(B, -np.inf)
+    scale = 1.0 + np.abs(const).sum(1) + (np.abs(coeffs) * np.maximum(np.abs(lo), np.abs(hi))[:, None, :]).sum((1, 2))
+    step = 1.0
+    for it in range(iterations):
+        a = np.einsum("bm,bmn->bn", lam, coeffs)
+        xmin = np.where(a > 0, lo, hi)
+        value = np.einsum("bm,bm->b", lam, const) + (a * xmin).sum(1)
+        best = np.maximum(best, value)
+        grad = const + np.einsum("bmn,bn->bm", coeffs, xmin)
+        g = grad / (np.abs(grad).max(1, keepdims=True) + 1e-300)
+        lam = _project_simplex(lam + step * g / (1.0 + it))
+    return best - 1e-9 * scale > 0
+
+
+def _project_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection of each row of ``v`` onto the probability simplex."""
+    u = -np.sort(-v, axis=1)
+    css = np.cumsum(u, axis=1) - 1.0
+    idx = np.arange(1, v.shape[1] + 1)
+    cond = u - css / idx > 0
+    rho = cond.shape[1] - 1 - np.argmax(cond[:, ::-1], axis=1)
+    theta = css[np.arange(v.shape[0]), rho] / (rho + 1)
+    return np.maximum(v - theta[:, None], 0.0)
