@@ -70,13 +70,16 @@ def _wide_region_net(seed=4, n=30, eps=0.07):
 
 
 def test_a_far_root_bound_buys_a_longer_falsification(monkeypatch):
-    """When the root bound lies further below zero than the attack's best margin lies
-    above it, the verifier falsifies a second time with attack_far_share of the
-    timeout; when the attack got closer to zero than the bound, it does not."""
+    """On a graph network, when the root bound lies further below zero than the
+    attack's best margin lies above it, the verifier falsifies a second time with
+    attack_far_share of the timeout; when the attack got closer to zero than the
+    bound, it does not; a chain never does (its search interleaves attack rounds)."""
     import verify.verifier as verifier
+    from verify.graph import chain_graph
     from verify.options import VerifyOptions
 
-    net, prop = _wide_region_net()
+    chain, prop = _wide_region_net()
+    net = chain_graph(chain)
     calls = []
 
     def fake(attacker, region, r, rng, options, stats, starts, until):
@@ -92,4 +95,8 @@ def test_a_far_root_bound_buys_a_longer_falsification(monkeypatch):
         assert len(calls) == (2 if second else 1)
         if second:
             assert 0.5 < calls[1] <= 1.0  # half the timeout
+    margin = 1e-3
+    calls.clear()
+    verifier.verify_property(chain, prop, opts)
+    assert len(calls) == 1
 

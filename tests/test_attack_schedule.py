@@ -31,6 +31,7 @@ def test_rounds_are_scheduled_by_their_share_and_start_from_the_given_points():
     sched = InterleavedAttack(net, region, 0, VerifyOptions(attack_restarts=1), stats, far)
     assert not sched.due()  # not before the search has run for a while
     sched.next_at = time.monotonic() - 1.0
+    sched.started -= 100.0  # a search 100 s old: the round may take 10 s (not a timing test)
     assert sched.due()
     # a start next to the corner: PGD walks into it (random restarts alone rarely do)
     t0 = time.monotonic()
@@ -45,9 +46,13 @@ def test_rounds_are_scheduled_by_their_share_and_start_from_the_given_points():
     assert stats.attack_restarts >= 2
 
 
-def test_the_interleaved_attack_finds_a_counterexample_the_up_front_one_misses(data_dir):
+def test_the_interleaved_attack_finds_a_counterexample_the_up_front_one_misses(data_dir,
+                                                                             monkeypatch):
     """mnist-net_256x2 prop_0_0.05 is violated (VNN-COMP 2021, nine tools); the up-front
-    attack misses it, PGD from the open branches' bound minimisers finds it."""
+    attack misses it, PGD from the open branches' bound minimisers finds it (the
+    search's own check of the minimisers is switched off here: it sometimes hits too)."""
+    import verify.search
+    monkeypatch.setattr(verify.search, "confirm_batch", lambda *args: None)
     net = load_network(data_dir / "mnistfc" / "mnist-net_256x2.onnx")
     prop = load_property(data_dir / "mnistfc" / "prop_0_0.05.vnnlib", net)
     res = verify_property(net, prop, VerifyOptions(timeout=20))

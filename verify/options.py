@@ -86,11 +86,10 @@ class VerifyOptions:
     random_samples: int = 2000  # random points tried before attacking
     attack_time_share: float = 0.03  # of the timeout, for falsification before the search ...
     attack_max_s: float = 0.1  # ... but at most this long (one round)
-    # then, when the root bound is further below zero than attack_far_ratio times the
-    # attack's best margin is above it (branch and bound has far to go, a
-    # counterexample may be near), this share of the timeout more, at most
-    # attack_far_max_s (ratio 2: mnist-net_256x2 holds at bound -0.56 / margin +0.49
-    # and -0.95 / +0.81 by branch and bound in seconds, and skip it)
+    # then, on graph networks (CNNs, residual nets), when the root bound is further
+    # below zero than attack_far_ratio times the attack's best margin is above it
+    # (branch and bound has far to go, a counterexample may be near), this share of
+    # the timeout more, at most attack_far_max_s (chains: see verifier.py)
     attack_far_share: float = 0.1
     attack_far_max_s: float = 60.0
     attack_far_ratio: float = 2.0
