@@ -498,3 +498,29 @@ def test_bound_core_closes_the_box_and_no_neuron_can_be_dropped(digits_mlp):
                                                    equivalence_transfer=False))
         assert lazy.reuse.closed_by_bound_core == 0 and lazy.status == r.status
     assert "reuse-bound-core" in methods
+
+
+def test_a_long_proof_gets_a_quick_attack_before_its_walk(digits_mlp):
+    """A variant broken at the centre: with attack_first_proof_s below the proof's time
+    the quick attack decides it before any leaf is re-checked (method "attack"); with
+    it above, the walk runs first (another method); both replay the counterexample."""
+    net, X, _ = digits_mlp
+    i, eps = 0, 0.03
+    target = int(np.argmax(net.forward(X[i])))
+    prop = local_robustness(X[i], eps, target, 10)
+    proof = build_proof(net, prop, OPTS)
+    assert proof.status == "holds"
+    last = net.affines[-1]
+    other = (target + 1) % 10
+    y = net.forward(X[i])
+    bias = last.bias.copy()
+    bias[other] += (y[target] - y[other]) + 0.01
+    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    methods = {}
+    for first in (0.0, float("inf")):
+        ropt = dataclasses.replace(ReuseOptions(), attack_first_proof_s=first)
+        r = reverify(net, broken, prop, OPTS, reuse_options=ropt, proof=proof)
+        assert r.status.value == "violated", (r.method, r.reason)
+        _replays(prop, broken, r.counterexample)
+        methods[first] = r.method
+    assert methods[0.0] == "attack" and methods[float("inf")] != "attack", methods

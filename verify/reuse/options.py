@@ -59,6 +59,10 @@ class ReuseOptions:
     refine_rounds: int = 8  # core-guided rounds per branch before the full query
     bounds_first: bool = True  # close branches by the variant's own bounds before any Z3
     attack: bool = True  # quick attack on a region when some branch stays open
+    # ... and before walking a proof whose original took at least this long (its tree
+    # takes seconds to walk: the violated variants of ACAS Xu 3_3 prop 2, a 9,606-leaf
+    # tree, took reuse 2.3-3.4 s and scratch's short up-front attack 0.007-0.1 s)
+    attack_first_proof_s: float = 1.0
     fallback: bool = True  # verify from scratch when the proof does not carry over
     reuse_share: float = 0.5  # of the timeout for the reuse attempt; the fallback gets the rest
     # ... except for branch and bound on the proof's branches still open: that search

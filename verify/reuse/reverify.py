@@ -161,9 +161,16 @@ def reverify(original: Network, variant, prop: Property,
         reuser.root_tried = root_tried
         if reuse_options.continue_open_search:
             reuser.open_search_until = t0 + options.timeout
-        # no falsification up front: the branches' own candidates and an attack on
-        # any region with a branch left open find a counterexample (a proof that
-        # carries over needs neither)
+        # no falsification up front for a quick proof: the branches' own candidates and
+        # an attack on any region with a branch left open find a counterexample (a proof
+        # that carries over needs neither); a long one gets a quick attack first
+        if reuse_options.attack and proof.time_s >= reuse_options.attack_first_proof_s:
+            for r, region in enumerate(prop.regions):
+                cex = reuser.attack(region, r, quick=True)
+                if cex is not None and searched is not variant:  # replayed on the variant
+                    cex = confirm_batch(variant, region, r, np.array(cex.input)[None, :])
+                if cex is not None:
+                    return done(Status.VIOLATED, "attack", cex)
         for r, region in enumerate(prop.regions):
             cex = reuser.region(region, r, proof)
             if cex is not None and searched is not variant:  # replayed on the variant itself
