@@ -229,9 +229,10 @@ def test_every_core_is_unsat_and_minimal():
 
 
 # ---- broken variants -------------------------------------------------------------------
-def test_broken_digits_variant_is_violated_never_reused_holds(digits_mlp):
+def _broken_at_centre(digits_mlp, i=0, eps=0.03):
+    """(original, robustness property at test image ``i``, its proof, a variant whose
+    small bias change makes another class win at the centre: misclassified)."""
     net, X, _ = digits_mlp
-    i, eps = 0, 0.03
     target = int(np.argmax(net.forward(X[i])))
     prop = local_robustness(X[i], eps, target, 10)
     proof = build_proof(net, prop, OPTS)
@@ -239,10 +240,14 @@ def test_broken_digits_variant_is_violated_never_reused_holds(digits_mlp):
     last = net.affines[-1]
     other = (target + 1) % 10
     y = net.forward(X[i])
-    # a small bias change that makes `other` win at the centre: misclassified
     bias = last.bias.copy()
     bias[other] += (y[target] - y[other]) + 0.01
     broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    return net, prop, proof, broken
+
+
+def test_broken_digits_variant_is_violated_never_reused_holds(digits_mlp):
+    net, prop, proof, broken = _broken_at_centre(digits_mlp)
     r = reverify(net, broken, prop, OPTS, proof=proof)
     assert r.status.value == "violated", (r.method, r.reason)
     _replays(prop, broken, r.counterexample)
@@ -504,18 +509,7 @@ def test_a_long_proof_gets_a_quick_attack_before_its_walk(digits_mlp):
     """A variant broken at the centre: with attack_first_proof_s below the proof's time
     the quick attack decides it before any leaf is re-checked (method "attack"); with
     it above, the walk runs first (another method); both replay the counterexample."""
-    net, X, _ = digits_mlp
-    i, eps = 0, 0.03
-    target = int(np.argmax(net.forward(X[i])))
-    prop = local_robustness(X[i], eps, target, 10)
-    proof = build_proof(net, prop, OPTS)
-    assert proof.status == "holds"
-    last = net.affines[-1]
-    other = (target + 1) % 10
-    y = net.forward(X[i])
-    bias = last.bias.copy()
-    bias[other] += (y[target] - y[other]) + 0.01
-    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    net, prop, proof, broken = _broken_at_centre(digits_mlp)
     methods = {}
     for first in (0.0, float("inf")):
         ropt = dataclasses.replace(ReuseOptions(), attack_first_proof_s=first)
