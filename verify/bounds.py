@@ -331,12 +331,7 @@ class BoundPropagator:
             if exact:
                 best = torch.maximum(best, cur.detach())
             else:
-                with torch.no_grad():
-                    total = cur.sum(-1)
-                    better = total > kept_total
-                    kept_total = torch.where(better, total, kept_total)
-                    kept = [torch.where(better.view(-1, *[1] * (p.dim() - 1)), p, q)
-                            for p, q in zip(params, kept)]
+                kept_total, kept = _keep_better(cur, params, kept_total, kept)
             opt.zero_grad()
             (-cur.sum()).backward()
             opt.step()
@@ -349,9 +344,7 @@ class BoundPropagator:
             if not exact:  # the last step's slopes and multipliers are an iterate too
                 cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
                                           betas=betas, signs=signs)
-                better = cur.sum(-1) > kept_total
-                kept = [torch.where(better.view(-1, *[1] * (p.dim() - 1)), p.detach(), q)
-                        for p, q in zip(params, kept)]
+                _, kept = _keep_better(cur, params, kept_total, kept)
                 # the kept slopes and multipliers, evaluated in float64
                 alphas = [a.to(lam.dtype) for a in kept[:len(alphas)]]
                 it = iter(kept[len(alphas):])
@@ -485,6 +478,17 @@ class BoundPropagator:
         const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d, guide,
                            alphas)
+
+
+def _keep_better(cur: torch.Tensor, params, kept_total: torch.Tensor, kept):
+    """Per branch, the parameters of iterate ``cur`` (its bound (B, m)) where its total
+    beats ``kept_total``, else the ``kept`` ones: (new totals, new kept parameters)."""
+    with torch.no_grad():
+        total = cur.sum(-1)
+        better = total > kept_total
+        return (torch.where(better, total, kept_total),
+                [torch.where(better.view(-1, *[1] * (p.dim() - 1)), p.detach(), q)
+                 for p, q in zip(params, kept)])
 
 
 def layer_bounds(network: Network, lower, upper) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -91,6 +91,16 @@ def reverify(original: Network, variant, prop: Property,
         if not reuse_options.graph_difference or isinstance(variant, Network):
             return None
         return root_candidates(variant, prop, proof, trees_only=False)
+
+    def quick_attack(start_of=lambda r: None):
+        """A quick attack on the variant itself, region by region (``start_of(r)``:
+        extra PGD starts or None); the first counterexample, or None."""
+        quick = Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
+        for r, region in enumerate(prop.regions):
+            cex = quick.attack(region, r, quick=True, starts=start_of(r))
+            if cex is not None:
+                return cex
+        return None
     try:
         if proof.status == "violated" and proof.counterexample is not None:
             # the original's counterexample, re-run on the variant (a witness is only
@@ -109,15 +119,13 @@ def reverify(original: Network, variant, prop: Property,
                     lambda net, cmap: Reuser(net, cmap, options, reuse_options, stats,
                                               t0 + reuse_options.reuse_share * options.timeout)):
                 return done(Status.HOLDS, "reuse-difference-root")
-            if reuse_options.attack:  # the variant is likely broken too: a quick attack
-                quick = Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
-                for r, region in enumerate(prop.regions):
-                    # PGD from the original's counterexample first: it usually sits
-                    # next to the variant's
-                    start = np.array(c.input, dtype=np.float64)[None, :] if r == c.region else None
-                    cex = quick.attack(region, r, quick=True, starts=start)
-                    if cex is not None:
-                        return done(Status.VIOLATED, "attack", cex)
+            if reuse_options.attack:  # the variant is likely broken too: a quick attack,
+                # PGD from the original's counterexample first (it usually sits next to
+                # the variant's)
+                cex = quick_attack(lambda r: np.array(c.input, dtype=np.float64)[None, :]
+                                   if r == c.region else None)
+                if cex is not None:
+                    return done(Status.VIOLATED, "attack", cex)
         if proof.status != "holds":
             cex = graph_candidates() if proof.status != "violated" else None
             if cex is not None:
@@ -165,12 +173,9 @@ def reverify(original: Network, variant, prop: Property,
         # an attack on any region with a branch left open find a counterexample (a proof
         # that carries over needs neither); a long one gets a quick attack first
         if reuse_options.attack and proof.time_s >= reuse_options.attack_first_proof_s:
-            for r, region in enumerate(prop.regions):
-                cex = reuser.attack(region, r, quick=True)
-                if cex is not None and searched is not variant:  # replayed on the variant
-                    cex = confirm_batch(variant, region, r, np.array(cex.input)[None, :])
-                if cex is not None:
-                    return done(Status.VIOLATED, "attack", cex)
+            cex = quick_attack()
+            if cex is not None:
+                return done(Status.VIOLATED, "attack", cex)
         for r, region in enumerate(prop.regions):
             cex = reuser.region(region, r, proof)
             if cex is not None and searched is not variant:  # replayed on the variant itself
