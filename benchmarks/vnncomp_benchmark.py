@@ -2,7 +2,7 @@
 
     python benchmarks/vnncomp_benchmark.py [--only NAME ...] [--timeout-scale 1.0]
                                            [--limit N] [--every K] [--max-timeout S]
-                                           [--jsonl results.jsonl]
+                                           [--jsonl results.jsonl] [--unknown-in OLD.jsonl]
                                            [--cross-check SECONDS]
 
 Benchmarks: ``acasxu`` (properties 1-4 on all 45 networks), ``mnist``
@@ -18,7 +18,9 @@ than a grace period; that instance counts as ``unknown``. Every ``violated``
 comes with a counterexample the verifier re-ran on the float64 network; this
 script replays it once more. ``--cross-check S`` additionally attacks every
 ``holds`` for S seconds with a different seed: a counterexample found there is
-a wrong verdict (printed and counted).
+a wrong verdict (printed and counted). ``--unknown-in OLD.jsonl`` runs only the
+instances that an earlier run (its ``--jsonl``) left unknown, e.g. again at the
+instance timeouts after a run at ``--max-timeout 60``.
 
 Prints per benchmark: instances, solved, holds, violated, unknown, errors,
 wrong, median time (all instances, unknown at their time), median solved time,
@@ -162,9 +164,19 @@ class _Runner:
             self.proc.join(10)
 
 
+def unknown_in(path: str) -> set[tuple[str, str]]:
+    """(network stem, property file name) of the instances a results file left unknown."""
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return {(r["network"], r["property"] + ".vnnlib") for r in lines if r["status"] == "unknown"}
+
+
 def run(name: str, scale: float, limit: int | None, cross_check: float, out,
-        every: int = 1, max_timeout: float | None = None) -> dict:
-    rows = instances(name)[::every][:limit]
+        every: int = 1, max_timeout: float | None = None, only=None) -> dict:
+    rows = instances(name)
+    if only is not None:
+        rows = [r for r in rows if (r[0].stem, r[1].name) in only]
+    rows = rows[::every][:limit]
     counts = {"holds": 0, "violated": 0, "unknown": 0, "error": 0}
     times, solved_times, wrong = [], [], 0
     runner = _Runner(cross_check)
@@ -207,6 +219,8 @@ def main():
                     help="every K-th instance (a spread sample; --limit applies after)")
     ap.add_argument("--cross-check", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--jsonl")
+    ap.add_argument("--unknown-in", metavar="OLD.jsonl",
+                    help="only the instances this earlier results file left unknown")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"benchmark data not found at {DATA}")
@@ -215,7 +229,7 @@ def main():
     for name in args.only or [n for n in CSV if n != "mnistfc"]:  # (mnist: its 256x2 part)
         t0 = time.monotonic()
         s = run(name, args.timeout_scale, args.limit, args.cross_check, out, args.every,
-                args.max_timeout)
+                args.max_timeout, unknown_in(args.unknown_in) if args.unknown_in else None)
         s["wall_s"] = round(time.monotonic() - t0, 1)
         summaries.append(s)
     print("| benchmark | instances | solved | holds | violated | unknown | error | wrong "

@@ -219,3 +219,46 @@ def test_report_end_to_end_and_hard_pairs(tmp_path):
     assert head["hard_total_ratio"] == pytest.approx(7.0 / 0.6)
     page = render_html(rows)
     assert "End to end per original" in page and f"{head['end_to_end']:.2f}x" in page
+
+
+def test_leaves_left_open_are_searched_within_a_share_then_the_tree_is_walked(
+        split_proof, monkeypatch):
+    """Leaves the tiers leave open are searched on the original's leaf domains for
+    ``leaf_search_share`` of the original's time; past it the tree is walked on the
+    variant instead, and the verdict is scratch's either way."""
+    import verify.reuse.tree as tree
+
+    net, prop, proof = split_proof
+    variant = compress(net, "int16")
+    scratch = verify_property(variant.network, prop, OPTS).status
+
+    def nothing_closed(self, idx, max_open_leaves, backsub=True):  # sound: claims no closure
+        free = {i: [(torch.full((n,), -np.inf, dtype=torch.float64),
+                     torch.full((n,), np.inf, dtype=torch.float64))
+                    for n in net.hidden_sizes] for i in idx}
+        return list(idx), free
+    tier2 = tree.TreeCheck._tier2
+
+    def tier2_all_open(self, idx, moved_of):
+        _, res, rows = tier2(self, idx, moved_of)
+        return list(idx), res, rows
+    walks = []
+    walk = tree.TreeWalk.run
+
+    def counted_walk(self, region, r):
+        walks.append(r)
+        return walk(self, region, r)
+    monkeypatch.setattr(tree.TreeCheck, "_tiers01", nothing_closed)
+    monkeypatch.setattr(tree.TreeCheck, "_tier2", tier2_all_open)
+    monkeypatch.setattr(tree.TreeWalk, "run", counted_walk)
+    verdicts = {}
+    for share in (0.0, 50.0):
+        walks.clear()
+        ropt = ReuseOptions(tree_max_open=1.0, leaf_search_share=share)
+        r = reverify(net, variant, prop, OPTS, reuse_options=ropt, proof=proof)
+        assert not r.reuse.fallback, r.reuse.fallback_reason
+        verdicts[share] = (r.status, len(walks))
+        if r.reuse.closed_at_root:  # the variant's own root bound closed it: nothing to see
+            pytest.skip("the variant closes at its root")
+    assert verdicts[0.0] == (scratch, 1)  # no time for the leaves: walked
+    assert verdicts[50.0] == (scratch, 0)  # the leaves closed by their own search

@@ -60,12 +60,18 @@ def split_facts(splits) -> tuple[str, ...]:
                  for k, s in enumerate(splits) for i in np.flatnonzero(s))
 
 
+def parse_fact(fact: str) -> tuple[tuple[int, int], int]:
+    """``"L1.N7.active"`` -> ((1, 7), +1); ``inactive`` -> -1."""
+    layer, neuron, phase = fact.split(".")
+    return (int(layer[1:]), int(neuron[1:])), (1 if phase == "active" else -1)
+
+
 def split_arrays(facts, hidden_sizes) -> list[np.ndarray]:
     """The inverse of :func:`split_facts`."""
     arrays = [np.zeros(n, dtype=np.int8) for n in hidden_sizes]
     for f in facts:
-        layer, neuron, phase = f.split(".")
-        arrays[int(layer[1:])][int(neuron[1:])] = 1 if phase == "active" else -1
+        (layer, neuron), phase = parse_fact(f)
+        arrays[layer][neuron] = phase
     return arrays
 
 

@@ -28,6 +28,12 @@ class ReuseOptions:
     # domains against 4.9 s walking the tree on the variant; 3 of 40 open after
     # the symbolic tier, 3.0-3.6 s against 3.9-4.6 s, 2 cores under load)
     tree_max_open: float = 0.1
+    # the leaves still open after the variant's own bounds are searched on the
+    # original's leaf domains for at most this share of the original's verification
+    # time, else the tree is walked (mnist-net_256x4 image 7, int16: at eps 0.01 one
+    # open leaf closed in one split, 0.34 s against 1.5 s walking; at eps 0.011 17 open
+    # leaves took 37 s to search, against 13 s walking the tree)
+    leaf_search_share: float = 0.25
     # the leaves the interval change bound leaves open get the symbolic one
     # (verify.diffbounds: both networks back-substituted together) when the interval
     # bound lost at most this many times the original's margin there, after tier 1
@@ -116,6 +122,8 @@ class ReuseOptions:
                      "difference_backsub_max_loss"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.leaf_search_share < 0:
+            raise OptionError(f"leaf_search_share must be >= 0, got {self.leaf_search_share}")
         if not 0.0 < self.reuse_share <= 1.0:
             raise OptionError(f"reuse_share must be in (0, 1], got {self.reuse_share}")
         if self.refine_rounds < 0 or self.core_max_unstable < -1:

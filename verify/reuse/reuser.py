@@ -344,11 +344,13 @@ class Reuser(CoreChecks):
         """Confirm the bound minimisers and midpoints of a batch's open branches."""
         return confirm_batch(self.net, region, r, np.vstack([it[5] for it in batch]))
 
-    def attack(self, region: Region, r: int, quick: bool, starts=None):
-        """Sampling + PGD on the variant (``starts``: extra PGD starting points)."""
+    def attack(self, region: Region, r: int, quick: bool, starts=None, budget=None):
+        """Sampling + PGD on the variant (``starts``: extra PGD starting points;
+        ``budget``: seconds, by default 0.2 quick and 1.0 otherwise)."""
         if self.attacker is None:
             self.attacker = Attacker(self.net)
-        budget = min(0.2 if quick else 1.0, max(self.left(), 0.0))
+        budget = min(budget if budget is not None else 0.2 if quick else 1.0,
+                     max(self.left(), 0.0))
         cex, _ = self.attacker.attack(region, r, self.rng, time.monotonic() + budget,
                                       restarts=2 if quick else self.opt.attack_restarts,
                                       steps=10 if quick else self.opt.attack_steps,

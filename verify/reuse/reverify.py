@@ -92,12 +92,15 @@ def reverify(original: Network, variant, prop: Property,
             return None
         return root_candidates(variant, prop, proof, trees_only=False)
 
-    def quick_attack(start_of=lambda r: None):
+    def quick_attack(start_of=lambda r: None, as_scratch=False):
         """A quick attack on the variant itself, region by region (``start_of(r)``:
-        extra PGD starts or None); the first counterexample, or None."""
+        extra PGD starts or None; ``as_scratch``: the restarts, steps and samples of
+        scratch's up-front round, within its attack_max_s); the first counterexample,
+        or None."""
         quick = Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
         for r, region in enumerate(prop.regions):
-            cex = quick.attack(region, r, quick=True, starts=start_of(r))
+            cex = quick.attack(region, r, quick=not as_scratch, starts=start_of(r),
+                               budget=options.attack_max_s if as_scratch else None)
             if cex is not None:
                 return cex
         return None
@@ -173,7 +176,7 @@ def reverify(original: Network, variant, prop: Property,
         # an attack on any region with a branch left open find a counterexample (a proof
         # that carries over needs neither); a long one gets a quick attack first
         if reuse_options.attack and proof.time_s >= reuse_options.attack_first_proof_s:
-            cex = quick_attack()
+            cex = quick_attack(as_scratch=True)
             if cex is not None:
                 return done(Status.VIOLATED, "attack", cex)
         for r, region in enumerate(prop.regions):

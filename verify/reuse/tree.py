@@ -32,11 +32,14 @@ throughout, and the search of tier 3 splits it further (children tile it).
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from ..bounds import TOLERANCE
 from ..search import Node, RegionSearch
+from ..search_types import parse_fact
 from .changes import ChangeMap
 from .derive import GraphChangeMap
 from .difference import hopeful, symbolic_deviation
@@ -230,8 +233,15 @@ class TreeCheck:
             return self._commit()
         if self.reuser.left() <= 0:
             raise TreeOpen("time budget used up re-checking the proof tree")
-        cex = search_open(search, to_split, r, self.stats, "leaves", TreeOpen,
-                          self.reuser.open_search_until)
+        until = self.reuser.open_search_until
+        if not search.input_split and self.reuser.ropt.tree_walk:
+            # the original's phase domain is known here only through the moved bounds,
+            # so the search re-splits it from nothing: within a share of the original's
+            # time, then the tree is walked instead (see ReuseOptions.leaf_search_share)
+            search.deadline = min(search.deadline, time.monotonic() + self.reuser.ropt.
+                                  leaf_search_share * self.stats.original_time_s)
+            until = None
+        cex = search_open(search, to_split, r, self.stats, "leaves", TreeOpen, until)
         if cex is not None:
             return cex
         self.closed["closed_by_split"] += len(to_split)
@@ -351,11 +361,7 @@ class TreeCheck:
 
 
 def _facts(splits) -> dict[tuple[int, int], int]:
-    out = {}
-    for f in splits:
-        layer, neuron, phase = f.split(".")
-        out[(int(layer[1:]), int(neuron[1:]))] = 1 if phase == "active" else -1
-    return out
+    return dict(parse_fact(f) for f in splits)
 
 
 def _fact_names(facts: dict) -> tuple[str, ...]:
