@@ -221,6 +221,17 @@ def test_report_end_to_end_and_hard_pairs(tmp_path):
     assert "End to end per original" in page and f"{head['end_to_end']:.2f}x" in page
 
 
+def _tiers01_closing_nothing(net):
+    """A stand-in for TreeCheck._tiers01 that closes no leaf (sound: it only gives
+    up closures) and moves no bound."""
+    def nothing_closed(self, idx, max_open_leaves, backsub=True):
+        free = {i: [(torch.full((n,), -np.inf, dtype=torch.float64),
+                     torch.full((n,), np.inf, dtype=torch.float64))
+                    for n in net.hidden_sizes] for i in idx}
+        return list(idx), free
+    return nothing_closed
+
+
 def test_leaves_left_open_are_searched_within_a_share_then_the_tree_is_walked(
         split_proof, monkeypatch):
     """Leaves the tiers leave open are searched on the original's leaf domains for
@@ -232,11 +243,7 @@ def test_leaves_left_open_are_searched_within_a_share_then_the_tree_is_walked(
     variant = compress(net, "int16")
     scratch = verify_property(variant.network, prop, OPTS).status
 
-    def nothing_closed(self, idx, max_open_leaves, backsub=True):  # sound: claims no closure
-        free = {i: [(torch.full((n,), -np.inf, dtype=torch.float64),
-                     torch.full((n,), np.inf, dtype=torch.float64))
-                    for n in net.hidden_sizes] for i in idx}
-        return list(idx), free
+    nothing_closed = _tiers01_closing_nothing(net)
     tier2 = tree.TreeCheck._tier2
 
     def tier2_all_open(self, idx, moved_of):
@@ -262,3 +269,30 @@ def test_leaves_left_open_are_searched_within_a_share_then_the_tree_is_walked(
             pytest.skip("the variant closes at its root")
     assert verdicts[0.0] == (scratch, 1)  # no time for the leaves: walked
     assert verdicts[50.0] == (scratch, 0)  # the leaves closed by their own search
+
+
+def test_walk_bounds_interior_nodes_without_alpha_steps(split_proof, monkeypatch):
+    """The walk bounds the original's interior nodes with plain CROWN (alpha steps
+    down to ``walk_alpha_depth`` only) and its leaves from their slopes; the verdict
+    is scratch's."""
+    import verify.reuse.tree as tree
+    from verify.search import RegionSearch
+
+    net, prop, proof = split_proof
+    variant = compress(net, "int8")
+    scratch = verify_property(variant.network, prop, OPTS).status
+    monkeypatch.setattr(tree.TreeCheck, "_tiers01", _tiers01_closing_nothing(net))
+    alphas = []
+    bound = RegionSearch.bound_branches
+
+    def recorded(self, lo, hi, splits, fixed, alpha=None, *args, **kwargs):
+        alphas.append(alpha)
+        return bound(self, lo, hi, splits, fixed, alpha, *args, **kwargs)
+    monkeypatch.setattr(RegionSearch, "bound_branches", recorded)
+    for depth, plain_interior in ((-1, True), (99, False)):
+        alphas.clear()
+        ropt = ReuseOptions(tree_max_open=0.0, walk_alpha_depth=depth)
+        r = reverify(net, variant, prop, OPTS, reuse_options=ropt, proof=proof)
+        assert r.status == scratch
+        assert r.reuse.closed_by_bounds > 0 and not r.reuse.fallback
+        assert (0 in alphas) == plain_interior, alphas

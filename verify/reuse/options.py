@@ -48,6 +48,12 @@ class ReuseOptions:
     # TreeWalk: a node closed prunes its subtree, parents' bounds are inherited);
     # False: its leaves are bounded again one by one, each from scratch
     tree_walk: bool = True
+    # ... with alpha steps on its interior nodes down to this depth only (-1: none;
+    # plain CROWN there: the original did not close them, and alpha steps were 7.2 of
+    # the 9.7 s of bounds of the walk on mnist-net_256x4 image 7 eps 0.011, int16.
+    # Without them: int8 14.1 -> 10.6 s, magnitude 10 % 12.6 -> 8.4 s there; depth 1
+    # measured no better on image 2 at eps 0.01, beside another benchmark)
+    walk_alpha_depth: int = -1
     # a CNN variant with its original's architecture (quantized, magnitude-pruned, or a
     # channel-pruned one's expansion): the original's per-leaf (or root) margins plus an
     # interval bound of the change (verify.reuse.graph_difference), then the variant's

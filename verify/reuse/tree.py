@@ -383,6 +383,36 @@ class TreeWalk:
         self.stats = reuser.stats
         self.facts = [_facts(b.splits) for b in branches]
 
+    def _is_leaf(self, facts: dict, idx) -> bool:
+        return len(idx) == 1 and self.facts[idx[0]] == facts
+
+    def _bound_nodes(self, lo, hi, splits, fixed, leaves, alpha: bool):
+        """(bounds, closed) of a batch of interior nodes (``leaves`` None; ``alpha``:
+        with the search's alpha steps) or of the leaves ``leaves``.  An interior node
+        was open on the original: deep down the tree its bound mostly serves its
+        children's intermediate bounds, so it gets no alpha steps (see
+        ``ReuseOptions.walk_alpha_depth``).  A leaf starts from the original's slopes
+        for ``warm_alpha_iterations`` steps, the ones left open get the search's own."""
+        search, ropt = self.search, self.reuser.ropt
+        if leaves is None:
+            res, _, closed = search.bound_branches(lo, hi, splits, fixed, None if alpha else 0,
+                                                   mode="backward")
+            return res, closed
+        warm = warm_alphas(self.cmap, self.branches, leaves)
+        res, _, closed = search.bound_branches(
+            lo, hi, splits, fixed, ropt.warm_alpha_iterations if warm is not None else None,
+            mode="backward", alpha_init=warm)
+        open_rows = np.flatnonzero(~closed)
+        if len(open_rows) and warm is not None:
+            rows = torch.from_numpy(open_rows)
+            again, _, closed_again = search.bound_branches(
+                lo[rows], hi[rows], [t[rows] for t in splits],
+                None if fixed is None else [(l[rows], u[rows]) for l, u in fixed], None,
+                mode="backward", alpha_init=[a[rows] for a in warm])
+            res.merge_rows(rows, again)
+            closed[open_rows] = closed_again
+        return res, closed
+
     def _node_splits(self, facts: dict) -> list[np.ndarray]:
         from ..search import split_arrays
         return split_arrays(self.cmap.map_splits(_fact_names(facts)), self.search.net.hidden_sizes)
@@ -397,7 +427,15 @@ class TreeWalk:
         while frontier:
             if self.reuser.left() <= 0:
                 raise TreeOpen("time budget used up walking the proof tree")
-            batch, frontier = frontier[:search._batch_size()], frontier[search._batch_size():]
+            # a batch of interior nodes, or of leaves: they are bounded differently
+            # (kinds: a leaf; an interior node high up the tree, or deeper down)
+            top = self.reuser.ropt.walk_alpha_depth
+            leafy = ["leaf" if self._is_leaf(f, idx) else "top" if depth <= top else "deep"
+                     for f, idx, _, depth in frontier]
+            kind = leafy[0]
+            batch = [item for item, lf in zip(frontier, leafy) if lf == kind][:search._batch_size()]
+            taken = {id(item) for item in batch}
+            frontier = [item for item in frontier if id(item) not in taken]
             n = len(batch)
             lo = torch.from_numpy(np.repeat(region.lower[None, :], n, axis=0))
             hi = torch.from_numpy(np.repeat(region.upper[None, :], n, axis=0))
@@ -408,13 +446,9 @@ class TreeWalk:
                 fixed = [(torch.from_numpy(np.stack([p[k][0] for _, _, p, _ in batch])),
                           torch.from_numpy(np.stack([p[k][1] for _, _, p, _ in batch])))
                          for k in range(n_hidden)]
-            leaf_of = [int(idx[0]) if len(idx) == 1 and self.facts[idx[0]] == f else None
-                       for f, idx, _, _ in batch]
-            warm = None
-            if all(i is not None for i in leaf_of):
-                warm = warm_alphas(self.cmap, self.branches, leaf_of)
-            res, _, closed = search.bound_branches(lo, hi, splits, fixed, mode="backward",
-                                                   alpha_init=warm)
+            leaf_of = [int(idx[0]) if kind == "leaf" else None for _, idx, _, _ in batch]
+            res, closed = self._bound_nodes(lo, hi, splits, fixed,
+                                            leaf_of if kind == "leaf" else None, kind == "top")
             closed_nodes += int(closed.sum())
             open_rows = np.flatnonzero(~closed)
             if len(open_rows) == 0:
