@@ -1,7 +1,8 @@
 """coreproof against a peer verifier on the same instances, side by side.
 
     python benchmarks/peer_benchmark.py [--benchmark acasxu|mnist] [--props 1,2,...]
-                                        [--timeout S] [--limit N] [--jsonl out.jsonl]
+                                        [--timeout S] [--every K] [--limit N]
+                                        [--jsonl out.jsonl]
 
 For every instance, coreproof (``coreproof verify --json``) and each installed peer run at
 the same time, one process each (one per core on this 2-core machine), with the same
@@ -114,6 +115,8 @@ def main():
     ap.add_argument("--props", default="", help="ACAS Xu properties, e.g. 1,2,3 (default all)")
     ap.add_argument("--timeout", type=float, help="Seconds per instance (default: the csv's)")
     ap.add_argument("--limit", type=int)
+    ap.add_argument("--every", type=int, default=1,
+                    help="every K-th instance (a spread sample; --limit applies after)")
     ap.add_argument("--jsonl")
     args = ap.parse_args()
     if not DATA.is_dir():
@@ -122,7 +125,7 @@ def main():
         print("peer_benchmark: maraboupy is not installed (pip install '.[peers]'); "
               "running coreproof alone", file=sys.stderr)
     props = [int(p) for p in args.props.split(",") if p.strip()]
-    rows = instances(args.benchmark, props)[:args.limit]
+    rows = instances(args.benchmark, props)[::args.every][:args.limit]
     out = open(args.jsonl, "w") if args.jsonl else None
     table = []
     print("| network | property | coreproof | wall (s) | solve (s) | Marabou | wall (s) | solve (s) |")
