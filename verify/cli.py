@@ -76,6 +76,9 @@ def _interruptible():
     def on_sigint(signum, frame):
         if not any(t.name == "coreproof-interrupt" for t in threading.enumerate()):
             threading.Thread(target=watchdog, name="coreproof-interrupt", daemon=True).start()
+        # an object the interrupt cut off half-built (a z3 Context, seen once) fails in
+        # its destructor on the way out; after Ctrl-C that is noise, not a traceback
+        sys.unraisablehook = lambda unraisable: None
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, on_sigint)
