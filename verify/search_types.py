@@ -66,6 +66,11 @@ def parse_fact(fact: str) -> tuple[tuple[int, int], int]:
     return (int(layer[1:]), int(neuron[1:])), (1 if phase == "active" else -1)
 
 
+def fact_dict(facts) -> dict[tuple[int, int], int]:
+    """Named facts as {(layer, neuron): +1 active / -1 inactive}."""
+    return dict(parse_fact(f) for f in facts)
+
+
 def split_arrays(facts, hidden_sizes) -> list[np.ndarray]:
     """The inverse of :func:`split_facts`."""
     arrays = [np.zeros(n, dtype=np.int8) for n in hidden_sizes]

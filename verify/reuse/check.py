@@ -24,7 +24,7 @@ from ..properties import Property
 from ..result import Statistics, Status, VerificationResult
 from ..search import RegionSearch, split_arrays
 from ..verifier import Proof
-from ..search_types import parse_fact
+from ..search_types import fact_dict
 from .proof import ProofBranch, ProofRecord, proof_tree
 
 
@@ -101,7 +101,7 @@ def _check_region(network, prop, r, branches: list[ProofBranch], options, deadli
                                                         and np.all(np.isfinite(hi))):
             raise _Rejected(f"region {r} branch {i}: its box is not {n} finite bounds")
     try:
-        facts_of = [dict(parse_fact(f) for f in b.splits) for b in branches]
+        facts_of = [fact_dict(b.splits) for b in branches]
         for b in branches:
             split_arrays(b.splits, network.hidden_sizes)  # facts name existing neurons
         tiled = proof_tree(region, branches) is not None

@@ -37,7 +37,7 @@ from ..options import VerifyOptions
 from ..proof_store import ProofStore, options_key
 from ..properties import Property, Region
 from ..search import Leaf, RegionSearch
-from ..search_types import parse_fact
+from ..search_types import fact_dict
 from ..verifier import Proof, verify_property
 from ..result import Counterexample, Statistics, Status, VerificationResult
 from .bound_core import bound_core, core_gain, core_neurons
@@ -233,7 +233,7 @@ def proof_tree(region: Region, branches: list[ProofBranch]) -> TreeNode | None:
         return None
     LO = np.stack([np.asarray(b.lower, dtype=np.float64) for b in branches])
     HI = np.stack([np.asarray(b.upper, dtype=np.float64) for b in branches])
-    facts_of = [dict(parse_fact(f) for f in b.splits) for b in branches]
+    facts_of = [fact_dict(b.splits) for b in branches]
     # a pure ReLU split tree (every box the region's): no bisection to look for
     one_box = bool((LO == region.lower).all() and (HI == region.upper).all())
 

@@ -39,7 +39,7 @@ import torch
 
 from ..bounds import TOLERANCE
 from ..search import Node, RegionSearch
-from ..search_types import parse_fact
+from ..search_types import fact_dict
 from .changes import ChangeMap
 from .derive import GraphChangeMap
 from .difference import hopeful, symbolic_deviation
@@ -360,10 +360,6 @@ class TreeCheck:
         return [idx[j] for j in np.flatnonzero(~closed)], res, rows
 
 
-def _facts(splits) -> dict[tuple[int, int], int]:
-    return dict(parse_fact(f) for f in splits)
-
-
 def _fact_names(facts: dict) -> tuple[str, ...]:
     return tuple(f"L{k}.N{i}.{'active' if p > 0 else 'inactive'}" for (k, i), p in facts.items())
 
@@ -381,7 +377,7 @@ class TreeWalk:
         self.reuser, self.search, self.branches = reuser, search, branches
         self.cmap: ChangeMap = reuser.cmap
         self.stats = reuser.stats
-        self.facts = [_facts(b.splits) for b in branches]
+        self.facts = [fact_dict(b.splits) for b in branches]
 
     def _is_leaf(self, facts: dict, idx) -> bool:
         return len(idx) == 1 and self.facts[idx[0]] == facts
@@ -422,20 +418,23 @@ class TreeWalk:
         :class:`TreeOpen`."""
         from ..attack import confirm_batch
         search, n_hidden = self.search, len(self.search.net.hidden_sizes)
-        frontier = [({}, np.arange(len(self.branches)), None, 0)]
+        top = self.reuser.ropt.walk_alpha_depth
+
+        def node(facts, idx, parent, depth):
+            """A frontier entry, with its kind (bounded differently): a leaf; an
+            interior node high up the tree, or deeper down."""
+            kind = "leaf" if self._is_leaf(facts, idx) else "top" if depth <= top else "deep"
+            return kind, facts, idx, parent, depth
+        frontier = [node({}, np.arange(len(self.branches)), None, 0)]
         to_split, closed_nodes = [], 0
         while frontier:
             if self.reuser.left() <= 0:
                 raise TreeOpen("time budget used up walking the proof tree")
-            # a batch of interior nodes, or of leaves: they are bounded differently
-            # (kinds: a leaf; an interior node high up the tree, or deeper down)
-            top = self.reuser.ropt.walk_alpha_depth
-            leafy = ["leaf" if self._is_leaf(f, idx) else "top" if depth <= top else "deep"
-                     for f, idx, _, depth in frontier]
-            kind = leafy[0]
-            batch = [item for item, lf in zip(frontier, leafy) if lf == kind][:search._batch_size()]
-            taken = {id(item) for item in batch}
-            frontier = [item for item in frontier if id(item) not in taken]
+            kind = frontier[0][0]  # a batch of one kind, in frontier order
+            picked = [i for i, item in enumerate(frontier) if item[0] == kind][:search._batch_size()]
+            batch = [frontier[i][1:] for i in picked]
+            taken = set(picked)
+            frontier = [item for i, item in enumerate(frontier) if i not in taken]
             n = len(batch)
             lo = torch.from_numpy(np.repeat(region.lower[None, :], n, axis=0))
             hi = torch.from_numpy(np.repeat(region.upper[None, :], n, axis=0))
@@ -470,7 +469,7 @@ class TreeWalk:
                 neuron = min(common)  # as covers() reads the tree
                 for phase in (1, -1):
                     sub = np.array([j for j in idx if self.facts[j][neuron] == phase], dtype=np.int64)
-                    frontier.append(({**facts, neuron: phase}, sub, bounds, depth + 1))
+                    frontier.append(node({**facts, neuron: phase}, sub, bounds, depth + 1))
         self.stats.closed_by_bounds += closed_nodes
         if not to_split:
             return None
