@@ -430,8 +430,14 @@ class TreeWalk:
         while frontier:
             if self.reuser.left() <= 0:
                 raise TreeOpen("time budget used up walking the proof tree")
-            kind = frontier[0][0]  # a batch of one kind, in frontier order
-            picked = [i for i, item in enumerate(frontier) if item[0] == kind][:search._batch_size()]
+            # a batch of one kind, in frontier order; interior nodes first, so that the
+            # leaves (each with its own alpha steps) are bounded in full batches
+            size = search._batch_size()
+            kinds = [item[0] for item in frontier]
+            n_leaves = kinds.count("leaf")
+            kind = "leaf" if n_leaves >= size or n_leaves == len(kinds) else \
+                next(k for k in kinds if k != "leaf")
+            picked = [i for i, k in enumerate(kinds) if k == kind][:size]
             batch = [frontier[i][1:] for i in picked]
             taken = set(picked)
             frontier = [item for i, item in enumerate(frontier) if i not in taken]
