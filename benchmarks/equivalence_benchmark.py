@@ -16,8 +16,9 @@ Per pair: the certified delta (max over outputs of the bound on |g - f|),
 the best deviation found by PGD on |g - f| (the equiv run's own search, then
 a stronger PGD with 12 restarts x 100 steps and 20,000 samples), their ratio
 (certified / found: 1 is exact; target <= 3 on int8 and magnitude 10 %), the
-naive bound (difference of the two networks' separate CROWN bounds) and
-naive / certified (target >= 10), the top-1 verdict and the time, the variant's
+naive bounds -- the difference of the two networks' separate interval (IBP)
+bounds, the textbook baseline, and of their separate CROWN bounds, a stronger
+one -- and naive / certified for each (target >= 10), the top-1 verdict and the time, the variant's
 parameters, packed bytes (:func:`compress.storage_bytes`) and the size of its
 deployable ONNX file.  A summary per (network, variant) gives the median and worst
 ratios.
@@ -47,6 +48,7 @@ import warnings  # noqa: E402
 from compress import compress, parameter_counts, save_variant, storage_bytes  # noqa: E402
 from verify.api import load_network, load_property  # noqa: E402
 from verify.equiv.api import EquivOptions, certify_equivalence, property_box  # noqa: E402
+from verify.equiv.bounds import interval_naive_bound  # noqa: E402
 from verify.equiv.attack import max_deviation  # noqa: E402
 from verify.options import VerifyOptions  # noqa: E402
 from verify.properties import local_robustness  # noqa: E402
@@ -134,9 +136,12 @@ def run(args) -> list[dict]:
                                 restarts=12, steps=100).value
             found = float(max(pgd.max(), max(res.deviation_found)))
             delta, naive = res.max_delta, max(res.naive_delta)
+            naive_ibp = float(interval_naive_bound(net, variant, lo, hi).max())
             row = {"network": net_name, "region": region, "variant": vname, "delta": delta,
                    "found": found, "ratio": delta / found if found > 0 else float("inf"),
                    "naive": naive, "naive_over_delta": naive / delta if delta > 0 else float("inf"),
+                   "naive_interval": naive_ibp,
+                   "interval_over_delta": naive_ibp / delta if delta > 0 else float("inf"),
                    "root_differential": max(res.root_differential or [float("nan")]),
                    "root_product": max(res.root_product or [float("nan")]),
                    "top1": res.top1, "leaves": res.leaves, "splitting": res.splitting,
@@ -155,6 +160,7 @@ def run(args) -> list[dict]:
             rows.append(row)
             print(f"{net_name:16s} {region:9s} {vname:15s} delta {delta:10.4g}  found {found:10.4g}  "
                   f"ratio {row['ratio']:7.2f}  naive {naive:10.4g} ({row['naive_over_delta']:8.1f}x)  "
+                  f"interval {naive_ibp:10.4g} ({row['interval_over_delta']:8.1f}x)  "
                   f"root {row['root_differential']:9.4g}  {res.top1:12s} {res.leaves:5d} {res.splitting} leaves "
                   f"{res.time_s:6.2f} s{'' if row['sound'] else '  UNSOUND'}  "
                   f"params {row['params']} file {row['file_bytes']} B"
@@ -166,15 +172,17 @@ def run(args) -> list[dict]:
 
 def summary(rows: list[dict]) -> None:
     print("\n| network | variant | pairs | certified delta (median) | PGD found (median) | "
-          "ratio median | ratio worst | naive (median) | naive / certified (median) | "
+          "ratio median | ratio worst | interval naive (median) | interval naive / certified (median) | "
+          "CROWN naive (median) | CROWN naive / certified (median) | "
           "differential before splitting (median) | top-1 certified | time (median) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     keys = sorted({(r["network"], r["variant"]) for r in rows}, key=lambda k: (k[0], list(VARIANTS).index(k[1])))
     for net, var in keys:
         rs = [r for r in rows if (r["network"], r["variant"]) == (net, var)]
         med = lambda k: float(np.median([r[k] for r in rs]))
         print(f"| {net} | {var} | {len(rs)} | {med('delta'):.4g} | {med('found'):.4g} | "
-              f"{med('ratio'):.2f} | {max(r['ratio'] for r in rs):.2f} | {med('naive'):.4g} | "
+              f"{med('ratio'):.2f} | {max(r['ratio'] for r in rs):.2f} | {med('naive_interval'):.4g} | "
+              f"{med('interval_over_delta'):.1f}x | {med('naive'):.4g} | "
               f"{med('naive_over_delta'):.1f}x | {med('root_differential'):.4g} | "
               f"{sum(r['top1'] == 'certified' for r in rs)}/{len(rs)} | {med('time_s'):.2f} s |")
     print(f"\nunsound rows (certified < found): {sum(not r['sound'] for r in rows)}")

@@ -63,6 +63,25 @@ def test_certified_delta_bounds_every_found_deviation(digits_mlp, kind, image):
     json.loads(res.to_json())
 
 
+@pytest.mark.parametrize("kind", ["int8", "magnitude30"])
+def test_interval_naive_bound_is_sound_and_looser(digits_mlp, kind):
+    """The textbook baseline (two separate interval bounds) contains every sampled
+    output of each network and every deviation found, and is looser than the
+    certified delta."""
+    from verify.bounds import interval_outputs
+    net, X, _ = digits_mlp
+    variant = VARIANTS[kind](net)
+    lo, hi = _box(X[7], 0.05)
+    xs = np.random.default_rng(0).uniform(lo, hi, size=(5000, lo.size))
+    for n in (net, variant):
+        low, up = interval_outputs(n, lo, hi)
+        ys = n.forward(xs)
+        assert np.all(ys >= low) and np.all(ys <= up)
+    naive = eq_bounds.interval_naive_bound(net, variant, lo, hi)
+    assert np.all(naive >= _largest_deviation(net, variant, lo, hi))
+    assert certify_equivalence(net, variant, lo, hi, NO_SPLIT).max_delta < naive.max()
+
+
 def test_split_bound_stays_sound_and_tightens(digits_mlp):
     net, X, _ = digits_mlp
     variant = VARIANTS["int4"](net)

@@ -491,6 +491,20 @@ def _keep_better(cur: torch.Tensor, params, kept_total: torch.Tensor, kept):
                  for p, q in zip(params, kept)])
 
 
+def interval_outputs(network: Network, lower, upper) -> tuple[np.ndarray, np.ndarray]:
+    """Sound output bounds over the box ``[lower, upper]`` by interval arithmetic
+    alone (IBP: centre and radius through every layer, widened outward), the
+    loosest and cheapest bound there is; (lower, upper) numpy arrays."""
+    lo, hi = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+    for k, a in enumerate(network.affines):
+        if k:
+            lo, hi = np.maximum(lo, 0.0), np.maximum(hi, 0.0)
+        mid, rad = a.weight @ ((lo + hi) / 2) + a.bias, np.abs(a.weight) @ ((hi - lo) / 2)
+        rad = rad + TOLERANCE * (1.0 + np.abs(mid) + rad)
+        lo, hi = mid - rad, mid + rad
+    return lo, hi
+
+
 def layer_bounds(network: Network, lower, upper) -> list[tuple[np.ndarray, np.ndarray]]:
     """Sound pre-activation bounds of every affine layer (output layer included)
     over the box ``[lower, upper]``, as numpy arrays."""

@@ -22,7 +22,9 @@ Three bounds, each sound on its own (so their per-row best is too):
 * **product network**: CROWN on one network running both side by side whose
   output is ``g - f`` (also for networks that cannot be aligned).
 * **naive**: the difference of the two networks' separate output bounds
-  (what the difference of two verifications gives; reported for comparison).
+  (what the difference of two verifications gives; reported for comparison),
+  from their CROWN bounds (:func:`naive_bound`) or from interval arithmetic
+  alone (:func:`interval_naive_bound`, the textbook baseline).
 
 Bounds are widened outward by :data:`verify.bounds.TOLERANCE` for float64
 rounding, like every bound in coreproof.
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..bounds import BoundPropagator
+from ..bounds import BoundPropagator, interval_outputs
 from ..diffbounds import (AlignedLayers, DiffRelaxation, backsub_difference,  # noqa: F401
                           diff_relaxation, widen_lower as _widen_lower,
                           widen_upper as _widen_upper)
@@ -207,6 +209,14 @@ def product_bound(prod: BoundPropagator, lo, hi, lam: np.ndarray) -> np.ndarray:
     res = prod.bound(torch.from_numpy(np.asarray(lo, float)), torch.from_numpy(np.asarray(hi, float)),
                      torch.from_numpy(np.asarray(lam, float)), torch.zeros(lam.shape[0]))
     return res.spec_lower.numpy()
+
+
+def interval_naive_bound(f: Network, g: Network, lower, upper) -> np.ndarray:
+    """Per output, ``max |g - f|`` over the box from the two networks' separate
+    interval (IBP) output bounds."""
+    lf, uf = interval_outputs(f, lower, upper)
+    lg, ug = interval_outputs(g, lower, upper)
+    return _widen_upper(np.maximum(ug - lf, uf - lg))
 
 
 def naive_bound(bf: Separate, bg: Separate) -> np.ndarray:
