@@ -235,8 +235,9 @@ def _tiers01_closing_nothing(net):
 def test_leaves_left_open_are_searched_within_a_share_then_the_tree_is_walked(
         split_proof, monkeypatch):
     """Leaves the tiers leave open are searched on the original's leaf domains for
-    ``leaf_search_share`` of the original's time; past it the tree is walked on the
-    variant instead, and the verdict is scratch's either way."""
+    ``leaf_search_share`` of the original's time, when at most ``leaf_search_max_open``
+    are open; past either the tree is walked on the variant instead, and the verdict
+    is scratch's either way."""
     import verify.reuse.tree as tree
 
     net, prop, proof = split_proof
@@ -259,16 +260,19 @@ def test_leaves_left_open_are_searched_within_a_share_then_the_tree_is_walked(
     monkeypatch.setattr(tree.TreeCheck, "_tier2", tier2_all_open)
     monkeypatch.setattr(tree.TreeWalk, "run", counted_walk)
     verdicts = {}
-    for share in (0.0, 50.0):
+    n_leaves = sum(b.method != "infeasible" for b in proof.regions[0])
+    for share, max_open in ((0.0, n_leaves), (50.0, n_leaves), (50.0, 0)):
         walks.clear()
-        ropt = ReuseOptions(tree_max_open=1.0, leaf_search_share=share)
+        ropt = ReuseOptions(tree_max_open=1.0, leaf_search_share=share,
+                            leaf_search_max_open=max_open)
         r = reverify(net, variant, prop, OPTS, reuse_options=ropt, proof=proof)
         assert not r.reuse.fallback, r.reuse.fallback_reason
-        verdicts[share] = (r.status, len(walks))
+        verdicts[share, max_open] = (r.status, len(walks))
         if r.reuse.closed_at_root:  # the variant's own root bound closed it: nothing to see
             pytest.skip("the variant closes at its root")
-    assert verdicts[0.0] == (scratch, 1)  # no time for the leaves: walked
-    assert verdicts[50.0] == (scratch, 0)  # the leaves closed by their own search
+    assert verdicts[0.0, n_leaves] == (scratch, 1)  # no time for the leaves: walked
+    assert verdicts[50.0, n_leaves] == (scratch, 0)  # the leaves closed by their own search
+    assert verdicts[50.0, 0] == (scratch, 1)  # more leaves open than searched: walked
 
 
 def test_walk_bounds_interior_nodes_without_alpha_steps(split_proof, monkeypatch):

@@ -236,8 +236,12 @@ class TreeCheck:
         until = self.reuser.open_search_until
         if not search.input_split and self.reuser.ropt.tree_walk:
             # the original's phase domain is known here only through the moved bounds,
-            # so the search re-splits it from nothing: within a share of the original's
-            # time, then the tree is walked instead (see ReuseOptions.leaf_search_share)
+            # so the search re-splits it from nothing: for a few leaves and within a
+            # share of the original's time, then the tree is walked instead (see
+            # ReuseOptions.leaf_search_share)
+            if len(to_split) > self.reuser.ropt.leaf_search_max_open:
+                raise TreeOpen(f"region {r}: {len(to_split)} leaves open after the variant's "
+                               "own bounds")
             search.deadline = min(search.deadline, time.monotonic() + self.reuser.ropt.
                                   leaf_search_share * self.stats.original_time_s)
             until = None
