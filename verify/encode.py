@@ -32,11 +32,7 @@ import numpy as np
 import z3
 
 from .network import Network
-from .search_types import split_arrays
-
-
-def neuron_name(layer: int, index: int, kind: str) -> str:
-    return f"L{layer}.N{index}.{kind}"
+from .search_types import neuron_name, split_arrays
 
 
 def _rational(v: float, digits: int | None) -> Fraction:

@@ -52,11 +52,21 @@ class RegionOutcome:
     leaves: list[Leaf] = field(default_factory=list)
 
 
+def neuron_name(layer: int, index: int, kind: str) -> str:
+    """A neuron's constraint name, ``L{layer}.N{index}.{kind}`` (kind: relu, affine,
+    bounds, or a phase fact's active / inactive)."""
+    return f"L{layer}.N{index}.{kind}"
+
+
+def _phase(p) -> str:
+    return "active" if p > 0 else "inactive"
+
+
 def split_facts(splits) -> tuple[str, ...]:
     """ReLU phase splits (per hidden layer, int8 in {-1, 0, +1}) as named facts."""
     if splits is None:
         return ()
-    return tuple(f"L{k}.N{i}.{'active' if s[i] > 0 else 'inactive'}"
+    return tuple(neuron_name(k, i, _phase(s[i]))
                  for k, s in enumerate(splits) for i in np.flatnonzero(s))
 
 
@@ -69,6 +79,11 @@ def parse_fact(fact: str) -> tuple[tuple[int, int], int]:
 def fact_dict(facts) -> dict[tuple[int, int], int]:
     """Named facts as {(layer, neuron): +1 active / -1 inactive}."""
     return dict(parse_fact(f) for f in facts)
+
+
+def fact_names(facts: dict) -> tuple[str, ...]:
+    """The inverse of :func:`fact_dict`."""
+    return tuple(neuron_name(k, i, _phase(p)) for (k, i), p in facts.items())
 
 
 def split_arrays(facts, hidden_sizes) -> list[np.ndarray]:

@@ -39,7 +39,7 @@ import torch
 
 from ..bounds import TOLERANCE
 from ..search import Node, RegionSearch
-from ..search_types import fact_dict
+from ..search_types import fact_dict, fact_names
 from .changes import ChangeMap
 from .derive import GraphChangeMap
 from .difference import hopeful, symbolic_deviation
@@ -364,10 +364,6 @@ class TreeCheck:
         return [idx[j] for j in np.flatnonzero(~closed)], res, rows
 
 
-def _fact_names(facts: dict) -> tuple[str, ...]:
-    return tuple(f"L{k}.N{i}.{'active' if p > 0 else 'inactive'}" for (k, i), p in facts.items())
-
-
 class TreeWalk:
     """A ReLU-split proof tree (every leaf the region's box) walked top-down on
     the variant: each node is the variant's domain of the original's split
@@ -415,7 +411,7 @@ class TreeWalk:
 
     def _node_splits(self, facts: dict) -> list[np.ndarray]:
         from ..search import split_arrays
-        return split_arrays(self.cmap.map_splits(_fact_names(facts)), self.search.net.hidden_sizes)
+        return split_arrays(self.cmap.map_splits(fact_names(facts)), self.search.net.hidden_sizes)
 
     def run(self, region, r: int):
         """A confirmed counterexample, None when every node closed, or raises
