@@ -22,6 +22,7 @@ import numpy as np
 from ..diffbounds import AlignedLayers
 from ..errors import ShapeMismatchError
 from ..network import Network
+from ..search_types import neuron_name
 
 UNCHANGED, REVALUED, REMOVED = "unchanged", "revalued", "removed"
 _KINDS = (UNCHANGED, REVALUED, REMOVED)  # the status codes of ChangeMap._comparison
@@ -211,7 +212,7 @@ class ChangeMap:
             return name
         k, i = int(m.group(1)), int(m.group(2))
         new = int(self.maps[k][i]) if k < len(self.maps) and i < len(self.maps[k]) else -1
-        return None if new < 0 else f"L{k}.N{new}.{m.group(3)}"
+        return None if new < 0 else neuron_name(k, new, m.group(3))
 
     def map_splits(self, facts) -> tuple[str, ...]:
         """Split facts for the variant; splits on removed neurons are dropped
