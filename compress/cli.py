@@ -142,11 +142,11 @@ def _fmt_bytes(n: int) -> str:
               help="int8, int4, intB / fixedB (B in 2..16), none; add :bias to quantize "
                    "biases.")
 @click.option("--factorize", "factorizes", multiple=True, metavar="F",
-              help="Low-rank factorization of every Gemm/MatMul layer: svd:RANK, or "
-                   "energy:E (smallest rank keeping a share E of the squared singular "
-                   "values, only where that saves parameters).  The written ONNX holds "
-                   "the two thin factors; the verifier composes them (exact up to float "
-                   "rounding).")
+              help="Low-rank factorization of every Gemm/MatMul layer (and, in a CNN, "
+                   "every Conv by its matrix form: a Conv of RANK channels then a 1x1 "
+                   "Conv): svd:RANK, or energy:E (smallest rank keeping a share E of the "
+                   "squared singular values, only where that saves parameters).  The "
+                   "written ONNX holds the two thin factors.")
 @click.option("--merge-linear", "merge_linear", is_flag=True,
               help="Merge hidden neurons proven active on the whole domain (--domain or "
                    "--box) into the next layer: exact on that domain up to float rounding.")
@@ -211,11 +211,11 @@ def _run(net, out_dir, prunes, quantizes, recipes, per_channel, calibration, lab
     parent = load_network(net)
     graph = not isinstance(parent, Network)  # a CNN / residual network
     if graph:
-        if factorizes or merges:
-            raise OptionError("--factorize and --merge-linear take fully-connected networks "
-                              "(Gemm/MatMul layers); this one is a graph network")
+        if merges:
+            raise OptionError("--merge-linear takes fully-connected networks (Gemm/MatMul "
+                              "layers); this one is a graph network")
         from .graph_cli import graph_family
-        family = graph_family(prunes, quantizes, recipes, sweep)
+        family = graph_family(prunes, quantizes, recipes, sweep, factorizes)
         if any("bn-fold" in r.lower() for r in family):  # BatchNorms kept apart to fold them
             from verify.onnx_io import load_onnx
             parent = load_onnx(net, fold_batchnorm=False)

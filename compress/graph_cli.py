@@ -14,21 +14,27 @@ from .graph_compress import compress_graph
 DEFAULT_GRAPH_SWEEP = ("channels:0.1", "channels:0.25", "magnitude:0.3", "int8", "int4")
 
 
-def graph_family(prunes, quantizes, recipes, sweep: bool) -> list[str]:
+def graph_family(prunes, quantizes, recipes, sweep: bool, factorizes=()) -> list[str]:
+    """The recipes of a graph network's family: ``recipes``, then with ``sweep`` each
+    step on its own, else one variant of the prunings, the factorization and the
+    quantization in that order (a factorised layer's two nodes are quantized apart)."""
     steps_p, steps_q = [p.strip() for p in prunes], [q.strip() for q in quantizes]
     steps_q = [f"int{q}" if q.isdigit() else q for q in steps_q]
+    steps_f = [f.strip() for f in factorizes]
     out = [r.strip() for r in recipes]
     if sweep:
-        out += steps_p + steps_q
+        out += steps_p + steps_f + steps_q
         if not out:
             out = list(DEFAULT_GRAPH_SWEEP)
     else:
-        if len(steps_q) > 1:
-            raise OptionError("give at most one --quantize (or use --sweep for a family)")
-        if steps_p or steps_q:
-            out.append(",".join(steps_p + steps_q))
+        if len(steps_q) > 1 or len(steps_f) > 1:
+            raise OptionError("give at most one --quantize and one --factorize (or use "
+                              "--sweep for a family)")
+        if steps_p or steps_f or steps_q:
+            out.append(",".join(steps_p + steps_f + steps_q))
     if not out:
-        raise OptionError("nothing to do: give --prune, --quantize, --recipe or --sweep")
+        raise OptionError("nothing to do: give --prune, --quantize, --factorize, --recipe "
+                          "or --sweep")
     return out
 
 

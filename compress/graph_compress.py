@@ -9,6 +9,8 @@ Recipes are comma-separated steps applied in order:
 * ``bn-fold`` -- every BatchNormalization kept as its own Scale node (a network loaded
   with ``load_onnx(path, fold_batchnorm=False)``) folded into the Conv / Gemm before it;
   the record lists which (:func:`fold_batchnorm_graph`);
+* ``svd:R`` / ``energy:E`` -- low-rank factorization of every learned Conv (by its matrix
+  form) and Gemm into two thin linear nodes (:mod:`compress.graph_factorize`);
 * ``int8`` / ``int4`` / ``intB`` -- symmetric per-output-channel weight quantization of
   every Conv and Gemm (the scales are float32 numbers, rounded up, as the file keeps them).
 
@@ -28,6 +30,8 @@ import numpy as np
 from verify.errors import InputError, OptionError
 from verify.graph import Conv, Gemm, GraphNetwork, Node, Scale
 
+from .factorize import parse_factorize
+from .graph_factorize import factorize_graph
 from .graph_prune import METHODS, prune_channels
 from .quantize import check_bits, quantize_array, scales_for
 
@@ -147,10 +151,14 @@ def _parse(step: str):
         if head.startswith("int") and head[3:].isdigit() and len(parts) <= 2 and \
                 (len(parts) == 1 or parts[1].lower() == "channel"):
             return ("int", int(head[3:]))
+        if head in ("svd", "energy"):
+            f = parse_factorize(head, parts[1:], step.strip())
+            return ("factorize", f.rank, f.energy)
     except ValueError:
         pass
     raise OptionError(f"unknown graph compression step {step!r} (expected "
-                      "channels:R[:l1|l2|activation], magnitude:R, intB[:channel] or bn-fold)")
+                      "channels:R[:l1|l2|activation], magnitude:R, intB[:channel], bn-fold, "
+                      "svd:RANK or energy:SHARE)")
 
 
 def compress_graph(graph: GraphNetwork, recipe: str, *, calibration=None) -> GraphVariant:
@@ -168,6 +176,9 @@ def compress_graph(graph: GraphNetwork, recipe: str, *, calibration=None) -> Gra
         elif step[0] == "bn-fold":
             current, folded = fold_batchnorm_graph(current)
             log.append({"step": text.strip(), "folded": folded})
+        elif step[0] == "factorize":
+            current, ranks = factorize_graph(current, step[1], step[2])
+            log.append({"step": text.strip(), "ranks": ranks})
         elif step[0] == "magnitude":
             current = magnitude_prune_graph(current, step[1])
             log.append({"step": text.strip()})

@@ -90,7 +90,7 @@ def test_activation_importance_needs_calibration_and_bad_recipes_are_errors():
     with pytest.raises(OptionError):
         compress_graph(g, "channels:1.5")
     with pytest.raises(OptionError, match="unknown graph compression step"):
-        compress_graph(g, "svd:3")
+        compress_graph(g, "neurons:0.3")
 
 
 def _check_written(original_path, recipe, tmp_path):
