@@ -1,4 +1,4 @@
-"""Certified functional equivalence of two ReLU chains over an input box.
+"""Certified functional equivalence of two ReLU networks (chains or graphs) over an input box.
 
     from verify.equiv.api import certify_equivalence, EquivOptions
     res = certify_equivalence(original, variant, lower, upper, EquivOptions(timeout=10))
@@ -9,7 +9,9 @@
 the largest deviation a search found (a lower bound of the true maximum),
 so the true maximum lies between the two.  ``violated`` always carries an
 input re-run on both float64 networks: their predicted classes differ, or
-(with a target) their outputs differ by more than the target.
+(with a target) their outputs differ by more than the target.  Splitting: input
+bisection or aligned ReLU phases for chains; for graph networks (CNNs) the target and
+top-1 agreement are asked to the verifier (:mod:`verify.equiv.graph_target`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from ..errors import OptionError, ShapeMismatchError
 from ..network import Network
 from ..result import Status
 from .attack import Disagreement, find_disagreement, max_deviation, replay
+from .graph_target import tighten_graph
 from .relusplit import ReluSplitter, relu_branch_and_bound
 from .search import PairBounder, branch_and_bound
 
@@ -84,7 +87,9 @@ class EquivResult:
     leaves: int
     bounded: int
     method: str  # "differential" (aligned networks) or "product"
-    splitting: str  # "input" (box bisection), "relu" (phase splits) or "none"
+    # "input" (box bisection), "relu" (phase splits), "verify" (graphs: the target and the
+    # classes verified by the search, verify.equiv.graph_target) or "none"
+    splitting: str
     time_s: float
     disagreement: dict | None = None  # replayed: inputs where the classes differ
     deviation_witness: dict | None = None  # replayed: |g - f| above the target
@@ -138,6 +143,7 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
         raise ShapeMismatchError("the region is empty or not finite",
                                  expected="finite bounds with lower <= upper")
     sign = -1.0 if options.argmin else 1.0
+    graph = not (isinstance(original, Network) and isinstance(variant, Network))
     rng = np.random.default_rng(options.seed)
     bounder = PairBounder(original, variant, sign=sign, product=options.product)
     root = bounder.bound(lo, hi)
@@ -177,6 +183,15 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
         # the leaves cover the box: one bound of the box from all of them
         leaves = [replace(root, delta=outcome.delta, agree=root.agree or outcome.agree)]
         n_leaves, bounded = outcome.leaves, outcome.bounded
+    elif options.split and (agreement or target is not None) and graph:
+        splitting = "verify"  # the product graph / each class asked to the search
+        leaf, unsafe = tighten_graph(original, variant, lo, hi, root, target, agreement,
+                                     sign, deadline)
+        for x in unsafe:  # replayed: a disagreement, or a deviation above the target
+            hit = replay(original, variant, x[None, :], lo, hi, sign)
+            if hit is not None:
+                found.append(hit)
+        leaves, bounded, n_leaves = [leaf], 1, 1
     elif options.split and (agreement or target is not None):
         splitting = "input"
         outcome = branch_and_bound(bounder, root, target=target, agreement=agreement,
@@ -189,15 +204,11 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
     delta = np.max([leaf.delta for leaf in leaves], axis=0)
     agree_all = all(leaf.agree for leaf in leaves)
     witness = None
-    if target is not None and float(dev.value.max()) > target:
-        i = int(dev.value.argmax())
-        x = np.clip(dev.inputs[i], lo, hi)
-        y_f, y_g = original.forward(x), variant.forward(x)
-        if abs(float(y_g[i] - y_f[i])) > target:  # replayed
-            witness = {"input": [float(v) for v in x], "output": i,
-                       "original_output": [float(v) for v in y_f],
-                       "variant_output": [float(v) for v in y_g],
-                       "deviation": abs(float(y_g[i] - y_f[i]))}
+    if target is not None:
+        candidates = list(dev.inputs[np.argsort(-dev.value)[:1]]) + \
+            (list(unsafe) if splitting == "verify" else [])
+        witness = next(filter(None, (_witness(original, variant, x, lo, hi, target)
+                                     for x in candidates)), None)
     if found:
         status, top1, reason = Status.VIOLATED, "disagreement", "the predicted classes differ"
     elif witness is not None:
@@ -225,6 +236,20 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
         time_s=time.monotonic() - start,
         disagreement=found[0].to_dict() if found else None, deviation_witness=witness,
         reason=reason)
+
+
+def _witness(f, g, x, lo, hi, target: float) -> dict | None:
+    """An input of the box where some output moved by more than ``target``, replayed on
+    both float64 networks, or None."""
+    x = np.clip(x, lo, hi)
+    y_f, y_g = f.forward(x), g.forward(x)
+    d = np.abs(y_g - y_f)
+    i = int(d.argmax())
+    if not float(d[i]) > target:
+        return None
+    return {"input": [float(v) for v in x], "output": i,
+            "original_output": [float(v) for v in y_f],
+            "variant_output": [float(v) for v in y_g], "deviation": float(d[i])}
 
 
 def property_box(prop) -> tuple[np.ndarray, np.ndarray]:

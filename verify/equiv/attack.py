@@ -66,7 +66,7 @@ def max_deviation(f: Network, g: Network, lo, hi, *, rng: np.random.Generator,
     x = torch.from_numpy(np.tile(x0, (2 * n_out, 1))).clone()
     out = torch.arange(2 * n_out).repeat_interleave(R) % n_out
     sign = torch.where(torch.arange(2 * n_out).repeat_interleave(R) < n_out, 1.0, -1.0).double()
-    tlo, thi = torch.from_numpy(lo), torch.from_numpy(hi)
+    tlo, thi = torch.as_tensor(np.array(lo)), torch.as_tensor(np.array(hi))  # copies: lo, hi may be read-only
     width = thi - tlo
     for step in range(steps):
         if deadline is not None and time.monotonic() > deadline:

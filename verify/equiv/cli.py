@@ -109,7 +109,8 @@ def _chain(network, path: str):
 @click.option("--around", metavar="X.npy", help="Region: the L-inf ball around X (with --eps).")
 @click.option("--eps", metavar="E", help="Radius of the --around ball.")
 @click.option("--clip", metavar="LO,HI", help="Clip the region to [LO, HI] (e.g. 0,1 for images).")
-@click.option("--target-delta", metavar="D", help="Split the region until the certified delta <= D.")
+@click.option("--target-delta", metavar="D", help="Split the region until the certified delta <= D "
+              "(CNNs: the verifier's branch and bound on the product graph).")
 @click.option("--timeout", default="10", show_default=True, help="Seconds (searches and splitting).")
 @click.option("--argmin", is_flag=True, help="The predicted class is the SMALLEST output (ACAS Xu).")
 @click.option("--no-split", is_flag=True, help="Bound the region once; no branch and bound.")
@@ -147,9 +148,11 @@ def equiv_cmd(original, variant, prop, box, around, eps, clip, target_delta, tim
         click.echo(f"  certified max |g - f| <= {res.max_delta:.6g}   (search found "
                    f"{max(res.deviation_found):.6g}; separate bounds give {max(res.naive_delta):.6g})")
         click.echo("  per output delta: " + " ".join(f"{d:.4g}" for d in res.delta))
+        how = {"relu": f"{res.leaves} ReLU-split branches",
+               "verify": "one box, tightened by the verifier"}.get(res.splitting,
+                                                                   f"{res.leaves} boxes")
         click.echo(f"  top-1 agreement: {res.top1} ({100 * res.agreement_share:.1f} % of the region "
-                   f"certified; {res.leaves} {'ReLU-split branches' if res.splitting == 'relu' else 'boxes'}, "
-                   f"{res.time_s:.2f} s, {res.method} bound)")
+                   f"certified; {how}, {res.time_s:.2f} s, {res.method} bound)")
         if res.disagreement:
             d = res.disagreement
             click.echo(f"  disagreement (replayed): original says {d['original_class']}, variant "

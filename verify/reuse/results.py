@@ -48,6 +48,15 @@ class ReuseStats:
     transfer_deviation: float | None = None
 
 
+#: methods that proved a variant from the original's margin plus a certified bound of the
+#: variant's change along the property's rows (transfer by certified deviation): the
+#: transfer module (:mod:`verify.reuse.transfer`, boxes of a margin proof, any variant)
+#: and the difference tier (:mod:`verify.reuse.difference`, the original's bounds on
+#: the proof's boxes or the root moved by the change of a related variant; tried first)
+DEVIATION_TRANSFER_METHODS = ("equivalence-transfer", "reuse-difference",
+                              "reuse-difference-root")
+
+
 @dataclass
 class ReuseResult:
     status: Status
