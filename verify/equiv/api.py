@@ -86,7 +86,9 @@ class EquivResult:
     target_delta: float | None
     leaves: int
     bounded: int
-    method: str  # "differential" (aligned networks) or "product"
+    # "differential" (aligned networks: chains neuron by neuron, graphs of one
+    # architecture node by node; the product bound may be computed too) or "product"
+    method: str
     # "input" (box bisection), "relu" (phase splits), "verify" (graphs: the target and the
     # classes verified by the search, verify.equiv.graph_target) or "none"
     splitting: str
@@ -231,7 +233,7 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
         root_product=None if root.product is None else tuple(float(v) for v in root.product),
         top1=top1, agreement_share=_volume_share(leaves, lo, hi),
         classes_certified=tuple(classes), target_delta=target, leaves=n_leaves,
-        bounded=bounded, method="differential" if bounder.diff is not None else "product",
+        bounded=bounded, method="differential" if bounder.aligned else "product",
         splitting=splitting,
         time_s=time.monotonic() - start,
         disagreement=found[0].to_dict() if found else None, deviation_witness=witness,

@@ -1,7 +1,9 @@
 """Bounding one box of a pair of networks, and input-splitting branch and bound.
 
 :class:`PairBounder` bounds ``|g - f|`` per output on a box (the best of the
-differential, product-network and naive bounds of :mod:`.bounds`) and tries
+differential, product-network and naive bounds of :mod:`.bounds`; for graph
+networks of one architecture the differential bound is :mod:`.graph_diff_bound`'s
+node-by-node one) and tries
 to prove that both networks' top class is the same constant class there.
 :func:`branch_and_bound` bisects the input box (the dimension whose width
 times the bound's input coefficients is largest) while a leaf misses the
@@ -23,6 +25,7 @@ from ..network import Network
 from .align import align
 from .bounds import (DiffPropagator, naive_bound, product_bound, product_graph,
                      product_network)
+from .graph_diff_bound import graph_diff, graph_diff_lower
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,9 @@ class BoxBound:
     lo: np.ndarray
     hi: np.ndarray
     delta: np.ndarray  # (n_out,) upper bound of |g - f|, the best of the three below
-    differential: np.ndarray | None  # None: the networks could not be aligned
+    # None: the networks could not be aligned (chains: neuron by neuron; graphs:
+    # node by node, verify.equiv.graph_diff_bound)
+    differential: np.ndarray | None
     product: np.ndarray | None  # None: not computed
     naive: np.ndarray
     top_class: int  # the original's class at the box centre
@@ -59,16 +64,23 @@ class PairBounder:
 
     def __init__(self, f, g, *, sign: float = 1.0, product: bool = True):
         """``f``, ``g``: fully-connected chains (:class:`Network`) or graph networks;
-        graphs get the product-network bound (no neuron-by-neuron alignment)."""
+        graphs always get the product-network bound, and graphs of one architecture
+        also the node-by-node differential bound (``gdiff``)."""
         self.f, self.g, self.sign = f, g, float(sign)
         chains = isinstance(f, Network) and isinstance(g, Network)
         pair = align(f, g) if chains else None
         self.diff = None if pair is None else DiffPropagator(*pair)
+        self.gdiff = None if chains else graph_diff(f, g)
         self.prod = None
         if product or pair is None:
             self.prod = make_propagator(product_network(f, g) if chains else product_graph(f, g))
         self.prop_f, self.prop_g = make_propagator(f), make_propagator(g)
         self.n_out = f.n_outputs
+
+    @property
+    def aligned(self) -> bool:
+        """Is there a differential bound (chains neuron by neuron, graphs node by node)?"""
+        return self.diff is not None or self.gdiff is not None
 
     def top_rows(self, c: int) -> np.ndarray:
         """Rows ``sign * (e_c - e_j)``, j != c: all positive means class c wins strictly."""
@@ -89,6 +101,8 @@ class PairBounder:
         else:
             bf = DiffPropagator.separate(self.prop_f, lo, hi, rows)
             change = np.full((len(lo), len(rows)), -np.inf)
+            if self.gdiff is not None:
+                change = graph_diff_lower(self.gdiff, bf, lo, hi, rows)
         if self.prod is not None:
             change = np.maximum(change, product_bound(self.prod, lo, hi, rows))
         return bf.extra, change
@@ -127,7 +141,10 @@ class PairBounder:
             bg = DiffPropagator.separate(self.prop_g, lo, hi, R)
             low = np.full((len(lo), len(lam)), -np.inf)
             score = hi - lo
-        if self.prod is not None and (with_product or self.diff is None):
+            if self.gdiff is not None:
+                low = graph_diff_lower(self.gdiff, bf, lo, hi, lam)
+                differential = _abs_bound(low, n)
+        if self.prod is not None and (with_product or not self.aligned):
             plow = product_bound(self.prod, lo, hi, lam)
             product = _abs_bound(plow, n)
             low = np.maximum(low, plow)
