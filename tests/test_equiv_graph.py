@@ -1,6 +1,7 @@
 """Certified equivalence on graph networks (CNNs, residual nets): the
-product-graph bound of ``|g - f|`` holds against a gradient search for every
-variant kind, a mutated product is caught, a disagreement is replayed, and the
+product-graph bound of ``|g - f|`` (with the node-by-node differential bound for
+variants of one architecture, see test_equiv_graph_diff.py) holds against a gradient
+search for every variant kind, a mutated product is caught, a disagreement is replayed, and the
 CLI reads two ONNX CNNs."""
 import json
 
@@ -12,6 +13,7 @@ from verify.equiv import bounds as eq_bounds
 from verify.equiv.api import EquivOptions, certify_equivalence
 from verify.equiv.attack import max_deviation
 from verify.equiv.bounds import product_graph
+from verify.equiv.graph_diff_bound import graph_diff
 
 from graph_nets import pooling, residual
 
@@ -43,7 +45,11 @@ def test_certified_delta_is_above_every_deviation_found(make, recipe):
     f, g = _pair(make, recipe)
     lo, hi = _box(f, 0.05)
     res = certify_equivalence(f, g, lo, hi, EquivOptions(timeout=5, split=False))
-    assert res.method == "product"
+    # one architecture (int8, magnitude): also the node-by-node differential bound
+    aligned = graph_diff(f, g) is not None
+    assert res.method == ("differential" if aligned else "product")
+    assert (res.root_differential is not None) == aligned
+    assert aligned or recipe.startswith("channels")
     dev = max_deviation(f, g, lo, hi, rng=np.random.default_rng(3), samples=3000, restarts=16,
                         steps=80)
     assert np.all(np.asarray(res.delta) >= dev.value - 1e-9), (recipe, res.delta, dev.value)
@@ -53,9 +59,11 @@ def test_certified_delta_is_above_every_deviation_found(make, recipe):
 
 def test_a_mutated_product_graph_is_caught(monkeypatch):
     """With the original's branch of the product replaced by the variant's own
-    (so the product bounds g - g), the certified delta falls below a deviation found."""
+    (so the product bounds g - g), the certified delta falls below a deviation found
+    (the differential bound left out: it would mask the mutation)."""
     real = eq_bounds.product_graph
     monkeypatch.setattr("verify.equiv.search.product_graph", lambda f, g: real(g, g))
+    monkeypatch.setattr("verify.equiv.search.graph_diff", lambda f, g: None)
     f, g = _pair(residual, "magnitude:0.3")
     lo, hi = _box(f, 0.05)
     res = certify_equivalence(f, g, lo, hi, EquivOptions(timeout=5, split=False))
@@ -97,5 +105,6 @@ def test_cli_on_two_onnx_cnns(tmp_path):
                                     "--no-split", "--json", "--timeout", "5"])
     assert out.exit_code in (0, 1, 3), out.output
     d = json.loads(out.output)
-    assert d["method"] == "product" and len(d["delta"]) == f.n_outputs
+    assert d["method"] == "differential" and len(d["delta"]) == f.n_outputs
+    assert d["root_differential"] is not None and d["root_product"] is not None
     assert max(d["delta"]) >= max(d["deviation_found"])
