@@ -129,7 +129,7 @@ def find_disagreement(f: Network, g: Network, lo, hi, *, rng: np.random.Generato
     mf, mg = torch_model(f), torch_model(g)
     x0 = np.vstack([xs[-len(starts):] if starts is not None else xs[-1:],
                     rng.uniform(lo, hi, size=(restarts, lo.size))])
-    tlo, thi = torch.from_numpy(lo), torch.from_numpy(hi)
+    tlo, thi = torch.as_tensor(np.array(lo)), torch.as_tensor(np.array(hi))  # copies: lo, hi may be read-only
     width = thi - tlo
     x = torch.from_numpy(np.clip(x0, lo, hi)).clone()
     big = torch.tensor(1e30, dtype=torch.float64)
