@@ -140,3 +140,18 @@ def test_verivital_avgpool_property_box(data_dir, recipe):
     assert root.delta.max() < root.product.max()
     print(f"{recipe}: product {root.product.max():.4g}, combined {root.delta.max():.4g}, "
           f"found {dev.value.max():.4g}")
+
+
+def test_a_bound_past_its_deadline_is_looser_and_still_sound(digits_cnn):  # noqa: F811
+    """equiv's root bound has a deadline (a large CNN's CROWN bound can take minutes):
+    past it the graph propagators keep interval bounds for the neurons left."""
+    import time
+    f, X, _ = digits_cnn
+    g = compress_graph(f, "int8").network
+    lo, hi = _box(X, 0.05)
+    bounder = PairBounder(f, g)
+    full = bounder.bound(lo, hi)
+    late = bounder.bound(lo, hi, deadline=time.monotonic() - 1.0)
+    assert np.all(late.delta >= full.delta - 1e-9)
+    assert late.delta.max() > full.delta.max()  # the deadline really cut the bound short
+    assert np.all(late.delta >= _found(f, g, lo, hi) - 1e-9)

@@ -148,7 +148,8 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
     graph = not (isinstance(original, Network) and isinstance(variant, Network))
     rng = np.random.default_rng(options.seed)
     bounder = PairBounder(original, variant, sign=sign, product=options.product)
-    root = bounder.bound(lo, hi)
+    # the root bound gets half the budget (a large CNN's CROWN bound can take minutes)
+    root = bounder.bound(lo, hi, deadline=start + 0.5 * options.timeout)
     attack_deadline = min(deadline, start + options.attack_time_share * options.timeout)
     starts = root.corners
     dev = max_deviation(original, variant, lo, hi, rng=rng, samples=options.attack_samples,

@@ -86,7 +86,8 @@ class DiffPropagator:
                              tuple(self.bf))
 
     @staticmethod
-    def separate(prop: BoundPropagator, lo, hi, extra: np.ndarray | None = None) -> "Separate":
+    def separate(prop: BoundPropagator, lo, hi, extra: np.ndarray | None = None,
+                 deadline: float | None = None) -> "Separate":
         """CROWN bounds of one network on the boxes (B, n): its hidden layers,
         its outputs, and the lower bounds of the rows ``extra @ y``."""
         n_out = prop.network.n_outputs
@@ -96,7 +97,8 @@ class DiffPropagator:
         # back-substitution of only the neurons they leave unstable
         res = prop.bound(torch.from_numpy(lo), torch.from_numpy(hi),
                          torch.from_numpy(rows), torch.zeros(len(rows)),
-                         forward=lo.shape[-1] <= FORWARD_MAX_INPUTS, backward=True)
+                         forward=lo.shape[-1] <= FORWARD_MAX_INPUTS, backward=True,
+                         deadline=deadline)
         low = res.spec_lower.numpy()
         return Separate(tuple((l.numpy(), u.numpy()) for l, u in zip(res.lower, res.upper)),
                         (low[:, :n_out], -low[:, n_out:2 * n_out]), low[:, 2 * n_out:])
@@ -204,10 +206,12 @@ def _deepen(net: Network, L: int) -> Network:
     return Network(tuple(affines) + (last,), net.input_shape, net.name)
 
 
-def product_bound(prod: BoundPropagator, lo, hi, lam: np.ndarray) -> np.ndarray:
+def product_bound(prod: BoundPropagator, lo, hi, lam: np.ndarray,
+                  deadline: float | None = None) -> np.ndarray:
     """CROWN lower bounds (B, m) of the rows ``lam @ (g - f)`` on the product network."""
     res = prod.bound(torch.from_numpy(np.asarray(lo, float)), torch.from_numpy(np.asarray(hi, float)),
-                     torch.from_numpy(np.asarray(lam, float)), torch.zeros(lam.shape[0]))
+                     torch.from_numpy(np.asarray(lam, float)), torch.zeros(lam.shape[0]),
+                     deadline=deadline)
     return res.spec_lower.numpy()
 
 

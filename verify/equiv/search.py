@@ -107,25 +107,29 @@ class PairBounder:
             change = np.maximum(change, product_bound(self.prod, lo, hi, rows))
         return bf.extra, change
 
-    def bound(self, lo: np.ndarray, hi: np.ndarray, with_product: bool = True) -> BoxBound:
+    def bound(self, lo: np.ndarray, hi: np.ndarray, with_product: bool = True,
+              deadline: float | None = None) -> BoxBound:
         """The bound of one box (see :meth:`bound_many`)."""
-        return self.bound_many(lo[None], hi[None], with_product)[0]
+        return self.bound_many(lo[None], hi[None], with_product, deadline)[0]
 
-    def bound_many(self, los: np.ndarray, his: np.ndarray, with_product: bool = True
-                   ) -> list[BoxBound]:
+    def bound_many(self, los: np.ndarray, his: np.ndarray, with_product: bool = True,
+                   deadline: float | None = None) -> list[BoxBound]:
         """Bound the boxes ``[los[b], his[b]]`` (one batch per top class of the
         original at the box centres).  ``with_product`` False: skip the
         product-network bound (when the differential one is known to be the
-        better one here)."""
+        better one here).  Past ``deadline`` the graph propagators keep interval bounds
+        for the neurons left (sound, looser), so a large CNN's bound ends in time."""
         classes = np.argmax(self.sign * self.f.forward((los + his) / 2).reshape(len(los), -1), 1)
         out: list[BoxBound | None] = [None] * len(los)
         for c in np.unique(classes):
             idx = np.flatnonzero(classes == c)
-            for i, b in zip(idx, self._bound_class(los[idx], his[idx], int(c), with_product)):
+            for i, b in zip(idx, self._bound_class(los[idx], his[idx], int(c), with_product,
+                                                   deadline)):
                 out[i] = b
         return out
 
-    def _bound_class(self, lo, hi, c: int, with_product: bool) -> list[BoxBound]:
+    def _bound_class(self, lo, hi, c: int, with_product: bool, deadline=None
+                     ) -> list[BoxBound]:
         n = self.n_out
         R = self.top_rows(c)
         lam = np.vstack([np.eye(n), -np.eye(n), R])
@@ -137,15 +141,15 @@ class PairBounder:
             score = (hi - lo) * np.abs(db.coeffs[:, :2 * n]).sum(1)
             corners = np.where(db.coeffs[:, :2 * n] > 0, lo[:, None, :], hi[:, None, :])
         else:
-            bf = DiffPropagator.separate(self.prop_f, lo, hi, R)
-            bg = DiffPropagator.separate(self.prop_g, lo, hi, R)
+            bf = DiffPropagator.separate(self.prop_f, lo, hi, R, deadline)
+            bg = DiffPropagator.separate(self.prop_g, lo, hi, R, deadline)
             low = np.full((len(lo), len(lam)), -np.inf)
             score = hi - lo
             if self.gdiff is not None:
                 low = graph_diff_lower(self.gdiff, bf, lo, hi, lam)
                 differential = _abs_bound(low, n)
         if self.prod is not None and (with_product or not self.aligned):
-            plow = product_bound(self.prod, lo, hi, lam)
+            plow = product_bound(self.prod, lo, hi, lam, deadline)
             product = _abs_bound(plow, n)
             low = np.maximum(low, plow)
         naive = naive_bound(bf, bg)
@@ -207,7 +211,7 @@ def branch_and_bound(bounder: PairBounder, root: BoxBound, *, target: float | No
             his += [np.where(at_d, mid, leaf.hi), leaf.hi]
         if not parents:
             continue
-        children = bounder.bound_many(np.array(los), np.array(his), product)
+        children = bounder.bound_many(np.array(los), np.array(his), product, deadline)
         bounded += len(children)
         stop = False
         for child, parent in zip(children, parents):
