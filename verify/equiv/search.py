@@ -89,8 +89,8 @@ class PairBounder:
         R[:, c] += 1.0
         return self.sign * np.delete(R, c, axis=0)
 
-    def spec_rows(self, lo: np.ndarray, hi: np.ndarray, rows: np.ndarray
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def spec_rows(self, lo: np.ndarray, hi: np.ndarray, rows: np.ndarray,
+                  deadline: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Over each box ``[lo[b], hi[b]]`` (B, n): lower bounds (B, m) of ``rows @ f``
         (the original's own CROWN bound) and of ``rows @ (g - f)`` (the best of the
         differential and product-network bounds), for equivalence transfer."""
@@ -99,12 +99,12 @@ class PairBounder:
             db, bf, _ = self.diff.bound(lo, hi, rows, extra=rows)
             change = db.lower
         else:
-            bf = DiffPropagator.separate(self.prop_f, lo, hi, rows)
+            bf = DiffPropagator.separate(self.prop_f, lo, hi, rows, deadline)
             change = np.full((len(lo), len(rows)), -np.inf)
             if self.gdiff is not None:
                 change = graph_diff_lower(self.gdiff, bf, lo, hi, rows)
         if self.prod is not None:
-            change = np.maximum(change, product_bound(self.prod, lo, hi, rows))
+            change = np.maximum(change, product_bound(self.prod, lo, hi, rows, deadline))
         return bf.extra, change
 
     def bound(self, lo: np.ndarray, hi: np.ndarray, with_product: bool = True,

@@ -146,7 +146,8 @@ def reverify(original: Network, variant, prop: Property,
             if isinstance(got, Counterexample):
                 return done(Status.VIOLATED, "reuse", got)
             root_tried = got
-        transfer = not graph and reuse_options.equivalence_transfer
+        transfer = reuse_options.equivalence_transfer
+        transfer_by = t0 + reuse_options.reuse_share * options.timeout  # its deadline
         no_map = None
         try:  # searched: the network the proof is re-checked on (the expansion, if pruned)
             cmap, searched = graph_change_map(original, variant, record) if graph else \
@@ -155,7 +156,7 @@ def reverify(original: Network, variant, prop: Property,
             no_map = str(exc)
         if no_map is not None:  # e.g. a distilled student: the transfer, else scratch
             if transfer and try_transfer(original, variant, prop, proof, reuse_options, stats,
-                                         True):
+                                         True, transfer_by):
                 return done(Status.HOLDS, "equivalence-transfer")
             raise NoFit(no_map)
         # a related variant: its proof's tiers first, the transfer once they give up
@@ -198,7 +199,7 @@ def reverify(original: Network, variant, prop: Property,
     except NoFit as exc:
         stats.fallback_reason = str(exc)
         if transfer_later and try_transfer(original, variant, prop, proof, reuse_options, stats,
-                                           False):
+                                           False, transfer_by):
             return done(Status.HOLDS, "equivalence-transfer")
     if not reuse_options.fallback:
         return done(Status.UNKNOWN, "reuse", reason=stats.fallback_reason)

@@ -57,14 +57,16 @@ def has_margin(proof, max_boxes: int) -> bool:
 
 def equivalence_transfer(original: Network, variant: Network, prop: Property, proof,
                          max_boxes: int = 256, refine_rounds: int = 3,
-                         refine_max_inputs: int = 16) -> Transfer:
+                         refine_max_inputs: int = 16, deadline: float | None = None
+                         ) -> Transfer:
     """Try to carry the original's proof over to ``variant`` (see the module doc).
 
     A box on which some conjunction stays open is bisected (widest input first, up
     to ``refine_rounds`` times while the open boxes' halves number at most
     ``max_boxes``, only for networks of at most ``refine_max_inputs`` inputs, where
     input splitting pays): the halves tile it, and both the original's margin and the
-    certified deviation tighten on smaller boxes."""
+    certified deviation tighten on smaller boxes.  Past ``deadline`` a graph network's
+    bounds keep interval bounds for the neurons left (sound, looser)."""
     from ..equiv.search import PairBounder
     if not has_margin(proof, max_boxes):
         return Transfer(False, 0, float("nan"), float("nan"),
@@ -86,7 +88,7 @@ def equivalence_transfer(original: Network, variant: Network, prop: Property, pr
         inherit = np.array([np.full(len(rhs), -np.inf) if b.spec_lower is None
                             else np.asarray(b.spec_lower, dtype=np.float64) for b in branches])
         for step in range(rounds + 1):
-            f_low, change = bounder.spec_rows(lo, hi, rows)
+            f_low, change = bounder.spec_rows(lo, hi, rows, deadline)
             boxes += len(lo)
             m = np.maximum(f_low - rhs, inherit)
             total = m + change
@@ -125,7 +127,8 @@ def _bisect(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.vstack([lo, lo_right]), np.vstack([hi_left, hi])
 
 
-def try_transfer(original, variant, prop, proof, ropt, stats, refine: bool) -> bool:
+def try_transfer(original, variant, prop, proof, ropt, stats, refine: bool,
+                 deadline: float | None = None) -> bool:
     """:func:`equivalence_transfer` for ``reverify``, its figures in ``stats``
     (:class:`~verify.reuse.results.ReuseStats`).  ``refine``: bisect boxes the
     margin does not carry (for a variant with no structural map, whose only other
@@ -133,7 +136,8 @@ def try_transfer(original, variant, prop, proof, ropt, stats, refine: bool) -> b
     if not has_margin(proof, ropt.transfer_max_boxes if refine else ropt.transfer_first_max_boxes):
         return False
     t = equivalence_transfer(original, variant, prop, proof, ropt.transfer_max_boxes,
-                             refine_rounds=ropt.transfer_refine_rounds if refine else 0)
+                             refine_rounds=ropt.transfer_refine_rounds if refine else 0,
+                             deadline=deadline)
     stats.transfer_tried, stats.transfer_boxes = True, t.boxes
     stats.transfer_margin = None if np.isnan(t.margin) else t.margin
     stats.transfer_deviation = None if np.isnan(t.deviation) else t.deviation
