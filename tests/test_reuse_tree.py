@@ -17,7 +17,8 @@ from verify.reuse import ReuseOptions, build_proof, load_proof, reverify, save_p
 from verify.reuse.changes import ChangeMap
 from verify.reuse.proof import ProofRecord, pack_alphas, store_key, unpack_alphas
 from verify.reuse.tree import leaf_deviation, moved_bounds
-from verify.search import region_rows, split_arrays
+from verify.constraint_names import split_arrays
+from verify.search import region_rows
 
 OPTS = VerifyOptions(timeout=5, z3_query_timeout=1)
 

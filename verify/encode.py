@@ -1,15 +1,8 @@
 """Z3 encoding of one branch as tracked, structurally named assertions.
 
-Names (stable across a network and its compressed variants):
-
-* ``in.{i}.box``          lower_i <= x_i <= upper_i
-* ``L{k}.N{i}.affine``    z = W a + b of hidden neuron i of affine layer k
-                          (within a proven rounding slack when coefficients are rounded)
-* ``L{k}.N{i}.relu``      a = max(z, 0) for an unstable neuron (a disjunction)
-* ``L{k}.N{i}.bounds``    l <= z <= u, the propagated bounds of the neuron
-* ``L{k}.N{i}.inactive``  W a + b <= 0 for a neuron the branch split inactive
-* ``out.{j}.affine``      output j of the last affine layer
-* ``spec.{r}``            row r of the unsafe conjunction: c_r @ y <= d_r
+Names: :mod:`verify.constraint_names` (``in.{i}.box``, ``L{k}.N{i}.affine`` -- within a
+proven rounding slack when coefficients are rounded --, ``.relu``, ``.bounds``,
+``.inactive``, ``out.{j}.affine``, ``spec.{r}``).
 
 Stable-inactive neurons are left out (their activation is the constant 0) and
 stable-active neurons are used linearly (a = z); both facts hold for every
@@ -32,7 +25,7 @@ import numpy as np
 import z3
 
 from .network import Network
-from .search_types import neuron_name, split_arrays
+from .constraint_names import input_name, neuron_name, output_name, spec_name, split_arrays
 
 
 def _rational(v: float, digits: int | None) -> Fraction:
@@ -85,7 +78,7 @@ def encode(network: Network, branch: Branch, digits: int | None = None) -> Query
     n0 = network.n_inputs
     xs = [z3.Real(f"x{i}", ctx) for i in range(n0)]
     for i in range(n0):
-        cons[f"in.{i}.box"] = z3.And(xs[i] >= R(Fraction(float(branch.lower[i]))),
+        cons[input_name(i)] = z3.And(xs[i] >= R(Fraction(float(branch.lower[i]))),
                                      xs[i] <= R(Fraction(float(branch.upper[i]))), ctx)
     acts = list(xs)  # z3 terms (or None for constant zero)
     amax = np.maximum(np.abs(branch.lower), np.abs(branch.upper))
@@ -127,7 +120,7 @@ def encode(network: Network, branch: Branch, digits: int | None = None) -> Query
         for i in rows:
             lin, slack = linear(aff, i, live)
             z = z3.Real(f"z{k}_{i}" if hidden else f"y{i}", ctx)
-            name = neuron_name(k, i, "affine") if hidden else f"out.{i}.affine"
+            name = neuron_name(k, i, "affine") if hidden else output_name(i)
             if slack > 0:
                 s = R(Fraction(slack))
                 cons[name] = z3.And(z - lin <= s, lin - z <= s, ctx)
@@ -152,7 +145,7 @@ def encode(network: Network, branch: Branch, digits: int | None = None) -> Query
     for r in range(branch.coeffs.shape[0]):
         terms = [R(Fraction(float(branch.coeffs[r, j]))) * ys[j]
                  for j in range(branch.coeffs.shape[1]) if branch.coeffs[r, j] != 0]
-        cons[f"spec.{r}"] = (z3.Sum(terms) if terms else R(Fraction(0))) <= R(Fraction(float(branch.rhs[r])))
+        cons[spec_name(r)] = (z3.Sum(terms) if terms else R(Fraction(0))) <= R(Fraction(float(branch.rhs[r])))
     return Query(ctx, solver, xs, cons, digits)
 
 

@@ -33,7 +33,8 @@ from .network import Network
 from .options import VerifyOptions
 from .properties import Region
 from .result import Counterexample, Statistics
-from .search_types import Leaf, Node, RegionOutcome, _Frontier, split_arrays, split_facts
+from .constraint_names import split_arrays, split_facts
+from .search_types import Leaf, Node, RegionOutcome, _Frontier
 from .spec_rows import refuted_conjunctions, region_rows
 
 __all__ = ["Leaf", "Node", "RegionOutcome", "RegionSearch", "portfolio", "refuted_conjunctions",

@@ -1,6 +1,6 @@
 """The data of branch and bound: open branches (:class:`Node`), closed branches
-(:class:`Leaf`), a region's outcome, the frontier of open branches, and ReLU phase
-splits as named facts (what proofs record)."""
+(:class:`Leaf`), a region's outcome and the frontier of open branches (ReLU phase
+splits as named facts: :mod:`verify.constraint_names`)."""
 from __future__ import annotations
 
 import heapq
@@ -50,49 +50,6 @@ class RegionOutcome:
     counterexample: Counterexample | None = None
     reason: str | None = None
     leaves: list[Leaf] = field(default_factory=list)
-
-
-def neuron_name(layer: int, index: int, kind: str) -> str:
-    """A neuron's constraint name, ``L{layer}.N{index}.{kind}`` (kind: relu, affine,
-    bounds, or a phase fact's active / inactive)."""
-    return f"L{layer}.N{index}.{kind}"
-
-
-def _phase(p) -> str:
-    return "active" if p > 0 else "inactive"
-
-
-def split_facts(splits) -> tuple[str, ...]:
-    """ReLU phase splits (per hidden layer, int8 in {-1, 0, +1}) as named facts."""
-    if splits is None:
-        return ()
-    return tuple(neuron_name(k, i, _phase(s[i]))
-                 for k, s in enumerate(splits) for i in np.flatnonzero(s))
-
-
-def parse_fact(fact: str) -> tuple[tuple[int, int], int]:
-    """``"L1.N7.active"`` -> ((1, 7), +1); ``inactive`` -> -1."""
-    layer, neuron, phase = fact.split(".")
-    return (int(layer[1:]), int(neuron[1:])), (1 if phase == "active" else -1)
-
-
-def fact_dict(facts) -> dict[tuple[int, int], int]:
-    """Named facts as {(layer, neuron): +1 active / -1 inactive}."""
-    return dict(parse_fact(f) for f in facts)
-
-
-def fact_names(facts: dict) -> tuple[str, ...]:
-    """The inverse of :func:`fact_dict`."""
-    return tuple(neuron_name(k, i, _phase(p)) for (k, i), p in facts.items())
-
-
-def split_arrays(facts, hidden_sizes) -> list[np.ndarray]:
-    """The inverse of :func:`split_facts`."""
-    arrays = [np.zeros(n, dtype=np.int8) for n in hidden_sizes]
-    for f in facts:
-        (layer, neuron), phase = parse_fact(f)
-        arrays[layer][neuron] = phase
-    return arrays
 
 
 class _Frontier:

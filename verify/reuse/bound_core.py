@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from ..search_types import neuron_name
+from ..constraint_names import neuron_name
 from ..search import RegionSearch
 from .cores import Core
 

@@ -12,7 +12,6 @@ and all its descendants -- exactly the neurons whose values can differ.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -22,13 +21,11 @@ import numpy as np
 from ..diffbounds import AlignedLayers
 from ..errors import ShapeMismatchError
 from ..network import Network
-from ..search_types import neuron_name
+from ..constraint_names import neuron_name, parse_neuron, parse_output
 
 UNCHANGED, REVALUED, REMOVED = "unchanged", "revalued", "removed"
 _KINDS = (UNCHANGED, REVALUED, REMOVED)  # the status codes of ChangeMap._comparison
 _UNCHANGED_C, _REVALUED_C, _REMOVED_C = range(3)  # their indices
-_NEURON = re.compile(r"^L(\d+)\.N(\d+)\.(affine|relu|bounds|active|inactive)$")
-_OUTPUT = re.compile(r"^out\.(\d+)\.affine$")
 
 
 _NOT_A_NEURON, _OUTPUT_LAYER = -1, -2  # ParsedNames.layer of in./spec. and out. names
@@ -48,16 +45,16 @@ class ParsedNames:
 def parse_names(names) -> ParsedNames:
     layer, index, kind = [], [], []
     for name in names:
-        m = _NEURON.match(name)
-        if m:
-            layer.append(int(m.group(1)))
-            index.append(int(m.group(2)))
-            kind.append(_RELU_KIND if m.group(3) == "relu" else
-                        _BOUNDS_KIND if m.group(3) == "bounds" else _OTHER_KIND)
+        neuron = parse_neuron(name)
+        if neuron is not None:
+            layer.append(neuron[0])
+            index.append(neuron[1])
+            kind.append(_RELU_KIND if neuron[2] == "relu" else
+                        _BOUNDS_KIND if neuron[2] == "bounds" else _OTHER_KIND)
             continue
-        m = _OUTPUT.match(name)
-        layer.append(_OUTPUT_LAYER if m else _NOT_A_NEURON)
-        index.append(int(m.group(1)) if m else 0)
+        out = parse_output(name)
+        layer.append(_NOT_A_NEURON if out is None else _OUTPUT_LAYER)
+        index.append(0 if out is None else out)
         kind.append(_OTHER_KIND)
     return ParsedNames(np.array(layer, dtype=np.int64), np.array(index, dtype=np.int64),
                        np.array(kind, dtype=np.int8))
@@ -207,12 +204,12 @@ class ChangeMap:
 
     def map_name(self, name: str) -> str | None:
         """The variant's name of the same constraint (``None``: the neuron was removed)."""
-        m = _NEURON.match(name)
-        if not m:
+        neuron = parse_neuron(name)
+        if neuron is None:
             return name
-        k, i = int(m.group(1)), int(m.group(2))
+        k, i, kind = neuron
         new = int(self.maps[k][i]) if k < len(self.maps) and i < len(self.maps[k]) else -1
-        return None if new < 0 else neuron_name(k, new, m.group(3))
+        return None if new < 0 else neuron_name(k, new, kind)
 
     def map_splits(self, facts) -> tuple[str, ...]:
         """Split facts for the variant; splits on removed neurons are dropped
@@ -234,11 +231,10 @@ class ChangeMap:
                     inv[(k, int(new))] = (k, i)
         out = []
         for n in constraint_names:
-            m = _NEURON.match(n)
-            if m:
-                orig = inv.get((int(m.group(1)), int(m.group(2))))
-                if orig in self.affected:
+            neuron, j = parse_neuron(n), parse_output(n)
+            if neuron is not None:
+                if inv.get(neuron[:2]) in self.affected:
                     out.append(n)
-            elif _OUTPUT.match(n) and (self.n_layers - 1, int(_OUTPUT.match(n).group(1))) in self.affected:
+            elif j is not None and (self.n_layers - 1, j) in self.affected:
                 out.append(n)
         return out

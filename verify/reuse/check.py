@@ -22,9 +22,9 @@ from ..network import Network
 from ..options import VerifyOptions
 from ..properties import Property
 from ..result import Statistics, Status, VerificationResult
-from ..search import RegionSearch, split_arrays
+from ..constraint_names import fact_dict, split_arrays
+from ..search import RegionSearch
 from ..verifier import Proof
-from ..search_types import fact_dict
 from .proof import ProofBranch, ProofRecord, proof_tree
 
 

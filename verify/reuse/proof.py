@@ -37,7 +37,7 @@ from ..options import VerifyOptions
 from ..proof_store import ProofStore, options_key
 from ..properties import Property, Region
 from ..search import Leaf, RegionSearch
-from ..search_types import fact_dict
+from ..constraint_names import fact_dict
 from ..verifier import Proof, verify_property
 from ..result import Counterexample, Statistics, Status, VerificationResult
 from .bound_core import bound_core, core_gain, core_neurons

@@ -14,7 +14,8 @@ from ..graphbounds import make_propagator
 from ..network import Network
 from ..options import VerifyOptions
 from ..properties import Region
-from ..search import Node, RegionSearch, split_arrays
+from ..constraint_names import split_arrays
+from ..search import Node, RegionSearch
 from ..result import Counterexample, Statistics
 from .bound_core import bound_with, box_tensors, core_neurons
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap

@@ -39,7 +39,7 @@ import torch
 
 from ..bounds import TOLERANCE
 from ..search import Node, RegionSearch
-from ..search_types import fact_dict, fact_names
+from ..constraint_names import fact_dict, fact_names
 from .changes import ChangeMap
 from .derive import GraphChangeMap
 from .difference import hopeful, symbolic_deviation
@@ -410,7 +410,7 @@ class TreeWalk:
         return res, closed
 
     def _node_splits(self, facts: dict) -> list[np.ndarray]:
-        from ..search import split_arrays
+        from ..constraint_names import split_arrays
         return split_arrays(self.cmap.map_splits(fact_names(facts)), self.search.net.hidden_sizes)
 
     def run(self, region, r: int):
