@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from test_graph_search import digits_cnn  # noqa: F401 - the fixture
+from test_transfer import _no_sampled_violation
 from verify.graph import Conv, Gemm, GraphNetwork, Node, Relu, Reshape
 from verify.options import VerifyOptions
 from verify.properties import local_robustness
@@ -15,13 +16,6 @@ from verify.reuse import build_proof, reverify
 from verify.verifier import verify_property
 
 OPTS = VerifyOptions(timeout=20)
-
-
-def _no_sampled_violation(net, prop, n=3000, seed=0):
-    region = prop.regions[0]
-    xs = np.random.default_rng(seed).uniform(region.lower, region.upper,
-                                             size=(n, region.n_inputs))
-    return not any(region.unsafe_output(y) for y in net.forward(xs))
 
 
 @pytest.fixture(scope="module")
