@@ -176,6 +176,7 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
     relu = options.split_by == "relu" or (options.split_by == "auto"
                                           and len(lo) > RELU_SPLIT_MIN_INPUTS)
     splitting = "none"
+    unsafe: list = []  # inputs the verifier found unsafe (graphs), replayed below
     if options.split and (agreement or target is not None) and relu and bounder.diff is not None:
         splitting = "relu"
         splitter = ReluSplitter(bounder.diff, lo, hi, bounder.top_rows(root.top_class),
@@ -208,8 +209,7 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
     agree_all = all(leaf.agree for leaf in leaves)
     witness = None
     if target is not None:
-        candidates = list(dev.inputs[np.argsort(-dev.value)[:1]]) + \
-            (list(unsafe) if splitting == "verify" else [])
+        candidates = list(dev.inputs[np.argsort(-dev.value)[:1]]) + list(unsafe)
         witness = next(filter(None, (_witness(original, variant, x, lo, hi, target)
                                      for x in candidates)), None)
     if found:
