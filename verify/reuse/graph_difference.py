@@ -191,11 +191,13 @@ class GraphDiff:
     @staticmethod
     def _relu(d, l, u, shape, B):
         """The change of a ReLU's output from the original's bounds ``l``/``u`` (B, n) of
-        its input and the input's change ``d``; also the latter as (dl, du) numpy."""
+        its input and the input's change ``d``; also the latter as (dl, du) numpy.  An
+        unchanged input (``d`` None) leaves the output unchanged (None): exactly zero, with
+        no rounding allowance carried on."""
         if d is None:
-            dl = du = torch.zeros_like(l)
-        else:
-            dl, du = ((d[0] - d[1]).reshape(B, -1), (d[0] + d[1]).reshape(B, -1))
+            zero = np.zeros(tuple(l.shape))
+            return None, (zero, zero)
+        dl, du = ((d[0] - d[1]).reshape(B, -1), (d[0] + d[1]).reshape(B, -1))
         lo_h = torch.maximum(dl.clamp(max=0), -u.clamp(min=0))
         hi_h = torch.minimum(du.clamp(min=0), (u + du).clamp(min=0))
         both = (l >= 0) & (l + dl >= 0)
