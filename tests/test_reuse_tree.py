@@ -12,9 +12,12 @@ import torch
 from compress import compress
 from verify.api import VerifyOptions, local_robustness, verify_property
 from verify.bounds import BoundPropagator
+from verify.errors import InputError
 from verify.proof_store import ProofStore
+from verify.result import Status
 from verify.reuse import ReuseOptions, build_proof, load_proof, reverify, save_proof
 from verify.reuse.changes import ChangeMap
+from verify.reuse.check_cli import read_proof_file
 from verify.reuse.proof import ProofRecord, pack_alphas, store_key, unpack_alphas
 from verify.reuse.tree import leaf_deviation, moved_bounds
 from verify.constraint_names import split_arrays
@@ -160,6 +163,30 @@ def test_proof_record_with_warm_starts_round_trips_through_the_store(split_proof
     variant = compress(net, "int8")
     r = reverify(net, variant, prop, OPTS, proof=again)
     assert r.status == verify_property(variant.network, prop, OPTS).status
+
+
+def test_stored_proof_record_has_status_verdicts_and_rejects_a_bad_one(split_proof, tmp_path):
+    net, prop, proof = split_proof
+    assert proof.status is Status.HOLDS
+    store = ProofStore(tmp_path)
+    save_proof(store, proof, prop, OPTS)
+    path = store.path_for(net.digest(), prop.digest(), store_key(OPTS))
+    payload = json.loads(path.read_text())
+    assert type(payload["proof"]["status"]) is str and payload["proof"]["status"] == "holds"
+    again = load_proof(store, net, prop, OPTS)
+    assert again.status is Status.HOLDS and again.to_result().status is Status.HOLDS
+    # a record whose status is not a verdict (resealed, as a user could): ignored, with
+    # a problem naming the file and what was expected
+    payload["proof"]["status"] = "maybe"
+    store.put(net.digest(), prop.digest(), store_key(OPTS), payload)
+    assert load_proof(store, net, prop, OPTS) is None
+    assert any(str(path) in p and "'maybe'" in p and '"holds", "violated" or "unknown"' in p
+               for p in store.problems), store.problems
+    # the same file given to check-proof: the project's error, naming the file
+    with pytest.raises(InputError) as err:
+        read_proof_file(str(path), prop)
+    assert err.value.path == str(path) and "'maybe'" in str(err.value)
+    assert err.value.expected == '"holds", "violated" or "unknown"'
 
 
 def test_broken_proof_tree_falls_back_soundly(split_proof):

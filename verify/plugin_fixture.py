@@ -232,8 +232,9 @@ class Coreproof:
     # ---- judging and reporting -------------------------------------------------
     def _judge(self, net, cases: list["_Case"], what: str) -> None:
         __tracebackhide__ = True
-        violated = [c for c in cases if c.result.status.value == "violated"]
-        unknown = [c for c in cases if c.result.status.value == "unknown"]
+        from .result import Status
+        violated = [c for c in cases if c.result.status is Status.VIOLATED]
+        unknown = [c for c in cases if c.result.status is Status.UNKNOWN]
         if not violated and not unknown:
             return
         if not violated and self.unknown_mode == "pass":
@@ -248,9 +249,9 @@ class Coreproof:
             head += " (could not decide within the budget)"
         lines.append(head)
         for c in cases:
-            if c.result.status.value == "violated":
+            if c.result.status is Status.VIOLATED:
                 lines.extend(self._violation_lines(net, c))
-            elif c.result.status.value == "unknown":
+            elif c.result.status is Status.UNKNOWN:
                 lines.extend(_unknown_lines(c))
         if unknown:
             lines.append("  hint: raise --coreproof-timeout (now "
@@ -361,11 +362,13 @@ def _proof_rechecks(payload: dict, net, prop, options, store) -> bool:
     if not isinstance(proof, dict):
         store.problems.append(f"cached holds for {where} has no proof to re-check; re-verifying")
         return False
+    from .errors import InputError
     from .reuse.check import check_proof
     from .reuse.proof import ProofRecord
     try:
         record = ProofRecord.from_dict(proof, prop)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+            InputError) as exc:
         store.problems.append(f"cached proof for {where} is malformed ({exc}); re-verifying")
         return False
     outcome = check_proof(net, prop, record, options)

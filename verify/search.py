@@ -32,7 +32,7 @@ from .graphbounds import make_propagator
 from .network import Network
 from .options import VerifyOptions
 from .properties import Region
-from .result import Counterexample, Statistics
+from .result import Counterexample, Statistics, Status
 from .constraint_names import split_arrays, split_facts
 from .search_types import Leaf, Node, RegionOutcome, _Frontier
 from .spec_rows import refuted_conjunctions, region_rows
@@ -213,7 +213,7 @@ class RegionSearch(Splitting):
         if self.whole_box_unsafe:
             cex = confirm_batch(self.net, self.region, self.index,
                                 (self.region.lower + self.region.upper)[None, :] / 2)
-            return RegionOutcome("violated", "attack", cex)
+            return RegionOutcome(Status.VIOLATED, "attack", cex)
         n_hidden = self.prop.n_hidden
         # input splitting is best-first (lowest margin first: a counterexample
         # turns up early, and node-local splitting makes the order free for a
@@ -227,7 +227,7 @@ class RegionSearch(Splitting):
         first = nodes is None
         while stack:
             if self.time_left() <= 0:
-                return RegionOutcome("unknown", "timeout", reason="timeout during branch and bound",
+                return RegionOutcome(Status.UNKNOWN, "timeout", reason="timeout during branch and bound",
                                      leaves=self.leaves)
             batch = stack.pop_many(self._batch_size())
             lo = torch.from_numpy(np.stack([n.lo for n in batch]))
@@ -263,14 +263,14 @@ class RegionSearch(Splitting):
             centres = ((lo + hi) / 2).numpy()[open_idx]
             cex = confirm_batch(self.net, self.region, self.index, np.vstack([corners, centres]))
             if cex is not None:
-                return RegionOutcome("violated", "bab-candidate", cex, leaves=self.leaves)
+                return RegionOutcome(Status.VIOLATED, "bab-candidate", cex, leaves=self.leaves)
             if self.attack.due():  # PGD from the minimisers of each open branch's worst row
                 worst = spec_lower[open_idx].argmin(axis=1)
                 starts = corners.reshape(len(open_idx), -1, self.net.n_inputs)[
                     np.arange(len(open_idx)), worst]
                 cex = self.attack.round(starts)
                 if cex is not None:
-                    return RegionOutcome("violated", "bab-attack", cex, leaves=self.leaves)
+                    return RegionOutcome(Status.VIOLATED, "bab-attack", cex, leaves=self.leaves)
             to_split = []
             for i in open_idx:
                 node = batch[i]
@@ -309,14 +309,14 @@ class RegionSearch(Splitting):
                     children = [children[k] for k in keep]
             for (i, _), pair in zip(to_split, children):
                 if pair is None:
-                    return RegionOutcome("unknown", "bab", reason=self._stuck_reason(),
+                    return RegionOutcome(Status.UNKNOWN, "bab", reason=self._stuck_reason(),
                                          leaves=self.leaves)
                 self.stats.branches += len(pair)
                 margin = self._margin(spec_lower[i], refuted[i])
                 for child in pair:
                     child.score = margin
                     stack.push(child)
-        return RegionOutcome("holds", self._method(), leaves=self.leaves)
+        return RegionOutcome(Status.HOLDS, self._method(), leaves=self.leaves)
 
     def _close_fixed(self, batch, idx: list[int], splits, lo, hi) -> bool:
         """Bound the fully split branches ``idx`` again with many beta-CROWN steps;
@@ -409,7 +409,7 @@ class RegionSearch(Splitting):
                 if ans.status == "sat":
                     cex = confirm_batch(self.net, self.region, self.index, ans.model_input[None, :])
                     if cex is not None:
-                        return RegionOutcome("violated", "z3", cex, leaves=self.leaves)
+                        return RegionOutcome(Status.VIOLATED, "z3", cex, leaves=self.leaves)
                     continue  # rounding slack or float rounding: try finer coefficients
                 self.z3_unknown += 1
                 break

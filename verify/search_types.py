@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .result import Counterexample
+from .result import Counterexample, Status
 
 
 @dataclass
@@ -45,7 +45,7 @@ class Leaf:
 
 @dataclass
 class RegionOutcome:
-    status: str  # holds | violated | unknown
+    status: Status
     method: str
     counterexample: Counterexample | None = None
     reason: str | None = None

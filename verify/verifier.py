@@ -117,9 +117,9 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
         if proof is not None:
             proof.leaves[r] = outcome.leaves
         core_sizes += [len(c) for leaf in outcome.leaves for c in leaf.cores.values()]
-        if outcome.status == "violated":
+        if outcome.status is Status.VIOLATED:
             return done(Status.VIOLATED, outcome.method, outcome.counterexample)
-        if outcome.status == "unknown":
+        if outcome.status is Status.UNKNOWN:
             unknown_reasons.append(f"region {r}: {outcome.reason}")
             if outcome.method == "timeout":
                 return done(Status.UNKNOWN, "timeout", reason=f"timeout after {options.timeout:g} s")

@@ -55,7 +55,7 @@ def record_of(network: Network, prop: Property, result: VerificationResult,
                                np.asarray(l.hi, dtype=np.float64), tuple(l.splits),
                                l.method, l.depth) for l in leaves]
                for r, leaves in proof.leaves.items()}
-    return ProofRecord(network.digest(), prop.digest(), result.status.value, result.time_s,
+    return ProofRecord(network.digest(), prop.digest(), result.status, result.time_s,
                        regions=regions, network_name=network.name, property_name=prop.name)
 
 
@@ -65,8 +65,8 @@ def check_proof(network: Network, prop: Property, record: ProofRecord,
     t0 = time.monotonic()
     counts = [0, 0]
     try:
-        if record.status != Status.HOLDS.value:
-            raise _Rejected(f"the record's verdict is {record.status!r}, not holds")
+        if record.status is not Status.HOLDS:
+            raise _Rejected(f"the record's verdict is {record.status.value!r}, not holds")
         if record.network != network.digest():
             raise _Rejected("the record belongs to another network")
         if record.property != prop.digest():

@@ -37,7 +37,7 @@ def read_proof_file(path: str, prop):
     try:
         if not isinstance(d, dict):
             raise TypeError("not a JSON object")
-        return ProofRecord.from_dict(d, prop)
+        return ProofRecord.from_dict(d, prop, path=path)  # InputError on a bad status
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
             RecursionError) as exc:
         raise InputError(f"not a proof record ({type(exc).__name__}: {exc})", path=path,

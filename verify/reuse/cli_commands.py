@@ -17,7 +17,7 @@ from .. import exit_codes
 from ..batch import BatchOptions, Job
 from ..errors import CoreproofError, InputError
 from ..options import VerifyOptions
-from ..result import _json_default
+from ..result import Status, _json_default
 
 
 def load_variant_file(path: str, original):
@@ -71,7 +71,7 @@ def describe(row: dict) -> str:
         text += f"; scratch {row['scratch_status'].upper()} in {row['scratch_time_s']:.3f} s"
         if row["scratch_time_s"] and row["time_s"] > 0:
             text += f" (speedup {row['scratch_time_s'] / max(row['time_s'], 1e-4):.1f}x)"
-    if row["status"] != "holds" and row.get("reason"):
+    if row["status"] != Status.HOLDS and row.get("reason"):
         text += f"\n  reason: {row['reason']}"
     cex = row.get("counterexample")
     if cex is not None:

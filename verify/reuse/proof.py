@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..encode import Branch, encode
+from ..errors import InputError
 from ..network import Network
 from ..options import VerifyOptions
 from ..proof_store import ProofStore, options_key
@@ -112,7 +113,7 @@ def unpack_alphas(d: dict) -> list[np.ndarray]:
 class ProofRecord:
     network: str  # digest of the original network
     property: str  # digest of the property
-    status: str  # holds | violated | unknown (only holds can be reused)
+    status: Status  # only holds can be reused
     time_s: float  # branch and bound on the original
     core_time_s: float = 0.0  # core extraction and minimisation (at build and lazily since)
     regions: dict[int, list[ProofBranch]] = field(default_factory=dict)
@@ -138,6 +139,9 @@ class ProofRecord:
     # graph variant's differential tiers start from (never stored)
     root_branches: dict[int, ProofBranch] = field(default_factory=dict, init=False,
                                                   repr=False, compare=False)
+
+    def __post_init__(self):
+        self.status = Status(self.status)
 
     def covers(self, r: int, region: Region) -> bool:
         """Whether the branches of region ``r`` tile ``region``'s box (see :func:`covers`)."""
@@ -188,7 +192,7 @@ class ProofRecord:
 
     def to_dict(self, prop: Property) -> dict:
         return {"schema": SCHEMA, "version": SCHEMA_VERSION, "network": self.network,
-                "property": self.property, "status": self.status,
+                "property": self.property, "status": self.status.value,
                 "time_s": round(self.time_s, 6), "core_time_s": round(self.core_time_s, 6),
                 "network_name": self.network_name, "property_name": self.property_name,
                 "reason": self.reason,
@@ -196,18 +200,25 @@ class ProofRecord:
                             for r, bs in self.regions.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict, prop: Property) -> "ProofRecord":
-        """Raises KeyError/TypeError/ValueError/IndexError on a malformed dict."""
+    def from_dict(cls, d: dict, prop: Property, path: str | None = None) -> "ProofRecord":
+        """Raises KeyError/TypeError/ValueError/IndexError on a malformed dict, and
+        InputError (naming ``path``, the file it came from) on a status that is not
+        a verdict."""
         if d.get("schema") != SCHEMA or d.get("version") != SCHEMA_VERSION:
             raise ValueError(f"not a {SCHEMA} v{SCHEMA_VERSION} record")
+        try:
+            status = Status(d["status"])
+        except ValueError:
+            raise InputError(f"proof record status {d['status']!r}", path=path,
+                             expected='"holds", "violated" or "unknown"') from None
         regions = {int(r): [ProofBranch.from_dict(b, prop.regions[int(r)]) for b in bs]
                    for r, bs in d["regions"].items()}
-        return cls(str(d["network"]), str(d["property"]), str(d["status"]), float(d["time_s"]),
+        return cls(str(d["network"]), str(d["property"]), status, float(d["time_s"]),
                    float(d["core_time_s"]), regions, str(d.get("network_name", "")),
                    str(d.get("property_name", "")), d.get("reason"))
 
     def to_result(self) -> VerificationResult:
-        return VerificationResult(Status(self.status), self.time_s, "reuse-proof",
+        return VerificationResult(self.status, self.time_s, "reuse-proof",
                                   self.counterexample, self.reason, self.network_name,
                                   self.property_name)
 
@@ -352,7 +363,7 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
     and bound cores are extracted now, within ``reuse_options.core_budget``."""
     proof = Proof()
     res = verify_property(network, prop, options, proof=proof)
-    record = ProofRecord(network.digest(), prop.digest(), res.status.value, res.time_s,
+    record = ProofRecord(network.digest(), prop.digest(), res.status, res.time_s,
                          network_name=network.name, property_name=prop.name,
                          reason=res.reason, counterexample=res.counterexample)
     if res.status is not Status.HOLDS:
@@ -410,7 +421,7 @@ def store_key(options: VerifyOptions) -> str:
 
 def save_proof(store: ProofStore, record: ProofRecord, prop: Property,
                options: VerifyOptions) -> None:
-    if record.status != "holds":
+    if record.status is not Status.HOLDS:
         return
     store.put_result(record.network, record.property, store_key(options), record.to_result(),
                      proof=record.to_dict(prop))
@@ -418,12 +429,14 @@ def save_proof(store: ProofStore, record: ProofRecord, prop: Property,
 
 def load_proof(store: ProofStore, network: Network, prop: Property,
                options: VerifyOptions) -> ProofRecord | None:
-    payload = store.get(network.digest(), prop.digest(), store_key(options))
+    key = (network.digest(), prop.digest(), store_key(options))
+    payload = store.get(*key)
     if payload is None or not isinstance(payload.get("proof"), dict):
         return None
     try:
-        rec = ProofRecord.from_dict(payload["proof"], prop)
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as exc:
+        rec = ProofRecord.from_dict(payload["proof"], prop, path=str(store.path_for(*key)))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError,
+            InputError) as exc:
         store._problem(f"reuse proof for {network.name} / {prop.name} ignored: {exc}")
         return None
     if rec.network != network.digest() or rec.property != prop.digest():

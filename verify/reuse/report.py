@@ -31,8 +31,11 @@ from pathlib import Path
 
 from ..atomic import atomic_write
 from ..errors import InputError
+from ..result import Status
 
-DECIDED = ("holds", "violated")
+#: rows are the results file's JSON objects: their verdicts are plain strings, which
+#: compare equal to the Status members
+DECIDED = (Status.HOLDS, Status.VIOLATED)
 _MIN_TIME = 1e-4  # seconds: time_s is rounded to 1e-6, keep ratios finite
 
 
@@ -58,7 +61,7 @@ def load_rows(path) -> list[dict]:
         if not isinstance(row, dict) or "status" not in row or "time_s" not in row:
             raise InputError("not a reverify result", path=str(p), line=n,
                              expected='an object with "status" and "time_s"')
-        if row["status"] not in ("holds", "violated", "unknown"):
+        if row["status"] not in tuple(Status):
             raise InputError(f"unknown status {row['status']!r}", path=str(p), line=n,
                              expected="holds, violated or unknown")
         rows.append(row)
@@ -191,9 +194,9 @@ def original_kind(row: dict) -> str:
     branch and bound, violated, or undecided."""
     r = row.get("reuse") or {}
     status = r.get("original_status")
-    if status == "violated":
+    if status == Status.VIOLATED:
         return ORIGINAL_KINDS[2]
-    if status != "holds":
+    if status != Status.HOLDS:
         return ORIGINAL_KINDS[3]
     return ORIGINAL_KINDS[0] if int(r.get("branches") or 0) <= 1 else ORIGINAL_KINDS[1]
 

@@ -31,7 +31,7 @@ class ReuseStats:
     z3_queries: int = 0
     fallback: bool = False
     fallback_reason: str | None = None
-    original_status: str = ""
+    original_status: Status | None = None  # the original proof record's verdict
     original_time_s: float = 0.0  # deciding the original (the search that built its proof)
     original_core_time_s: float = 0.0  # the proof's cores (at build and made on demand since)
     # building the original's proof in all: original_time_s + original_core_time_s (the
@@ -67,21 +67,26 @@ class ReuseResult:
     network: str | None = None
     property: str | None = None
     reuse: ReuseStats = field(default_factory=ReuseStats)
-    scratch_status: str | None = None
+    scratch_status: Status | None = None
     scratch_time_s: float | None = None
 
     def __post_init__(self):
         self.status = Status(self.status)
         if self.status is Status.VIOLATED and self.counterexample is None:
             raise ValueError("a violated verdict must carry a confirmed counterexample")
+        if self.scratch_status is not None:
+            self.scratch_status = Status(self.scratch_status)
 
     def to_dict(self) -> dict:
+        reuse = asdict(self.reuse)
+        original = self.reuse.original_status
+        reuse["original_status"] = "" if original is None else Status(original).value  # "": unset
         d = {"status": self.status.value, "time_s": round(self.time_s, 6), "method": self.method,
              "counterexample": self.counterexample.to_dict() if self.counterexample else None,
              "reason": self.reason, "network": self.network, "property": self.property,
-             "reuse": asdict(self.reuse)}
+             "reuse": reuse}
         if self.scratch_status is not None:
-            d["scratch_status"] = self.scratch_status
+            d["scratch_status"] = Status(self.scratch_status).value
             d["scratch_time_s"] = round(self.scratch_time_s, 6)
         return d
 

@@ -105,7 +105,7 @@ def reverify(original: Network, variant, prop: Property,
                 return cex
         return None
     try:
-        if proof.status == "violated" and proof.counterexample is not None:
+        if proof.status is Status.VIOLATED and proof.counterexample is not None:
             # the original's counterexample, re-run on the variant (a witness is only
             # reused after the variant itself is shown to violate the property)
             c = proof.counterexample
@@ -129,8 +129,8 @@ def reverify(original: Network, variant, prop: Property,
                                    if r == c.region else None)
                 if cex is not None:
                     return done(Status.VIOLATED, "attack", cex)
-        if proof.status != "holds":
-            cex = graph_candidates() if proof.status != "violated" else None
+        if proof.status is not Status.HOLDS:
+            cex = graph_candidates() if proof.status is not Status.VIOLATED else None
             if cex is not None:
                 return done(Status.VIOLATED, "reuse", cex)
             raise NoFit(f"the original has no proof ({proof.status})")
@@ -219,5 +219,5 @@ def compare_scratch(result: ReuseResult, variant, prop: Property,
     """Fill ``scratch_status`` / ``scratch_time_s`` by verifying the variant from scratch."""
     variant, _ = _unwrap(variant, None)
     res = verify_property(variant, prop, options)
-    result.scratch_status, result.scratch_time_s = res.status.value, res.time_s
+    result.scratch_status, result.scratch_time_s = res.status, res.time_s
     return result

@@ -29,6 +29,7 @@ import numpy as np
 from ..bounds import TOLERANCE
 from ..network import Network
 from ..properties import Property
+from ..result import Status
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _rows(region):
 def has_margin(proof, max_boxes: int) -> bool:
     """Whether every branch of the proof is an input box closed by bounds (and there
     are at most ``max_boxes`` per region)."""
-    return proof.status == "holds" and bool(proof.regions) and all(
+    return proof.status is Status.HOLDS and bool(proof.regions) and all(
         0 < len(bs) <= max_boxes and all(not b.splits and b.method == "bounds" for b in bs)
         for bs in proof.regions.values())
 

@@ -40,6 +40,7 @@ import torch
 from ..bounds import TOLERANCE
 from ..search import Node, RegionSearch
 from ..constraint_names import fact_dict, fact_names
+from ..result import Status
 from .changes import ChangeMap
 from .derive import GraphChangeMap
 from .difference import hopeful, symbolic_deviation
@@ -142,9 +143,9 @@ def search_open(search: RegionSearch, nodes, r: int, stats, what: str, error,
         search.deadline = until
     out = search.run(nodes)
     stats.z3_queries += search.stats.z3_queries
-    if out.status == "violated":
+    if out.status is Status.VIOLATED:
         return out.counterexample
-    if out.status != "holds":
+    if out.status is not Status.HOLDS:
         raise error(f"region {r}: {len(nodes)} {what} did not close on the variant "
                     f"({out.reason})")
     return None
