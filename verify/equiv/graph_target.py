@@ -7,7 +7,8 @@ bound, alpha/beta-CROWN and attacks work on any graph:
 
 * **a target delta** ``T``: the product graph ``P(x) = g(x) - f(x)``
   (:func:`verify.equiv.bounds.product_graph`) against the property "some output of ``P``
-  is >= ``T`` or <= ``-T``" on the box (:func:`deviation_property`).  ``holds`` certifies
+  is >= ``T`` or <= ``-T``" on the box (:func:`deviation_property`; only the outputs whose
+  bound is still above ``T``).  ``holds`` certifies
   ``|g - f| < T`` on every output over the whole box; ``violated`` gives an input at which
   some output moved by at least ``T``, re-run here on both float64 networks;
 * **top-1 agreement** with the class ``c`` the original predicts at the box centre:
@@ -32,10 +33,11 @@ from ..result import Status
 from .bounds import product_graph
 
 
-def deviation_property(n_outputs: int, lo, hi, target: float) -> Property:
-    """Unsafe: some output ``y_i >= target`` or ``y_i <= -target`` (of the product graph)."""
+def deviation_property(n_outputs: int, lo, hi, target: float, outputs=None) -> Property:
+    """Unsafe: some output ``y_i >= target`` or ``y_i <= -target`` (of the product graph;
+    ``outputs``: only these ``i``, default all)."""
     unsafe = []
-    for i in range(n_outputs):
+    for i in range(n_outputs) if outputs is None else outputs:
         e = np.zeros(n_outputs)
         e[i] = 1.0
         unsafe += [Conjunction(-e[None, :], np.array([-target])),  # y_i >= target
@@ -72,11 +74,12 @@ def _verify(net, prop, deadline: float) -> Verified:
     return Verified(res.status, cex, res.time_s)
 
 
-def deviation_below(f, g, lo, hi, target: float, deadline: float) -> Verified:
-    """Whether ``|g - f| < target`` on the box (see the module doc); a violated answer's
-    input has ``|g(x) - f(x)| >= target`` on some output, re-checked on both networks."""
-    got = _verify(product_graph(f, g), deviation_property(f.n_outputs, lo, hi, target),
-                  deadline)
+def deviation_below(f, g, lo, hi, target: float, deadline: float, outputs=None) -> Verified:
+    """Whether ``|g - f| < target`` on the box for the ``outputs`` (default all; see the
+    module doc); a violated answer's input has ``|g(x) - f(x)| >= target`` on some
+    output, re-checked on both networks."""
+    got = _verify(product_graph(f, g),
+                  deviation_property(f.n_outputs, lo, hi, target, outputs), deadline)
     if got.status is Status.VIOLATED:
         x = got.inputs[0]
         if not np.any(np.abs(g.forward(x) - f.forward(x)) >= target):
@@ -105,12 +108,13 @@ def tighten_graph(f, g, lo, hi, root, target: float | None, agreement: bool, sig
     top-1 agreement certified when ``agreement`` is asked and :func:`class_constant`
     holds.  Returns it and the unsafe inputs found (for the caller to replay)."""
     delta, agree, inputs = root.delta, root.agree, []
-    need_target = target is not None and float(root.delta.max()) > target
+    above = [] if target is None else np.flatnonzero(root.delta > target).tolist()
+    need_target = bool(above)
     need_agree = agreement and not root.agree
     if need_target:
         share = 0.5 if need_agree else 1.0
-        got = deviation_below(f, g, lo, hi, target,
-                              time.monotonic() + share * (deadline - time.monotonic()))
+        got = deviation_below(f, g, lo, hi, target,  # only the outputs still above it
+                              time.monotonic() + share * (deadline - time.monotonic()), above)
         if got.status is Status.HOLDS:
             delta = np.minimum(delta, target)
         inputs += got.inputs
