@@ -164,18 +164,26 @@ class _Runner:
             self.proc.join(10)
 
 
+def _bare(name: str) -> str:
+    """A network or property file name without its .onnx / .vnnlib / .gz suffixes."""
+    for suffix in (".gz", ".onnx", ".vnnlib"):
+        name = name[:-len(suffix)] if name.endswith(suffix) else name
+    return name
+
+
 def unknown_in(path: str) -> set[tuple[str, str]]:
-    """(network stem, property file name) of the instances a results file left unknown."""
+    """(network, property) names, bare, of the instances a results file left unknown."""
     with open(path) as f:
         lines = [json.loads(line) for line in f if line.strip()]
-    return {(r["network"], r["property"] + ".vnnlib") for r in lines if r["status"] == "unknown"}
+    return {(_bare(r["network"]), _bare(r["property"])) for r in lines
+            if r["status"] == "unknown"}
 
 
 def run(name: str, scale: float, limit: int | None, cross_check: float, out,
         every: int = 1, max_timeout: float | None = None, only=None) -> dict:
     rows = instances(name)
     if only is not None:
-        rows = [r for r in rows if (r[0].stem, r[1].name) in only]
+        rows = [r for r in rows if (_bare(r[0].name), _bare(r[1].name)) in only]
     rows = rows[::every][:limit]
     counts = {"holds": 0, "violated": 0, "unknown": 0, "error": 0}
     times, solved_times, wrong = [], [], 0
