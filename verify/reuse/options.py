@@ -105,7 +105,8 @@ class ReuseOptions:
     # 97 % for empty ones (intervals suffice; 167 of 172)
     bound_core_min_gain: float = 2.0
     empty_bound_core_min_gain: float = 1.05
-    # equivalence transfer (verify.reuse.transfer), when the original's proof has a
+    # equivalence transfer (verify.reuse.transfer; chains and graph networks, within the
+    # reuse share of the timeout), when the original's proof has a
     # margin on input boxes (at most transfer_max_boxes per region): first for a variant
     # with no structural map (a distilled student), whose only other way is scratch, with
     # boxes it does not carry bisected up to transfer_refine_rounds times; for a related
