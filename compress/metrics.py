@@ -17,6 +17,12 @@ counted).  Per layer:
 
 Parameter counts (:func:`parameter_counts`) likewise count a factorised layer's
 factors, ``r * (out + in)`` weights, not its composed weight.
+
+A graph network (CNN) is charged the same way node by node
+(:func:`graph_storage_bytes`): every learned Conv / Gemm (a factorised one is two nodes
+already), quantized weights at their inferred bit width plus one float32 scale per
+output channel, and per-channel Scale nodes (unfolded BatchNorms) in float32.  Operator
+rewrites (pooling written as Convs) hold no learned parameters and are not charged.
 """
 from __future__ import annotations
 
@@ -60,8 +66,29 @@ def _inferred_bits(a) -> int:
     return max(2, m.bit_length() + 1)
 
 
+def graph_storage_bytes(graph) -> int:
+    """Bytes to store a graph network's learned parameters (see the module doc)."""
+    from verify.graph import Conv, Gemm, Scale
+
+    from .graph_compress import structural
+    total = 0
+    for node in graph.nodes[1:]:
+        op = node.op
+        if isinstance(op, Scale):
+            total += 4 * (op.scale.size + op.shift.size)
+        elif isinstance(op, (Conv, Gemm)) and not structural(op):
+            nnz = int(np.count_nonzero(op.weight))
+            total += (math.ceil(nnz * _inferred_bits(op) / 8) + 4 * op.weight.shape[0]
+                      if op.weight_int is not None else math.ceil(nnz * FLOAT_BITS / 8))
+            total += 4 * op.bias.size
+    return int(total)
+
+
 def storage_bytes(network: Network, record: ChangeRecord | None = None) -> int:
-    """Bytes to store the network's parameters at their bit width (see the module doc)."""
+    """Bytes to store the network's parameters at their bit width (see the module doc;
+    a graph network: :func:`graph_storage_bytes`)."""
+    if not isinstance(network, Network):
+        return graph_storage_bytes(network)
     total = 0
     for k, a in enumerate(network.affines):
         lc = record.layers[k] if record is not None and k < len(record.layers) else None

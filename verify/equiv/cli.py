@@ -89,18 +89,6 @@ def region_of(original, prop, box, around, eps, clip):
     return lo, hi, what
 
 
-def _chain(network, path: str):
-    """``network`` when it is a fully-connected chain (the similarity report's
-    compression figures are computed for chains), else UnsupportedNetworkError."""
-    from ..network import Network
-    from ..errors import UnsupportedNetworkError
-    if not isinstance(network, Network):
-        raise UnsupportedNetworkError("equiv-report supports fully-connected ReLU chains only "
-                                      "(equiv itself also takes CNNs)", path=path,
-                                      expected="a chain of Gemm/MatMul layers and ReLUs")
-    return network
-
-
 @click.command("equiv")
 @click.argument("original")
 @click.argument("variant")
@@ -195,7 +183,7 @@ def equiv_report_cmd(original, variants, props, box, around, eps, clip, output, 
     from .report import render_html, similarity_rows
     options = EquivOptions(timeout=check_timeout(timeout, "--timeout"), argmin=argmin,
                            split=not no_split)
-    f = _chain(load_network(original), original)
+    f = load_network(original)
     regions = [(Path(p).name, *region_of(f, p, None, None, None, clip)[:2]) for p in props]
     if box is not None or around is not None:
         lo, hi, what = region_of(f, None, box, around, eps, clip)
@@ -205,7 +193,7 @@ def equiv_report_cmd(original, variants, props, box, around, eps, clip, output, 
     family = []
     for v in variants:
         net, record = load_variant_file(v, f)
-        family.append((Path(v).name, _chain(net, v), record))
+        family.append((Path(v).name, net, record))
     rows = similarity_rows(f, family, regions, options, samples)
     if as_json:
         for r in rows:
