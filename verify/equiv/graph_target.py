@@ -60,7 +60,6 @@ def class_property(n_outputs: int, lo, hi, c: int, sign: float = 1.0) -> Propert
 class Verified:
     status: Status
     inputs: tuple[np.ndarray, ...] = ()  # replayed unsafe inputs (violated)
-    time_s: float = 0.0
 
 
 def _verify(net, prop, deadline: float) -> Verified:
@@ -71,7 +70,7 @@ def _verify(net, prop, deadline: float) -> Verified:
     res = verify_property(net, prop, VerifyOptions(timeout=left))
     cex = () if res.counterexample is None else \
         (np.asarray(res.counterexample.input, dtype=np.float64),)
-    return Verified(res.status, cex, res.time_s)
+    return Verified(res.status, cex)
 
 
 def deviation_below(f, g, lo, hi, target: float, deadline: float, outputs=None) -> Verified:
@@ -83,7 +82,7 @@ def deviation_below(f, g, lo, hi, target: float, deadline: float, outputs=None) 
     if got.status is Status.VIOLATED:
         x = got.inputs[0]
         if not np.any(np.abs(g.forward(x) - f.forward(x)) >= target):
-            return Verified(Status.UNKNOWN, (), got.time_s)  # not replayed: no verdict
+            return Verified(Status.UNKNOWN)  # not replayed: no verdict
     return got
 
 
@@ -92,13 +91,11 @@ def class_constant(f, g, lo, hi, c: int, sign: float, deadline: float) -> Verifi
     answer carries the inputs where one of them does not (to be replayed for a
     disagreement by the caller)."""
     prop = class_property(f.n_outputs, lo, hi, c, sign)
-    spent = 0.0
     for net in (f, g):
         got = _verify(net, prop, deadline)
-        spent += got.time_s
         if got.status is not Status.HOLDS:
-            return Verified(got.status, got.inputs, spent)
-    return Verified(Status.HOLDS, (), spent)
+            return got
+    return got
 
 
 def tighten_graph(f, g, lo, hi, root, target: float | None, agreement: bool, sign: float,

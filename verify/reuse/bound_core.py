@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from ..constraint_names import neuron_name
+from ..constraint_names import neuron_name, parse_neuron
 from ..search import RegionSearch
 from .cores import Core
 
@@ -39,11 +39,7 @@ def refine_masks(neurons, hidden_sizes) -> list[torch.Tensor]:
 
 def core_neurons(names) -> list[tuple[int, int]]:
     """The (layer, index) pairs of ``L{k}.N{i}.bounds`` names."""
-    out = []
-    for n in names:
-        layer, neuron, _ = n.split(".")
-        out.append((int(layer[1:]), int(neuron[1:])))
-    return out
+    return [parse_neuron(n)[:2] for n in names]
 
 
 def box_tensors(lower, upper) -> tuple[torch.Tensor, torch.Tensor]:
