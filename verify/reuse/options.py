@@ -38,6 +38,14 @@ class ReuseOptions:
     # once; mnist-net_256x4 image 7 at eps 0.011, int16: 17 open leaves searched in
     # vain for the 25 % share, 3.9-5.5 s, before the walk)
     leaf_search_max_open: int = 4
+    # the leaves still open after the variant's own bounds are split further on the
+    # ORIGINAL (verify.reuse.deepen: the children tile the leaf's domain, get the
+    # original's bounds and go through the tiers again), up to this many levels, within
+    # deepen_share of the original's verification time and while at most
+    # deepen_max_open leaves are open; what stays open goes on as before.  0: never
+    deepen_levels: int = 4
+    deepen_share: float = 0.5
+    deepen_max_open: int = 256
     # the leaves the interval change bound leaves open get the symbolic one
     # (verify.diffbounds: both networks back-substituted together) when the interval
     # bound lost at most this many times the original's margin there, after tier 1
@@ -133,7 +141,8 @@ class ReuseOptions:
                      "difference_backsub_max_loss"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("leaf_search_share", "leaf_search_max_open"):
+        for name in ("leaf_search_share", "leaf_search_max_open", "deepen_levels",
+                     "deepen_share", "deepen_max_open"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.reuse_share <= 1.0:

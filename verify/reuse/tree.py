@@ -183,7 +183,6 @@ class TreeCheck:
         tiers 0-1 leave more than this share of the leaves open (the leaves'
         closures are then discarded).  ``backsub`` False skips tiers 1 and 1b
         (a graph region one bound settled: tier 1 costs about a full bound there)."""
-        from ..attack import confirm_batch
         branches, search = self.branches, self.search
         todo = [i for i, b in enumerate(branches) if b.method != "infeasible"]
         self.closed["closed_by_bounds"] += len(branches) - len(todo)  # empty on the original
@@ -209,27 +208,18 @@ class TreeCheck:
         cex = self.reuser.attack(region, r, quick=True)
         if cex is not None:
             return cex
-        step = search._batch_size()
-        to_split = []
-        for s in range(0, len(open_after_1), step):
-            idx = open_after_1[s:s + step]
-            still, res, rows = self._tier2(idx, moved_of)
-            if not still:
-                continue
-            lo = torch.from_numpy(np.stack([branches[i].lower for i in idx]))
-            hi = torch.from_numpy(np.stack([branches[i].upper for i in idx]))
-            cex = confirm_batch(search.net, region, r,
-                                np.vstack([res.candidates(lo, hi, rows[i]) for i in still]))
+        cex, items = self._tier2_open(region, r, open_after_1, moved_of)
+        if cex is not None:
+            return cex
+        if items and self._deepens():
+            cex, items = self._deepen(region, r, items)
             if cex is not None:
                 return cex
-            for i in still:
-                b, row = branches[i], rows[i]
-                parent = [(res.lower[k][row].numpy(), res.upper[k][row].numpy())
-                          for k in range(self.n_hidden)]
-                splits = None if search.input_split else [np.zeros(n, dtype=np.int8)
-                                                          for n in search.net.hidden_sizes]
-                to_split.append(Node(b.lower.copy(), b.upper.copy(), splits,
-                                     parent if self.n_hidden else None, b.depth))
+        splits = None if search.input_split else [np.zeros(n, dtype=np.int8)
+                                                  for n in search.net.hidden_sizes]
+        to_split = [Node(b.lower.copy(), b.upper.copy(), None if splits is None
+                         else [s.copy() for s in splits], parent if self.n_hidden else None,
+                         b.depth) for b, parent in items]
         if not to_split:
             return self._commit()
         if self.reuser.left() <= 0:
@@ -255,6 +245,69 @@ class TreeCheck:
     def _commit(self) -> None:
         for name, n in self.closed.items():
             setattr(self.stats, name, getattr(self.stats, name) + n)
+
+    def _tier2_open(self, region, r: int, ids, moved_of):
+        """Tier 2 on leaves ``ids`` (in batches): (a confirmed counterexample among
+        the open leaves' bound minimisers, or None; the leaves still open as
+        (branch, its tier-2 layer bounds))."""
+        from ..attack import confirm_batch
+        branches, search = self.branches, self.search
+        step = search._batch_size()
+        out = []
+        for s in range(0, len(ids), step):
+            idx = ids[s:s + step]
+            still, res, rows = self._tier2(idx, moved_of)
+            if not still:
+                continue
+            lo = torch.from_numpy(np.stack([branches[i].lower for i in idx]))
+            hi = torch.from_numpy(np.stack([branches[i].upper for i in idx]))
+            cex = confirm_batch(search.net, region, r,
+                                np.vstack([res.candidates(lo, hi, rows[i]) for i in still]))
+            if cex is not None:
+                return cex, []
+            for i in still:
+                row = rows[i]
+                out.append((branches[i], [(res.lower[k][row].numpy(), res.upper[k][row].numpy())
+                                          for k in range(self.n_hidden)]))
+        return None, out
+
+    def _deepens(self) -> bool:
+        """Whether open leaves are split further on the original (see
+        :mod:`verify.reuse.deepen`): ReLU-split chain trees with their leaves' bounds."""
+        return (self.reuser.ropt.deepen_levels > 0 and not self.search.input_split
+                and not self.graph and self.n_hidden > 0)
+
+    def _deepen(self, region, r: int, items):
+        """Open leaves split on the original and their children re-checked by the tiers,
+        level by level (``deepen_levels``, within ``deepen_share`` of the original's
+        time): (a counterexample or None, the leaves of the last level still open)."""
+        from .deepen import Deepening
+        ropt = self.reuser.ropt
+        until = min(self.search.deadline,
+                    time.monotonic() + ropt.deepen_share * self.stats.original_time_s)
+        deep = Deepening(self.cmap.original, region, r, self.search.opt, until)
+        for _ in range(ropt.deepen_levels):
+            if deep.time_left() <= 0 or len(items) > ropt.deepen_max_open:
+                break
+            kids = deep.children([b for b, _ in items])
+            if len(kids) < 2 * len(items):  # a leaf without an unstable ReLU on the original
+                break
+            sub = TreeCheck(self.reuser, self.search, kids)
+            todo = [i for i, b in enumerate(kids) if b.method != "infeasible"]
+            sub.closed["closed_by_bounds"] += len(kids) - len(todo)
+            still, moved_of = sub._tiers01(todo, float("inf"))
+            cex, next_items = sub._tier2_open(region, r, still, moved_of)
+            self.stats.deepened += len(items)
+            for name, n in sub.closed.items():
+                self.closed[name] += n
+            if cex is not None:
+                return cex, []
+            if len(next_items) == len(kids):  # no child closed: the change bound is too loose
+                return None, items
+            items = next_items
+            if not items:
+                break
+        return None, items
 
     # ---- tiers ----------------------------------------------------------------------
     def _tiers01(self, idx, max_open_leaves: float, backsub: bool = True):
