@@ -38,8 +38,8 @@ class ReuseOptions:
     # once; mnist-net_256x4 image 7 at eps 0.011, int16: 17 open leaves searched in
     # vain for the 25 % share, 3.9-5.5 s, before the walk)
     leaf_search_max_open: int = 4
-    # the leaves still open after the variant's own bounds are split further on the
-    # ORIGINAL (verify.reuse.deepen: the children tile the leaf's domain, get the
+    # the leaves still open after the variant's own bounds, when more than
+    # leaf_search_max_open, are split further on the ORIGINAL (verify.reuse.deepen: the children tile the leaf's domain, get the
     # original's bounds and go through the tiers again), up to this many levels, within
     # deepen_share of the original's verification time and while at most
     # deepen_max_open leaves are open; what stays open goes on as before.  0: never

@@ -211,7 +211,7 @@ class TreeCheck:
         cex, items = self._tier2_open(region, r, open_after_1, moved_of)
         if cex is not None:
             return cex
-        if items and self._deepens():
+        if len(items) > self.reuser.ropt.leaf_search_max_open and self._deepens():
             cex, items = self._deepen(region, r, items)
             if cex is not None:
                 return cex
@@ -273,7 +273,10 @@ class TreeCheck:
 
     def _deepens(self) -> bool:
         """Whether open leaves are split further on the original (see
-        :mod:`verify.reuse.deepen`): ReLU-split chain trees with their leaves' bounds."""
+        :mod:`verify.reuse.deepen`): ReLU-split chain trees with their leaves' bounds.
+        Only when more leaves are open than the variant's own search takes on (one
+        open leaf of mnist-net_256x4 image 2 at eps 0.01, int16: that search closed
+        it in one split, 0.27 s, the deepening in three levels, 0.43 s)."""
         return (self.reuser.ropt.deepen_levels > 0 and not self.search.input_split
                 and not self.graph and self.n_hidden > 0)
 
