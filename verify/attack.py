@@ -16,6 +16,12 @@ from .network import Network
 from .properties import Region
 from .result import Counterexample
 
+# confirm_batch screens batches of more than this many points in float32 ...
+SCREEN_MIN_BATCH = 16
+# ... keeping every point whose float32 margin is below this share of its output scale
+# (float32 rounding through a few wide layers moves outputs by about 1e-6 of it)
+SCREEN_SLACK = 1e-3
+
 
 def confirm(network: Network, region: Region, region_index: int,
             x: np.ndarray) -> Counterexample | None:
@@ -36,13 +42,19 @@ def confirm(network: Network, region: Region, region_index: int,
 
 def confirm_batch(network: Network, region: Region, region_index: int,
                   xs: np.ndarray) -> Counterexample | None:
-    """Confirm the first violating row of ``xs`` (batch, n)."""
+    """Confirm the first violating row of ``xs`` (batch, n).  A batch of more than a
+    few points is screened in float32 (chains: :meth:`Network.screen`), with a
+    slack that float32 rounding cannot cross; every point the screen keeps is
+    decided by :func:`confirm` in float64."""
     xs = np.clip(np.atleast_2d(np.asarray(xs, dtype=np.float64)), region.lower, region.upper)
-    ys = network.forward(xs)
+    screen = getattr(network, "screen", None) if len(xs) > SCREEN_MIN_BATCH else None
+    ys = network.forward(xs) if screen is None else screen(xs)
+    slack = 0.0 if screen is None else \
+        SCREEN_SLACK * (1.0 + np.abs(ys).max(axis=1, keepdims=True))
     hit = np.zeros(len(xs), dtype=bool)
     for conj in region.unsafe:
         m = ys @ conj.coeffs.T - conj.rhs
-        hit |= np.all(m <= 0.0, axis=1) if m.shape[1] else True
+        hit |= np.all(m <= slack, axis=1) if m.shape[1] else True
     for i in np.flatnonzero(hit):
         cex = confirm(network, region, region_index, xs[i])
         if cex is not None:

@@ -89,8 +89,8 @@ def run_job(job: Job, options: BatchOptions = BatchOptions()) -> dict:
     from .errors import CoreproofError
     t0 = time.monotonic()
     try:
-        import torch
-        torch.set_num_threads(1)
+        from .threads import single_threaded
+        single_threaded()
         from .api import load_network, load_property, verify_property
         opts = dataclasses.replace(options.verify, timeout=job.timeout)
         net = load_network(job.network)

@@ -81,6 +81,7 @@ class Network:
     input_shape: tuple[int, ...] = ()
     name: str = "network"
     _digest: list = field(default_factory=list, init=False, repr=False, compare=False)
+    _float32: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         affines = tuple(self.affines)
@@ -137,6 +138,21 @@ class Network:
             if k < len(self.affines) - 1:
                 z = np.maximum(z, 0.0)
         return z[0] if single else z
+
+    def screen(self, x: np.ndarray) -> np.ndarray:
+        """A float32 evaluation of a batch ``x`` (batch, n_inputs), about 4x faster
+        than :meth:`forward` on wide layers: for picking candidate counterexamples
+        among many points, never for deciding one (see ``attack.confirm_batch``)."""
+        if not self._float32:
+            self._float32.extend((np.ascontiguousarray(a.weight.T, dtype=np.float32),
+                                  a.bias.astype(np.float32)) for a in self.affines)
+        z = np.asarray(x, dtype=np.float32).reshape(-1, self.n_inputs)
+        last = len(self._float32) - 1
+        for k, (w, b) in enumerate(self._float32):
+            z = z @ w + b
+            if k < last:
+                z = np.maximum(z, 0.0)
+        return z.astype(np.float64)
 
     def pre_activations(self, x: np.ndarray) -> list[np.ndarray]:
         """Pre-activation values of every affine layer (batch, size) for inputs ``x``."""

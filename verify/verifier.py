@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .attack import Attacker
 from .graph import GraphNetwork
+from .threads import single_threaded
 from .graphbounds import make_propagator
 from .loading import check_network_values
 from .network import Network
@@ -42,9 +42,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
     ``proof``: optional :class:`Proof` filled with the closed branches."""
     check_fits(network, prop)
     check_network_values(network)  # NaN/Inf or huge weights: a clean InputError
-    # Intra-op threads only slow down these small matrix products (measured
-    # 100x on 50-wide layers on 2 cores); one thread is also fair to xdist.
-    torch.set_num_threads(1)
+    single_threaded()  # see verify.threads
     t0 = time.monotonic()
     # leave room for the last batch or Z3 interrupt to finish inside the budget
     # (and, on long runs, to free a frontier of millions of branches: a 900 s run

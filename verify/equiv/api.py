@@ -127,9 +127,8 @@ def certify_equivalence(original: Network, variant: Network, lower, upper,
                         options: EquivOptions = EquivOptions()) -> EquivResult:
     """Bound ``max |variant(x) - original(x)|`` per output over the box
     ``[lower, upper]`` and decide top-1 agreement there (see the module doc)."""
-    import torch
-    # intra-op threads only slow down these small products (see verify.verifier)
-    torch.set_num_threads(1)
+    from ..threads import single_threaded
+    single_threaded()  # see verify.threads
     start = time.monotonic()
     deadline = start + options.timeout
     lo = np.asarray(lower, dtype=np.float64).reshape(-1)

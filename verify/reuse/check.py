@@ -24,6 +24,7 @@ from ..properties import Property
 from ..result import Statistics, Status, VerificationResult
 from ..constraint_names import fact_dict, split_arrays
 from ..search import RegionSearch
+from ..threads import single_threaded
 from ..verifier import Proof
 from .proof import ProofBranch, ProofRecord, proof_tree
 
@@ -75,7 +76,7 @@ def check_proof(network: Network, prop: Property, record: ProofRecord,
         if extra:
             raise _Rejected(f"the record has regions {sorted(extra)} the property lacks")
         deadline = t0 + options.timeout
-        torch.set_num_threads(1)
+        single_threaded()
         for r, region in enumerate(prop.regions):
             branches = record.regions.get(r) or []
             if not branches:

@@ -187,13 +187,12 @@ def property_task(job: Job, options: _PropertyTasks) -> dict:
     then every variant reusing it; the printed rows come back in ``extra``."""
     import time
 
-    import torch
-
     from ..api import load_network, load_property
     from ..proof_store import ProofStore
+    from ..threads import single_threaded
     from .options import ReuseOptions
     from .reverify import compare_scratch as scratch, get_proof, reverify
-    torch.set_num_threads(1)
+    single_threaded()
     t0 = time.monotonic()
     lines, codes = [], []
     try:

@@ -34,11 +34,11 @@ import dataclasses
 import time
 
 import numpy as np
-import torch
 
 from ..attack import confirm_batch
 from ..errors import ShapeMismatchError
 from ..network import Network
+from ..threads import single_threaded
 from ..options import VerifyOptions
 from ..properties import Property
 from ..result import Counterexample, Status
@@ -67,7 +67,7 @@ def reverify(original: Network, variant, prop: Property,
     """Verify ``prop`` on ``variant`` (a Network or a compress.Variant) reusing the
     original's proof (from ``proof``, the ``store`` or built now; building it is
     not counted in ``time_s`` but reported as ``reuse.original_time_s``)."""
-    torch.set_num_threads(1)
+    single_threaded()
     variant, record = _unwrap(variant, record)
     check_fits(original, prop)
     check_fits(variant, prop)
