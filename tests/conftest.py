@@ -52,3 +52,33 @@ def assert_bad_input(res, *needles):
     assert "Traceback" not in res.output
     for n in needles:
         assert n in lines[0]
+
+
+@pytest.fixture(scope="module")  # built again per module: tests may cache in the record
+def split_proof(digits_mlp):
+    """A ReLU-split proof of the digits MLP (several leaves split on ReLUs, with the
+    alpha-CROWN slopes of their bounds): (network, property, proof record)."""
+    from verify.api import VerifyOptions, local_robustness
+    from verify.reuse import build_proof
+    net, X, _ = digits_mlp
+    prop = local_robustness(X[0], 0.07, int(np.argmax(net.forward(X[0]))), 10)
+    proof = build_proof(net, prop, VerifyOptions(timeout=5, z3_query_timeout=1))
+    assert proof.status == "holds" and proof.n_branches > 1
+    assert sum(bool(b.splits) for b in proof.regions[0]) >= 2
+    assert any(b.alphas is not None for b in proof.regions[0])
+    return net, prop, proof
+
+
+@pytest.fixture
+def tree_walks(monkeypatch):
+    """The regions ``verify.reuse.tree.TreeWalk.run`` is called on (each call counted,
+    then run as usual)."""
+    import verify.reuse.tree as tree
+    walks = []
+    walk = tree.TreeWalk.run
+
+    def counted(self, region, r):
+        walks.append(r)
+        return walk(self, region, r)
+    monkeypatch.setattr(tree.TreeWalk, "run", counted)
+    return walks

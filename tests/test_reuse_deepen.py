@@ -11,22 +11,13 @@ import pytest
 import torch
 
 from compress import compress
-from verify.api import VerifyOptions, local_robustness, verify_property
+from verify.api import VerifyOptions, verify_property
 from verify.constraint_names import fact_dict
-from verify.reuse import ReuseOptions, build_proof, reverify
+from verify.reuse import ReuseOptions, reverify
 from verify.reuse.deepen import Deepening
 from verify.search import region_rows
 
 OPTS = VerifyOptions(timeout=5, z3_query_timeout=1)
-
-
-@pytest.fixture(scope="module")
-def split_proof(digits_mlp):
-    net, X, _ = digits_mlp
-    prop = local_robustness(X[0], 0.07, int(np.argmax(net.forward(X[0]))), 10)
-    proof = build_proof(net, prop, OPTS)
-    assert proof.status == "holds" and sum(bool(b.splits) for b in proof.regions[0]) >= 2
-    return net, prop, proof
 
 
 def _pre_activations(net, xs):
@@ -93,8 +84,7 @@ def test_children_tile_the_leaf_and_their_bounds_hold(split_proof):
 
 def _tiers_give_up_at_the_top(monkeypatch, proof):
     """The proof's own leaves all stay open through tiers 0-2 (sound: closures are
-    only given up); the children deepening makes are checked as usual.  Returns
-    the list the tree walks are counted in."""
+    only given up); the children deepening makes are checked as usual."""
     import verify.reuse.tree as tree
     tier2_open = tree.TreeCheck._tier2_open
 
@@ -116,21 +106,15 @@ def _tiers_give_up_at_the_top(monkeypatch, proof):
         return list(idx), {i: free for i in idx}
     monkeypatch.setattr(tree.TreeCheck, "_tiers01", top_tiers01)
     monkeypatch.setattr(tree.TreeCheck, "_tier2_open", top_open)
-    walks = []
-    walk = tree.TreeWalk.run
-
-    def counted(self, region, r):
-        walks.append(r)
-        return walk(self, region, r)
-    monkeypatch.setattr(tree.TreeWalk, "run", counted)
-    return walks
 
 
-def test_open_leaves_close_through_their_children_not_the_walk(split_proof, monkeypatch):
+def test_open_leaves_close_through_their_children_not_the_walk(split_proof, monkeypatch,
+                                                                tree_walks):
     net, prop, proof = split_proof
     variant = compress(net, "int16")
     scratch = verify_property(variant.network, prop, OPTS).status
-    walks = _tiers_give_up_at_the_top(monkeypatch, proof)
+    _tiers_give_up_at_the_top(monkeypatch, proof)
+    walks = tree_walks
     got = {}
     for levels in (0, 4):
         walks.clear()

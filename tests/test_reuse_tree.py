@@ -15,7 +15,7 @@ from verify.bounds import BoundPropagator
 from verify.errors import InputError
 from verify.proof_store import ProofStore
 from verify.result import Status
-from verify.reuse import ReuseOptions, build_proof, load_proof, reverify, save_proof
+from verify.reuse import ReuseOptions, load_proof, reverify, save_proof
 from verify.reuse.changes import ChangeMap
 from verify.reuse.check_cli import read_proof_file
 from verify.reuse.proof import ProofRecord, pack_alphas, store_key, unpack_alphas
@@ -24,18 +24,6 @@ from verify.constraint_names import split_arrays
 from verify.search import region_rows
 
 OPTS = VerifyOptions(timeout=5, z3_query_timeout=1)
-
-
-@pytest.fixture(scope="module")
-def split_proof(digits_mlp):
-    """A ReLU-split proof of the digits MLP (several leaves, with slopes)."""
-    net, X, _ = digits_mlp
-    prop = local_robustness(X[0], 0.07, int(np.argmax(net.forward(X[0]))), 10)
-    proof = build_proof(net, prop, OPTS)
-    assert proof.status == "holds" and proof.n_branches > 1
-    assert any(b.splits for b in proof.regions[0])
-    assert any(b.alphas is not None for b in proof.regions[0])
-    return net, prop, proof
 
 
 def _samples(region, rng, n=4000):
@@ -261,7 +249,7 @@ def _tiers01_closing_nothing(net):
 
 
 def test_leaves_left_open_are_searched_within_a_share_then_the_tree_is_walked(
-        split_proof, monkeypatch):
+        split_proof, monkeypatch, tree_walks):
     """Leaves the tiers leave open are searched on the original's leaf domains for
     ``leaf_search_share`` of the original's time, when at most ``leaf_search_max_open``
     are open; past either the tree is walked on the variant instead, and the verdict
@@ -278,15 +266,9 @@ def test_leaves_left_open_are_searched_within_a_share_then_the_tree_is_walked(
     def tier2_all_open(self, idx, moved_of):
         _, res, rows = tier2(self, idx, moved_of)
         return list(idx), res, rows
-    walks = []
-    walk = tree.TreeWalk.run
-
-    def counted_walk(self, region, r):
-        walks.append(r)
-        return walk(self, region, r)
+    walks = tree_walks
     monkeypatch.setattr(tree.TreeCheck, "_tiers01", nothing_closed)
     monkeypatch.setattr(tree.TreeCheck, "_tier2", tier2_all_open)
-    monkeypatch.setattr(tree.TreeWalk, "run", counted_walk)
     verdicts = {}
     n_leaves = sum(b.method != "infeasible" for b in proof.regions[0])
     for share, max_open in ((0.0, n_leaves), (50.0, n_leaves), (50.0, 0)):
