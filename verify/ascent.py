@@ -21,6 +21,9 @@ class Adam:
         self.lr, (self.b1, self.b2), self.eps = lr, betas, eps
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
+        # the denominator's buffer, reused every step (a fresh tensor per step and
+        # parameter meant page faults: the multipliers are (branches, rows, neurons))
+        self.denom = [torch.empty_like(p) for p in self.params]
         self.t = 0
 
     def zero_grad(self) -> None:
@@ -31,11 +34,11 @@ class Adam:
     def step(self) -> None:
         self.t += 1
         c1, c2 = 1.0 - self.b1 ** self.t, 1.0 - self.b2 ** self.t
-        for p, m, v in zip(self.params, self.m, self.v):
+        for p, m, v, denom in zip(self.params, self.m, self.v, self.denom):
             if p.grad is None:
                 continue
             g = p.grad
             m.mul_(self.b1).add_(g, alpha=1.0 - self.b1)
             v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
-            denom = (v.sqrt() / c2 ** 0.5).add_(self.eps)
+            torch.sqrt(v, out=denom).div_(c2 ** 0.5).add_(self.eps)
             p.addcdiv_(m, denom, value=-self.lr / c1)

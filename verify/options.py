@@ -128,6 +128,9 @@ class VerifyOptions:
     # parent's bounds (intersected with interval bounds) leave unstable, and its split
     # ones; the stable ones keep the parent's back-substituted bounds
     refine_unstable_only: bool = True
+    # a batch of branches bounds only the spec rows of the conjunctions some branch's
+    # parent left unrefuted (local robustness: 1-2 of 9 rows below the root)
+    drop_refuted_rows: bool = True
     inherit_bounds: bool = True  # input splitting: halves intersect their parent's layer bounds
     # input splitting: intermediate bounds by "backward" substitution (CROWN), by
     # "forward" linear bounds (10x cheaper, looser on large boxes), or "hybrid":

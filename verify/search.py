@@ -77,7 +77,7 @@ class RegionSearch(Splitting):
         return refuted, refuted.all(axis=1) | res.infeasible.numpy()
 
     def bound_branches(self, lo, hi, splits, fixed, alpha: int | None = None, mode: str | None = None,
-                       inherited=None, refine=None, alpha_init=None):
+                       inherited=None, refine=None, alpha_init=None, rows=None):
         """Bound a batch of branches: (bounds, refuted, closed).  ``inherited``:
         optional linear lower bounds of the spec rows that hold on the boxes
         (their parents'), kept where they are better; ``refine``: back-substitute
@@ -86,7 +86,14 @@ class RegionSearch(Splitting):
         and only the branches they leave open are bounded again, with the
         neurons that forward bounds leave unstable back-substituted
         (``intermediate_bounds="hybrid"``).  ``alpha_init``: warm-start slopes
-        (see :meth:`BoundPropagator.bound`)."""
+        (see :meth:`BoundPropagator.bound`).  ``rows``: (m,) bool, the spec rows to
+        bound (the others' conjunctions are refuted on every branch's parent; they
+        get :data:`verify.bounds.REFUTED_ROW`); None: all."""
+        C, d = self.C, self.d
+        keep = None
+        if rows is not None and not rows.all():
+            keep = torch.from_numpy(rows)
+            C, d = C[keep], d[keep]
         if alpha is None:
             alpha = self.alpha_iterations
         if mode is None:
@@ -94,24 +101,28 @@ class RegionSearch(Splitting):
         # a chain proof's leaves keep tight bounds of their own (what reuse's tiers move;
         # a graph's change bound was measured with the parent's kept)
         keep_parent = not (self.record and isinstance(self.net, Network))
-        res = self.prop.bound(lo, hi, self.C, self.d, splits, fixed, alpha_iterations=alpha,
+        res = self.prop.bound(lo, hi, C, d, splits, fixed, alpha_iterations=alpha,
                               deadline=self.deadline, forward=mode != "backward", refine=refine,
                               alpha_init=alpha_init, keep_parent=keep_parent)
+        if keep is not None:
+            res = res.expand_rows(keep)
         self.stats.bound_evaluations += len(lo)
         if inherited is not None:
             res.merge_linear(*inherited, lo, hi)
         refuted, closed = self.refutation(res, lo.numpy(), hi.numpy())
         if mode == "hybrid" and not closed.all():
             rows = torch.from_numpy(np.flatnonzero(~closed))
-            again = self.prop.bound(lo[rows], hi[rows], self.C, self.d,
+            again = self.prop.bound(lo[rows], hi[rows], C, d,
                                     None if splits is None else [s[rows] for s in splits],
                                     None if fixed is None else [(l[rows], u[rows]) for l, u in fixed],
                                     alpha_iterations=alpha, deadline=self.deadline,
                                     forward=True, backward=True)
+            if keep is not None:
+                again = again.expand_rows(keep)
             self.stats.bound_evaluations += len(rows)
             # bounds are not monotone in the intermediate bounds: keep the better
             self._merge(res, rows, again, lo, hi, refuted, closed)
-            self._alpha_tier(res, lo, hi, refuted, closed)
+            self._alpha_tier(res, lo, hi, refuted, closed, keep)
         return res, refuted, closed
 
     def _merge(self, res, rows, again, lo, hi, refuted, closed) -> None:
@@ -122,18 +133,22 @@ class RegionSearch(Splitting):
         refuted[r] |= self.refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())[0]
         closed[r] = refuted[r].all(axis=1) | res.infeasible.numpy()[r]
 
-    def _alpha_tier(self, res, lo, hi, refuted, closed) -> None:
-        """alpha-CROWN steps on the spec rows of the open branches with few
-        unstable ReLUs (over their intermediate bounds); updates in place."""
+    def _alpha_tier(self, res, lo, hi, refuted, closed, keep=None) -> None:
+        """alpha-CROWN steps on the spec rows (``keep``: these only) of the open
+        branches with few unstable ReLUs (over their intermediate bounds); updates
+        in place."""
         if not self.opt.alpha_tier_iterations or closed.all() or not self.prop.n_hidden:
             return
         r = np.flatnonzero(~closed & (res.unstable() <= self.opt.alpha_tier_max_unstable))
         if len(r) == 0:
             return
         rows = torch.from_numpy(r)
-        again = self.prop.spec_bound(lo[rows], hi[rows], self.C, self.d,
+        C, d = (self.C, self.d) if keep is None else (self.C[keep], self.d[keep])
+        again = self.prop.spec_bound(lo[rows], hi[rows], C, d,
                                      [l[rows] for l in res.lower], [u[rows] for u in res.upper],
                                      self.opt.alpha_tier_iterations, deadline=self.deadline)
+        if keep is not None:
+            again = again.expand_rows(keep)
         self.stats.bound_evaluations += len(r)
         self._merge(res, rows, again, lo, hi, refuted, closed)
 
@@ -247,7 +262,7 @@ class RegionSearch(Splitting):
             if fixed is not None and not self.input_split and self.opt.refine_unstable_only:
                 refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
             res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited,
-                                                       refine=refine)
+                                                       refine=refine, rows=self._open_rows(batch))
             spec_lower = res.spec_lower.numpy()
             unstable = res.unstable()
             if first:
@@ -315,8 +330,19 @@ class RegionSearch(Splitting):
                 margin = self._margin(spec_lower[i], refuted[i])
                 for child in pair:
                     child.score = margin
+                    child.refuted = refuted[i]
                     stack.push(child)
         return RegionOutcome(Status.HOLDS, self._method(), leaves=self.leaves)
+
+    def _open_rows(self, batch) -> np.ndarray | None:
+        """(m,) the spec rows a batch needs bounded: those of the conjunctions that
+        some branch's parent left unrefuted (a refuted one stays refuted on the
+        parent's sub-domains); None: all.  A proof being recorded keeps every row
+        (its leaves' spec bounds are what a variant's re-check starts from)."""
+        if self.record or not self.opt.drop_refuted_rows or any(n.refuted is None for n in batch):
+            return None
+        done = np.logical_and.reduce([n.refuted for n in batch])
+        return None if not done.any() else ~done[self.owner]
 
     def _close_fixed(self, batch, idx: list[int], splits, lo, hi) -> bool:
         """Bound the fully split branches ``idx`` again with many beta-CROWN steps;

@@ -54,11 +54,11 @@ class LeafSearch(RegionSearch):
     tight bounds a leaf inherits)."""
 
     def bound_branches(self, lo, hi, splits, fixed, alpha=None, mode=None, inherited=None,
-                       refine=None, alpha_init=None):
+                       refine=None, alpha_init=None, rows=None):
         if refine is None and fixed is not None and not self.input_split:
             refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
         return super().bound_branches(lo, hi, splits, fixed, alpha, mode, inherited, refine,
-                                      alpha_init)
+                                      alpha_init, rows)
 
 
 def leaf_deviation(cmap: ChangeMap, lowers, uppers, box_lo: np.ndarray, box_hi: np.ndarray,

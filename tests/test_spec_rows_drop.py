@@ -1,0 +1,88 @@
+"""Branch and bound bounds only the spec rows of conjunctions that a branch's parent
+left unrefuted (``VerifyOptions.drop_refuted_rows``): the dropped rows read as
+refuted, verdicts still equal an exact (MILP) verdict, and a search that drops a row
+its parent did NOT refute is caught by the same check."""
+import numpy as np
+import torch
+
+from verify.bounds import REFUTED_ROW, BatchBounds
+from verify.options import ReluBranchOptions, VerifyOptions
+from verify.properties import local_robustness
+from verify.search import RegionSearch
+from verify.spec_rows import refuted_conjunctions
+from verify.verifier import verify_property
+
+from test_relu_branching import _exact_holds
+
+BALLS = ((9, 0.08), (15, 0.06), (17, 0.08))  # root bound open: two hold, one violated
+
+
+def _options(drop: bool) -> VerifyOptions:
+    # no attack and no Z3: branch and bound alone decides
+    return VerifyOptions(timeout=60, input_split_max=0, use_z3=False, attack_max_s=0.0,
+                         random_samples=0, attack_far_share=0.0, attack_search_share=0.0,
+                         relu_branching=ReluBranchOptions("babsr"), drop_refuted_rows=drop)
+
+
+def test_expanded_rows_read_as_refuted_and_keep_the_bounded_ones():
+    B, m, n = 3, 4, 5
+    keep = torch.tensor([True, False, True, False])
+    sub = BatchBounds([torch.zeros(B, 2)], [torch.ones(B, 2)], -torch.ones(B, 2),
+                      torch.randn(B, 2, n, dtype=torch.float64), torch.zeros(B, dtype=torch.bool),
+                      [torch.randn(B, 2, 2)], -torch.ones(B, 2), torch.randn(B, 2, n))
+    full = sub.expand_rows(keep)
+    assert full.spec_lower.shape == (B, m) and full.spec_coeffs.shape == (B, m, n)
+    assert torch.equal(full.spec_lower[:, keep], sub.spec_lower)
+    assert torch.equal(full.spec_coeffs[:, keep], sub.spec_coeffs)
+    assert (full.spec_lower[:, ~keep] == REFUTED_ROW).all()
+    assert (full.spec_coeffs[:, ~keep] == 0).all() and (full.layer_coeffs[0][:, ~keep] == 0).all()
+    lo, hi = np.zeros((B, n)), np.ones((B, n))
+    refuted = refuted_conjunctions(full, np.arange(m), m, lo, hi)
+    assert refuted[:, ~keep.numpy()].all() and not refuted[:, keep.numpy()].any()
+
+
+def test_dropping_refuted_rows_keeps_exact_verdicts(digits_mlp, monkeypatch):
+    net, X, y = digits_mlp
+    dropped = []
+    real = RegionSearch._open_rows
+
+    def counted(self, batch):
+        rows = real(self, batch)
+        dropped.append(0 if rows is None else int((~rows).sum()))
+        return rows
+
+    monkeypatch.setattr(RegionSearch, "_open_rows", counted)
+    for idx, eps in BALLS:
+        prop = local_robustness(X[idx], eps, int(y[idx]), 10)
+        truth = _exact_holds(net, prop.regions[0])
+        assert truth is not None
+        for drop in (True, False):
+            res = verify_property(net, prop, _options(drop))
+            assert res.status.value == ("holds" if truth else "violated"), (idx, eps, drop)
+            assert res.statistics.branches > 0
+    assert sum(dropped) > 0  # rows were in fact dropped on these searches
+
+
+def test_a_search_dropping_unrefuted_rows_is_caught(digits_mlp, monkeypatch):
+    """Mutation: the batch drops every row but the first open one (as if the parent
+    had refuted the others): the violated ball is then wrongly proved, which the
+    exact verdict catches."""
+    net, X, y = digits_mlp
+    real = RegionSearch._open_rows
+
+    def too_many(self, batch):
+        rows = real(self, batch)
+        if rows is None:
+            rows = np.ones(len(self.owner), dtype=bool)
+        out = np.zeros_like(rows)
+        out[np.flatnonzero(rows)[:1]] = True
+        return out
+
+    monkeypatch.setattr(RegionSearch, "_open_rows", too_many)
+    wrong = 0
+    for idx, eps in BALLS:
+        prop = local_robustness(X[idx], eps, int(y[idx]), 10)
+        truth = _exact_holds(net, prop.regions[0])
+        res = verify_property(net, prop, _options(True))
+        wrong += res.status.value == ("violated" if truth else "holds")
+    assert wrong > 0
