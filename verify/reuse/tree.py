@@ -43,7 +43,8 @@ from ..constraint_names import fact_dict, fact_names
 from ..result import Status
 from .changes import ChangeMap
 from .derive import GraphChangeMap
-from .difference import hopeful, symbolic_deviation
+from ..diffbounds import activation_change, interval_change
+from .difference import hopeful, interval_symbolic_deviation, symbolic_deviation
 
 
 class LeafSearch(RegionSearch):
@@ -69,34 +70,21 @@ def leaf_deviation(cmap: ChangeMap, lowers, uppers, box_lo: np.ndarray, box_hi: 
     (B, n_k) bounding the variant's pre-activation change (original
     numbering) and the (B, m) lower bound of ``spec_c @ (y' - y)``."""
     last = len(cmap.embedded) - 1
-    hm, hr = (box_lo + box_hi) / 2, (box_hi - box_lo) / 2  # the original's activations
-    em = er = None  # the change of the activations (none at the input)
+    h_lo, h_hi = box_lo, box_hi  # the original's activations (the input first)
+    dh_lo = dh_hi = None  # the change of the activations (none at the input)
     out = []
     for k in range(last + 1):
         W2, _ = cmap.embedded[k]
         dW, db = cmap.deltas[k]
         if k == last:  # the spec folded into the output layer
             W2, dW, db = spec_c @ W2, spec_c @ dW, spec_c @ db
-        centre = hm @ dW.T + db
-        radius = hr @ np.abs(dW).T
-        if em is not None:
-            centre = centre + em @ W2.T
-            radius = radius + er @ np.abs(W2).T
-        radius = radius + TOLERANCE * (1.0 + np.abs(centre) + radius)
-        dl, du = centre - radius, centre + radius
+        dl, du = interval_change(W2, dW, db, h_lo, h_hi, dh_lo, dh_hi)
         if k == last:
             return out, dl
         out.append((dl, du))
         l, u = lowers[k], uppers[k]
-        a_lo, a_hi = np.maximum(l, 0.0), np.maximum(u, 0.0)
-        # dh = relu(z + dz) - relu(z): between 0 and dz, above -relu(z), below
-        # relu(z + dz); equal to dz where both networks are active
-        lo_h = np.maximum(np.minimum(dl, 0.0), -a_hi)
-        hi_h = np.minimum(np.maximum(du, 0.0), np.maximum(u + du, 0.0))
-        both = (l >= 0) & (l + dl >= 0)
-        lo_h, hi_h = np.where(both, dl, lo_h), np.where(both, du, hi_h)
-        em, er = (lo_h + hi_h) / 2, (hi_h - lo_h) / 2
-        hm, hr = (a_lo + a_hi) / 2, (a_hi - a_lo) / 2
+        dh_lo, dh_hi = activation_change(l, u, dl, du)
+        h_lo, h_hi = np.maximum(l, 0.0), np.maximum(u, 0.0)
     raise AssertionError("unreachable: the last layer returns")
 
 
@@ -333,6 +321,22 @@ class TreeCheck:
         done0 = self._refuted(spec0)
         self.closed["closed_by_bounds"] += int(done0.sum())
         self.closed["closed_by_difference"] += int(done0.sum())
+        if not self.graph and self.n_hidden:
+            # tier 0b: the spec's change back-substituted through both networks over
+            # the interval changes (a few products; tier 1b tightens the changes too)
+            rows = np.flatnonzero(~done0 & known)
+            if len(rows):
+                sdl = interval_symbolic_deviation(
+                    self.cmap, [l[rows] for l in lowers], [u[rows] for u in uppers],
+                    [(dl[rows], du[rows]) for dl, du in changes], box_lo[rows], box_hi[rows],
+                    search.C.numpy())
+                better = np.maximum(sdl, spec_dl[rows])
+                spec0[rows] += better - spec_dl[rows]
+                spec_dl[rows] = better
+                done = self._refuted(spec0[rows])
+                for name in ("closed_by_bounds", "closed_by_difference", "closed_by_symbolic"):
+                    self.closed[name] += int(done.sum())
+                done0[rows[done]] = True
         sel = np.flatnonzero(~done0)
         if len(sel) == 0:
             return [], {}
