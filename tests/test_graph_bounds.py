@@ -275,3 +275,30 @@ def test_depthwise_transpose_equals_the_conv_transpose(strides, pads, dilations,
     assert torch.allclose(fast, op.transpose(A, shape)[0], atol=1e-12)
     parts, _ = rules.ConvRule.backward(op, A, (shape,))
     assert parts[0] is not None and torch.allclose(parts[0], fast)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_alpha_steps_run_in_float32_and_the_bound_is_evaluated_in_float64(name, monkeypatch):
+    """With ``optimise_in_float32`` the alpha/beta steps back-substitute in float32 (the
+    CPU's fast convolutions); the bound returned is the float64 evaluation of the slopes
+    found, and contains every sampled point; without it no float32 step runs."""
+    seen = []
+    real = propagator_module.relu_backward
+
+    def recording(A, *args, **kw):
+        seen.append(A.dtype)
+        return real(A, *args, **kw)
+
+    monkeypatch.setattr(propagator_module, "relu_backward", recording)
+    net = NETS[name](np.random.default_rng(3))
+    lo, hi = _box(net, 3)
+    C, d = _spec(net.n_outputs)
+    xs = _samples(lo[0], hi[0], np.random.default_rng(3))
+    for float32 in (True, False):
+        seen.clear()
+        prop = GraphBoundPropagator(net, GraphBoundOptions(optimise_in_float32=float32))
+        res = prop.bound(torch.tensor(lo), torch.tensor(hi), C, d, alpha_iterations=10)
+        assert res.spec_lower.dtype == torch.float64
+        assert _violations(net, res, 0, xs) == 0
+        if net.n_hidden:
+            assert (torch.float32 in seen) == float32

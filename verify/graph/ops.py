@@ -137,7 +137,14 @@ class Gemm(Op):
         return x @ self._w.T + self._b
 
     def transpose(self, A, s):
-        return [A @ self._w]
+        return [A @ (self._w if A.dtype == self._w.dtype else self._w_lowp(A.dtype))]
+
+    def _w_lowp(self, dtype):
+        """The weight in a lower precision (the bound optimisers' steps), kept."""
+        cache = self.__dict__.setdefault("_w_cast", {})
+        if dtype not in cache:
+            cache[dtype] = self._w.to(dtype)
+        return cache[dtype]
 
     def abs_forward(self, r):
         return r @ self._w_abs_t
@@ -259,11 +266,12 @@ class Conv(Op):
         A = A.reshape(-1, *A.shape[-3:])
         t, l, b, r = self.pads
         c, h, w = s[-3:]
+        weight = self._w.to(A.dtype)  # (float32 in the bound optimisers' steps)
         if self._symmetric:
-            x = torch.nn.grad.conv2d_input((A.shape[0], c, h, w), self._w, A, self.strides,
+            x = torch.nn.grad.conv2d_input((A.shape[0], c, h, w), weight, A, self.strides,
                                            (t, l), self.dilations, self.groups)
         else:
-            x = torch.nn.grad.conv2d_input((A.shape[0], c, h + t + b, w + l + r), self._w, A,
+            x = torch.nn.grad.conv2d_input((A.shape[0], c, h + t + b, w + l + r), weight, A,
                                            self.strides, 0, self.dilations, self.groups)
             x = x[:, :, t:t + h, l:l + w]
         return [x.reshape(*lead, c, h, w)]
@@ -316,7 +324,7 @@ class Scale(Op):
         return x * self._s + self._c
 
     def transpose(self, A, s):
-        return [A * self._s]
+        return [A * self._s.to(A.dtype)]
 
     def abs_forward(self, r):
         return r * self._s.abs()

@@ -41,7 +41,9 @@ class GraphBoundPropagator(BoundPropagator):
 
     def __init__(self, network: GraphNetwork, options: GraphBoundOptions = GraphBoundOptions()):
         self.network = network
-        self.search_dtype = None  # the operators' rules back-substitute in float64
+        # the alpha/beta steps in float32 (CPU convolutions take several times longer in
+        # float64), the slopes and multipliers found then evaluated once in float64
+        self.search_dtype = torch.float32 if options.optimise_in_float32 else None
         self.options = options
         self.nodes = network.nodes
         self.relus = network.relu_nodes

@@ -39,7 +39,7 @@ class AffineRule:
     def backward(op, A, in_shapes):
         B, m = A.shape[:2]
         c = op.constant(*in_shapes)
-        const = None if c is None else _flat_sum(A * c, B, m)
+        const = None if c is None else _flat_sum(A * c.to(A.dtype), B, m)
         return op.transpose(A, *in_shapes), const
 
 
@@ -51,7 +51,7 @@ class ConvRule(AffineRule):
 
     @staticmethod
     def backward(op, A, in_shapes):
-        const = (A.sum((-1, -2)) * op._b).reshape(A.shape[0], A.shape[1], -1).sum(-1)
+        const = (A.sum((-1, -2)) * op._b.to(A.dtype)).reshape(A.shape[0], A.shape[1], -1).sum(-1)
         if op.weight.shape[1] == 1 and op.groups > 1:
             return [depthwise_transpose(op, A, in_shapes[0])], const
         return op.transpose(A, *in_shapes), const
@@ -65,7 +65,7 @@ def depthwise_transpose(op, A, in_shape):
     t, l, b, r = op.pads
     (sh, sw), (dh, dw) = op.strides, op.dilations
     kh, kw = op.weight.shape[2:]
-    w = op._w[:, 0]
+    w = op._w[:, 0].to(A.dtype)
     out = A.new_zeros(*lead, O, H + t + b, W + l + r)
     for i in range(kh):
         for j in range(kw):
