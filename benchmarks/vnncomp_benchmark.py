@@ -1,7 +1,7 @@
 """VNN-COMP 2021 benchmarks on this machine, one instance at a time.
 
     python benchmarks/vnncomp_benchmark.py [--only NAME ...] [--timeout-scale 1.0]
-                                           [--limit N] [--every K] [--max-timeout S]
+                                           [--limit N] [--every K [--start S]] [--max-timeout S]
                                            [--jsonl results.jsonl] [--unknown-in OLD.jsonl]
                                            [--cross-check SECONDS]
 
@@ -180,11 +180,11 @@ def unknown_in(path: str) -> set[tuple[str, str]]:
 
 
 def run(name: str, scale: float, limit: int | None, cross_check: float, out,
-        every: int = 1, max_timeout: float | None = None, only=None) -> dict:
+        every: int = 1, max_timeout: float | None = None, only=None, start: int = 0) -> dict:
     rows = instances(name)
     if only is not None:
         rows = [r for r in rows if (_bare(r[0].name), _bare(r[1].name)) in only]
-    rows = rows[::every][:limit]
+    rows = rows[start::every][:limit]
     counts = {"holds": 0, "violated": 0, "unknown": 0, "error": 0}
     times, solved_times, wrong = [], [], 0
     runner = _Runner(cross_check)
@@ -225,6 +225,9 @@ def main():
                     help="cap every instance's (scaled) timeout at this many seconds")
     ap.add_argument("--every", type=int, default=1,
                     help="every K-th instance (a spread sample; --limit applies after)")
+    ap.add_argument("--start", type=int, default=0,
+                    help="with --every K: from instance S (0-based; --every 2 --start 0 and "
+                         "--start 1 split a benchmark over two processes)")
     ap.add_argument("--cross-check", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--jsonl")
     ap.add_argument("--unknown-in", metavar="OLD.jsonl",
@@ -237,7 +240,8 @@ def main():
     for name in args.only or [n for n in CSV if n != "mnistfc"]:  # (mnist: its 256x2 part)
         t0 = time.monotonic()
         s = run(name, args.timeout_scale, args.limit, args.cross_check, out, args.every,
-                args.max_timeout, unknown_in(args.unknown_in) if args.unknown_in else None)
+                args.max_timeout, unknown_in(args.unknown_in) if args.unknown_in else None,
+                args.start)
         s["wall_s"] = round(time.monotonic() - t0, 1)
         summaries.append(s)
     print("| benchmark | instances | solved | holds | violated | unknown | error | wrong "
