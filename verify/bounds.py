@@ -22,9 +22,6 @@ from .network import Network
 
 #: relative/absolute widening applied to every concrete bound
 TOLERANCE = 1e-9
-#: the lower bound given to a spec row that was not bounded because its conjunction
-#: is refuted on a parent branch (:meth:`BatchBounds.expand_rows`): positive, finite
-REFUTED_ROW = 1e30
 
 
 def _widen_lower(x: torch.Tensor) -> torch.Tensor:
@@ -78,24 +75,24 @@ class BatchBounds:
                            pick(self.layer_coeffs), self.spec_const[rows], self.guide_coeffs[rows],
                            None if self.alphas is None else pick(self.alphas))
 
-    def expand_rows(self, keep: torch.Tensor) -> "BatchBounds":
+    def expand_rows(self, keep: torch.Tensor, known: torch.Tensor) -> "BatchBounds":
         """These bounds, computed for the spec rows ``keep`` ((m,) bool) only, as
-        bounds of all ``m`` rows: a dropped row gets :data:`REFUTED_ROW` as its
-        lower bound and zero coefficients.  Only for rows whose conjunction is
-        refuted already on a superset of every branch's domain (a parent's)."""
+        bounds of all ``m`` rows: a dropped row ``r`` of branch ``b`` gets the constant
+        linear bound ``known[b, r]`` ((B, m): a lower bound of the row that holds on the
+        branch, e.g. its parent's)."""
         B, m = self.spec_lower.shape[0], len(keep)
 
         def full(t, fill):
-            if t is None:
-                return None
-            out = t.new_full((B, m) + tuple(t.shape[2:]), fill)
+            out = (t.new_zeros((B, m) + tuple(t.shape[2:])) if fill is None
+                   else fill.to(t.dtype).clone())
             out[:, keep] = t
             return out
 
-        return BatchBounds(self.lower, self.upper, full(self.spec_lower, REFUTED_ROW),
-                           full(self.spec_coeffs, 0.0), self.infeasible,
-                           [full(c, 0.0) for c in self.layer_coeffs],
-                           full(self.spec_const, REFUTED_ROW), full(self.guide_coeffs, 0.0),
+        known = known.to(self.spec_lower.dtype)
+        return BatchBounds(self.lower, self.upper, full(self.spec_lower, known),
+                           full(self.spec_coeffs, None), self.infeasible,
+                           [None if c is None else full(c, None) for c in self.layer_coeffs],
+                           full(self.spec_const, known), full(self.guide_coeffs, None),
                            self.alphas)
 
     def merge_rows(self, rows: torch.Tensor, other: "BatchBounds") -> None:

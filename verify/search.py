@@ -86,13 +86,14 @@ class RegionSearch(Splitting):
         and only the branches they leave open are bounded again, with the
         neurons that forward bounds leave unstable back-substituted
         (``intermediate_bounds="hybrid"``).  ``alpha_init``: warm-start slopes
-        (see :meth:`BoundPropagator.bound`).  ``rows``: (m,) bool, the spec rows to
-        bound (the others' conjunctions are refuted on every branch's parent; they
-        get :data:`verify.bounds.REFUTED_ROW`); None: all."""
+        (see :meth:`BoundPropagator.bound`).  ``rows``: None (every spec row), or
+        ``(keep, known)``: bound only the rows ``keep`` ((m,) bool; the others'
+        conjunctions are refuted on every branch's parent) and give the others the
+        lower bounds ``known`` ((B, m), their parents': they hold on the branches)."""
         C, d = self.C, self.d
-        keep = None
-        if rows is not None and not rows.all():
-            keep = torch.from_numpy(rows)
+        keep = known = None
+        if rows is not None and not rows[0].all():
+            keep, known = torch.from_numpy(rows[0]), torch.from_numpy(rows[1])
             C, d = C[keep], d[keep]
         if alpha is None:
             alpha = self.alpha_iterations
@@ -105,7 +106,7 @@ class RegionSearch(Splitting):
                               deadline=self.deadline, forward=mode != "backward", refine=refine,
                               alpha_init=alpha_init, keep_parent=keep_parent)
         if keep is not None:
-            res = res.expand_rows(keep)
+            res = res.expand_rows(keep, known)
         self.stats.bound_evaluations += len(lo)
         if inherited is not None:
             res.merge_linear(*inherited, lo, hi)
@@ -118,11 +119,11 @@ class RegionSearch(Splitting):
                                     alpha_iterations=alpha, deadline=self.deadline,
                                     forward=True, backward=True)
             if keep is not None:
-                again = again.expand_rows(keep)
+                again = again.expand_rows(keep, known[rows])
             self.stats.bound_evaluations += len(rows)
             # bounds are not monotone in the intermediate bounds: keep the better
             self._merge(res, rows, again, lo, hi, refuted, closed)
-            self._alpha_tier(res, lo, hi, refuted, closed, keep)
+            self._alpha_tier(res, lo, hi, refuted, closed, keep, known)
         return res, refuted, closed
 
     def _merge(self, res, rows, again, lo, hi, refuted, closed) -> None:
@@ -133,7 +134,7 @@ class RegionSearch(Splitting):
         refuted[r] |= self.refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())[0]
         closed[r] = refuted[r].all(axis=1) | res.infeasible.numpy()[r]
 
-    def _alpha_tier(self, res, lo, hi, refuted, closed, keep=None) -> None:
+    def _alpha_tier(self, res, lo, hi, refuted, closed, keep=None, known=None) -> None:
         """alpha-CROWN steps on the spec rows (``keep``: these only) of the open
         branches with few unstable ReLUs (over their intermediate bounds); updates
         in place."""
@@ -148,7 +149,7 @@ class RegionSearch(Splitting):
                                      [l[rows] for l in res.lower], [u[rows] for u in res.upper],
                                      self.opt.alpha_tier_iterations, deadline=self.deadline)
         if keep is not None:
-            again = again.expand_rows(keep)
+            again = again.expand_rows(keep, known[rows])
         self.stats.bound_evaluations += len(r)
         self._merge(res, rows, again, lo, hi, refuted, closed)
 
@@ -263,6 +264,10 @@ class RegionSearch(Splitting):
                 refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
             res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited,
                                                        refine=refine, rows=self._open_rows(batch))
+            if all(n.refuted is not None for n in batch):
+                # a conjunction refuted on the parent is refuted on its sub-domains
+                refuted |= np.stack([n.refuted for n in batch])
+                closed |= refuted.all(axis=1)
             spec_lower = res.spec_lower.numpy()
             unstable = res.unstable()
             if first:
@@ -330,19 +335,21 @@ class RegionSearch(Splitting):
                 margin = self._margin(spec_lower[i], refuted[i])
                 for child in pair:
                     child.score = margin
-                    child.refuted = refuted[i]
+                    child.refuted, child.parent_lower = refuted[i], spec_lower[i]
                     stack.push(child)
         return RegionOutcome(Status.HOLDS, self._method(), leaves=self.leaves)
 
-    def _open_rows(self, batch) -> np.ndarray | None:
-        """(m,) the spec rows a batch needs bounded: those of the conjunctions that
-        some branch's parent left unrefuted (a refuted one stays refuted on the
-        parent's sub-domains); None: all.  A proof being recorded keeps every row
-        (its leaves' spec bounds are what a variant's re-check starts from)."""
-        if self.record or not self.opt.drop_refuted_rows or any(n.refuted is None for n in batch):
+    def _open_rows(self, batch):
+        """The spec rows a batch needs bounded, as ``bound_branches``' ``rows``: those
+        of the conjunctions that some branch's parent left unrefuted (a refuted one
+        stays refuted on the parent's sub-domains), the others keeping their parents'
+        lower bounds (valid on the branch: what a proof's leaf records); None: all."""
+        if not self.opt.drop_refuted_rows or any(n.refuted is None for n in batch):
             return None
         done = np.logical_and.reduce([n.refuted for n in batch])
-        return None if not done.any() else ~done[self.owner]
+        if not done.any():
+            return None
+        return ~done[self.owner], np.stack([n.parent_lower for n in batch])
 
     def _close_fixed(self, batch, idx: list[int], splits, lo, hi) -> bool:
         """Bound the fully split branches ``idx`` again with many beta-CROWN steps;

@@ -21,8 +21,10 @@ class Node:
     depth: int = 0
     score: float = 0.0  # the parent's worst open margin: most negative is searched first
     parent_spec: tuple[np.ndarray, np.ndarray] | None = None  # parent's linear spec bound
-    # (n_conj,) bool: the unsafe conjunctions refuted on the parent (so on this branch)
+    # (n_conj,) bool: the unsafe conjunctions refuted on the parent (so on this branch),
+    # and (m,) the parent's lower bounds of the spec rows (they hold on this branch)
     refuted: np.ndarray | None = None
+    parent_lower: np.ndarray | None = None
 
 
 @dataclass
