@@ -344,12 +344,18 @@ class RegionSearch(Splitting):
         of the conjunctions that some branch's parent left unrefuted (a refuted one
         stays refuted on the parent's sub-domains), the others keeping their parents'
         lower bounds (valid on the branch: what a proof's leaf records); None: all."""
-        if not self.opt.drop_refuted_rows or any(n.refuted is None for n in batch):
+        return self.rows_to_bound([n.refuted for n in batch], [n.parent_lower for n in batch])
+
+    def rows_to_bound(self, refuted, known):
+        """``bound_branches``' ``rows`` for branches whose parents refuted the
+        conjunctions ``refuted`` ((n_conj,) bool each, or None: not known) with spec
+        row lower bounds ``known`` ((m,) each); None: every row."""
+        if not self.opt.drop_refuted_rows or any(r is None for r in refuted):
             return None
-        done = np.logical_and.reduce([n.refuted for n in batch])
+        done = np.logical_and.reduce(refuted)
         if not done.any():
             return None
-        return ~done[self.owner], np.stack([n.parent_lower for n in batch])
+        return ~done[self.owner], np.stack(known)
 
     def _close_fixed(self, batch, idx: list[int], splits, lo, hi) -> bool:
         """Bound the fully split branches ``idx`` again with many beta-CROWN steps;

@@ -443,32 +443,35 @@ class TreeWalk:
     def _is_leaf(self, facts: dict, idx) -> bool:
         return len(idx) == 1 and self.facts[idx[0]] == facts
 
-    def _bound_nodes(self, lo, hi, splits, fixed, leaves, alpha: bool):
+    def _bound_nodes(self, lo, hi, splits, fixed, leaves, alpha: bool, rows=None):
         """(bounds, closed) of a batch of interior nodes (``leaves`` None; ``alpha``:
         with the search's alpha steps) or of the leaves ``leaves``.  An interior node
         was open on the original: deep down the tree its bound mostly serves its
         children's intermediate bounds, so it gets no alpha steps (see
         ``ReuseOptions.walk_alpha_depth``).  A leaf starts from the original's slopes
-        for ``warm_alpha_iterations`` steps, the ones left open get the search's own."""
+        for ``warm_alpha_iterations`` steps, the ones left open get the search's own.
+        ``rows``: the spec rows to bound (as ``RegionSearch.bound_branches``).  Returns
+        (bounds, refuted conjunctions, closed)."""
         search, ropt = self.search, self.reuser.ropt
         if leaves is None:
-            res, _, closed = search.bound_branches(lo, hi, splits, fixed, None if alpha else 0,
-                                                   mode="backward")
-            return res, closed
+            return search.bound_branches(lo, hi, splits, fixed, None if alpha else 0,
+                                         mode="backward", rows=rows)
         warm = warm_alphas(self.cmap, self.branches, leaves)
-        res, _, closed = search.bound_branches(
+        res, refuted, closed = search.bound_branches(
             lo, hi, splits, fixed, ropt.warm_alpha_iterations if warm is not None else None,
-            mode="backward", alpha_init=warm)
+            mode="backward", alpha_init=warm, rows=rows)
         open_rows = np.flatnonzero(~closed)
         if len(open_rows) and warm is not None:
-            rows = torch.from_numpy(open_rows)
-            again, _, closed_again = search.bound_branches(
-                lo[rows], hi[rows], [t[rows] for t in splits],
-                None if fixed is None else [(l[rows], u[rows]) for l, u in fixed], None,
-                mode="backward", alpha_init=[a[rows] for a in warm])
-            res.merge_rows(rows, again)
+            sel = torch.from_numpy(open_rows)
+            again, refuted_again, closed_again = search.bound_branches(
+                lo[sel], hi[sel], [t[sel] for t in splits],
+                None if fixed is None else [(l[sel], u[sel]) for l, u in fixed], None,
+                mode="backward", alpha_init=[a[sel] for a in warm],
+                rows=None if rows is None else (rows[0], rows[1][open_rows]))
+            res.merge_rows(sel, again)
             closed[open_rows] = closed_again
-        return res, closed
+            refuted[open_rows] |= refuted_again
+        return res, refuted, closed
 
     def _node_splits(self, facts: dict) -> list[np.ndarray]:
         from ..constraint_names import split_arrays
@@ -481,11 +484,12 @@ class TreeWalk:
         search, n_hidden = self.search, len(self.search.net.hidden_sizes)
         top = self.reuser.ropt.walk_alpha_depth
 
-        def node(facts, idx, parent, depth):
+        def node(facts, idx, parent, depth, refuted=None, known=None):
             """A frontier entry, with its kind (bounded differently): a leaf; an
-            interior node high up the tree, or deeper down."""
+            interior node high up the tree, or deeper down.  ``refuted``/``known``: the
+            conjunctions the parent's bound on the variant refuted, its rows' bounds."""
             kind = "leaf" if self._is_leaf(facts, idx) else "top" if depth <= top else "deep"
-            return kind, facts, idx, parent, depth
+            return kind, facts, idx, parent, depth, refuted, known
         frontier = [node({}, np.arange(len(self.branches)), None, 0)]
         to_split, closed_nodes = [], 0
         while frontier:
@@ -505,16 +509,22 @@ class TreeWalk:
             n = len(batch)
             lo = torch.from_numpy(np.repeat(region.lower[None, :], n, axis=0))
             hi = torch.from_numpy(np.repeat(region.upper[None, :], n, axis=0))
-            arrays = [self._node_splits(f) for f, _, _, _ in batch]
+            arrays = [self._node_splits(b[0]) for b in batch]
             splits = [torch.from_numpy(np.stack([a[k] for a in arrays])) for k in range(n_hidden)]
             fixed = None
-            if all(p is not None for _, _, p, _ in batch):
-                fixed = [(torch.from_numpy(np.stack([p[k][0] for _, _, p, _ in batch])),
-                          torch.from_numpy(np.stack([p[k][1] for _, _, p, _ in batch])))
+            if all(b[2] is not None for b in batch):
+                fixed = [(torch.from_numpy(np.stack([b[2][k][0] for b in batch])),
+                          torch.from_numpy(np.stack([b[2][k][1] for b in batch])))
                          for k in range(n_hidden)]
-            leaf_of = [int(idx[0]) if kind == "leaf" else None for _, idx, _, _ in batch]
-            res, closed = self._bound_nodes(lo, hi, splits, fixed,
-                                            leaf_of if kind == "leaf" else None, kind == "top")
+            leaf_of = [int(b[1][0]) if kind == "leaf" else None for b in batch]
+            parent_refuted = [b[4] for b in batch]
+            rows = search.rows_to_bound(parent_refuted, [b[5] for b in batch])
+            res, refuted, closed = self._bound_nodes(lo, hi, splits, fixed,
+                                                     leaf_of if kind == "leaf" else None,
+                                                     kind == "top", rows)
+            if all(p is not None for p in parent_refuted):  # refuted on the parent: on its parts
+                refuted |= np.stack(parent_refuted)
+                closed |= refuted.all(axis=1)
             closed_nodes += int(closed.sum())
             open_rows = np.flatnonzero(~closed)
             if len(open_rows) == 0:
@@ -523,12 +533,14 @@ class TreeWalk:
                                 np.vstack([res.candidates(lo, hi, int(i)) for i in open_rows]))
             if cex is not None:
                 return cex
+            spec_lower = res.spec_lower.numpy()
             for i in open_rows:
-                facts, idx, _, depth = batch[i]
+                facts, idx, _, depth = batch[i][:4]
                 bounds = [(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(n_hidden)]
                 if leaf_of[i] is not None:
                     to_split.append(Node(region.lower.copy(), region.upper.copy(), arrays[i],
-                                         bounds, depth))
+                                         bounds, depth, refuted=refuted[i],
+                                         parent_lower=spec_lower[i]))
                     continue
                 common = set.intersection(*(set(self.facts[j]) - set(facts) for j in idx))
                 if not common:
@@ -536,7 +548,8 @@ class TreeWalk:
                 neuron = min(common)  # as covers() reads the tree
                 for phase in (1, -1):
                     sub = np.array([j for j in idx if self.facts[j][neuron] == phase], dtype=np.int64)
-                    frontier.append(node({**facts, neuron: phase}, sub, bounds, depth + 1))
+                    frontier.append(node({**facts, neuron: phase}, sub, bounds, depth + 1,
+                                         refuted[i], spec_lower[i]))
         self.stats.closed_by_bounds += closed_nodes
         if not to_split:
             return None
