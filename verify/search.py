@@ -37,8 +37,17 @@ from .constraint_names import split_arrays, split_facts
 from .search_types import Leaf, Node, RegionOutcome, _Frontier
 from .spec_rows import refuted_conjunctions, region_rows
 
-__all__ = ["Leaf", "Node", "RegionOutcome", "RegionSearch", "portfolio", "refuted_conjunctions",
-           "region_rows", "search_region", "split_arrays", "split_facts"]
+__all__ = ["Leaf", "Node", "RegionOutcome", "RegionSearch", "inherit_refuted", "portfolio",
+           "refuted_conjunctions", "region_rows", "search_region", "split_arrays", "split_facts"]
+
+
+def inherit_refuted(refuted: np.ndarray, closed: np.ndarray, parents) -> None:
+    """A conjunction refuted on a branch's parent is refuted on the branch (a
+    sub-domain): ``refuted`` (B, n_conj) and ``closed`` (B,) updated in place from the
+    parents' ``(n_conj,)`` flags (when every branch's are known)."""
+    if parents and all(p is not None for p in parents):
+        refuted |= np.stack(parents)
+        closed |= refuted.all(axis=1)
 
 
 class RegionSearch(Splitting):
@@ -264,10 +273,7 @@ class RegionSearch(Splitting):
                 refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
             res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited,
                                                        refine=refine, rows=self._open_rows(batch))
-            if all(n.refuted is not None for n in batch):
-                # a conjunction refuted on the parent is refuted on its sub-domains
-                refuted |= np.stack([n.refuted for n in batch])
-                closed |= refuted.all(axis=1)
+            inherit_refuted(refuted, closed, [n.refuted for n in batch])
             spec_lower = res.spec_lower.numpy()
             unstable = res.unstable()
             if first:

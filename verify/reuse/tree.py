@@ -38,12 +38,12 @@ import numpy as np
 import torch
 
 from ..bounds import TOLERANCE
-from ..search import Node, RegionSearch
+from ..search import Node, RegionSearch, inherit_refuted
 from ..constraint_names import fact_dict, fact_names
+from ..diffbounds import activation_change, interval_change
 from ..result import Status
 from .changes import ChangeMap
 from .derive import GraphChangeMap
-from ..diffbounds import activation_change, interval_change
 from .difference import hopeful, interval_symbolic_deviation, symbolic_deviation
 
 
@@ -444,7 +444,7 @@ class TreeWalk:
         return len(idx) == 1 and self.facts[idx[0]] == facts
 
     def _bound_nodes(self, lo, hi, splits, fixed, leaves, alpha: bool, rows=None):
-        """(bounds, closed) of a batch of interior nodes (``leaves`` None; ``alpha``:
+        """Bounds of a batch of interior nodes (``leaves`` None; ``alpha``:
         with the search's alpha steps) or of the leaves ``leaves``.  An interior node
         was open on the original: deep down the tree its bound mostly serves its
         children's intermediate bounds, so it gets no alpha steps (see
@@ -522,9 +522,7 @@ class TreeWalk:
             res, refuted, closed = self._bound_nodes(lo, hi, splits, fixed,
                                                      leaf_of if kind == "leaf" else None,
                                                      kind == "top", rows)
-            if all(p is not None for p in parent_refuted):  # refuted on the parent: on its parts
-                refuted |= np.stack(parent_refuted)
-                closed |= refuted.all(axis=1)
+            inherit_refuted(refuted, closed, parent_refuted)
             closed_nodes += int(closed.sum())
             open_rows = np.flatnonzero(~closed)
             if len(open_rows) == 0:
