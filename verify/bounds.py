@@ -380,8 +380,7 @@ class BoundPropagator:
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
-              refine: list | None = None, alpha_init: list | None = None,
-              keep_parent: bool = True) -> BatchBounds:
+              refine: list | None = None, alpha_init: list | None = None) -> BatchBounds:
         """Bound a batch.
 
         ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
@@ -398,11 +397,11 @@ class BoundPropagator:
         ``refine``: optional (n_k,) boolean mask per hidden layer: back-substitute
         only those neurons (where the other bounds leave them unstable) -- the
         bound facts a proof recorded as needed.  ``alpha_init``: warm-start slopes
-        for the alpha-CROWN steps (see :meth:`_optimise_alpha`).  ``keep_parent``: with
+        for the alpha-CROWN steps (see :meth:`_optimise_alpha`).  With
         ``fixed`` and ``splits`` (``fixed`` taken to be the parent's bounds on the same
         box), a layer is back-substituted only in branches with a split in an earlier
-        layer that the parent left unstable (False: always -- tighter bounds where the
-        parent's are kept, for a proof's leaves)."""
+        layer that the parent left unstable (elsewhere it would give the parent's bounds
+        again)."""
         B = lo.shape[0]
         if backward is None:
             backward = not forward
@@ -414,7 +413,7 @@ class BoundPropagator:
         # layer's back-substitution can only improve on them in a branch with a split of
         # an earlier layer that the parent's bounds leave unstable (one made since)
         fresh = None
-        if (keep_parent and fixed is not None and splits is not None
+        if (fixed is not None and splits is not None
                 and all(f is not None for f in fixed)):
             fresh = torch.zeros(B, dtype=torch.bool)
         for k in range(self.n_hidden):

@@ -198,8 +198,7 @@ class GraphBoundPropagator(BoundPropagator):
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
-              refine: list | None = None, alpha_init: list | None = None,
-              keep_parent: bool = True) -> BatchBounds:
+              refine: list | None = None, alpha_init: list | None = None) -> BatchBounds:
         """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result;
         ``alpha_init`` warm-starts the alpha steps);
         see :meth:`_bound`.  With the options' ``lazy_intermediate`` (and back-substituted
@@ -222,8 +221,7 @@ class GraphBoundPropagator(BoundPropagator):
             fixed = None if fixed is None else [None if f is None else (f[0][rows], f[1][rows])
                                                 for f in fixed]
             alpha_init = _rows_of(alpha_init, rows)
-        res = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, backward, refine,
-                          keep_parent)
+        res = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, backward, refine)
         if alpha_iterations and self.n_hidden:
             r = _open_rows(res)
             if len(r):
@@ -241,7 +239,7 @@ class GraphBoundPropagator(BoundPropagator):
         return cheap
 
     def _bound(self, lo, hi, spec_c, spec_d, splits, fixed, alpha_iterations, deadline,
-               backward: bool, refine, keep_parent: bool = True) -> BatchBounds:
+               backward: bool, refine) -> BatchBounds:
         """Bound a batch.
 
         Intermediate bounds: interval arithmetic through every node, intersected with
@@ -265,7 +263,7 @@ class GraphBoundPropagator(BoundPropagator):
         # a layer's back-substitution can only improve on them in a branch with a split
         # of an earlier layer that the parent's bounds leave unstable (one made since)
         fresh = None
-        if (keep_parent and fixed is not None and splits is not None
+        if (fixed is not None and splits is not None
                 and all(f is not None for f in fixed)):
             fresh = torch.zeros(B, dtype=torch.bool)
         for i, node in enumerate(self.nodes[1:], 1):
