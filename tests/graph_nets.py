@@ -91,3 +91,17 @@ def normalised(rng):
 
 NETS = {"conv_stride_pad": conv_stride_pad, "conv_groups": conv_groups, "pooling": pooling,
         "residual": residual, "normalised": normalised}
+
+
+def one_layer_conv(rng, channels: int = 6):
+    """Normalisation, a padded 2x2 convolution, one ReLU layer, average pooling and a
+    Gemm: the shape of verivital's Convnet_avgpool (see verify.graphbounds.local_fields)."""
+    b = Builder((1, 1, 5, 5))
+    x = b.add(Scale(np.full((1, 1, 1, 1), 1.5), np.full((1, 1, 1, 1), -0.5)), (0,))
+    x = b.add(_conv(rng, channels, 1, 2, pads=(1, 0, 0, 1)), (x,))
+    x = b.add(Relu(), (x,))
+    x = average_pool(b.add, x, channels, (5, 5), (2, 2), (2, 2), (0, 0, 0, 0), (1, 1), True, "avgpool")
+    x = b.add(Reshape((1, b.nodes[x].size)), (x,))
+    n = b.nodes[x].shape[1]
+    b.add(Gemm(rng.normal(size=(3, n)) / np.sqrt(n), rng.normal(size=3) * 0.1), (x,))
+    return GraphNetwork(tuple(b.nodes), "one_layer_conv")

@@ -36,10 +36,22 @@ class GraphBoundOptions:
     # graphs: CPU convolutions in float64 take several times longer -- resnet_2b
     # prop_1, 60 s: 504 -> 1538 branch evaluations)
     optimise_in_float32: bool = True
+    # a network of one ReLU layer between an affine map and a linear tail whose neurons
+    # read at most this many inputs each (a small convolution kernel on one channel):
+    # before branch and bound each region is bounded exactly per receptive field
+    # (verify.graphbounds.local_fields; verivital Convnet_avgpool at eps 0.04: margins
+    # -0.47/-0.55/-0.14 by alpha-CROWN, +0.51/+0.42/+0.82 this way). 0: never
+    local_fields_max_inputs: int = 6
+    local_fields_iterations: int = 500  # Adam steps on the multipliers at most ...
+    local_fields_share: float = 0.5  # ... and at most this share of the time left
 
     def __post_init__(self):
         if self.memory_bytes < 1 << 20:
             raise OptionError(f"memory_bytes must be at least 1 MiB, got {self.memory_bytes}")
+        if self.local_fields_max_inputs < 0 or self.local_fields_iterations < 0:
+            raise OptionError("local_fields_max_inputs and local_fields_iterations must be >= 0")
+        if not 0.0 <= self.local_fields_share <= 1.0:
+            raise OptionError(f"local_fields_share must be in [0, 1], got {self.local_fields_share}")
 
 
 @dataclass(frozen=True)

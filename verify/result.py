@@ -63,6 +63,7 @@ class Statistics:
     attack_restarts: int = 0
     z3_queries: int = 0
     z3_time_s: float = 0.0
+    closed_by_fields: int = 0  # regions the receptive-field bound proved
     core_size: int | None = None
     constraints_total: int | None = None
 

@@ -191,12 +191,12 @@ class RegionSearch(Splitting):
             return False
         res, closed = self.root_bound()
         self.root_result = res
+        self._root_statistics(res)
         if not closed:
             lo, hi = self.root_box()
             # the bound's minimisers and the centre: free counterexample candidates
             self.root_candidates = res.candidates(lo, hi)
             return False
-        self._root_statistics(res)
         self._close(self._root(), res, 0)
         return True
 

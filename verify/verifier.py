@@ -10,7 +10,9 @@ import numpy as np
 from .attack import Attacker
 from .graph import GraphNetwork
 from .threads import single_threaded
+from .bounds import TOLERANCE
 from .graphbounds import make_propagator
+from .graphbounds.local_fields import field_bound, field_vertices, local_fields
 from .loading import check_network_values
 from .network import Network
 from .options import VerifyOptions
@@ -18,6 +20,7 @@ from .properties import Property
 from .result import Statistics, Status, VerificationResult
 from .search import RegionSearch, search_region
 from .search_types import Leaf
+from .spec_rows import region_rows
 from .vnnlib import check_fits
 
 
@@ -103,12 +106,18 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
         if cex is not None:
             return done(Status.VIOLATED, "attack", cex)
     methods, unknown_reasons, core_sizes = [], [], []
+    fields = _fields_of(network, options) if proof is None else None
     for r, region in enumerate(prop.regions):
         if r in settled:
             methods.append("bounds")
             continue
         if time.monotonic() >= deadline:
             return done(Status.UNKNOWN, "timeout", reason=f"timeout after {options.timeout:g} s")
+        if fields is not None and _closed_by_fields(fields, network, region, options, deadline):
+            say(f"region {r + 1}/{len(prop.regions)}: holds by the receptive-field bound")
+            stats.closed_by_fields += 1
+            methods.append("fields")
+            continue
         say(f"region {r + 1}/{len(prop.regions)}: branch and bound")
         outcome = search_region(network, region, r, options, deadline, stats, propagator,
                                 record=proof is not None)
@@ -124,11 +133,41 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
         methods.append(outcome.method)
     if unknown_reasons:
         return done(Status.UNKNOWN, "bab", reason="; ".join(unknown_reasons))
-    order = ["z3", "bab", "bounds"]
+    order = ["z3", "bab", "fields", "bounds"]
     method = next(m for m in order if m in methods)
     if core_sizes:
         stats.core_size = max(core_sizes)
     return done(Status.HOLDS, method)
+
+
+def _fields_of(network, options: VerifyOptions):
+    """``network`` split into receptive fields (:mod:`verify.graphbounds.local_fields`),
+    or None (not a one-ReLU-layer graph with small fields, or the option is off)."""
+    if isinstance(network, Network) or not options.graph_bounds.local_fields_max_inputs:
+        return None
+    return local_fields(network, options.graph_bounds.local_fields_max_inputs)
+
+
+def _closed_by_fields(fields, network, region, options: VerifyOptions, deadline: float) -> bool:
+    """Whether the receptive-field bound refutes every unsafe conjunction of ``region``
+    (within ``local_fields_share`` of the time left). Not used when a proof is recorded:
+    its leaves are ReLU-split branches."""
+    gb = options.graph_bounds
+    until = time.monotonic() + gb.local_fields_share * (deadline - time.monotonic())
+    verts = field_vertices(fields, region.lower, region.upper)
+    if verts is None:
+        return False
+    C, d, owner = region_rows(region, network.n_outputs)
+    n_conj = len(region.unsafe)
+
+    def refuted(bounds: np.ndarray) -> bool:
+        hit = np.zeros(n_conj, dtype=bool)
+        np.logical_or.at(hit, owner, bounds - TOLERANCE * (1.0 + np.abs(bounds)) > 0)
+        return bool(hit.all())
+
+    bounds = field_bound(fields, verts, region.lower, region.upper, C.numpy(), d.numpy(),
+                         gb.local_fields_iterations, until, enough=refuted)
+    return refuted(bounds)
 
 
 def _falsify(attacker: Attacker, region, r: int, rng, options: VerifyOptions,
