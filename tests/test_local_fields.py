@@ -92,6 +92,52 @@ def test_bound_is_below_the_attacked_minimum_and_tighter_than_alpha_crown(cases)
         prop = None  # one propagator per network
 
 
+def _milp_minimum(fields, lo, hi, c, d) -> float:
+    """The exact minimum of the row ``c @ y - d`` over the box: a big-M MILP of the ReLU
+    layer (scipy's HiGHS), independent of the fields' vertex enumeration."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    N, n0 = fields.tail.shape[1], fields.n_inputs
+    W, b = np.zeros((N, n0)), np.zeros(N)
+    for g in range(len(fields.support)):
+        cols = fields.support[g][fields.support[g] >= 0]
+        for ch, i in enumerate(fields.neurons[g]):
+            if i >= 0:
+                W[i, cols], b[i] = fields.weights[g, ch, :len(cols)], fields.bias[g, ch]
+    b[fields.const_neurons] = fields.const_bias
+    l = np.clip(W, 0, None) @ lo + np.clip(W, None, 0) @ hi + b
+    u = np.clip(W, 0, None) @ hi + np.clip(W, None, 0) @ lo + b
+    a = c @ fields.tail
+    # variables: x (n0), h (N), delta (N; fixed where the neuron is stable)
+    nv = n0 + 2 * N
+    cost = np.concatenate([np.zeros(n0), a, np.zeros(N)])
+    I, Z = np.eye(N), np.zeros((N, N))
+    A = np.vstack([np.hstack([W, -I, Z]),                   # W x - h <= -b       (h >= z)
+                   np.hstack([np.zeros((N, n0)), I, -np.diag(np.maximum(u, 0))]),  # h <= u delta
+                   np.hstack([-W, I, -np.diag(np.minimum(l, 0))])])  # h <= z - l (1 - delta)
+    ub = np.concatenate([-b, np.zeros(N), b - np.minimum(l, 0)])
+    dlo = np.where(l >= 0, 1.0, 0.0)
+    dhi = np.where(u <= 0, 0.0, 1.0)
+    res = milp(cost, constraints=LinearConstraint(A, -np.inf, ub),
+               bounds=Bounds(np.concatenate([lo, np.zeros(N), dlo]),
+                             np.concatenate([hi, np.maximum(u, 0), dhi])),
+               integrality=np.concatenate([np.zeros(n0 + N), np.ones(N)]),
+               options={"mip_rel_gap": 0.0})
+    assert res.status == 0, res.message
+    return float(res.fun + c @ fields.tail_const - d)
+
+
+def test_bound_is_below_the_exact_minimum(cases):
+    """Independent ground truth: an exact MILP of each row (the bound may sit below it:
+    the fields overlap, so tying their copies is a relaxation; on these cases it is within 0.006)."""
+    for net, lo, hi, C, d, fields, verts, attacked in cases[:3]:
+        bound = field_bound(fields, verts, lo, hi, C, d, 400)
+        for r in range(len(C)):
+            exact = _milp_minimum(fields, lo, hi, C[r], d[r])
+            assert exact <= attacked[r] + 1e-6  # the MILP finds the attack's minimum or lower
+            assert bound[r] <= exact + 1e-7, (bound[r], exact)
+            assert exact - bound[r] < 0.02, (bound[r], exact)
+
+
 def test_any_multipliers_give_a_sound_bound(cases):
     net, lo, hi, C, d, fields, verts, attacked = cases[1]
     # zero Adam steps (the multipliers stay zero) and a few: sound both, more is tighter
