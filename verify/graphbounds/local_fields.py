@@ -37,7 +37,6 @@ import numpy as np
 import torch
 
 from ..graph import GraphNetwork
-from ..graph.ops import Relu
 
 # a vertex's linear system with |det| / prod(row norms) at most this is close to singular
 NEAR_SINGULAR = 1e-7
