@@ -58,6 +58,18 @@ def cases():
     return out
 
 
+def _dense(fields):
+    """The pre-activation map ``W x + b`` the fields hold, as a dense matrix."""
+    W, b = np.zeros((fields.tail.shape[1], fields.n_inputs)), np.zeros(fields.tail.shape[1])
+    for g in range(len(fields.support)):
+        cols = fields.support[g][fields.support[g] >= 0]
+        for ch, i in enumerate(fields.neurons[g]):
+            if i >= 0:
+                W[i, cols], b[i] = fields.weights[g, ch, :len(cols)], fields.bias[g, ch]
+    b[fields.const_neurons] = fields.const_bias
+    return W, b
+
+
 def test_fields_of_a_padded_convolution(cases):
     net, lo, hi, C, d, fields, verts, _ = cases[0]
     assert fields is not None and fields.support.shape[1] == 4
@@ -65,13 +77,8 @@ def test_fields_of_a_padded_convolution(cases):
     assert fields.neurons.shape == (25, 6)  # 5x5 positions, 6 channels each
     # the fields' functions add up to the network (tail included)
     x = lo + (hi - lo) * np.random.default_rng(0).random((50, lo.size))
-    z = np.zeros((50, fields.tail.shape[1]))
-    for g in range(len(fields.support)):
-        cols = fields.support[g][fields.support[g] >= 0]
-        for c, i in enumerate(fields.neurons[g]):
-            if i >= 0:
-                z[:, i] = x[:, cols] @ fields.weights[g, c, :len(cols)] + fields.bias[g, c]
-    y = np.maximum(z, 0) @ fields.tail.T + fields.tail_const
+    W, b = _dense(fields)
+    y = np.maximum(x @ W.T + b, 0) @ fields.tail.T + fields.tail_const
     np.testing.assert_allclose(y, net.forward(x), atol=1e-10)
 
 
@@ -95,18 +102,11 @@ def _milp_minimum(fields, lo, hi, c, d) -> float:
     layer (scipy's HiGHS), independent of the fields' vertex enumeration."""
     from scipy.optimize import Bounds, LinearConstraint, milp
     N, n0 = fields.tail.shape[1], fields.n_inputs
-    W, b = np.zeros((N, n0)), np.zeros(N)
-    for g in range(len(fields.support)):
-        cols = fields.support[g][fields.support[g] >= 0]
-        for ch, i in enumerate(fields.neurons[g]):
-            if i >= 0:
-                W[i, cols], b[i] = fields.weights[g, ch, :len(cols)], fields.bias[g, ch]
-    b[fields.const_neurons] = fields.const_bias
+    W, b = _dense(fields)
     l = np.clip(W, 0, None) @ lo + np.clip(W, None, 0) @ hi + b
     u = np.clip(W, 0, None) @ hi + np.clip(W, None, 0) @ lo + b
     a = c @ fields.tail
     # variables: x (n0), h (N), delta (N; fixed where the neuron is stable)
-    nv = n0 + 2 * N
     cost = np.concatenate([np.zeros(n0), a, np.zeros(N)])
     I, Z = np.eye(N), np.zeros((N, N))
     A = np.vstack([np.hstack([W, -I, Z]),                   # W x - h <= -b       (h >= z)

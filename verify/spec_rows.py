@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .bounds import TOLERANCE
 from .properties import Region
 
 
@@ -20,6 +21,18 @@ def region_rows(region: Region, n_outputs: int):
     C = torch.tensor(np.array([r[0] for r in rows]).reshape(m, n_outputs))
     d = torch.tensor(np.array([r[1] for r in rows], dtype=np.float64).reshape(m))
     return C, d, np.array(owner, dtype=np.int64)
+
+
+def rows_refute_all(spec_lower: np.ndarray, owner: np.ndarray, n_conj: int) -> np.ndarray:
+    """(B,) whether lower bounds (B, m) of the spec rows -- moved or combined ones, not yet
+    widened for rounding, hence the tolerance -- refute every conjunction: each has a
+    row whose bound is positive."""
+    spec_lower = np.atleast_2d(spec_lower)
+    rows_pos = spec_lower - TOLERANCE * (1.0 + np.abs(spec_lower)) > 0
+    refuted = np.zeros((len(spec_lower), n_conj), dtype=bool)
+    for j in range(n_conj):
+        refuted[:, j] = rows_pos[:, owner == j].any(axis=1)
+    return refuted.all(axis=1)
 
 
 def refuted_conjunctions(res, owner, n_conj: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

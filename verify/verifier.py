@@ -10,7 +10,6 @@ import numpy as np
 from .attack import Attacker
 from .graph import GraphNetwork
 from .threads import single_threaded
-from .bounds import TOLERANCE
 from .graphbounds import make_propagator
 from .graphbounds.local_fields import field_bound, field_vertices, local_fields
 from .loading import check_network_values
@@ -20,7 +19,7 @@ from .properties import Property
 from .result import Statistics, Status, VerificationResult
 from .search import RegionSearch, search_region
 from .search_types import Leaf
-from .spec_rows import region_rows
+from .spec_rows import region_rows, rows_refute_all
 from .vnnlib import check_fits
 
 
@@ -158,12 +157,9 @@ def _closed_by_fields(fields, network, region, options: VerifyOptions, deadline:
     if verts is None:
         return False
     C, d, owner = region_rows(region, network.n_outputs)
-    n_conj = len(region.unsafe)
 
     def refuted(bounds: np.ndarray) -> bool:
-        hit = np.zeros(n_conj, dtype=bool)
-        np.logical_or.at(hit, owner, bounds - TOLERANCE * (1.0 + np.abs(bounds)) > 0)
-        return bool(hit.all())
+        return bool(rows_refute_all(bounds, owner, len(region.unsafe))[0])
 
     bounds = field_bound(fields, verts, region.lower, region.upper, C.numpy(), d.numpy(),
                          gb.local_fields_iterations, until, enough=refuted)

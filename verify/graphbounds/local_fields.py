@@ -72,7 +72,8 @@ def local_fields(net: GraphNetwork, max_inputs: int) -> LocalFields | None:
     n0, N = net.n_inputs, net.nodes[r].size
 
     def pre(x: torch.Tensor) -> torch.Tensor:
-        return net.evaluate(x, keep=True)[src].reshape(x.shape[0], -1)
+        values = _run(net, {0: x.reshape(x.shape[0], *net.input_shape)}, range(1, src + 1))
+        return values[src].reshape(x.shape[0], -1)
 
     with torch.no_grad():
         b = pre(torch.zeros(1, n0, dtype=torch.float64))[0]
@@ -125,18 +126,24 @@ def local_fields(net: GraphNetwork, max_inputs: int) -> LocalFields | None:
     return LocalFields(keys, neurons, weights, bias, dead, b[dead], tail, tail_const, n0)
 
 
+def _run(net: GraphNetwork, values: dict, nodes: range) -> dict:
+    """``values`` (node -> batch) extended by evaluating ``nodes`` in order."""
+    for i in nodes:
+        node = net.nodes[i]
+        values[i] = node.op.forward(*(values[j] for j in node.inputs))
+    return values
+
+
 def _linear_tail(net: GraphNetwork, r: int):
     """The map from the ReLU layer's output to the network's output as (A, y0), or
     (None, None) when it is not linear."""
     shape = net.nodes[r].shape
     N = net.nodes[r].size
+    last = len(net.nodes) - 1
 
     def tail(h: torch.Tensor) -> torch.Tensor:
-        values = {r: h.reshape(h.shape[0], *shape)}
-        for i in range(r + 1, len(net.nodes)):
-            node = net.nodes[i]
-            values[i] = node.op.forward(*(values[j] for j in node.inputs))
-        return values[len(net.nodes) - 1].reshape(h.shape[0], -1)
+        values = _run(net, {r: h.reshape(h.shape[0], *shape)}, range(r + 1, last + 1))
+        return values[last].reshape(h.shape[0], -1)
 
     if r == len(net.nodes) - 1:
         return None, None  # the output is the ReLU layer itself
@@ -206,11 +213,12 @@ def field_vertices(f: LocalFields, lo: np.ndarray, hi: np.ndarray) -> FieldVerti
             for j, (ci, sd) in enumerate(zip(coords, side)):
                 M[q, :, len(planes) + j, ci] = 1.0
                 rhs[q, :, len(planes) + j] = bhi[:, ci] if sd else blo[:, ci]
-        Mt = torch.from_numpy(M.reshape(-1, n, n))
-        sol, info = torch.linalg.solve_ex(Mt, torch.from_numpy(rhs.reshape(-1, n, 1)))
+        # one LU factorisation each: the solution and |det| (its pivots' product)
+        LU, piv, info = torch.linalg.lu_factor_ex(torch.from_numpy(M.reshape(-1, n, n)))
+        sol = torch.linalg.lu_solve(LU, piv, torch.from_numpy(rhs.reshape(-1, n, 1)))
         sol = sol[..., 0].numpy().reshape(Q, G, n)
         info = info.numpy().reshape(Q, G)
-        det = np.abs(np.linalg.det(M))
+        det = LU.diagonal(dim1=-2, dim2=-1).abs().prod(-1).numpy().reshape(Q, G)
         scale = np.prod(np.linalg.norm(M, axis=-1), axis=-1)
         ratio = np.where(scale > 0, det / np.where(scale > 0, scale, 1.0), 0.0)
         solved = ok & (info == 0) & np.isfinite(sol).all(-1)

@@ -42,6 +42,7 @@ from ..search import Node, RegionSearch, inherit_refuted
 from ..constraint_names import fact_dict, fact_names
 from ..diffbounds import activation_change, interval_change
 from ..result import Status
+from ..spec_rows import rows_refute_all
 from .changes import ChangeMap
 from .derive import GraphChangeMap
 from .difference import hopeful, interval_symbolic_deviation, symbolic_deviation
@@ -398,12 +399,7 @@ class TreeCheck:
 
     def _refuted(self, spec_lower: np.ndarray) -> np.ndarray:
         """(B,) whether lower bounds (B, m) of the spec rows refute every conjunction."""
-        search = self.search
-        rows_pos = spec_lower - TOLERANCE * (1.0 + np.abs(spec_lower)) > 0
-        refuted = np.zeros((len(spec_lower), search.n_conj), dtype=bool)
-        for j in range(search.n_conj):
-            refuted[:, j] = rows_pos[:, search.owner == j].any(axis=1)
-        return refuted.all(axis=1)
+        return rows_refute_all(spec_lower, self.search.owner, self.search.n_conj)
 
     def _tier2(self, idx, moved_of):
         """The variant's own bound of leaves ``idx`` intersected with their moved
