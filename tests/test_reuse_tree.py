@@ -4,6 +4,7 @@ that breaks them is caught), a proof record with warm-start slopes round-trips
 through the store (an old schema is rejected cleanly), and a broken proof tree
 still falls back soundly."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,10 +19,11 @@ from verify.result import Status
 from verify.reuse import ReuseOptions, load_proof, reverify, save_proof
 from verify.reuse.changes import ChangeMap
 from verify.reuse.check_cli import read_proof_file
-from verify.reuse.proof import ProofRecord, pack_alphas, store_key, unpack_alphas
-from verify.reuse.tree import leaf_deviation, moved_bounds
-from verify.constraint_names import split_arrays
-from verify.search import region_rows
+from verify.reuse.proof import (ProofRecord, pack_alphas, pack_betas, store_key, unpack_alphas,
+                                 unpack_betas)
+from verify.reuse.tree import leaf_deviation, moved_bounds, split_constraints, warm_betas
+from verify.constraint_names import split_arrays, split_facts
+from verify.search import fact_betas, region_rows
 
 OPTS = VerifyOptions(timeout=5, z3_query_timeout=1)
 
@@ -134,6 +136,10 @@ def test_proof_record_with_warm_starts_round_trips_through_the_store(split_proof
             for x, y in zip(a.alphas, b.alphas):
                 assert y.dtype == np.float16
                 np.testing.assert_array_equal(x, y)
+        assert (a.betas is None) == (b.betas is None)
+        if a.betas is not None:
+            assert b.betas.dtype == np.float16 and b.betas.shape == (a.betas.shape[0], len(a.splits))
+            np.testing.assert_array_equal(a.betas, b.betas)
         assert b.layer_bounds is None and b.spec_lower is None  # never from a file
         assert {j: c.names for j, c in a.cores.items()} == {j: c.names for j, c in b.cores.items()}
     # float16 packing: exact for float16 values, rejects a wrong length
@@ -141,12 +147,18 @@ def test_proof_record_with_warm_starts_round_trips_through_the_store(split_proof
     assert [list(a) for a in unpack_alphas(packed)] == [[0.0, 0.5, 1.0], [0.25]]
     with pytest.raises(ValueError):
         unpack_alphas({**packed, "sizes": [3, 2]})
-    # a record of the previous schema (3) under today's key: ignored, with a note
+    # the split facts' multipliers: the leaves that have splits carry them, (m, n_facts)
+    assert any(b.betas is not None and b.betas.any() for b in proof.regions[0])
+    betas = np.array([[0.0, 2.5], [0.125, 7.0], [1.0, 0.0]])
+    assert unpack_betas(pack_betas(betas), 2).tolist() == betas.tolist()
+    with pytest.raises(ValueError):
+        unpack_betas(pack_betas(betas), 3)
+    # a record of the previous schema (4, no multipliers) under today's key: ignored
     payload = json.loads(store.path_for(net.digest(), prop.digest(), store_key(OPTS)).read_text())
-    payload["proof"]["version"] = 3
+    payload["proof"]["version"] = 4
     store.put(net.digest(), prop.digest(), store_key(OPTS), payload)
     assert load_proof(store, net, prop, OPTS) is None
-    assert any("v4" in p for p in store.problems)
+    assert any("v5" in p for p in store.problems)
     # a variant verified from the loaded record (no leaf bounds: the variant's own)
     variant = compress(net, "int8")
     r = reverify(net, variant, prop, OPTS, proof=again)
@@ -310,3 +322,59 @@ def test_walk_bounds_interior_nodes_without_alpha_steps(split_proof, monkeypatch
         assert r.status == scratch
         assert r.reuse.closed_by_bounds > 0 and not r.reuse.fallback
         assert (0 in alphas) == plain_interior, alphas
+
+
+
+@pytest.mark.parametrize("recipe", ["int8", "magnitude:0.3", "neurons:0.25"])
+def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_mlp, recipe):
+    """Tier 1's beta-CROWN bound of a variant on a domain split by the ORIGINAL's
+    phases (as constraints ``z' >= dl`` / ``z' <= du`` on the variant's neurons, started
+    from the original's multipliers there) lies below the variant's spec rows at sampled
+    points of the domain; a mutation (the constraints' sense flipped) is caught."""
+    net, X, _ = digits_mlp
+    region = local_robustness(X[3], 0.1, int(np.argmax(net.forward(X[3]))), 10).regions[0]
+    variant = compress(net, recipe)
+    cmap = ChangeMap(net, variant.network, variant.record)
+    C, d, _ = region_rows(region, net.n_outputs)
+    oprop, vprop = BoundPropagator(net), BoundPropagator(variant.network)
+    rng = np.random.default_rng(4)
+    xs = _samples(region, rng, 20000)
+    z_orig = net.pre_activations(xs)
+    spec_var = _spec_values(variant.network, region, xs)
+    lo, hi = torch.from_numpy(region.lower[None].copy()), torch.from_numpy(region.upper[None].copy())
+    root = oprop.bound(lo, hi, C, d)
+    unstable = [(k, j) for k in range(len(net.hidden_sizes))
+                for j in np.flatnonzero((root.lower[k][0] < 0) & (root.upper[k][0] > 0))]
+    checked = caught = 0
+    for _ in range(12):
+        anchor = rng.integers(len(xs))  # a domain with sampled points: the anchor's phases
+        phases = [np.zeros(n, dtype=np.int8) for n in net.hidden_sizes]
+        for t in rng.choice(len(unstable), size=3, replace=False):
+            k, j = unstable[t]
+            phases[k][j] = 1 if z_orig[k][anchor, j] >= 0 else -1
+        inside = np.ones(len(xs), dtype=bool)
+        for k, ph in enumerate(phases):
+            for j in np.flatnonzero(ph):
+                inside &= (z_orig[k][:, j] >= 0) if ph[j] > 0 else (z_orig[k][:, j] <= 0)
+        sp = [torch.from_numpy(ph[None].copy()) for ph in phases]
+        orig = oprop.bound(lo, hi, C, d, splits=sp, alpha_iterations=20)
+        leaf = SimpleNamespace(splits=split_facts(phases), betas=fact_betas(orig.betas, 0, phases))
+        assert leaf.betas.shape == (len(C), 3) and (leaf.betas >= 0).all()
+        lowers = [l.numpy() for l in orig.lower]
+        uppers = [u.numpy() for u in orig.upper]
+        changes, _ = leaf_deviation(cmap, lowers, uppers, region.lower[None], region.upper[None],
+                                    C.numpy())
+        moved = moved_bounds(cmap, lowers, uppers, changes)
+        kw = split_constraints(cmap, [leaf.splits], changes)
+        kw["beta_init"] = warm_betas(cmap, [leaf], [0], len(C))
+        res = vprop.spec_bound(lo, hi, C, d, [m[0] for m in moved], [m[1] for m in moved], 30,
+                               **kw)
+        assert (spec_var[inside] >= res.spec_lower.numpy()[0] - 1e-9).all(), leaf.splits
+        # mutation: the constraints' sense flipped (z' <= -dl where z >= 0)
+        wrong = {"splits": [-s for s in kw["splits"]], "split_offsets": kw["split_offsets"]}
+        bad = vprop.spec_bound(lo, hi, C, d, [m[0] for m in moved], [m[1] for m in moved], 30,
+                               **wrong)
+        caught += int((spec_var[inside] < bad.spec_lower.numpy()[0] - 1e-9).any())
+        checked += 1
+    assert checked == 12
+    assert caught > 0

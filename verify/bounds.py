@@ -66,6 +66,9 @@ class BatchBounds:
     # (B, n_k) per hidden layer: the lower ReLU slopes alpha-CROWN ended with (None
     # without alpha steps): a warm start for bounding the same branch again
     alphas: list[torch.Tensor] | None = None
+    # (B, m, n_k) per hidden layer (None where the layer has no split): the beta-CROWN
+    # multipliers of the split constraints the alpha steps ended with (a warm start too)
+    betas: list | None = None
 
     def select(self, rows: torch.Tensor) -> "BatchBounds":
         """The bounds of branches ``rows`` only."""
@@ -73,7 +76,8 @@ class BatchBounds:
         return BatchBounds(pick(self.lower), pick(self.upper), self.spec_lower[rows],
                            self.spec_coeffs[rows], self.infeasible[rows],
                            pick(self.layer_coeffs), self.spec_const[rows], self.guide_coeffs[rows],
-                           None if self.alphas is None else pick(self.alphas))
+                           None if self.alphas is None else pick(self.alphas),
+                           None if self.betas is None else pick(self.betas))
 
     def expand_rows(self, keep: torch.Tensor, known: torch.Tensor) -> "BatchBounds":
         """These bounds, computed for the spec rows ``keep`` ((m,) bool) only, as
@@ -93,7 +97,9 @@ class BatchBounds:
                            full(self.spec_coeffs, None), self.infeasible,
                            [None if c is None else full(c, None) for c in self.layer_coeffs],
                            full(self.spec_const, known), full(self.guide_coeffs, None),
-                           self.alphas)
+                           self.alphas,
+                           None if self.betas is None else
+                           [None if b is None else full(b, None) for b in self.betas])
 
     def merge_rows(self, rows: torch.Tensor, other: "BatchBounds") -> None:
         """Combine branches ``rows`` with ``other`` (the same branches bounded
@@ -111,6 +117,11 @@ class BatchBounds:
             self.alphas = [a.index_copy(0, rows, b) for a, b in zip(self.alphas, other.alphas)]
         elif other.alphas is not None and len(rows) == self.spec_lower.shape[0]:
             self.alphas = other.alphas
+        if len(rows) == self.spec_lower.shape[0]:
+            self.betas = other.betas if other.betas is not None else self.betas
+        elif self.betas is not None and other.betas is not None:
+            self.betas = [None if a is None or b is None else a.index_copy(0, rows, b)
+                          for a, b in zip(self.betas, other.betas)]
         pick = other.spec_lower > self.spec_lower[rows]
         for name in ("spec_lower", "spec_coeffs", "spec_const"):
             mine, theirs = getattr(self, name)[rows], getattr(other, name)
@@ -204,7 +215,7 @@ class BoundPropagator:
         return alpha, s, t
 
     def _backsub(self, K: int, lam: torch.Tensor, lower, upper, lo, hi, record=False, alphas=None,
-                 betas=None, signs=None, relax=None):
+                 betas=None, signs=None, relax=None, offsets=None):
         """Lower bound of ``lam @ z_K`` over the box, given bounds of layers < K.
 
         ``lam``: (B, m, n_K).  ``alphas``: optional lower slopes per hidden layer.
@@ -214,6 +225,10 @@ class BoundPropagator:
         multipliers of the split constraints ``sign * z_k >= 0``; the bound
         ``lam @ z_K - sum beta * sign * z_k`` is then a lower bound of
         ``lam @ z_K`` on the branch (where every split constraint holds).
+        ``offsets`` (B, n_k) per layer (optional): the split constraints are
+        ``sign * z_k + offset >= 0`` instead (a variant's neurons on a domain split
+        by its original's: ``z' >= dl`` where ``z >= 0`` and the change is in
+        ``[dl, du]``); the bound is then ``lam @ z_K - sum beta * (sign * z_k + offset)``.
         Works in ``lam``'s dtype (float64 for every bound that is returned).
         Returns (bound (B,m), input coeffs (B,m,n0), recorded per-layer coefficients)."""
         weights, biases = self._layers(lam.dtype)
@@ -233,6 +248,8 @@ class BoundPropagator:
             A = a_pos * alpha[:, None, :] + a_neg * s[:, None, :]
             if betas is not None and betas[k] is not None:
                 A = A - betas[k] * signs[k][:, None, :]
+                if offsets is not None and offsets[k] is not None:
+                    const = const - (betas[k] * offsets[k][:, None, :]).sum(-1)
             const = const + A @ biases[k]
             A = A @ weights[k]
         return _linear_min(const, A, lo, hi), A, recorded
@@ -306,7 +323,7 @@ class BoundPropagator:
 
     # ---- main entry ------------------------------------------------------------
     def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations, deadline=None,
-                        splits=None, alpha_init=None):
+                        splits=None, alpha_init=None, offsets=None, beta_init=None):
         """alpha-CROWN on the spec rows: gradient ascent on the lower slopes of
         unstable neurons, and (beta-CROWN) on multipliers of the branch's ReLU
         split constraints.  Every iterate is a sound bound (alphas are clipped
@@ -317,7 +334,10 @@ class BoundPropagator:
         slopes per hidden layer (a warm start, e.g. the slopes that made the
         bound of a similar branch tight; None entries and non-finite values: the
         default); any value is sound: :meth:`_relaxation` clips slopes to
-        [0, 1] where they are used."""
+        [0, 1] where they are used.  ``offsets``: of the split constraints (see
+        :meth:`_backsub`); ``beta_init``: optional (B, m, n_k) starting multipliers per
+        hidden layer (negative values are clipped to 0: any value >= 0 is sound).
+        Also returns the multipliers it ended with (None without splits)."""
         lower = [l.detach() for l in lower]
         upper = [u.detach() for u in upper]
         work = self.search_dtype or lam.dtype  # the steps' precision (see the class)
@@ -327,15 +347,21 @@ class BoundPropagator:
                    else torch.where(torch.isfinite(alpha_init[k]), alpha_init[k].to(work),
                                     (u > -l).to(work))).clone().requires_grad_(True)
                   for k, (l, u) in enumerate(zip(w_lower, w_upper))]
-        signs = betas = None
+        signs = betas = w_off = None
         params = list(alphas)
         if splits is not None and any(sp is not None and bool((sp != 0).any()) for sp in splits):
             B, m = lam.shape[0], lam.shape[1]
             signs = [None if sp is None else sp.to(work) for sp in splits]
             betas = [None if sg is None or not bool((sg != 0).any())
                      else torch.zeros(B, m, sg.shape[1], dtype=work, requires_grad=True)
-                     for sg in signs]
+                     if beta_init is None or beta_init[k] is None
+                     else beta_init[k].to(work).clamp(min=0.0).clone().requires_grad_(True)
+                     for k, sg in enumerate(signs)]
             params += [b for b in betas if b is not None]
+            if offsets is not None:
+                w_off = [None if o is None else o.to(work) for o in offsets]
+        # (a graph propagator's own _backsub takes no offsets: only chains are given them)
+        shifted = {} if w_off is None else {"offsets": w_off}
         opt = Adam(params, lr=0.1)
         exact = work == lam.dtype  # then every iterate is a returned (sound) bound
         best = bnd.clone()
@@ -347,7 +373,7 @@ class BoundPropagator:
             if deadline is not None and time.monotonic() > deadline:
                 break
             cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
-                                      betas=betas, signs=signs)
+                                      betas=betas, signs=signs, **shifted)
             if exact:
                 best = torch.maximum(best, cur.detach())
             else:
@@ -363,7 +389,7 @@ class BoundPropagator:
         with torch.no_grad():
             if not exact:  # the last step's slopes and multipliers are an iterate too
                 cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
-                                          betas=betas, signs=signs)
+                                          betas=betas, signs=signs, **shifted)
                 _, kept = _keep_better(cur, params, kept_total, kept)
                 # the kept slopes and multipliers, evaluated in float64
                 alphas = [a.to(lam.dtype) for a in kept[:len(alphas)]]
@@ -373,14 +399,18 @@ class BoundPropagator:
                 signs = None if signs is None else \
                     [None if sg is None else sg.to(lam.dtype) for sg in signs]
             last, A, rec = self._backsub(K, lam, lower, upper, lo, hi, record=True, alphas=alphas,
-                                         betas=betas, signs=signs)
+                                         betas=betas, signs=signs,
+                                         **({} if offsets is None else {"offsets": offsets}))
         return (torch.maximum(best, last), last, A, rec,
-                [a.detach().clamp(0.0, 1.0) for a in alphas])
+                [a.detach().clamp(0.0, 1.0) for a in alphas],
+                None if betas is None else [None if b is None else b.detach().clamp(min=0.0)
+                                            for b in betas])
 
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
-              refine: list | None = None, alpha_init: list | None = None) -> BatchBounds:
+              refine: list | None = None, alpha_init: list | None = None,
+              beta_init: list | None = None) -> BatchBounds:
         """Bound a batch.
 
         ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
@@ -461,7 +491,8 @@ class BoundPropagator:
             upper.append(u)
             relax.append(self._relaxation(l, u))
         return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
-                                 alpha_iterations, deadline, splits, alpha_init)
+                                 alpha_iterations, deadline, splits, alpha_init,
+                                 beta_init=beta_init)
 
     @staticmethod
     def _split_layer(l, u, sp, infeasible):
@@ -474,29 +505,37 @@ class BoundPropagator:
         return l, u
 
     def spec_bound(self, lo, hi, spec_c, spec_d, lower, upper, alpha_iterations: int,
-                   deadline: float | None = None, alpha_init: list | None = None) -> BatchBounds:
+                   deadline: float | None = None, alpha_init: list | None = None,
+                   splits: list | None = None, split_offsets: list | None = None,
+                   beta_init: list | None = None) -> BatchBounds:
         """Bound only the spec rows of a batch whose intermediate bounds
         ``lower``/``upper`` are known (e.g. again, with alpha-CROWN steps,
-        optionally warm-started from ``alpha_init``)."""
+        optionally warm-started from ``alpha_init``).  ``splits`` (with optional
+        ``split_offsets``, see :meth:`_backsub`): split constraints that hold on the
+        branches, given beta-CROWN multipliers in the alpha steps; the bounds
+        ``lower``/``upper`` must already respect them."""
         relax = [self._relaxation(l, u) for l, u in zip(lower, upper)]
         infeasible = torch.zeros(lo.shape[0], dtype=torch.bool)
         return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
-                                 alpha_iterations, deadline, None, alpha_init)
+                                 alpha_iterations, deadline, splits, alpha_init, split_offsets,
+                                 beta_init)
 
     def _spec_result(self, lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
-                     alpha_iterations, deadline, splits, alpha_init=None) -> BatchBounds:
+                     alpha_iterations, deadline, splits, alpha_init=None,
+                     split_offsets=None, beta_init=None) -> BatchBounds:
         K = self.n_hidden
         lam = spec_c.expand(lo.shape[0], *spec_c.shape)
         bnd, A, guide, recorded = self._spec_backsub(K, lam, relax, lo, hi)
         linear_bnd = bnd  # the bound that A (and the constant below) belong to
-        alphas = None
+        alphas = betas = None
         if alpha_iterations and K:
-            bnd, linear_bnd, A, recorded, alphas = self._optimise_alpha(
-                K, lam, lower, upper, lo, hi, bnd, alpha_iterations, deadline, splits, alpha_init)
+            bnd, linear_bnd, A, recorded, alphas, betas = self._optimise_alpha(
+                K, lam, lower, upper, lo, hi, bnd, alpha_iterations, deadline, splits, alpha_init,
+                split_offsets, beta_init)
         spec_lower = _widen_lower(bnd - spec_d)
         const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d, guide,
-                           alphas)
+                           alphas, betas)
 
 
 def _keep_better(cur: torch.Tensor, params, kept_total: torch.Tensor, kept):

@@ -45,6 +45,9 @@ class Leaf:
     unstable: int = 0
     spec_lower: np.ndarray | None = None  # (m,) the spec rows' lower bounds (bounds leaves)
     alphas: list | None = None  # per hidden layer (n_k,) the alpha-CROWN slopes it ended with
+    # (m, n_facts): the beta-CROWN multipliers of its split facts it ended with (the
+    # order of ``splits``)
+    betas: np.ndarray | None = None
 
 
 @dataclass

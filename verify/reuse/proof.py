@@ -15,8 +15,9 @@ it needs, the others' intervals sufficing.
 
 Building is cheap by default (``ReuseOptions.cores="lazy"``): a branch keeps
 the raw unsat core Z3 answered in the search (not minimised) and the
-alpha-CROWN slopes its bound ended with (``alphas``, stored as float16: any
-slope is sound, they only warm-start a variant's optimisation); the bound
+alpha-CROWN slopes and the beta-CROWN multipliers of its split facts its bound
+ended with (``alphas``, ``betas``, stored as float16: any slope in [0, 1] and any
+multiplier >= 0 is sound, they only warm-start a variant's optimisation); the bound
 core is made when a variant first needs it (:meth:`ProofRecord.bound_core_of`)
 and cached.  A record built in this process also keeps, in memory only, each
 branch's layer bounds and spec lower bounds on the original (per-branch
@@ -48,7 +49,7 @@ from .difference import OriginalBounds, original_bounds
 from .options import ReuseOptions
 
 SCHEMA = "coreproof.reuse-proof"
-SCHEMA_VERSION = 4  # 4: warm-start slopes (alphas), raw cores, lazy bound cores
+SCHEMA_VERSION = 5  # 4: warm-start slopes (alphas), raw cores, lazy bound cores; 5: betas
 
 
 @dataclass
@@ -65,6 +66,9 @@ class ProofBranch:
     # per hidden layer (n_k,) float16: the alpha-CROWN slopes of the original's bound
     # of the branch (a warm start for the variant's; None: it had no alpha steps)
     alphas: list[np.ndarray] | None = None
+    # (m, n_facts) float16: the beta-CROWN multipliers of its split facts (the order of
+    # ``splits``) the original's bound ended with (a warm start too; None: none)
+    betas: np.ndarray | None = None
     # in memory only, for a record built in this process (never stored): the
     # original's layer bounds and spec-row lower bounds on the branch
     layer_bounds: list | None = field(default=None, repr=False, compare=False)
@@ -79,7 +83,8 @@ class ProofBranch:
                 "bound_core": None if self.bound_core is None else self.bound_core.to_dict(),
                 "bound_core_gain": None if self.bound_core_gain is None
                 else round(self.bound_core_gain, 3),
-                "alphas": None if self.alphas is None else pack_alphas(self.alphas)}
+                "alphas": None if self.alphas is None else pack_alphas(self.alphas),
+                "betas": None if self.betas is None else pack_betas(self.betas)}
 
     @classmethod
     def from_dict(cls, d: dict, region: Region, hidden_sizes=None) -> "ProofBranch":
@@ -89,7 +94,8 @@ class ProofBranch:
                    {int(j): Core.from_dict(c) for j, c in d["cores"].items()},
                    None if d.get("bound_core") is None else Core.from_dict(d["bound_core"]),
                    None if d.get("bound_core_gain") is None else float(d["bound_core_gain"]),
-                   None if d.get("alphas") is None else unpack_alphas(d["alphas"]))
+                   None if d.get("alphas") is None else unpack_alphas(d["alphas"]),
+                   None if d.get("betas") is None else unpack_betas(d["betas"], len(d["splits"])))
 
 
 def pack_alphas(alphas) -> dict:
@@ -107,6 +113,20 @@ def unpack_alphas(d: dict) -> list[np.ndarray]:
     if len(flat) != sum(sizes) or min(sizes, default=0) < 0:
         raise ValueError(f"alphas: {len(flat)} values for layer sizes {sizes}")
     return list(np.split(flat.astype(np.float16), np.cumsum(sizes)[:-1]))
+
+
+def pack_betas(betas: np.ndarray) -> dict:
+    """Multipliers (m, n_facts) as float16 (any value >= 0 is sound: a starting point)."""
+    b = np.asarray(betas, dtype=np.float16)
+    return {"rows": int(b.shape[0]), **pack_alphas([b.ravel()])}
+
+
+def unpack_betas(d: dict, n_facts: int) -> np.ndarray:
+    """The inverse of :func:`pack_betas` (ValueError when malformed)."""
+    rows, (flat,) = int(d["rows"]), unpack_alphas(d)
+    if rows < 0 or len(flat) != rows * n_facts:
+        raise ValueError(f"betas: {len(flat)} values for {rows} rows x {n_facts} facts")
+    return flat.reshape(rows, n_facts)
 
 
 @dataclass
@@ -335,8 +355,10 @@ def _raw_cores(leaf: Leaf) -> dict[int, Core]:
 
 def _branch(leaf: Leaf, cores: dict[int, Core]) -> ProofBranch:
     alphas = None if leaf.alphas is None else [np.asarray(a, dtype=np.float16) for a in leaf.alphas]
+    betas = None if leaf.betas is None else np.asarray(leaf.betas, dtype=np.float16)
     return ProofBranch(leaf.lo, leaf.hi, leaf.splits, leaf.method, leaf.depth, cores,
-                       alphas=alphas, layer_bounds=leaf.layer_bounds, spec_lower=leaf.spec_lower)
+                       alphas=alphas, betas=betas, layer_bounds=leaf.layer_bounds,
+                       spec_lower=leaf.spec_lower)
 
 
 def _root_branches(prop: Property, roots: dict) -> dict[int, ProofBranch]:
