@@ -38,9 +38,10 @@ class ReuseOptions:
     # once; mnist-net_256x4 image 7 at eps 0.011, int16: 17 open leaves searched in
     # vain for the 25 % share, 3.9-5.5 s, before the walk)
     leaf_search_max_open: int = 4
-    # the leaves still open after the variant's own bounds, when more than
-    # leaf_search_max_open, are split further on the ORIGINAL (verify.reuse.deepen: the children tile the leaf's domain, get the
-    # original's bounds and go through the tiers again), up to this many levels, within
+    # the leaves still open after the variant's own bounds (any number of them: see
+    # TreeCheck._deepens) are split further on the ORIGINAL (verify.reuse.deepen: the
+    # children tile the leaf's domain, get the original's bounds and go through the
+    # tiers again), up to this many levels, within
     # deepen_share of the original's verification time and while at most
     # deepen_max_open leaves are open; what stays open goes on as before.  0: never
     deepen_levels: int = 4
