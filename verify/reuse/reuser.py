@@ -51,6 +51,9 @@ class Reuser(CoreChecks):
         self.rng = np.random.default_rng(options.seed)
         self.attacker: Attacker | None = None
         self.root_tried: set = set()  # regions whose root bound reverify took already
+        # regions reverify attacked up front (scratch's own round): a quick attack of
+        # the variant's region later would be the same search with other random draws
+        self.attacked: set = set()
         # a CNN variant with its original's architecture (or expanded to it): the
         # graph differential tiers of verify.reuse.tree.TreeCheck
         self.graph_tiers = ropt.graph_difference and isinstance(cmap, GraphChangeMap) \
@@ -347,7 +350,11 @@ class Reuser(CoreChecks):
 
     def attack(self, region: Region, r: int, quick: bool, starts=None, budget=None):
         """Sampling + PGD on the variant (``starts``: extra PGD starting points;
-        ``budget``: seconds, by default 0.2 quick and 1.0 otherwise)."""
+        ``budget``: seconds, by default 0.2 quick and 1.0 otherwise).  None at once for
+        a quick attack without starts on a region attacked up front (measured on ACAS
+        Xu 2_9 prop 1, int16: 0.03 s of a 0.17 s reuse)."""
+        if quick and starts is None and r in self.attacked:
+            return None
         if self.attacker is None:
             self.attacker = Attacker(self.net)
         budget = min(budget if budget is not None else 0.2 if quick else 1.0,

@@ -180,6 +180,7 @@ def reverify(original: Network, variant, prop: Property,
             cex = quick_attack(as_scratch=True)
             if cex is not None:
                 return done(Status.VIOLATED, "attack", cex)
+            reuser.attacked = set(range(len(prop.regions)))
         for r, region in enumerate(prop.regions):
             cex = reuser.region(region, r, proof)
             if cex is not None and searched is not variant:  # replayed on the variant itself
