@@ -378,3 +378,43 @@ def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_m
         checked += 1
     assert checked == 12
     assert caught > 0
+
+
+def test_any_start_of_the_split_multipliers_gives_a_sound_bound(digits_mlp):
+    """beta-CROWN started from any multipliers (the original's, random with negative
+    values, huge, not finite -- a forged record's) gives a finite bound below the spec
+    rows at sampled points of the split domain, and ends with multipliers >= 0."""
+    net, X, _ = digits_mlp
+    region = local_robustness(X[5], 0.1, int(np.argmax(net.forward(X[5]))), 10).regions[0]
+    C, d, _ = region_rows(region, net.n_outputs)
+    prop = BoundPropagator(net)
+    rng = np.random.default_rng(6)
+    xs = _samples(region, rng, 20000)
+    z = net.pre_activations(xs)
+    values = _spec_values(net, region, xs)
+    lo, hi = torch.from_numpy(region.lower[None].copy()), torch.from_numpy(region.upper[None].copy())
+    root = prop.bound(lo, hi, C, d)
+    unstable = [(k, j) for k in range(len(net.hidden_sizes))
+                for j in np.flatnonzero((root.lower[k][0] < 0) & (root.upper[k][0] > 0))]
+    anchor = int(np.argmax(values.min(axis=1)))
+    phases = [np.zeros(n, dtype=np.int8) for n in net.hidden_sizes]
+    for t in rng.choice(len(unstable), size=4, replace=False):
+        k, j = unstable[t]
+        phases[k][j] = 1 if z[k][anchor, j] >= 0 else -1
+    inside = np.ones(len(xs), dtype=bool)
+    for k, ph in enumerate(phases):
+        for j in np.flatnonzero(ph):
+            inside &= (z[k][:, j] >= 0) if ph[j] > 0 else (z[k][:, j] <= 0)
+    assert inside.sum() > 10
+    sp = [torch.from_numpy(ph[None].copy()) for ph in phases]
+    first = prop.bound(lo, hi, C, d, splits=sp, alpha_iterations=20)
+    shape = [(1, len(C), n) for n in net.hidden_sizes]
+    starts = {"the original's": first.betas,
+              "random": [torch.from_numpy(rng.uniform(-3, 3, s)) for s in shape],
+              "huge": [torch.full(s, 1e6, dtype=torch.float64) for s in shape],
+              "not finite": [torch.full(s, np.nan, dtype=torch.float64) for s in shape]}
+    for name, beta_init in starts.items():
+        res = prop.bound(lo, hi, C, d, splits=sp, alpha_iterations=3, beta_init=beta_init)
+        assert np.isfinite(res.spec_lower.numpy()).all(), name
+        assert (values[inside] >= res.spec_lower.numpy()[0] - 1e-9).all(), name
+        assert all(b is None or (b >= 0).all() for b in res.betas), name

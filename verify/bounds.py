@@ -336,7 +336,8 @@ class BoundPropagator:
         default); any value is sound: :meth:`_relaxation` clips slopes to
         [0, 1] where they are used.  ``offsets``: of the split constraints (see
         :meth:`_backsub`); ``beta_init``: optional (B, m, n_k) starting multipliers per
-        hidden layer (negative values are clipped to 0: any value >= 0 is sound).
+        hidden layer (negative and non-finite values start at 0: any value >= 0 is
+        sound).
         Also returns the multipliers it ended with (None without splits)."""
         lower = [l.detach() for l in lower]
         upper = [u.detach() for u in upper]
@@ -355,7 +356,8 @@ class BoundPropagator:
             betas = [None if sg is None or not bool((sg != 0).any())
                      else torch.zeros(B, m, sg.shape[1], dtype=work, requires_grad=True)
                      if beta_init is None or beta_init[k] is None
-                     else beta_init[k].to(work).clamp(min=0.0).clone().requires_grad_(True)
+                     else torch.nan_to_num(beta_init[k].to(work), nan=0.0, posinf=0.0)
+                     .clamp(min=0.0).clone().requires_grad_(True)
                      for k, sg in enumerate(signs)]
             params += [b for b in betas if b is not None]
             if offsets is not None:
