@@ -325,6 +325,29 @@ def test_walk_bounds_interior_nodes_without_alpha_steps(split_proof, monkeypatch
 
 
 
+def _unstable_at_root(prop, region, C, d) -> list[tuple[int, int]]:
+    """(layer, neuron) of the ReLUs a plain bound of the region's box leaves unstable."""
+    lo, hi = torch.from_numpy(region.lower[None].copy()), torch.from_numpy(region.upper[None].copy())
+    root = prop.bound(lo, hi, C, d)
+    return [(k, j) for k in range(len(root.lower))
+            for j in np.flatnonzero((root.lower[k][0] < 0) & (root.upper[k][0] > 0))]
+
+
+def _split_domain(hidden_sizes, unstable, z, anchor: int, n_splits: int, rng):
+    """``n_splits`` of the ``unstable`` ReLUs fixed in the phases of sampled point
+    ``anchor`` (pre-activations ``z`` per layer, (N, n_k)): (phases per layer, which
+    sampled points lie in that domain)."""
+    phases = [np.zeros(n, dtype=np.int8) for n in hidden_sizes]
+    for t in rng.choice(len(unstable), size=n_splits, replace=False):
+        k, j = unstable[t]
+        phases[k][j] = 1 if z[k][anchor, j] >= 0 else -1
+    inside = np.ones(len(z[0]), dtype=bool)
+    for k, ph in enumerate(phases):
+        for j in np.flatnonzero(ph):
+            inside &= (z[k][:, j] >= 0) if ph[j] > 0 else (z[k][:, j] <= 0)
+    return phases, inside
+
+
 @pytest.mark.parametrize("recipe", ["int8", "magnitude:0.3", "neurons:0.25"])
 def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_mlp, recipe):
     """Tier 1's beta-CROWN bound of a variant on a domain split by the ORIGINAL's
@@ -342,20 +365,12 @@ def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_m
     z_orig = net.pre_activations(xs)
     spec_var = _spec_values(variant.network, region, xs)
     lo, hi = torch.from_numpy(region.lower[None].copy()), torch.from_numpy(region.upper[None].copy())
-    root = oprop.bound(lo, hi, C, d)
-    unstable = [(k, j) for k in range(len(net.hidden_sizes))
-                for j in np.flatnonzero((root.lower[k][0] < 0) & (root.upper[k][0] > 0))]
+    unstable = _unstable_at_root(oprop, region, C, d)
     checked = caught = 0
     for _ in range(12):
-        anchor = rng.integers(len(xs))  # a domain with sampled points: the anchor's phases
-        phases = [np.zeros(n, dtype=np.int8) for n in net.hidden_sizes]
-        for t in rng.choice(len(unstable), size=3, replace=False):
-            k, j = unstable[t]
-            phases[k][j] = 1 if z_orig[k][anchor, j] >= 0 else -1
-        inside = np.ones(len(xs), dtype=bool)
-        for k, ph in enumerate(phases):
-            for j in np.flatnonzero(ph):
-                inside &= (z_orig[k][:, j] >= 0) if ph[j] > 0 else (z_orig[k][:, j] <= 0)
+        # a domain with sampled points: a random sampled point's phases
+        phases, inside = _split_domain(net.hidden_sizes, unstable, z_orig,
+                                       int(rng.integers(len(xs))), 3, rng)
         sp = [torch.from_numpy(ph[None].copy()) for ph in phases]
         orig = oprop.bound(lo, hi, C, d, splits=sp, alpha_iterations=20)
         leaf = SimpleNamespace(splits=split_facts(phases), betas=fact_betas(orig.betas, 0, phases))
@@ -393,18 +408,8 @@ def test_any_start_of_the_split_multipliers_gives_a_sound_bound(digits_mlp):
     z = net.pre_activations(xs)
     values = _spec_values(net, region, xs)
     lo, hi = torch.from_numpy(region.lower[None].copy()), torch.from_numpy(region.upper[None].copy())
-    root = prop.bound(lo, hi, C, d)
-    unstable = [(k, j) for k in range(len(net.hidden_sizes))
-                for j in np.flatnonzero((root.lower[k][0] < 0) & (root.upper[k][0] > 0))]
-    anchor = int(np.argmax(values.min(axis=1)))
-    phases = [np.zeros(n, dtype=np.int8) for n in net.hidden_sizes]
-    for t in rng.choice(len(unstable), size=4, replace=False):
-        k, j = unstable[t]
-        phases[k][j] = 1 if z[k][anchor, j] >= 0 else -1
-    inside = np.ones(len(xs), dtype=bool)
-    for k, ph in enumerate(phases):
-        for j in np.flatnonzero(ph):
-            inside &= (z[k][:, j] >= 0) if ph[j] > 0 else (z[k][:, j] <= 0)
+    phases, inside = _split_domain(net.hidden_sizes, _unstable_at_root(prop, region, C, d), z,
+                                   int(np.argmax(values.min(axis=1))), 4, rng)
     assert inside.sum() > 10
     sp = [torch.from_numpy(ph[None].copy()) for ph in phases]
     first = prop.bound(lo, hi, C, d, splits=sp, alpha_iterations=20)
