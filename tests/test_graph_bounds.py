@@ -117,6 +117,29 @@ def test_chain_graph_gets_the_chain_propagators_bounds():
     assert torch.allclose(a.spec_lower, g.spec_lower, atol=1e-8)
     assert isinstance(make_propagator(net), BoundPropagator)
     assert isinstance(make_propagator(chain_graph(net)), GraphBoundPropagator)
+    # beta-CROWN with split constraints moved by offsets (sign*z + offset >= 0) and warm
+    # multipliers: the same bound through both propagators' back-substitutions
+    rng = np.random.default_rng(4)
+    lower = [torch.minimum(a.lower[k], a.lower[k].clamp(max=-0.05)) for k in range(2)]
+    upper = [torch.maximum(a.upper[k], a.upper[k].clamp(min=0.05)) for k in range(2)]
+    signs = [torch.from_numpy(rng.choice([-1, 0, 1], size=(1, 12)).astype(np.int8))
+             for _ in range(2)]
+    offsets = [torch.from_numpy(rng.uniform(0.0, 0.1, (1, 12))) for _ in range(2)]
+    betas = [torch.from_numpy(rng.uniform(0.0, 2.0, (1, len(C), 12))) for _ in range(2)]
+    graph64 = GraphBoundPropagator(chain_graph(net), GraphBoundOptions(optimise_in_float32=False))
+    got = [p.spec_bound(torch.tensor(lo), torch.tensor(hi), C, d, lower, upper, 4,
+                        splits=signs, split_offsets=offsets, beta_init=betas)
+           for p in (BoundPropagator(net), graph64)]
+    assert torch.allclose(got[0].spec_lower, got[1].spec_lower, atol=1e-8)
+    assert all(torch.allclose(x, y, atol=1e-8) for x, y in zip(got[0].betas, got[1].betas))
+    # a whole bound takes the warm multipliers too (as a search's branch passes them)
+    full = [p.bound(torch.tensor(lo), torch.tensor(hi), C, d, splits=signs,
+                    alpha_iterations=2, beta_init=betas) for p in (BoundPropagator(net), graph64)]
+    assert all(torch.isfinite(r.spec_lower).all() for r in full)
+    # the offsets count: without them the bound differs
+    plain = BoundPropagator(net).spec_bound(torch.tensor(lo), torch.tensor(hi), C, d, lower,
+                                            upper, 4, splits=signs, beta_init=betas)
+    assert not torch.allclose(plain.spec_lower, got[0].spec_lower, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["residual", "pooling"])

@@ -362,8 +362,6 @@ class BoundPropagator:
             params += [b for b in betas if b is not None]
             if offsets is not None:
                 w_off = [None if o is None else o.to(work) for o in offsets]
-        # (a graph propagator's own _backsub takes no offsets: only chains are given them)
-        shifted = {} if w_off is None else {"offsets": w_off}
         opt = Adam(params, lr=0.1)
         exact = work == lam.dtype  # then every iterate is a returned (sound) bound
         best = bnd.clone()
@@ -375,7 +373,7 @@ class BoundPropagator:
             if deadline is not None and time.monotonic() > deadline:
                 break
             cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
-                                      betas=betas, signs=signs, **shifted)
+                                      betas=betas, signs=signs, offsets=w_off)
             if exact:
                 best = torch.maximum(best, cur.detach())
             else:
@@ -391,7 +389,7 @@ class BoundPropagator:
         with torch.no_grad():
             if not exact:  # the last step's slopes and multipliers are an iterate too
                 cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
-                                          betas=betas, signs=signs, **shifted)
+                                          betas=betas, signs=signs, offsets=w_off)
                 _, kept = _keep_better(cur, params, kept_total, kept)
                 # the kept slopes and multipliers, evaluated in float64
                 alphas = [a.to(lam.dtype) for a in kept[:len(alphas)]]
@@ -401,8 +399,7 @@ class BoundPropagator:
                 signs = None if signs is None else \
                     [None if sg is None else sg.to(lam.dtype) for sg in signs]
             last, A, rec = self._backsub(K, lam, lower, upper, lo, hi, record=True, alphas=alphas,
-                                         betas=betas, signs=signs,
-                                         **({} if offsets is None else {"offsets": offsets}))
+                                         betas=betas, signs=signs, offsets=offsets)
         return (torch.maximum(best, last), last, A, rec,
                 [a.detach().clamp(0.0, 1.0) for a in alphas],
                 None if betas is None else [None if b is None else b.detach().clamp(min=0.0)

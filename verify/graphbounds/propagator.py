@@ -110,12 +110,13 @@ class GraphBoundPropagator(BoundPropagator):
 
     # ---- back-substitution ------------------------------------------------------------
     def _backsub_from(self, start: int, lam: torch.Tensor, relax, lo, hi, record=False,
-                      betas=None, signs=None, deadline: float | None = None):
+                      betas=None, signs=None, deadline: float | None = None, offsets=None):
         """Lower bound over the boxes of ``lam @ node[start]``, given the relaxation
         ``(alpha, s, t)`` (flat ``(B, n_k)``) of every ReLU before ``start``.
 
         ``lam``: (B, m, size) or (B, m, *shape).  ``betas`` (B, m, n_k) >= 0 and
-        ``signs`` (B, n_k): beta-CROWN terms of split constraints ``sign*z >= 0``.
+        ``signs`` (B, n_k): beta-CROWN terms of split constraints ``sign*z >= 0``
+        (``sign*z + offset >= 0`` with ``offsets`` (B, n_k), as the chain's ``_backsub``).
         Returns (bound (B, m), input coefficients (B, m, n0), per hidden layer the
         coefficients (B, m, n_k) on its output when ``record``, else Nones).  Raises
         :class:`_OutOfTime` when ``deadline`` passes on the way."""
@@ -139,6 +140,8 @@ class GraphBoundPropagator(BoundPropagator):
                 beta = sign = None
                 if betas is not None and betas[k] is not None:
                     beta, sign = betas[k].reshape(B, m, *shape), signs[k].reshape(B, *shape)
+                    if offsets is not None and offsets[k] is not None:
+                        const = const - (betas[k] * offsets[k][:, None, :]).sum(-1)
                 P, c = relu_backward(A, alpha, s, t, beta, sign)
                 parts = [P]
             else:
@@ -152,13 +155,14 @@ class GraphBoundPropagator(BoundPropagator):
         return _linear_min(const, A0, lo, hi), A0, recorded
 
     def _backsub(self, K, lam, lower, upper, lo, hi, record=False, alphas=None, betas=None,
-                 signs=None, relax=None):
+                 signs=None, relax=None, offsets=None):
         """The chain propagator's back-substitution of the spec rows (its signature, so its
         spec and alpha/beta machinery runs on graphs): from the output node."""
         if relax is None or alphas is not None:
             relax = [self._relaxation(lower[k], upper[k], None if alphas is None else alphas[k])
                      for k in range(self.n_hidden)]
-        return self._backsub_from(self.network.output, lam, relax, lo, hi, record, betas, signs)
+        return self._backsub_from(self.network.output, lam, relax, lo, hi, record, betas, signs,
+                                  offsets=offsets)
 
     # ---- intermediate bounds ---------------------------------------------------------
     def _crown_neurons(self, src: int, l, u, sp, relax, lo, hi, only=None, deadline=None):
@@ -198,9 +202,10 @@ class GraphBoundPropagator(BoundPropagator):
     def bound(self, lo, hi, spec_c, spec_d, splits=None, fixed=None,
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
-              refine: list | None = None, alpha_init: list | None = None) -> BatchBounds:
+              refine: list | None = None, alpha_init: list | None = None,
+              beta_init: list | None = None) -> BatchBounds:
         """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result;
-        ``alpha_init`` warm-starts the alpha steps);
+        ``alpha_init`` and ``beta_init`` warm-start the alpha/beta steps);
         see :meth:`_bound`.  With the options' ``lazy_intermediate`` (and back-substituted
         intermediate bounds asked for), the batch is first bounded with interval
         intermediate bounds and no alpha steps (milliseconds); only the branches where
@@ -220,7 +225,7 @@ class GraphBoundPropagator(BoundPropagator):
             splits = None if splits is None else [s[rows] for s in splits]
             fixed = None if fixed is None else [None if f is None else (f[0][rows], f[1][rows])
                                                 for f in fixed]
-            alpha_init = _rows_of(alpha_init, rows)
+            alpha_init, beta_init = _rows_of(alpha_init, rows), _rows_of(beta_init, rows)
         res = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, backward, refine)
         if alpha_iterations and self.n_hidden:
             r = _open_rows(res)
@@ -231,7 +236,8 @@ class GraphBoundPropagator(BoundPropagator):
                                           [self._relaxation(l, u) for l, u in zip(lower, upper)],
                                           res.infeasible[r], alpha_iterations, deadline,
                                           None if splits is None else pick(splits),
-                                          _rows_of(alpha_init, r))
+                                          _rows_of(alpha_init, r),
+                                          beta_init=_rows_of(beta_init, r))
                 res.merge_rows(r, again)
         if cheap is None:
             return res
@@ -319,8 +325,9 @@ def make_propagator(network, options: GraphBoundOptions | None = None) -> BoundP
     return BoundPropagator(network, torch.float32 if fast else None)
 
 
-def _rows_of(alpha_init, rows):
-    """Warm-start slopes (per hidden layer a (B, n_k) tensor or None) of some rows."""
-    if alpha_init is None:
+def _rows_of(warm, rows):
+    """Warm-start slopes or multipliers (per hidden layer a (B, ...) tensor or None) of
+    some rows."""
+    if warm is None:
         return None
-    return [None if a is None else a[rows] for a in alpha_init]
+    return [None if a is None else a[rows] for a in warm]

@@ -159,21 +159,15 @@ def warm_betas(cmap: ChangeMap, branches, idx, m: int) -> list[torch.Tensor] | N
     variant drops loses its multiplier); None when none of them has any."""
     if not any(branches[i].betas is not None for i in idx):
         return None
-    hidden = cmap.original.hidden_sizes
-    where = []
-    for k, rows in enumerate(cmap.kept_rows[:len(hidden)]):
-        pos = np.full(hidden[k], -1, dtype=np.int64)
-        pos[rows] = np.arange(len(rows))
-        where.append(pos)
-    out = [np.zeros((len(idx), m, len(rows))) for rows in cmap.kept_rows[:len(hidden)]]
+    out = [np.zeros((len(idx), m, n)) for n in cmap.original.hidden_sizes]  # its numbering
     for j, i in enumerate(idx):
         b = branches[i].betas
         if b is None or b.shape != (m, len(branches[i].splits)):
             continue
         for col, ((k, neuron), _) in enumerate(fact_dict(branches[i].splits).items()):
-            if where[k][neuron] >= 0:
-                out[k][j, :, where[k][neuron]] = b[:, col]
-    return [torch.from_numpy(o) for o in out]
+            out[k][j, :, neuron] = b[:, col]
+    return [torch.from_numpy(np.ascontiguousarray(o[:, :, rows] if len(rows) < o.shape[2] else o))
+            for o, rows in zip(out, cmap.kept_rows)]
 
 
 def search_open(search: RegionSearch, nodes, r: int, stats, what: str, error,
