@@ -21,6 +21,7 @@ from verify.reuse.changes import ChangeMap
 from verify.reuse.check_cli import read_proof_file
 from verify.reuse.proof import (ProofRecord, pack_alphas, pack_betas, store_key, unpack_alphas,
                                  unpack_betas)
+from verify.reuse.difference import symbolic_deviation
 from verify.reuse.tree import leaf_deviation, moved_bounds, split_constraints, warm_betas
 from verify.constraint_names import split_arrays, split_facts
 from verify.search import fact_betas, region_rows
@@ -348,12 +349,16 @@ def _split_domain(hidden_sizes, unstable, z, anchor: int, n_splits: int, rng):
     return phases, inside
 
 
+@pytest.mark.parametrize("changes_by", ["interval", "symbolic"])
 @pytest.mark.parametrize("recipe", ["int8", "magnitude:0.3", "neurons:0.25"])
-def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_mlp, recipe):
+def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_mlp, recipe,
+                                                                        changes_by):
     """Tier 1's beta-CROWN bound of a variant on a domain split by the ORIGINAL's
     phases (as constraints ``z' >= dl`` / ``z' <= du`` on the variant's neurons, started
     from the original's multipliers there) lies below the variant's spec rows at sampled
-    points of the domain; a mutation (the constraints' sense flipped) is caught."""
+    points of the domain; a mutation (the constraints' sense flipped) is caught.
+    ``symbolic``: tier 1c's changes, tightened by the symbolic change bound, and the
+    variant's pre-activations there lie within the bounds they move."""
     net, X, _ = digits_mlp
     region = local_robustness(X[3], 0.1, int(np.argmax(net.forward(X[3]))), 10).regions[0]
     variant = compress(net, recipe)
@@ -363,6 +368,7 @@ def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_m
     rng = np.random.default_rng(4)
     xs = _samples(region, rng, 20000)
     z_orig = net.pre_activations(xs)
+    z_var = variant.network.pre_activations(xs)
     spec_var = _spec_values(variant.network, region, xs)
     lo, hi = torch.from_numpy(region.lower[None].copy()), torch.from_numpy(region.upper[None].copy())
     unstable = _unstable_at_root(oprop, region, C, d)
@@ -379,7 +385,13 @@ def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_m
         uppers = [u.numpy() for u in orig.upper]
         changes, _ = leaf_deviation(cmap, lowers, uppers, region.lower[None], region.upper[None],
                                     C.numpy())
+        if changes_by == "symbolic":
+            changes, _ = symbolic_deviation(cmap, lowers, uppers, changes, region.lower[None],
+                                            region.upper[None], C.numpy())
         moved = moved_bounds(cmap, lowers, uppers, changes)
+        for k, (l, u) in enumerate(moved):
+            z = z_var[k][inside]
+            assert (z >= l.numpy()[0] - 1e-9).all() and (z <= u.numpy()[0] + 1e-9).all(), k
         kw = split_constraints(cmap, [leaf.splits], changes)
         kw["beta_init"] = warm_betas(cmap, [leaf], [0], len(C))
         res = vprop.spec_bound(lo, hi, C, d, [m[0] for m in moved], [m[1] for m in moved], 30,

@@ -30,7 +30,7 @@ import torch
 
 from ..constraint_names import split_arrays, split_facts
 from ..result import Statistics
-from ..search import Node, RegionSearch
+from ..search import Node, RegionSearch, fact_betas
 from .proof import ProofBranch
 
 
@@ -72,7 +72,8 @@ class Deepening:
 
     def _bound(self, kids: list[Node]) -> list[ProofBranch]:
         """Children bounded on the original, as proof leaves (with the search's
-        alpha steps: their slopes warm-start the variant's bounds)."""
+        alpha steps: their slopes and split multipliers warm-start the variant's
+        bounds)."""
         lo, hi, splits, fixed = _batch(kids, len(self.sizes))
         res, _, _ = self.search.bound_branches(lo, hi, splits, fixed, mode="backward")
         infeasible = res.infeasible.numpy()
@@ -80,9 +81,12 @@ class Deepening:
         for i, node in enumerate(kids):
             alphas = None if res.alphas is None else [
                 a[i].numpy().astype(np.float16) for a in res.alphas]
+            betas = None if res.betas is None or all(b is None for b in res.betas) else \
+                fact_betas(res.betas, i, node.splits).astype(np.float16)
             out.append(ProofBranch(
                 node.lo, node.hi, split_facts(node.splits),
                 "infeasible" if infeasible[i] else "bounds", node.depth, alphas=alphas,
+                betas=betas,
                 layer_bounds=[(res.lower[k][i].numpy(), res.upper[k][i].numpy())
                               for k in range(len(self.sizes))],
                 spec_lower=res.spec_lower[i].numpy()))

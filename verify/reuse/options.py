@@ -61,6 +61,12 @@ class ReuseOptions:
     # alternated, 2 cores under load ~4; on int8 and magnitude 10 % it closes none
     # and is mostly skipped by this gate)
     symbolic_max_loss: float = 10.0
+    # tier 1c: tier 1 again over the bounds the symbolic change bound tightened, on the
+    # leaves it left open (warm_alpha_iterations steps), then with this many steps on
+    # the leaves still open (0: no tier 1c).  mnist-net_256x4 at eps 0.011, int16: on
+    # image 7 the two passes close 1 and then 8 of the 13 leaves left; on image 14, 4
+    # and then 0 of 5 (20 steps alone: 3)
+    tight_alpha_iterations: int = 20
     # else a ReLU-split tree is walked top-down on the variant (verify.reuse.tree.
     # TreeWalk: a node closed prunes its subtree, parents' bounds are inherited);
     # False: its leaves are bounded again one by one, each from scratch
@@ -137,6 +143,8 @@ class ReuseOptions:
     def __post_init__(self):
         if self.cores not in ("lazy", "eager"):
             raise OptionError(f"cores must be lazy or eager, got {self.cores!r}")
+        if self.tight_alpha_iterations < 0:
+            raise OptionError(f"tight_alpha_iterations must be >= 0, got {self.tight_alpha_iterations}")
         if self.warm_alpha_iterations < 0:
             raise OptionError(f"warm_alpha_iterations must be >= 0, got {self.warm_alpha_iterations}")
         for name in ("core_budget", "core_timeout", "minimise_budget"):

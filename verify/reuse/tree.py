@@ -404,27 +404,10 @@ class TreeCheck:
         hopeless = len(idx) >= 8 and not done0.any()
         if not backsub or hopeless:
             return ids, {i: [(l[j], u[j]) for l, u in moved] for j, i in enumerate(ids)}
-        lo, hi = torch.from_numpy(box_lo[sel]), torch.from_numpy(box_hi[sel])
         # tier 1: the variant's spec rows over the moved bounds, warm-started
-        alpha_init = warm_alphas(self.cmap, branches, ids)
-        # (a graph without warm-start slopes: plain back-substitution; alpha steps from
-        # scratch cost seconds on the verivital maxpool net, where a full bound takes 0.05 s)
-        iters = (self.reuser.ropt.warm_alpha_iterations if alpha_init is not None
-                 else 0 if self.graph else search.alpha_iterations)
-        split_kw = {}
-        if not self.graph and self.n_hidden and not search.input_split:
-            split_kw = split_constraints(self.cmap, [branches[i].splits for i in ids],
-                                         [(dl[sel], du[sel]) for dl, du in changes])
-            split_kw["beta_init"] = warm_betas(self.cmap, branches, ids, len(search.C))
-        res = search.prop.spec_bound(lo, hi, search.C, search.d, [m[0] for m in moved],
-                                     [m[1] for m in moved], iters if self.n_hidden else 0,
-                                     deadline=search.deadline, alpha_init=alpha_init, **split_kw)
-        search.stats.bound_evaluations += len(ids)
-        _, closed = search.refutation(res, lo.numpy(), hi.numpy())
-        empty = np.zeros(len(ids), dtype=bool)
-        for l, u in moved:  # an empty domain: the moved bounds cross
-            empty |= (l > u).any(-1).numpy()
-        closed |= empty
+        closed = self._tier1(ids, box_lo[sel], box_hi[sel], moved,
+                             [(dl[sel], du[sel]) for dl, du in changes],
+                             self.reuser.ropt.warm_alpha_iterations)
         self.closed["closed_by_bounds"] += int(closed.sum())
         self.closed["closed_by_difference"] += int(closed.sum())
         self.closed["closed_by_difference_backsub"] += int(closed.sum())
@@ -451,14 +434,56 @@ class TreeCheck:
                 self.closed["closed_by_symbolic"] += int(done.sum())
                 for row in rows[done]:
                     del moved_of[idx[row]]
-                # tier 2 starts from the tighter moved bounds of the others
-                left = np.flatnonzero(~done)
-                tighter = moved_bounds(self.cmap, [l[rows[left]] for l in lowers],
-                                       [u[rows[left]] for u in uppers],
-                                       [(dl[left], du[left]) for dl, du in tight])
-                for j, row in enumerate(rows[left]):
-                    moved_of[idx[row]] = [(l[j], u[j]) for l, u in tighter]
+                # tier 1c and tier 2 start from the tighter moved bounds of the others
+                left = np.flatnonzero(~done)  # positions in rows, as tight's and tighter's
+                tighter = moved_bounds(self.cmap, [l[rows] for l in lowers],
+                                       [u[rows] for u in uppers], tight)
+                for j in left:
+                    moved_of[idx[rows[j]]] = [(l[j], u[j]) for l, u in tighter]
+                ropt = self.reuser.ropt
+                for steps in (ropt.warm_alpha_iterations, ropt.tight_alpha_iterations):
+                    # tier 1c: tier 1 again over the tighter bounds, then with more
+                    # alpha steps on the leaves left (see ReuseOptions.tight_alpha_iterations)
+                    if not len(left) or not ropt.tight_alpha_iterations:
+                        break
+                    again = [idx[row] for row in rows[left]]
+                    shut = self._tier1(again, box_lo[rows[left]], box_hi[rows[left]],
+                                       [(l[left], u[left]) for l, u in tighter],
+                                       [(dl[left], du[left]) for dl, du in tight], steps)
+                    for name in ("closed_by_bounds", "closed_by_difference",
+                                 "closed_by_difference_backsub"):
+                        self.closed[name] += int(shut.sum())
+                    for j in np.flatnonzero(shut):
+                        del moved_of[again[j]]
+                    left = left[~shut]
         return list(moved_of), moved_of
+
+    def _tier1(self, ids, box_lo: np.ndarray, box_hi: np.ndarray, moved, changes,
+               warm_iterations: int) -> np.ndarray:
+        """The variant's spec rows of leaves ``ids`` back-substituted over their moved
+        bounds ``moved`` (no intermediate neuron), with the original's split facts
+        moved by ``changes`` as beta-CROWN constraints, alpha-CROWN warm-started from
+        the original's slopes and multipliers: (B,) which leaves closed (an empty domain
+        closes too)."""
+        branches, search = self.branches, self.search
+        lo, hi = torch.from_numpy(box_lo), torch.from_numpy(box_hi)
+        alpha_init = warm_alphas(self.cmap, branches, ids)
+        # (a graph without warm-start slopes: plain back-substitution; alpha steps from
+        # scratch cost seconds on the verivital maxpool net, where a full bound takes 0.05 s)
+        iters = (warm_iterations if alpha_init is not None
+                 else 0 if self.graph else search.alpha_iterations)
+        split_kw = {}
+        if not self.graph and self.n_hidden and not search.input_split:
+            split_kw = split_constraints(self.cmap, [branches[i].splits for i in ids], changes)
+            split_kw["beta_init"] = warm_betas(self.cmap, branches, ids, len(search.C))
+        res = search.prop.spec_bound(lo, hi, search.C, search.d, [m[0] for m in moved],
+                                     [m[1] for m in moved], iters if self.n_hidden else 0,
+                                     deadline=search.deadline, alpha_init=alpha_init, **split_kw)
+        search.stats.bound_evaluations += len(ids)
+        _, closed = search.refutation(res, box_lo, box_hi)
+        for l, u in moved:  # an empty domain: the moved bounds cross
+            closed |= (l > u).any(-1).numpy()
+        return closed
 
     def _refuted(self, spec_lower: np.ndarray) -> np.ndarray:
         """(B,) whether lower bounds (B, m) of the spec rows refute every conjunction."""
