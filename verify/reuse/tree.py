@@ -16,15 +16,19 @@ the leaves the one before left open:
 1b. (ReLU-split trees) on the leaves whose interval change bound came close to their margin, a
    symbolic bound of the change (:func:`verify.reuse.difference.symbolic_deviation`:
    both networks back-substituted together); its tighter per-layer changes
-   also move the bounds tier 2 starts from;
+   also move the bounds tiers 1c and 2 start from;
+1c. (ReLU-split trees) tier 1 again over those tighter bounds;
 2. the variant's own bound of the leaf box, intersected with the moved
    bounds (input splits: only neurons they leave unstable are back-substituted;
    ReLU splits: none -- ``bound`` takes the moved bounds for a parent's on the same
    domain, with no new split -- and the spec rows get the alpha steps; forcing the
    back-substitution closed the same leaves, no faster, on mnist-net_256x4 images 7
-   and 14 at eps 0.011);
+   and 14 at eps 0.011).  Not on the leaves of a ReLU-split chain tree, which are
+   split further on the original instead (:mod:`verify.reuse.deepen`; see
+   ``TreeCheck.SKIP_TIER2_WHEN_DEEPENING``);
 3. the variant's branch and bound from each leaf still open (its domain
-   ``S``, represented by the bounds of tier 2 as the node's parent bounds).
+   ``S``, represented by the bounds of tier 2, or the moved bounds, as the node's
+   parent bounds).
 
 Soundness: every bound used holds on ``S`` for the variant -- the
 original's bounds there were derived by this process's search, the change
