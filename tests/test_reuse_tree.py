@@ -326,6 +326,66 @@ def test_walk_bounds_interior_nodes_without_alpha_steps(split_proof, monkeypatch
 
 
 
+def test_walk_bounds_leaves_left_open_again_together(digits_mlp, monkeypatch, tree_walks):
+    """The leaves a walk's first (warm) pass leaves open are bounded again with the
+    search's steps in batches that gather several first-pass batches; the verdict is
+    scratch's, and a leaf closed only by the second pass counts."""
+    import dataclasses
+    import verify.reuse.tree as tree
+    from verify.reuse import build_proof
+
+    net, X, _ = digits_mlp
+    # near the largest eps that holds: a proof of 6 leaves
+    prop = local_robustness(X[3], 0.0965, int(np.argmax(net.forward(X[3]))), 10)
+    proof = build_proof(net, prop, OPTS)
+    assert proof.status is Status.HOLDS and proof.n_branches >= 4
+    variant = compress(net, "magnitude:0.3")
+    scratch = verify_property(variant.network, prop, OPTS).status
+    monkeypatch.setattr(tree.TreeCheck, "_tiers01", _tiers01_closing_nothing(net))
+    groups, closed_again = [], []
+    second = tree.TreeWalk._second_pass
+
+    def counted(self, pending):
+        groups.append([len(g["lo"]) for g in pending])
+        out = second(self, pending)
+        closed_again.append(sum(int(c.sum()) for _, c in out))
+        return out
+    monkeypatch.setattr(tree.TreeWalk, "_second_pass", counted)
+    opts = dataclasses.replace(OPTS, batch_size=2)
+    # no warm steps: the first pass is plain CROWN, so the second has leaves to close
+    ropt = ReuseOptions(tree_max_open=0.0, warm_alpha_iterations=0)
+    r = reverify(net, variant, prop, opts, reuse_options=ropt, proof=proof)
+    assert tree_walks and not r.reuse.fallback, r.reuse.fallback_reason
+    assert r.status == scratch
+    assert groups and any(len(g) > 1 for g in groups), groups
+    assert sum(closed_again) > 0
+
+
+def test_walk_finds_a_broken_variants_counterexample(split_proof, monkeypatch, tree_walks):
+    """A variant broken everywhere, with no other source of candidates: the walk's
+    open nodes' bound minimisers give a counterexample, replayed on the variant."""
+    from verify.network import Affine
+    from verify.reuse.reuser import Reuser
+    import verify.reuse.tree as tree
+
+    net, prop, proof = split_proof
+    region = prop.regions[0]
+    target = int(np.argmax(net.forward((region.lower + region.upper) / 2)))
+    last = net.affines[-1]
+    bias = last.bias.copy()
+    bias[target] -= 100.0
+    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    monkeypatch.setattr(tree.TreeCheck, "_tiers01", _tiers01_closing_nothing(net))
+    monkeypatch.setattr(Reuser, "_original_candidates", lambda self, region, r, ob: None)
+    monkeypatch.setattr(Reuser, "_root_closes", lambda self, search: None)
+    monkeypatch.setattr(Reuser, "attack", lambda self, *a, **k: None)
+    r = reverify(net, broken, prop, OPTS, reuse_options=ReuseOptions(tree_max_open=0.0),
+                 proof=proof)
+    assert tree_walks and r.status is Status.VIOLATED and r.method == "reuse"
+    x = np.array(r.counterexample.input)
+    assert prop.violated_by(x, broken.forward(x))
+
+
 def _unstable_at_root(prop, region, C, d) -> list[tuple[int, int]]:
     """(layer, neuron) of the ReLUs a plain bound of the region's box leaves unstable."""
     lo, hi = torch.from_numpy(region.lower[None].copy()), torch.from_numpy(region.upper[None].copy())
