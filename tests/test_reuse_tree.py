@@ -379,11 +379,35 @@ def test_walk_finds_a_broken_variants_counterexample(split_proof, monkeypatch, t
     monkeypatch.setattr(Reuser, "_original_candidates", lambda self, region, r, ob: None)
     monkeypatch.setattr(Reuser, "_root_closes", lambda self, search: None)
     monkeypatch.setattr(Reuser, "attack", lambda self, *a, **k: None)
-    r = reverify(net, broken, prop, OPTS, reuse_options=ReuseOptions(tree_max_open=0.0),
-                 proof=proof)
+    r = reverify(net, broken, prop, OPTS,
+                 reuse_options=ReuseOptions(tree_max_open=0.0, sample_first_share=0), proof=proof)
     assert tree_walks and r.status is Status.VIOLATED and r.method == "reuse"
     x = np.array(r.counterexample.input)
     assert prop.violated_by(x, broken.forward(x))
+
+
+def test_a_quick_proofs_broken_variant_is_found_by_samples_first(split_proof):
+    """A variant broken everywhere, of a proof shorter than ``attack_first_proof_s``:
+    random samples up front find its counterexample before any tree is re-checked
+    (without them, the tree's own candidates do); replayed on the variant."""
+    from verify.network import Affine
+    net, prop, proof = split_proof
+    assert proof.time_s < ReuseOptions().attack_first_proof_s
+    region = prop.regions[0]
+    target = int(np.argmax(net.forward((region.lower + region.upper) / 2)))
+    last = net.affines[-1]
+    bias = last.bias.copy()
+    bias[target] -= 100.0
+    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    got = {}
+    for share in (0.02, 0.0):
+        r = reverify(net, broken, prop, OPTS, reuse_options=ReuseOptions(sample_first_share=share),
+                     proof=proof)
+        assert r.status is Status.VIOLATED
+        x = np.array(r.counterexample.input)
+        assert prop.violated_by(x, broken.forward(x))
+        got[share] = r.method
+    assert got == {0.02: "attack", 0.0: "reuse"}, got
 
 
 def _unstable_at_root(prop, region, C, d) -> list[tuple[int, int]]:

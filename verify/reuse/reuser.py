@@ -366,6 +366,17 @@ class Reuser(CoreChecks):
                                       starts=starts)
         return cex
 
+    def sample(self, region: Region, r: int, budget: float):
+        """Random points of the region tried on the variant (as many as scratch's
+        up-front round, within ``budget`` seconds): a confirmed counterexample or None."""
+        if self.attacker is None:
+            self.attacker = Attacker(self.net)
+        budget = min(budget, max(self.left(), 0.0))
+        cex, _ = self.attacker.attack(region, r, self.rng, time.monotonic() + budget,
+                                      restarts=0, steps=0, samples=self.opt.random_samples)
+        return cex
+
+
 def proof_stats(stats: ReuseStats, proof: ProofRecord, cmap: ChangeMap) -> None:
     stats.branches = proof.n_branches
     for core in proof.cores():

@@ -92,15 +92,19 @@ def reverify(original: Network, variant, prop: Property,
             return None
         return root_candidates(variant, prop, proof, trees_only=False)
 
-    def quick_attack(start_of=lambda r: None, as_scratch=False):
+    def quick_attack(start_of=lambda r: None, as_scratch=False, sample_for=None):
         """A quick attack on the variant itself, region by region (``start_of(r)``:
         extra PGD starts or None; ``as_scratch``: the restarts, steps and samples of
-        scratch's up-front round, within its attack_max_s); the first counterexample,
-        or None."""
+        scratch's up-front round, within its attack_max_s; ``sample_for``: scratch's
+        random samples only, for this many seconds per region at most); the first
+        counterexample, or None."""
         quick = Reuser(variant, None, options, reuse_options, stats, t0 + options.timeout)
         for r, region in enumerate(prop.regions):
-            cex = quick.attack(region, r, quick=not as_scratch, starts=start_of(r),
-                               budget=options.attack_max_s if as_scratch else None)
+            if sample_for is not None:
+                cex = quick.sample(region, r, sample_for)
+            else:
+                cex = quick.attack(region, r, quick=not as_scratch, starts=start_of(r),
+                                   budget=options.attack_max_s if as_scratch else None)
             if cex is not None:
                 return cex
         return None
@@ -173,14 +177,19 @@ def reverify(original: Network, variant, prop: Property,
         reuser.root_tried = root_tried
         if reuse_options.continue_open_search:
             reuser.open_search_until = t0 + options.timeout
-        # no falsification up front for a quick proof: the branches' own candidates and
-        # an attack on any region with a branch left open find a counterexample (a proof
-        # that carries over needs neither); a long one gets a quick attack first
+        # no attack up front for a quick proof: the branches' own candidates and an
+        # attack on any region with a branch left open find a counterexample (a proof
+        # that carries over needs neither); a long one gets a quick attack first, and a
+        # quick tree random samples within a small share of its original's time
         if reuse_options.attack and proof.time_s >= reuse_options.attack_first_proof_s:
             cex = quick_attack(as_scratch=True)
             if cex is not None:
                 return done(Status.VIOLATED, "attack", cex)
             reuser.attacked = set(range(len(prop.regions)))
+        elif reuse_options.attack and proof.n_branches > 1 and reuse_options.sample_first_share:
+            cex = quick_attack(sample_for=reuse_options.sample_first_share * proof.time_s)
+            if cex is not None:
+                return done(Status.VIOLATED, "attack", cex)
         for r, region in enumerate(prop.regions):
             cex = reuser.region(region, r, proof)
             if cex is not None and searched is not variant:  # replayed on the variant itself
