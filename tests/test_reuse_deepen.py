@@ -131,14 +131,9 @@ def test_open_leaves_close_through_their_children_not_the_walk(split_proof, monk
 
 
 def test_broken_variant_is_violated_through_deepening(split_proof, monkeypatch):
-    from verify.network import Affine
+    from broken_nets import broken_everywhere
     net, prop, proof = split_proof
-    region = prop.regions[0]
-    target = int(np.argmax(net.forward((region.lower + region.upper) / 2)))
-    last = net.affines[-1]
-    bias = last.bias.copy()
-    bias[target] -= 100.0
-    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    broken = broken_everywhere(net, prop.regions[0])
     _tiers_give_up_at_the_top(monkeypatch, proof)
     ropt = ReuseOptions(tree_max_open=1.0, deepen_levels=4, deepen_share=50.0)
     r = reverify(net, broken, prop, OPTS, reuse_options=ropt, proof=proof)

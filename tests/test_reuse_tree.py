@@ -364,17 +364,12 @@ def test_walk_bounds_leaves_left_open_again_together(digits_mlp, monkeypatch, tr
 def test_walk_finds_a_broken_variants_counterexample(split_proof, monkeypatch, tree_walks):
     """A variant broken everywhere, with no other source of candidates: the walk's
     open nodes' bound minimisers give a counterexample, replayed on the variant."""
-    from verify.network import Affine
+    from broken_nets import broken_everywhere
     from verify.reuse.reuser import Reuser
     import verify.reuse.tree as tree
 
     net, prop, proof = split_proof
-    region = prop.regions[0]
-    target = int(np.argmax(net.forward((region.lower + region.upper) / 2)))
-    last = net.affines[-1]
-    bias = last.bias.copy()
-    bias[target] -= 100.0
-    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    broken = broken_everywhere(net, prop.regions[0])
     monkeypatch.setattr(tree.TreeCheck, "_tiers01", _tiers01_closing_nothing(net))
     monkeypatch.setattr(Reuser, "_original_candidates", lambda self, region, r, ob: None)
     monkeypatch.setattr(Reuser, "_root_closes", lambda self, search: None)
@@ -390,15 +385,10 @@ def test_a_quick_proofs_broken_variant_is_found_by_samples_first(split_proof):
     """A variant broken everywhere, of a proof shorter than ``attack_first_proof_s``:
     random samples up front find its counterexample before any tree is re-checked
     (without them, the tree's own candidates do); replayed on the variant."""
-    from verify.network import Affine
+    from broken_nets import broken_everywhere
     net, prop, proof = split_proof
     assert proof.time_s < ReuseOptions().attack_first_proof_s
-    region = prop.regions[0]
-    target = int(np.argmax(net.forward((region.lower + region.upper) / 2)))
-    last = net.affines[-1]
-    bias = last.bias.copy()
-    bias[target] -= 100.0
-    broken = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "broken")
+    broken = broken_everywhere(net, prop.regions[0])
     got = {}
     for share in (0.02, 0.0):
         r = reverify(net, broken, prop, OPTS, reuse_options=ReuseOptions(sample_first_share=share),
