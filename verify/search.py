@@ -41,10 +41,12 @@ __all__ = ["Leaf", "Node", "RegionOutcome", "RegionSearch", "inherit_refuted", "
            "refuted_conjunctions", "region_rows", "search_region", "split_arrays", "split_facts"]
 
 
-def fact_betas(betas, i: int, splits) -> np.ndarray:
+def fact_betas(betas, i: int, splits) -> np.ndarray | None:
     """Branch ``i``'s beta-CROWN multipliers ((B, m, n_k) per hidden layer, None where
     a layer had no split) of its split facts, (m, n_facts) in the order of
-    :func:`split_facts` (layer, then neuron)."""
+    :func:`split_facts` (layer, then neuron); None when the bound had no multipliers."""
+    if betas is None or all(b is None for b in betas):
+        return None
     m = next(b.shape[1] for b in betas if b is not None)
     cols = [np.zeros((m, 0))]
     for k, s in enumerate(splits):
@@ -200,7 +202,7 @@ class RegionSearch(Splitting):
                 leaf.spec_lower = res.spec_lower[i].numpy()
                 if res.alphas is not None:
                     leaf.alphas = [a[i].numpy() for a in res.alphas]
-                if res.betas is not None and leaf.splits:
+                if leaf.splits:
                     leaf.betas = fact_betas(res.betas, i, node.splits)
         self.leaves.append(leaf)
 

@@ -81,12 +81,11 @@ class Deepening:
         for i, node in enumerate(kids):
             alphas = None if res.alphas is None else [
                 a[i].numpy().astype(np.float16) for a in res.alphas]
-            betas = None if res.betas is None or all(b is None for b in res.betas) else \
-                fact_betas(res.betas, i, node.splits).astype(np.float16)
+            betas = fact_betas(res.betas, i, node.splits)
             out.append(ProofBranch(
                 node.lo, node.hi, split_facts(node.splits),
                 "infeasible" if infeasible[i] else "bounds", node.depth, alphas=alphas,
-                betas=betas,
+                betas=None if betas is None else betas.astype(np.float16),
                 layer_bounds=[(res.lower[k][i].numpy(), res.upper[k][i].numpy())
                               for k in range(len(self.sizes))],
                 spec_lower=res.spec_lower[i].numpy()))

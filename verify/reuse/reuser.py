@@ -355,25 +355,24 @@ class Reuser(CoreChecks):
         Xu 2_9 prop 1, int16: 0.03 s of a 0.17 s reuse)."""
         if quick and starts is None and r in self.attacked:
             return None
-        if self.attacker is None:
-            self.attacker = Attacker(self.net)
-        budget = min(budget if budget is not None else 0.2 if quick else 1.0,
-                     max(self.left(), 0.0))
-        cex, _ = self.attacker.attack(region, r, self.rng, time.monotonic() + budget,
-                                      restarts=2 if quick else self.opt.attack_restarts,
-                                      steps=10 if quick else self.opt.attack_steps,
-                                      samples=200 if quick else self.opt.random_samples,
-                                      starts=starts)
-        return cex
+        return self._attack(region, r, budget if budget is not None else 0.2 if quick else 1.0,
+                            restarts=2 if quick else self.opt.attack_restarts,
+                            steps=10 if quick else self.opt.attack_steps,
+                            samples=200 if quick else self.opt.random_samples, starts=starts)
 
     def sample(self, region: Region, r: int, budget: float):
         """Random points of the region tried on the variant (as many as scratch's
         up-front round, within ``budget`` seconds): a confirmed counterexample or None."""
+        return self._attack(region, r, budget, restarts=0, steps=0,
+                            samples=self.opt.random_samples)
+
+    def _attack(self, region: Region, r: int, budget: float, **how):
+        """The variant's attacker on region ``r`` for ``budget`` seconds at most (within
+        the reuse deadline); ``how``: restarts, steps, samples, starts."""
         if self.attacker is None:
             self.attacker = Attacker(self.net)
         budget = min(budget, max(self.left(), 0.0))
-        cex, _ = self.attacker.attack(region, r, self.rng, time.monotonic() + budget,
-                                      restarts=0, steps=0, samples=self.opt.random_samples)
+        cex, _ = self.attacker.attack(region, r, self.rng, time.monotonic() + budget, **how)
         return cex
 
 

@@ -25,7 +25,7 @@ the leaves the one before left open:
    back-substitution closed the same leaves, no faster, on mnist-net_256x4 images 7
    and 14 at eps 0.011).  Not on the leaves of a ReLU-split chain tree, which are
    split further on the original instead (:mod:`verify.reuse.deepen`; see
-   ``TreeCheck.SKIP_TIER2_WHEN_DEEPENING``);
+   ``TreeCheck._tier2_open``);
 3. the variant's branch and bound from each leaf still open (its domain
    ``S``, represented by the bounds of tier 2, or the moved bounds, as the node's
    parent bounds).
@@ -211,13 +211,6 @@ def has_leaf_bounds(branches) -> bool:
 class TreeCheck:
     """Tiers 0-3 over one region's leaves (see the module docstring)."""
 
-    #: tier 2 on a ReLU-split leaf is the variant's own bound of the leaf box over the
-    #: moved bounds, without the leaf's split constraints: after tier 1c it closed 1 of
-    #: 14 leaves on mnist-net_256x4 image 7 at eps 0.011 (int16: 9, 3, 1, 1 leaves in
-    #: the tree and three levels of deepening; neurons 5 %: 0 of 4) and 1 of 4 on image
-    #: 14 (int16), at about 0.05 s a call
-    SKIP_TIER2_WHEN_DEEPENING = True
-
     def __init__(self, reuser, search: RegionSearch, branches):
         self.reuser, self.search, self.branches = reuser, search, branches
         self.cmap: ChangeMap = reuser.cmap
@@ -305,11 +298,15 @@ class TreeCheck:
         """Tier 2 on leaves ``ids`` (in batches): (a confirmed counterexample among
         the open leaves' bound minimisers, or None; the leaves still open as
         (branch, its tier-2 layer bounds)).  Where open leaves are split further on the
-        original (:meth:`_deepens`), no tier 2: the leaves go on with their moved bounds
-        (see :attr:`SKIP_TIER2_WHEN_DEEPENING`)."""
+        original (:meth:`_deepens`), no tier 2: the leaves go on with their moved bounds.
+        (Tier 2 on a ReLU-split leaf is the variant's own bound of the leaf box over the
+        moved bounds, without the leaf's split constraints: after tier 1c it closed 1 of
+        14 leaves on mnist-net_256x4 image 7 at eps 0.011 -- int16: 9, 3, 1, 1 leaves in
+        the tree and three levels of deepening; neurons 5 %: 0 of 4 -- and 1 of 4 on
+        image 14, int16, at about 0.05 s a call.)"""
         from ..attack import confirm_batch
         branches, search = self.branches, self.search
-        if self.SKIP_TIER2_WHEN_DEEPENING and self._deepens():
+        if self._deepens():
             return None, [(branches[i], [(l.numpy(), u.numpy()) for l, u in moved_of[i]])
                           for i in ids]
         step = search._batch_size()
@@ -396,8 +393,7 @@ class TreeCheck:
             orig = np.stack([branches[i].spec_lower for i, k in zip(idx, known) if k])
             spec0[known] = orig + spec_dl[known]
         done0 = self._refuted(spec0)
-        self.closed["closed_by_bounds"] += int(done0.sum())
-        self.closed["closed_by_difference"] += int(done0.sum())
+        self._count(done0)
         if not self.graph and self.n_hidden:
             # tier 0b: the spec's change back-substituted through both networks over
             # the interval changes (a few products; tier 1b tightens the changes too)
@@ -411,8 +407,7 @@ class TreeCheck:
                 spec0[rows] += better - spec_dl[rows]
                 spec_dl[rows] = better
                 done = self._refuted(spec0[rows])
-                for name in ("closed_by_bounds", "closed_by_difference", "closed_by_symbolic"):
-                    self.closed[name] += int(done.sum())
+                self._count(done, "closed_by_symbolic")
                 done0[rows[done]] = True
         sel = np.flatnonzero(~done0)
         if len(sel) == 0:
@@ -432,9 +427,7 @@ class TreeCheck:
         closed = self._tier1(ids, box_lo[sel], box_hi[sel], moved,
                              [(dl[sel], du[sel]) for dl, du in changes],
                              self.reuser.ropt.warm_alpha_iterations)
-        self.closed["closed_by_bounds"] += int(closed.sum())
-        self.closed["closed_by_difference"] += int(closed.sum())
-        self.closed["closed_by_difference_backsub"] += int(closed.sum())
+        self._count(closed, "closed_by_difference_backsub")
         open_j = np.flatnonzero(~closed)
         moved_of = {ids[j]: [(l[j], u[j]) for l, u in moved] for j in open_j}
         gate = self.reuser.ropt.symbolic_max_loss
@@ -453,9 +446,7 @@ class TreeCheck:
                                                 [(dl[rows], du[rows]) for dl, du in changes],
                                                 box_lo[rows], box_hi[rows], search.C.numpy())
                 done = self._refuted(spec0[rows] - spec_dl[rows] + np.maximum(sdl, spec_dl[rows]))
-                self.closed["closed_by_bounds"] += int(done.sum())
-                self.closed["closed_by_difference"] += int(done.sum())
-                self.closed["closed_by_symbolic"] += int(done.sum())
+                self._count(done, "closed_by_symbolic")
                 for row in rows[done]:
                     del moved_of[idx[row]]
                 # tier 1c and tier 2 start from the tighter moved bounds of the others
@@ -465,22 +456,28 @@ class TreeCheck:
                 for j in left:
                     moved_of[idx[rows[j]]] = [(l[j], u[j]) for l, u in tighter]
                 ropt = self.reuser.ropt
-                for steps in (ropt.warm_alpha_iterations, ropt.tight_alpha_iterations):
-                    # tier 1c: tier 1 again over the tighter bounds, then with more
-                    # alpha steps on the leaves left (see ReuseOptions.tight_alpha_iterations)
-                    if not len(left) or not ropt.tight_alpha_iterations:
+                # tier 1c: tier 1 again over the tighter bounds, then with more alpha steps
+                # on the leaves left (see ReuseOptions.tight_alpha_iterations)
+                passes = (ropt.warm_alpha_iterations, ropt.tight_alpha_iterations) \
+                    if ropt.tight_alpha_iterations else ()
+                for steps in passes:
+                    if not len(left):
                         break
                     again = [idx[row] for row in rows[left]]
                     shut = self._tier1(again, box_lo[rows[left]], box_hi[rows[left]],
                                        [(l[left], u[left]) for l, u in tighter],
                                        [(dl[left], du[left]) for dl, du in tight], steps)
-                    for name in ("closed_by_bounds", "closed_by_difference",
-                                 "closed_by_difference_backsub"):
-                        self.closed[name] += int(shut.sum())
+                    self._count(shut, "closed_by_difference_backsub")
                     for j in np.flatnonzero(shut):
                         del moved_of[again[j]]
                     left = left[~shut]
         return list(moved_of), moved_of
+
+    def _count(self, closed: np.ndarray, *ways: str) -> None:
+        """Leaves ``closed`` ((B,) flags) by the differential tiers, counted as closed by
+        bounds, by the difference, and by each of ``ways``."""
+        for name in ("closed_by_bounds", "closed_by_difference") + ways:
+            self.closed[name] += int(closed.sum())
 
     def _tier1(self, ids, box_lo: np.ndarray, box_hi: np.ndarray, moved, changes,
                warm_iterations: int) -> np.ndarray:
@@ -609,6 +606,7 @@ class TreeWalk:
             out.append((g, closed))
             at += n
         return out
+
     def _flush(self, pending, region, r: int, frontier, to_split) -> int:
         """The second pass over ``pending`` (see :meth:`_second_pass`), then each
         group's leaves still open expanded: the number of leaves it closed."""
@@ -652,7 +650,6 @@ class TreeWalk:
                                      refuted[i], spec_lower[i]))
 
     def _node_splits(self, facts: dict) -> list[np.ndarray]:
-        from ..constraint_names import split_arrays
         return split_arrays(self.cmap.map_splits(fact_names(facts)), self.search.net.hidden_sizes)
 
     def run(self, region, r: int):
@@ -687,7 +684,7 @@ class TreeWalk:
             return kind, facts, idx, parent, depth, refuted, known
         frontier = [node({}, np.arange(len(self.branches)), None, 0)]
         to_split, closed_nodes = [], 0
-        pending, n_pending = [], 0  # leaves left open by their first pass
+        pending = []  # per leaf batch, its leaves left open by their first pass
         while frontier:
             if self.reuser.left() <= 0:
                 raise TreeOpen("time budget used up walking the proof tree")
@@ -734,11 +731,10 @@ class TreeWalk:
                     "batch": [batch[i] for i in open_rows],
                     "arrays": [arrays[i] for i in open_rows],
                     "leaf_of": [leaf_of[i] for i in open_rows]})
-                n_pending += len(open_rows)
-                if n_pending < size and frontier:
+                if sum(len(g["lo"]) for g in pending) < size and frontier:
                     continue
                 closed_nodes += self._flush(pending, region, r, frontier, to_split)
-                pending, n_pending = [], 0
+                pending = []
                 continue
             self._expand(res, refuted, lo, hi, open_rows, batch, arrays, leaf_of, region, r,
                          frontier, to_split, node)
