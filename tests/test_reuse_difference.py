@@ -222,7 +222,7 @@ def test_symbolic_deviation_contains_every_sampled_point(digits_mlp, recipe, mut
     weight change dropped from it, some sampled point falls outside."""
     from verify.diffbounds import AlignedLayers
     from verify.reuse.difference import interval_symbolic_deviation, symbolic_deviation
-    from verify.reuse.tree import leaf_deviation
+    from verify.reuse.difference import leaf_deviation
     net, X, _ = digits_mlp
     prop = local_robustness(X[3], 0.15, int(np.argmax(net.forward(X[3]))), 10)
     region = prop.regions[0]

@@ -3,7 +3,9 @@ bounds and the leaves' moved bounds hold on sampled points (and a mutation
 that breaks them is caught), a proof record with warm-start slopes round-trips
 through the store (an old schema is rejected cleanly), and a broken proof tree
 still falls back soundly."""
+import dataclasses
 import json
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,10 +23,12 @@ from verify.reuse.changes import ChangeMap
 from verify.reuse.check_cli import read_proof_file
 from verify.reuse.proof import (ProofRecord, pack_alphas, pack_betas, store_key, unpack_alphas,
                                  unpack_betas)
-from verify.reuse.difference import symbolic_deviation
-from verify.reuse.tree import leaf_deviation, moved_bounds, split_constraints, warm_betas
+from verify.reuse.difference import (ChangeCaps, leaf_deviation, original_bounds, region_caps,
+                                    symbolic_deviation)
+from verify.reuse.tree import moved_bounds, split_constraints, warm_betas
 from verify.constraint_names import split_arrays, split_facts
-from verify.search import fact_betas, region_rows
+from verify.result import Statistics
+from verify.search import RegionSearch, fact_betas, region_rows
 
 OPTS = VerifyOptions(timeout=5, z3_query_timeout=1)
 
@@ -330,7 +334,6 @@ def test_walk_bounds_leaves_left_open_again_together(digits_mlp, monkeypatch, tr
     """The leaves a walk's first (warm) pass leaves open are bounded again with the
     search's steps in batches that gather several first-pass batches; the verdict is
     scratch's, and a leaf closed only by the second pass counts."""
-    import dataclasses
     import verify.reuse.tree as tree
     from verify.reuse import build_proof
 
@@ -423,7 +426,48 @@ def _split_domain(hidden_sizes, unstable, z, anchor: int, n_splits: int, rng):
     return phases, inside
 
 
-@pytest.mark.parametrize("changes_by", ["interval", "symbolic"])
+def _caps(net, cmap, region, C, lo=None, hi=None) -> ChangeCaps:
+    """The region's change caps (of the box ``lo``/``hi`` inside it, when given)."""
+    if lo is not None:
+        region = dataclasses.replace(region, lower=lo, upper=hi)
+    ob = original_bounds(RegionSearch(net, region, 0, OPTS, time.monotonic() + 60, Statistics()))
+    return region_caps(cmap, ob, region.lower, region.upper, C)
+
+
+@pytest.mark.parametrize("recipe", ["int16", "int8", "magnitude:0.3"])
+def test_region_caps_bound_the_change_at_sampled_points(digits_mlp, recipe):
+    """The change's bounds over a region (each layer's pre-activation change and the
+    spec rows' change, tightened symbolically once) hold at sampled points of the
+    region; a mutation -- the caps of a smaller box inside it taken for the region's --
+    is caught."""
+    net, X, _ = digits_mlp
+    region = local_robustness(X[3], 0.1, int(np.argmax(net.forward(X[3]))), 10).regions[0]
+    variant = compress(net, recipe)
+    cmap = ChangeMap(net, variant.network, variant.record)
+    C = region_rows(region, net.n_outputs)[0].numpy()
+    xs = _samples(region, np.random.default_rng(8), 20000)
+    dz = [zv - zo for zv, zo in zip(variant.network.pre_activations(xs), net.pre_activations(xs))]
+    dspec = _spec_values(variant.network, region, xs) - _spec_values(net, region, xs)
+    caps = _caps(net, cmap, region, C)
+    for k, (cl, cu) in enumerate(caps.layers):
+        assert (dz[k] >= cl - 1e-9).all() and (dz[k] <= cu + 1e-9).all(), k
+    assert (dspec >= caps.spec_lower - 1e-9).all()
+    # and tighter than the interval change of the region on the deepest layer
+    ob = original_bounds(RegionSearch(net, region, 0, OPTS, time.monotonic() + 60, Statistics()))
+    interval, spec_iv = leaf_deviation(cmap, [l[None] for l in ob.lower],
+                                       [u[None] for u in ob.upper], region.lower[None],
+                                       region.upper[None], C)
+    assert (caps.layers[-1][1] - caps.layers[-1][0]).sum() < \
+        (interval[-1][1] - interval[-1][0]).sum()
+    # mutation: a box of a tenth of the width around the centre
+    mid, rad = (region.lower + region.upper) / 2, (region.upper - region.lower) / 20
+    small = _caps(net, cmap, region, C, mid - rad, mid + rad)
+    outside = sum(int(((dz[k] < cl - 1e-9) | (dz[k] > cu + 1e-9)).any())
+                  for k, (cl, cu) in enumerate(small.layers))
+    assert outside + int((dspec < small.spec_lower - 1e-9).any()) > 0
+
+
+@pytest.mark.parametrize("changes_by", ["interval", "symbolic", "capped"])
 @pytest.mark.parametrize("recipe", ["int8", "magnitude:0.3", "neurons:0.25"])
 def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_mlp, recipe,
                                                                         changes_by):
@@ -432,7 +476,8 @@ def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_m
     from the original's multipliers there) lies below the variant's spec rows at sampled
     points of the domain; a mutation (the constraints' sense flipped) is caught.
     ``symbolic``: tier 1c's changes, tightened by the symbolic change bound, and the
-    variant's pre-activations there lie within the bounds they move."""
+    variant's pre-activations there lie within the bounds they move; ``capped``: the
+    interval changes within the region's caps (tier 0 with ``ReuseOptions.region_caps``)."""
     net, X, _ = digits_mlp
     region = local_robustness(X[3], 0.1, int(np.argmax(net.forward(X[3]))), 10).regions[0]
     variant = compress(net, recipe)
@@ -446,6 +491,7 @@ def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_m
     spec_var = _spec_values(variant.network, region, xs)
     lo, hi = torch.from_numpy(region.lower[None].copy()), torch.from_numpy(region.upper[None].copy())
     unstable = _unstable_at_root(oprop, region, C, d)
+    caps = _caps(net, cmap, region, C.numpy()) if changes_by == "capped" else None
     checked = caught = 0
     for _ in range(12):
         # a domain with sampled points: a random sampled point's phases
@@ -458,7 +504,7 @@ def test_split_constraints_moved_by_the_change_hold_on_each_leaf_domain(digits_m
         lowers = [l.numpy() for l in orig.lower]
         uppers = [u.numpy() for u in orig.upper]
         changes, _ = leaf_deviation(cmap, lowers, uppers, region.lower[None], region.upper[None],
-                                    C.numpy())
+                                    C.numpy(), caps)
         if changes_by == "symbolic":
             changes, _ = symbolic_deviation(cmap, lowers, uppers, changes, region.lower[None],
                                             region.upper[None], C.numpy())

@@ -12,17 +12,20 @@ One thread per process is also fair to pytest-xdist and the batch workers.
 from __future__ import annotations
 
 import functools
+import sys
 
 
 def single_threaded() -> None:
     """torch and the BLAS numpy uses on one thread each (idempotent, cheap)."""
     import torch
     torch.set_num_threads(1)
-    _blas_single_threaded()
+    # again once modules were imported since: a library imported later can load a BLAS
+    # of its own (scipy's OpenBLAS, through sklearn) with as many threads as cores
+    _blas_single_threaded(len(sys.modules))
 
 
 @functools.cache
-def _blas_single_threaded() -> None:
+def _blas_single_threaded(_modules_loaded: int) -> None:
     # threadpoolctl finds the BLAS libraries loaded in the process (numpy's
     # OpenBLAS here) and sets their thread count at run time; 14 ms, once
     from threadpoolctl import threadpool_limits

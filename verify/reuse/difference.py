@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..bounds import TOLERANCE, BatchBounds
-from ..diffbounds import backsub_difference, diff_relaxation, tighten_changes
+from ..diffbounds import (activation_change, backsub_difference, diff_relaxation, interval_change,
+                          tighten_changes)
 from ..search import RegionSearch
 from .changes import ChangeMap
 
@@ -250,3 +251,64 @@ def hopeful(spec_dl: np.ndarray, orig: np.ndarray, owner: np.ndarray, n_conj: in
     for j in range(n_conj):
         per_conj[:, j] = loss[:, owner == j].min(axis=1)
     return per_conj.max(axis=1) <= max_loss
+
+
+def leaf_deviation(cmap: ChangeMap, lowers, uppers, box_lo: np.ndarray, box_hi: np.ndarray,
+                   spec_c: np.ndarray, caps=None):
+    """Batched :func:`verify.reuse.difference.deviation` over ``B`` leaves:
+    ``lowers[k]``/``uppers[k]`` (B, n_k) the original's pre-activation bounds on
+    each leaf's domain, boxes (B, n0).  Returns per hidden layer ``(dl, du)``
+    (B, n_k) bounding the variant's pre-activation change (original
+    numbering) and the (B, m) lower bound of ``spec_c @ (y' - y)``.  ``caps``: bounds
+    of the same changes over a domain containing every leaf (:class:`ChangeCaps`),
+    intersected with each layer's before it is propagated to the next."""
+    last = len(cmap.embedded) - 1
+    h_lo, h_hi = box_lo, box_hi  # the original's activations (the input first)
+    dh_lo = dh_hi = None  # the change of the activations (none at the input)
+    out = []
+    for k in range(last + 1):
+        W2, _ = cmap.embedded[k]
+        dW, db = cmap.deltas[k]
+        if k == last:  # the spec folded into the output layer
+            W2, dW, db = spec_c @ W2, spec_c @ dW, spec_c @ db
+        dl, du = interval_change(W2, dW, db, h_lo, h_hi, dh_lo, dh_hi)
+        if caps is not None:
+            dl, du = caps.clip(k, dl, du)
+        if k == last:
+            return out, dl
+        out.append((dl, du))
+        l, u = lowers[k], uppers[k]
+        dh_lo, dh_hi = activation_change(l, u, dl, du)
+        h_lo, h_hi = np.maximum(l, 0.0), np.maximum(u, 0.0)
+    raise AssertionError("unreachable: the last layer returns")
+
+
+@dataclass(frozen=True)
+class ChangeCaps:
+    """Bounds of the variant's change over a domain that contains every leaf of a
+    proof tree (the region's box): per hidden layer ``(dl, du)`` (n_k,), the original's
+    numbering, and the (m,) lower bound of the spec rows' change.  Sound on every
+    sub-domain, so each leaf's interval change is intersected with them
+    (:func:`leaf_deviation`)."""
+
+    layers: tuple
+    spec_lower: np.ndarray
+
+    def clip(self, k: int, dl: np.ndarray, du: np.ndarray):
+        """Layer ``k``'s change (the spec's past the last hidden layer) intersected."""
+        if k == len(self.layers):
+            return np.maximum(dl, self.spec_lower), du
+        cl, cu = self.layers[k]
+        return np.maximum(dl, cl), np.minimum(du, cu)
+
+
+def region_caps(cmap: ChangeMap, ob: OriginalBounds, box_lo: np.ndarray, box_hi: np.ndarray,
+                spec_c: np.ndarray) -> ChangeCaps:
+    """:class:`ChangeCaps` of a region from the original's bound of it: the interval
+    change tightened symbolically (:func:`symbolic_deviation`, one branch)."""
+    lowers = [l[None] for l in ob.lower]
+    uppers = [u[None] for u in ob.upper]
+    lo, hi = box_lo[None], box_hi[None]
+    changes, _ = leaf_deviation(cmap, lowers, uppers, lo, hi, spec_c)
+    tight, spec = symbolic_deviation(cmap, lowers, uppers, changes, lo, hi, spec_c)
+    return ChangeCaps(tuple((dl[0], du[0]) for dl, du in tight), spec[0])

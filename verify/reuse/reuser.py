@@ -19,8 +19,8 @@ from ..search import Node, RegionSearch
 from ..result import Counterexample, Statistics
 from .bound_core import bound_with, box_tensors, core_neurons
 from .changes import REMOVED, REVALUED, UNCHANGED, ChangeMap
-from .difference import (OriginalBounds, deviation, margin_loss, original_bounds,
-                         variant_bounds, with_spec_shift)
+from .difference import (ChangeCaps, OriginalBounds, deviation, margin_loss, original_bounds,
+                         region_caps, variant_bounds, with_spec_shift)
 from .options import ReuseOptions
 from .proof import ProofBranch, ProofRecord
 from .core_check import CoreChecks
@@ -97,7 +97,7 @@ class Reuser(CoreChecks):
                 leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
                                          Statistics(), self.propagator)
                 try:
-                    return TreeCheck(self, leaf_search, branches).run(
+                    return TreeCheck(self, leaf_search, branches, self._caps(search, ob)).run(
                         region, r, None if rooted else lambda: self._root_closes(search),
                         max_open=self.ropt.tree_max_open if relu_split else 1.0)
                 except TreeOpen as exc:
@@ -259,6 +259,15 @@ class Reuser(CoreChecks):
             proof.root_bounds[r] = original_bounds(RegionSearch(
                 self.cmap.original, search.region, r, self.opt, self.deadline, Statistics()))
         return proof.root_bounds[r]
+
+    def _caps(self, search: RegionSearch, ob: OriginalBounds | None) -> ChangeCaps | None:
+        """The change's bounds over the region, tightened symbolically once for all the
+        leaves of its tree (ReLU-split chain trees; see ``ReuseOptions.region_caps``)."""
+        if ob is None or not self.ropt.region_caps or isinstance(self.cmap, GraphChangeMap) \
+                or search.input_split:
+            return None
+        region = search.region
+        return region_caps(self.cmap, ob, region.lower, region.upper, search.C.numpy())
 
     def _original_candidates(self, region: Region, r: int, ob: OriginalBounds | None):
         """A confirmed counterexample among the minimisers of the original's bound
