@@ -254,8 +254,8 @@ def hopeful(spec_dl: np.ndarray, orig: np.ndarray, owner: np.ndarray, n_conj: in
 
 
 def leaf_deviation(cmap: ChangeMap, lowers, uppers, box_lo: np.ndarray, box_hi: np.ndarray,
-                   spec_c: np.ndarray, caps=None):
-    """Batched :func:`verify.reuse.difference.deviation` over ``B`` leaves:
+                   spec_c: np.ndarray, caps: ChangeCaps | None = None):
+    """Batched :func:`deviation` over ``B`` leaves:
     ``lowers[k]``/``uppers[k]`` (B, n_k) the original's pre-activation bounds on
     each leaf's domain, boxes (B, n0).  Returns per hidden layer ``(dl, du)``
     (B, n_k) bounding the variant's pre-activation change (original
@@ -304,8 +304,9 @@ class ChangeCaps:
 
 def region_caps(cmap: ChangeMap, ob: OriginalBounds, box_lo: np.ndarray, box_hi: np.ndarray,
                 spec_c: np.ndarray) -> ChangeCaps:
-    """:class:`ChangeCaps` of a region from the original's bound of it: the interval
-    change tightened symbolically (:func:`symbolic_deviation`, one branch)."""
+    """:class:`ChangeCaps` of a region from the original's bound of it (``ob``, derived
+    from the original network in this process, as every bound here): the interval change
+    tightened symbolically (:func:`symbolic_deviation`, one branch)."""
     lowers = [l[None] for l in ob.lower]
     uppers = [u[None] for u in ob.upper]
     lo, hi = box_lo[None], box_hi[None]
