@@ -426,12 +426,15 @@ def _split_domain(hidden_sizes, unstable, z, anchor: int, n_splits: int, rng):
     return phases, inside
 
 
-def _caps(net, cmap, region, C, lo=None, hi=None) -> ChangeCaps:
-    """The region's change caps (of the box ``lo``/``hi`` inside it, when given)."""
-    if lo is not None:
-        region = dataclasses.replace(region, lower=lo, upper=hi)
-    ob = original_bounds(RegionSearch(net, region, 0, OPTS, time.monotonic() + 60, Statistics()))
-    return region_caps(cmap, ob, region.lower, region.upper, C)
+def _root_bound(net, region):
+    """The original's bound of the whole region (as reverify derives it)."""
+    return original_bounds(RegionSearch(net, region, 0, OPTS, time.monotonic() + 60,
+                                        Statistics()))
+
+
+def _caps(net, cmap, region, C) -> ChangeCaps:
+    """The region's change caps."""
+    return region_caps(cmap, _root_bound(net, region), region.lower, region.upper, C)
 
 
 @pytest.mark.parametrize("recipe", ["int16", "int8", "magnitude:0.3"])
@@ -448,20 +451,19 @@ def test_region_caps_bound_the_change_at_sampled_points(digits_mlp, recipe):
     xs = _samples(region, np.random.default_rng(8), 20000)
     dz = [zv - zo for zv, zo in zip(variant.network.pre_activations(xs), net.pre_activations(xs))]
     dspec = _spec_values(variant.network, region, xs) - _spec_values(net, region, xs)
-    caps = _caps(net, cmap, region, C)
+    ob = _root_bound(net, region)
+    caps = region_caps(cmap, ob, region.lower, region.upper, C)
     for k, (cl, cu) in enumerate(caps.layers):
         assert (dz[k] >= cl - 1e-9).all() and (dz[k] <= cu + 1e-9).all(), k
     assert (dspec >= caps.spec_lower - 1e-9).all()
     # and tighter than the interval change of the region on the deepest layer
-    ob = original_bounds(RegionSearch(net, region, 0, OPTS, time.monotonic() + 60, Statistics()))
-    interval, spec_iv = leaf_deviation(cmap, [l[None] for l in ob.lower],
-                                       [u[None] for u in ob.upper], region.lower[None],
-                                       region.upper[None], C)
+    interval, _ = leaf_deviation(cmap, [l[None] for l in ob.lower], [u[None] for u in ob.upper],
+                                 region.lower[None], region.upper[None], C)
     assert (caps.layers[-1][1] - caps.layers[-1][0]).sum() < \
         (interval[-1][1] - interval[-1][0]).sum()
     # mutation: a box of a tenth of the width around the centre
     mid, rad = (region.lower + region.upper) / 2, (region.upper - region.lower) / 20
-    small = _caps(net, cmap, region, C, mid - rad, mid + rad)
+    small = _caps(net, cmap, dataclasses.replace(region, lower=mid - rad, upper=mid + rad), C)
     outside = sum(int(((dz[k] < cl - 1e-9) | (dz[k] > cu + 1e-9)).any())
                   for k, (cl, cu) in enumerate(small.layers))
     assert outside + int((dspec < small.spec_lower - 1e-9).any()) > 0

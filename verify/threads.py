@@ -27,6 +27,7 @@ def single_threaded() -> None:
 @functools.cache
 def _blas_single_threaded(_modules_loaded: int) -> None:
     # threadpoolctl finds the BLAS libraries loaded in the process (numpy's
-    # OpenBLAS here) and sets their thread count at run time; 14 ms, once
+    # OpenBLAS here) and sets their thread count at run time; 14 ms, once per count
+    # of imported modules
     from threadpoolctl import threadpool_limits
     threadpool_limits(limits=1, user_api="blas")
