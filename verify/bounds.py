@@ -242,10 +242,16 @@ class BoundPropagator:
                 alpha, s, t = self._relaxation(lower[k], upper[k], None if alphas is None else alphas[k])
             if record:
                 recorded[k] = A
-            a_pos = A.clamp(min=0)
+            # a_pos * alpha + a_neg * s as A * alpha + a_neg * (s - alpha), in place where
+            # it may be: four passes over A instead of six, one new tensor instead of five
+            # (the elementwise passes were 57 % of an ACAS Xu leaf batch's bound)
             a_neg = A.clamp(max=0)
-            const = const + (a_neg * t[:, None, :]).sum(-1)
-            A = a_pos * alpha[:, None, :] + a_neg * s[:, None, :]
+            const = const + (a_neg @ t[..., None])[..., 0]
+            if record or torch.is_grad_enabled() and (A.requires_grad or alpha.requires_grad):
+                # A is kept (record), or autograd needs it: a new tensor
+                A = A * alpha[:, None, :] + a_neg * (s - alpha)[:, None, :]
+            else:
+                A.mul_(alpha[:, None, :]).addcmul_(a_neg, (s - alpha)[:, None, :])
             if betas is not None and betas[k] is not None:
                 A = A - betas[k] * signs[k][:, None, :]
                 if offsets is not None and offsets[k] is not None:
@@ -437,7 +443,10 @@ class BoundPropagator:
         lower, upper, relax = [], [], []
         infeasible = torch.zeros(B, dtype=torch.bool)
         if forward:
-            mid, rad = (hi + lo)[:, :, None] / 2, (hi - lo)[:, :, None] / 2
+            # rows (B, 1, n0): the linear bounds are kept transposed, (B, n0, n_k), so that
+            # each layer is one (B * n0, n) @ (n, n_k) product (a (n_k, n) @ (B, n, n0)
+            # product broadcasts the weights to B copies: twice the time on ACAS Xu)
+            mid, rad = (hi + lo)[:, None, :] / 2, (hi - lo)[:, None, :] / 2
         # ReLU splitting passes the parent's bounds as ``fixed`` (on the same box): a
         # layer's back-substitution can only improve on them in a branch with a split of
         # an earlier layer that the parent's bounds leave unstable (one made since)
@@ -456,18 +465,17 @@ class BoundPropagator:
                 l = pl @ Wp_t + pu @ Wn_t + b
                 u = pu @ Wp_t + pl @ Wn_t + b
             if forward and k == 0:  # linear bounds of layer 0: itself (its interval is exact)
-                P = Q = W.expand(B, -1, -1)
+                PT = QT = W.T.expand(B, -1, -1)
                 p = q = b.expand(B, -1)
             elif forward:
                 alpha, s, t = relax[k - 1]
                 # relu(z) >= alpha*z >= alpha*L(x);  relu(z) <= s*z + t <= s*U(x) + t
-                hP, hp = P * alpha[:, :, None], p * alpha
-                hQ, hq = Q * s[:, :, None], q * s + t
-                Wp, Wn = Wp_t.T, Wn_t.T
-                P, p = Wp @ hP + Wn @ hQ, hp @ Wp.T + hq @ Wn.T + b
-                Q, q = Wp @ hQ + Wn @ hP, hq @ Wp.T + hp @ Wn.T + b
-                l = torch.maximum(l, (P @ mid)[..., 0] - (P.abs() @ rad)[..., 0] + p)
-                u = torch.minimum(u, (Q @ mid)[..., 0] + (Q.abs() @ rad)[..., 0] + q)
+                hPT, hp = PT * alpha[:, None, :], p * alpha
+                hQT, hq = QT * s[:, None, :], q * s + t
+                PT, p = hPT @ Wp_t + hQT @ Wn_t, hp @ Wp_t + hq @ Wn_t + b
+                QT, q = hQT @ Wp_t + hPT @ Wn_t, hq @ Wp_t + hp @ Wn_t + b
+                l = torch.maximum(l, (mid @ PT)[:, 0] - (rad @ PT.abs())[:, 0] + p)
+                u = torch.minimum(u, (mid @ QT)[:, 0] + (rad @ QT.abs())[:, 0] + q)
             l, u = _widen_lower(l), _widen_upper(u)
             if fixed is not None and fixed[k] is not None:
                 l = torch.maximum(l, fixed[k][0])
