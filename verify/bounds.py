@@ -36,6 +36,10 @@ def _linear_min(const: torch.Tensor, coeffs: torch.Tensor, lo: torch.Tensor,
                 hi: torch.Tensor) -> torch.Tensor:
     """Minimum over each box of ``coeffs @ x + const`` (``coeffs`` (B, m, n),
     ``const`` (B, m), boxes ``lo``/``hi`` (B, n)), before outward rounding."""
+    if lo.shape[0] > 1 and bool((lo == lo[:1]).all()) and bool((hi == hi[:1]).all()):
+        # one box for every branch (ReLU splitting): matrix-vector products, half the
+        # time of elementwise products summed (batched matrix-vector products are slower)
+        return const + coeffs.clamp(min=0) @ lo[0] + coeffs.clamp(max=0) @ hi[0]
     return (const + (coeffs.clamp(min=0) * lo[:, None, :]).sum(-1)
             + (coeffs.clamp(max=0) * hi[:, None, :]).sum(-1))
 
@@ -246,7 +250,7 @@ class BoundPropagator:
             # it may be: four passes over A instead of six, one new tensor instead of five
             # (the elementwise passes were 57 % of an ACAS Xu leaf batch's bound)
             a_neg = A.clamp(max=0)
-            const = const + (a_neg @ t[..., None])[..., 0]
+            const = const + (a_neg * t[:, None, :]).sum(-1)
             if record or torch.is_grad_enabled() and (A.requires_grad or alpha.requires_grad):
                 # A is kept (record), or autograd needs it: a new tensor
                 A = A * alpha[:, None, :] + a_neg * (s - alpha)[:, None, :]
