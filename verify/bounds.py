@@ -447,10 +447,10 @@ class BoundPropagator:
         lower, upper, relax = [], [], []
         infeasible = torch.zeros(B, dtype=torch.bool)
         if forward:
-            # rows (B, 1, n0): the linear bounds are kept transposed, (B, n0, n_k), so that
+            # the linear bounds are kept transposed, (B, n0, n_k), so that
             # each layer is one (B * n0, n) @ (n, n_k) product (a (n_k, n) @ (B, n, n0)
             # product broadcasts the weights to B copies: twice the time on ACAS Xu)
-            mid, rad = (hi + lo)[:, None, :] / 2, (hi - lo)[:, None, :] / 2
+            mid, rad = (hi + lo)[:, :, None] / 2, (hi - lo)[:, :, None] / 2
         # ReLU splitting passes the parent's bounds as ``fixed`` (on the same box): a
         # layer's back-substitution can only improve on them in a branch with a split of
         # an earlier layer that the parent's bounds leave unstable (one made since)
@@ -478,8 +478,10 @@ class BoundPropagator:
                 hQT, hq = QT * s[:, None, :], q * s + t
                 PT, p = hPT @ Wp_t + hQT @ Wn_t, hp @ Wp_t + hq @ Wn_t + b
                 QT, q = hQT @ Wp_t + hPT @ Wn_t, hq @ Wp_t + hp @ Wn_t + b
-                l = torch.maximum(l, (mid @ PT)[:, 0] - (rad @ PT.abs())[:, 0] + p)
-                u = torch.minimum(u, (mid @ QT)[:, 0] + (rad @ QT.abs())[:, 0] + q)
+                # (elementwise products summed: n0 is small, and batched
+                # matrix-vector products are slow)
+                l = torch.maximum(l, (PT * mid).sum(1) - (PT.abs() * rad).sum(1) + p)
+                u = torch.minimum(u, (QT * mid).sum(1) + (QT.abs() * rad).sum(1) + q)
             l, u = _widen_lower(l), _widen_upper(u)
             if fixed is not None and fixed[k] is not None:
                 l = torch.maximum(l, fixed[k][0])
