@@ -253,7 +253,7 @@ class BoundPropagator:
             const = const + (a_neg * t[:, None, :]).sum(-1)
             if record or torch.is_grad_enabled() and (A.requires_grad or alpha.requires_grad):
                 # A is kept (record), or autograd needs it: a new tensor
-                A = A * alpha[:, None, :] + a_neg * (s - alpha)[:, None, :]
+                A = torch.addcmul(A * alpha[:, None, :], a_neg, (s - alpha)[:, None, :])
             else:
                 A.mul_(alpha[:, None, :]).addcmul_(a_neg, (s - alpha)[:, None, :])
             if betas is not None and betas[k] is not None:
