@@ -87,7 +87,7 @@ def test_a_far_root_bound_buys_a_longer_falsification(monkeypatch):
         attacker.best_margin = margin
         return None
 
-    monkeypatch.setattr(verifier, "_falsify", fake)
+    monkeypatch.setattr(verifier, "falsify", fake)
     opts = VerifyOptions(timeout=2.0, attack_far_share=0.5, attack_far_max_s=60.0)
     for margin, second in ((1e-3, True), (1e6, False)):
         calls.clear()

@@ -183,3 +183,21 @@ class Attacker:
                 x -= size * width * velocity.sign()
                 x.copy_(torch.max(torch.min(x, thi), tlo))
         return confirm_batch(self.network, region, region_index, x.detach().numpy())
+
+
+def falsify(attacker: Attacker, region: Region, r: int, rng, options, stats, starts,
+            until: float):
+    """Rounds of sampling + PGD with more restarts each round, until ``until``
+    (counterexamples of hard instances sit in small pockets of the box); the first
+    round's PGD also starts from ``starts`` (None or (k, n) points).  ``options``: a
+    :class:`verify.options.VerifyOptions` (restarts, samples, steps); ``stats``: counts
+    the restarts (``attack_restarts``).  The first confirmed counterexample, or None."""
+    restarts, samples = options.attack_restarts, options.random_samples
+    while True:
+        cex, n = attacker.attack(region, r, rng, until, restarts=restarts,
+                                 steps=options.attack_steps, samples=samples, starts=starts)
+        starts = None
+        stats.attack_restarts += n
+        if cex is not None or time.monotonic() >= until or restarts == 0:
+            return cex
+        restarts, samples = min(4 * restarts, 4096), min(4 * samples, 65536)

@@ -1,6 +1,6 @@
 """Falsification interleaved with branch and bound.
 
-The up-front attack (:func:`verify.verifier._falsify`) stays short; while the search
+The up-front attack (:func:`verify.attack.falsify`) stays short; while the search
 runs, :class:`InterleavedAttack` spends about a fixed share of its time on PGD rounds
 started from the open branches' bound minimisers (where the bounds say a violation
 would be), with more restarts each round.  A counterexample is reported only after

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .attack import Attacker
+from .attack import Attacker, falsify
 from .graph import GraphNetwork
 from .threads import single_threaded
 from .graphbounds import make_propagator
@@ -89,7 +89,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
     for r, region in enumerate(prop.regions):
         if r in settled:
             continue
-        cex = _falsify(attacker, region, r, rng, options, stats, starts.get(r),
+        cex = falsify(attacker, region, r, rng, options, stats, starts.get(r),
                        min(deadline, time.monotonic() + min(options.attack_max_s, options.attack_time_share
                                                                 * options.timeout) / len(prop.regions)))
         if cex is not None:
@@ -100,7 +100,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
            or -gaps[r] > options.attack_far_ratio * attacker.best_margin]
     for r in far:
         budget = min(options.attack_far_max_s, options.attack_far_share * options.timeout) / len(far)
-        cex = _falsify(attacker, prop.regions[r], r, rng, options, stats, None,
+        cex = falsify(attacker, prop.regions[r], r, rng, options, stats, None,
                        min(deadline, time.monotonic() + budget))
         if cex is not None:
             return done(Status.VIOLATED, "attack", cex)
@@ -166,17 +166,3 @@ def _closed_by_fields(fields, network, region, options: VerifyOptions, deadline:
     return refuted(bounds)
 
 
-def _falsify(attacker: Attacker, region, r: int, rng, options: VerifyOptions,
-             stats: Statistics, starts, until: float):
-    """Rounds of sampling + PGD with more restarts each round, until ``until``
-    (counterexamples of hard instances sit in small pockets of the box); the first
-    round's PGD also starts from ``starts`` (None or (k, n) points)."""
-    restarts, samples = options.attack_restarts, options.random_samples
-    while True:
-        cex, n = attacker.attack(region, r, rng, until, restarts=restarts,
-                                 steps=options.attack_steps, samples=samples, starts=starts)
-        starts = None
-        stats.attack_restarts += n
-        if cex is not None or time.monotonic() >= until or restarts == 0:
-            return cex
-        restarts, samples = min(4 * restarts, 4096), min(4 * samples, 65536)
