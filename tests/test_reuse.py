@@ -201,32 +201,6 @@ def test_a_long_proofs_easier_variant_is_closed_by_its_root_bound_first(acas_pro
     assert r.reuse.closed_by_bounds + r.reuse.closed_by_split >= proof.n_branches
 
 
-def test_attack_in_rounds_goes_on_until_its_budget(digits_mlp, monkeypatch):
-    """``rounds``: scratch's up-front falsification, more restarts each round until the
-    budget is spent (a single round otherwise); the first round's PGD gets the starts."""
-    from verify.attack import Attacker
-    from verify.reuse.reuser import Reuser
-    net, X, _ = digits_mlp
-    prop = local_robustness(X[0], 0.03, int(np.argmax(net.forward(X[0]))), 10)
-    calls = []
-
-    def fake(self, region, r, rng, until, restarts, steps, samples, starts=None):
-        calls.append((restarts, samples, starts is not None))
-        return None, restarts
-
-    monkeypatch.setattr(Attacker, "attack", fake)
-    reuser = Reuser(net, None, OPTS, ReuseOptions(), None, float("inf"))
-    start = X[0][None, :]
-    assert reuser.attack(prop.regions[0], 0, quick=False, starts=start, budget=0.05) is None
-    assert len(calls) == 1
-    calls.clear()
-    assert reuser.attack(prop.regions[0], 0, quick=False, starts=start, budget=0.05,
-                         rounds=True) is None
-    assert len(calls) >= 2, calls
-    assert calls[0][2] and not any(s for _, _, s in calls[1:])
-    assert calls[1][0] == 4 * calls[0][0] and calls[1][1] == 4 * calls[0][1]
-
-
 # ---- cores ---------------------------------------------------------------------------
 def test_every_core_is_unsat_and_minimal():
     """Cores of ACAS Xu prop 1 (bounds-closed branches get Z3 cores with

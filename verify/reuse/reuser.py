@@ -9,7 +9,7 @@ import time
 import numpy as np
 import torch
 
-from ..attack import Attacker, confirm_batch, falsify
+from ..attack import Attacker, confirm_batch
 from ..graphbounds import make_propagator
 from ..network import Network
 from ..options import VerifyOptions
@@ -357,23 +357,13 @@ class Reuser(CoreChecks):
         """Confirm the bound minimisers and midpoints of a batch's open branches."""
         return confirm_batch(self.net, region, r, np.vstack([it[5] for it in batch]))
 
-    def attack(self, region: Region, r: int, quick: bool, starts=None, budget=None,
-               rounds: bool = False):
+    def attack(self, region: Region, r: int, quick: bool, starts=None, budget=None):
         """Sampling + PGD on the variant (``starts``: extra PGD starting points;
-        ``budget``: seconds, by default 0.2 quick and 1.0 otherwise; ``rounds``: scratch's
-        up-front falsification instead, rounds with more restarts each until the
-        budget is spent).  None at once for a quick attack without starts on a region
-        attacked up front (measured on ACAS Xu 2_9 prop 1, int16: 0.03 s of a 0.17 s
-        reuse)."""
+        ``budget``: seconds, by default 0.2 quick and 1.0 otherwise).  None at once for
+        a quick attack without starts on a region attacked up front (measured on ACAS
+        Xu 2_9 prop 1, int16: 0.03 s of a 0.17 s reuse)."""
         if quick and starts is None and r in self.attacked:
             return None
-        if rounds:
-            if self.attacker is None:
-                self.attacker = Attacker(self.net)
-            until = time.monotonic() + min(budget if budget is not None else 1.0,
-                                           max(self.left(), 0.0))
-            return falsify(self.attacker, region, r, self.rng, self.opt, Statistics(), starts,
-                           until)
         return self._attack(region, r, budget if budget is not None else 0.2 if quick else 1.0,
                             restarts=2 if quick else self.opt.attack_restarts,
                             steps=10 if quick else self.opt.attack_steps,
