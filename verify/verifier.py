@@ -90,8 +90,8 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
         if r in settled:
             continue
         cex = falsify(attacker, region, r, rng, options, stats, starts.get(r),
-                       min(deadline, time.monotonic() + min(options.attack_max_s, options.attack_time_share
-                                                                * options.timeout) / len(prop.regions)))
+                      min(deadline, time.monotonic() + min(options.attack_max_s, options.attack_time_share
+                                                               * options.timeout) / len(prop.regions)))
         if cex is not None:
             return done(Status.VIOLATED, "attack", cex)
     # a root bound further below zero than the attack got above it (times
@@ -101,7 +101,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
     for r in far:
         budget = min(options.attack_far_max_s, options.attack_far_share * options.timeout) / len(far)
         cex = falsify(attacker, prop.regions[r], r, rng, options, stats, None,
-                       min(deadline, time.monotonic() + budget))
+                      min(deadline, time.monotonic() + budget))
         if cex is not None:
             return done(Status.VIOLATED, "attack", cex)
     methods, unknown_reasons, core_sizes = [], [], []
