@@ -236,6 +236,14 @@ class RegionSearch(Splitting):
         res, _, closed = self.bound_branches(lo, hi, splits, None, alpha=0, mode="backward")
         return res, bool(closed.all())
 
+    def root_check(self):
+        """:meth:`closed_at_root`, then :meth:`root_counterexample`: True when the plain
+        root bound closes the region, else a confirmed counterexample among its
+        minimisers, or None (the minimisers stay in :attr:`root_candidates`)."""
+        if self.closed_at_root():
+            return True
+        return self.root_counterexample()
+
     def root_counterexample(self) -> Counterexample | None:
         """After :meth:`closed_at_root` said no: a confirmed counterexample among
         its bound's minimisers and the box centre, or None."""

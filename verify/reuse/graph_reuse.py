@@ -58,12 +58,12 @@ def tree_first(variant, prop: Property, proof: ProofRecord, options, deadline: f
     tried = set()
     for r, region in enumerate(prop.regions):
         search = RegionSearch(variant, region, r, options, deadline, Statistics(), propagator)
-        if search.closed_at_root():
+        got = search.root_check()
+        if got is True:
             stats.closed_at_root += 1
             continue
-        cex = search.root_counterexample()
-        if cex is not None:
-            return cex
+        if got is not None:
+            return got
         tried.add(r)
     return tried or True
 

@@ -127,12 +127,9 @@ class Reuser(CoreChecks):
             # a compressed variant can be easier than the original: one bound of the
             # whole region (milliseconds) before re-checking a proof tree of many
             # branches; its minimisers are counterexample candidates otherwise
-            if search.closed_at_root():
-                self.stats.closed_at_root += 1
-                return None
-            cex = search.root_counterexample()
-            if cex is not None:
-                return cex
+            got = self._root_closes(search)
+            if got is not None:
+                return None if got is True else got
         if not proof.covers(r, region):
             raise NoFit(f"the proof's branches do not cover region {r}")
         if single is not None and self.graph_tiers and has_leaf_bounds(branches):
@@ -235,10 +232,10 @@ class Reuser(CoreChecks):
     def _root_closes(self, search: RegionSearch):
         """One bound of the variant's whole region: True when it closes it, else a
         confirmed counterexample among its minimisers, or None."""
-        if search.closed_at_root():
+        got = search.root_check()
+        if got is True:
             self.stats.closed_at_root += 1
-            return True
-        return search.root_counterexample()
+        return got
 
     def _try_bound_core(self, b: ProofBranch) -> bool:
         """Whether the branch's bound core promises to be cheaper than a full bound

@@ -195,13 +195,15 @@ def reverify(original: Network, variant, prop: Property,
             starts = {}
             if not graph:
                 for r, region in enumerate(prop.regions):
-                    got = root_first(variant, region, r, options, t0 + options.timeout)
+                    search = RegionSearch(variant, region, r, options, t0 + options.timeout,
+                                          Statistics())
+                    got = search.root_check()
                     if got is True:
                         closed_root.add(r)
-                    elif isinstance(got, Counterexample):
+                    elif got is not None:
                         return done(Status.VIOLATED, "attack", got)
                     else:
-                        starts[r] = got
+                        starts[r] = search.root_candidates
                         root_tried.add(r)  # the reuser need not take it again
                 stats.closed_at_root += len(closed_root)
                 if len(closed_root) == len(prop.regions):
@@ -248,17 +250,6 @@ def reverify(original: Network, variant, prop: Property,
     stats.z3_queries += res.statistics.z3_queries
     return done(res.status, f"scratch-{res.method}", res.counterexample,
                 res.reason or stats.fallback_reason)
-
-
-def root_first(variant: Network, region, r: int, options: VerifyOptions, deadline: float):
-    """The variant's plain root bound of region ``r`` (what scratch takes first): True
-    when it closes the region, else a confirmed counterexample among its minimisers,
-    or the minimisers ((k, n) points, or None)."""
-    search = RegionSearch(variant, region, r, options, deadline, Statistics())
-    if search.closed_at_root():
-        return True
-    cex = search.root_counterexample()
-    return cex if cex is not None else search.root_candidates
 
 
 def compare_scratch(result: ReuseResult, variant, prop: Property,
