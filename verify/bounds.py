@@ -331,6 +331,23 @@ class BoundPropagator:
         pick = bnd0 > bnd
         return torch.where(pick, bnd0, bnd), torch.where(pick[..., None], A0, A), A, rec
 
+    # ---- a hidden layer's neurons as query rows (verify.layer_alpha) --------------
+    def layer_exact(self, k: int) -> bool:
+        """Whether interval bounds of hidden layer ``k`` are exact over a box."""
+        return k == 0
+
+    def layer_query_rows(self, k: int) -> int:
+        """Query rows of layer ``k`` that :meth:`layer_rows_bound` may take at once
+        with autograd (each keeps about 16 values per neuron below it)."""
+        below = sum(self.network.layer_sizes()[:k + 2])
+        return max(1, int((2 << 30) // (8 * 16 * below)))
+
+    def layer_rows_bound(self, k: int, lam, lower, upper, lo, hi, alphas) -> torch.Tensor:
+        """Lower bounds (B, m) of ``lam @ z_k`` (``lam`` (B, m, n_k)) over the boxes
+        ``lo``/``hi`` (B, n0), with bounds ``lower``/``upper`` and lower slopes
+        ``alphas`` ((B, n_j) each) of the layers j < k."""
+        return self._backsub(k, lam, lower, upper, lo, hi, alphas=alphas)[0]
+
     # ---- main entry ------------------------------------------------------------
     def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations, deadline=None,
                         splits=None, alpha_init=None, offsets=None, beta_init=None):

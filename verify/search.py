@@ -303,6 +303,8 @@ class RegionSearch(Splitting):
                 refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
             res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited,
                                                        refine=refine, rows=self._open_rows(batch))
+            if first and not closed.all() and self._layer_alpha_applies():
+                res, refuted, closed = self._tightened_root(lo, hi, splits, res)
             inherit_refuted(refuted, closed, [n.refuted for n in batch])
             spec_lower = res.spec_lower.numpy()
             unstable = res.unstable()
@@ -374,6 +376,24 @@ class RegionSearch(Splitting):
                     child.refuted, child.parent_lower = refuted[i], spec_lower[i]
                     stack.push(child)
         return RegionOutcome(Status.HOLDS, self._method(), leaves=self.leaves)
+
+    def _layer_alpha_applies(self) -> bool:
+        """Whether the root's intermediate bounds get alpha-CROWN steps: ReLU
+        splitting with at least two hidden layers."""
+        return (self.opt.layer_alpha_iterations > 0 and not self.input_split
+                and self.prop.n_hidden >= 2)
+
+    def _tightened_root(self, lo, hi, splits, res):
+        """The root bounded again over intermediate bounds tightened by alpha-CROWN
+        (:mod:`verify.layer_alpha`): (bounds, refuted, closed). Its children
+        intersect their bounds with these."""
+        from .layer_alpha import optimise_layer_bounds
+        deadline = time.monotonic() + self.opt.layer_alpha_time_share * self.time_left()
+        lower, upper = optimise_layer_bounds(self.prop, lo, hi, res.lower, res.upper,
+                                             self.opt.layer_alpha_iterations, deadline)
+        return self.bound_branches(lo, hi, splits, list(zip(lower, upper)),
+                                   inherited=(res.spec_coeffs, res.spec_const),
+                                   alpha_init=res.alphas)
 
     def _open_rows(self, batch):
         """The spec rows a batch needs bounded, as ``bound_branches``' ``rows``: those

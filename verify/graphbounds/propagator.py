@@ -164,6 +164,20 @@ class GraphBoundPropagator(BoundPropagator):
         return self._backsub_from(self.network.output, lam, relax, lo, hi, record, betas, signs,
                                   offsets=offsets)
 
+    # ---- a ReLU's input neurons as query rows (verify.layer_alpha) --------------------
+    def layer_exact(self, k: int) -> bool:
+        return self._exact[self.nodes[self.relus[k]].inputs[0]]
+
+    def layer_query_rows(self, k: int) -> int:
+        src = self.nodes[self.relus[k]].inputs[0]
+        below = sum(self._sizes[:src + 1])  # autograd keeps every coefficient tensor
+        return max(1, int(self.options.memory_bytes // (8 * self._AUTOGRAD * below)))
+
+    def layer_rows_bound(self, k: int, lam, lower, upper, lo, hi, alphas) -> torch.Tensor:
+        src = self.nodes[self.relus[k]].inputs[0]
+        relax = [self._relaxation(lower[j], upper[j], alphas[j]) for j in range(k)]
+        return self._backsub_from(src, lam, relax, lo, hi)[0]
+
     # ---- intermediate bounds ---------------------------------------------------------
     def _crown_neurons(self, src: int, l, u, sp, relax, lo, hi, only=None, deadline=None):
         """Tighten the bounds ``l``/``u`` (B, n) of node ``src`` by back-substitution of
