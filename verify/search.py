@@ -303,8 +303,8 @@ class RegionSearch(Splitting):
                 refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
             res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited,
                                                        refine=refine, rows=self._open_rows(batch))
-            if first and not closed.all() and self._layer_alpha_applies():
-                res, refuted, closed = self._tightened_root(lo, hi, splits, res)
+            if first and not closed.all() and self.layer_alpha_applies():
+                res, refuted, closed = self.tightened_root(lo, hi, splits, res)
             inherit_refuted(refuted, closed, [n.refuted for n in batch])
             spec_lower = res.spec_lower.numpy()
             unstable = res.unstable()
@@ -377,16 +377,17 @@ class RegionSearch(Splitting):
                     stack.push(child)
         return RegionOutcome(Status.HOLDS, self._method(), leaves=self.leaves)
 
-    def _layer_alpha_applies(self) -> bool:
+    def layer_alpha_applies(self) -> bool:
         """Whether the root's intermediate bounds get alpha-CROWN steps: ReLU
         splitting with at least two hidden layers."""
         return (self.opt.layer_alpha_iterations > 0 and not self.input_split
                 and self.prop.n_hidden >= 2)
 
-    def _tightened_root(self, lo, hi, splits, res):
+    def tightened_root(self, lo, hi, splits, res):
         """The root bounded again over intermediate bounds tightened by alpha-CROWN
         (:mod:`verify.layer_alpha`): (bounds, refuted, closed). Its children
-        intersect their bounds with these."""
+        intersect their bounds with these, so a proof's re-check
+        (:mod:`verify.reuse.check`) tightens its root the same way."""
         from .layer_alpha import optimise_layer_bounds
         deadline = time.monotonic() + self.opt.layer_alpha_time_share * self.time_left()
         lower, upper = optimise_layer_bounds(self.prop, lo, hi, res.lower, res.upper,

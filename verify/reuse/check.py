@@ -146,8 +146,13 @@ class _Replay:
             torch.from_numpy(np.repeat(spec[0][None], k, axis=0)),
             torch.from_numpy(np.repeat(spec[1][None], k, axis=0)))
         self.counts[0] += k
-        return self.search.bound_branches(tlo, thi, sp, fixed, alpha=alpha, mode=mode,
-                                          inherited=inherited)
+        res, refuted, closed = self.search.bound_branches(tlo, thi, sp, fixed, alpha=alpha,
+                                                          mode=mode, inherited=inherited)
+        if (parent is None and not facts and k == 1 and not closed.all()
+                and self.search.layer_alpha_applies()):
+            # the root, as the search bounded it: its branches inherit the tightened bounds
+            return self.search.tightened_root(tlo, thi, sp, res)
+        return res, refuted, closed
 
     @staticmethod
     def row(res, i, sizes):
@@ -202,12 +207,16 @@ class _Replay:
 
     def leaf(self, lo, hi, facts, parent, spec, layer_b, refuted_row, index) -> bool:
         """A proof leaf the replayed bound left open: a plain CROWN bound with
-        alpha steps (the search's root bound and fixed-leaf bounds), then Z3."""
-        res, refuted, closed = self.bound([(lo, hi)], facts, parent, spec, mode="backward",
-                                          alpha=max(self.options.alpha_iterations, 20))
-        if closed[0]:
-            return True
-        refuted_row = refuted_row | refuted[0]
+        alpha steps (the search's root bound), then with as many steps as the search
+        gives a fully split branch (the replay bounds every spec row and starts its
+        steps elsewhere, so a leaf the search closed by a small margin may need more),
+        then Z3."""
+        for steps in (max(self.options.alpha_iterations, 20), self.options.fixed_leaf_iterations):
+            res, refuted, closed = self.bound([(lo, hi)], facts, parent, spec, mode="backward",
+                                              alpha=steps)
+            if closed[0]:
+                return True
+            refuted_row = refuted_row | refuted[0]
         for j in np.flatnonzero(~refuted_row):
             if not _z3_closes(self.net, self.region, lo, hi, layer_b, int(j), self.options,
                               self.deadline, self.search.input_split):
