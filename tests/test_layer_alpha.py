@@ -113,12 +113,7 @@ def test_search_tightens_the_root_and_needs_fewer_branches():
     with the root's intermediate layers tightened both properties hold at the root;
     without, the search branches. The verdicts agree."""
     for seed in (0, 2):
-        rng = np.random.default_rng(seed)
-        sizes = [32] + [48] * 6 + [3]
-        net = Network(tuple(Affine(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
-                            for i, o in zip(sizes, sizes[1:])))
-        centre = np.random.default_rng(seed).uniform(0.3, 0.7, size=32)
-        prop = local_robustness(centre, 0.04, int(np.argmax(net.forward(centre))), 3)
+        net, prop = _random_chain_instance(seed, 0.04)
         tightened = verify_property(net, prop, VerifyOptions(timeout=20))
         plain = verify_property(net, prop, VerifyOptions(timeout=20, layer_alpha_iterations=0))
         assert tightened.status == plain.status == Status.HOLDS
@@ -136,3 +131,31 @@ def test_an_eran_instance_holds_at_the_tightened_root(data_dir):
     res = verify_property(net, prop, VerifyOptions(timeout=30))
     assert res.status == Status.HOLDS
     assert res.statistics.branches == 0
+
+
+def _random_chain_instance(seed: int, eps: float):
+    rng = np.random.default_rng(seed)
+    sizes = [32] + [48] * 6 + [3]
+    net = Network(tuple(Affine(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
+                        for i, o in zip(sizes, sizes[1:])))
+    centre = np.random.default_rng(seed).uniform(0.3, 0.7, size=32)
+    return net, local_robustness(centre, eps, int(np.argmax(net.forward(centre))), 3)
+
+
+@pytest.mark.parametrize("seed, eps", [(0, 0.04), (8, 0.03),
+                                       pytest.param(1, 0.04, marks=pytest.mark.slow)])
+def test_a_proof_that_needs_the_tightened_root_checks_without_z3(seed, eps):
+    """The proof's re-check (verify.reuse.check) tightens the root as the search did:
+    a proof closed at the tightened root (seed 0), by 20 branches below it (seed 8) or
+    by 922 (seed 1: leaves closed by margins of 1e-5, which the re-check missed while it
+    bounded the rows of conjunctions the parent had refuted) certifies, every branch by
+    bounds."""
+    from verify.reuse.check import check_proof, record_of
+    from verify.verifier import Proof
+    net, prop = _random_chain_instance(seed, eps)
+    proof = Proof()
+    res = verify_property(net, prop, VerifyOptions(timeout=20), proof=proof)
+    assert res.status == Status.HOLDS
+    outcome = check_proof(net, prop, record_of(net, prop, res, proof), VerifyOptions(timeout=60))
+    assert outcome.ok, outcome.reason
+    assert outcome.by_z3 == 0

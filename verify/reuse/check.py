@@ -23,7 +23,7 @@ from ..options import VerifyOptions
 from ..properties import Property
 from ..result import Statistics, Status, VerificationResult
 from ..constraint_names import fact_dict, split_arrays
-from ..search import RegionSearch
+from ..search import RegionSearch, inherit_refuted
 from ..threads import single_threaded
 from ..verifier import Proof
 from .proof import ProofBranch, ProofRecord, proof_tree
@@ -128,8 +128,13 @@ class _Replay:
         self.relu_split = any(facts_of)
         self.why: str | None = None
 
-    def bound(self, boxes, facts, parent, spec, mode=None, alpha=None):
-        """Bound boxes [(lo, hi)] (all with phase ``facts``) under one parent's bounds."""
+    def bound(self, boxes, facts, parent, spec, mode=None, alpha=None, done=None):
+        """Bound boxes [(lo, hi)] (all with phase ``facts``) under one parent's bounds;
+        ``done``: (refuted (n_conj,), spec row lower bounds (m,)) of the parent: its
+        refuted conjunctions count as refuted on the boxes, and only the other rows are
+        bounded, the rest keeping the parent's bounds -- as the search bounds a branch
+        (the alpha steps' slopes serve the open rows alone; with every row the replay
+        missed leaves the search closed by a margin of 1e-5)."""
         if time.monotonic() > self.deadline:
             raise _Rejected(f"the re-check ran out of time after {self.counts[0]} nodes")
         k = len(boxes)
@@ -146,12 +151,15 @@ class _Replay:
             torch.from_numpy(np.repeat(spec[0][None], k, axis=0)),
             torch.from_numpy(np.repeat(spec[1][None], k, axis=0)))
         self.counts[0] += k
+        rows = None if done is None else self.search.rows_to_bound([done[0]] * k, [done[1]] * k)
         res, refuted, closed = self.search.bound_branches(tlo, thi, sp, fixed, alpha=alpha,
-                                                          mode=mode, inherited=inherited)
+                                                          mode=mode, inherited=inherited, rows=rows)
         if (parent is None and not facts and k == 1 and not closed.all()
                 and self.search.layer_alpha_applies()):
             # the root, as the search bounded it: its branches inherit the tightened bounds
-            return self.search.tightened_root(tlo, thi, sp, res)
+            res, refuted, closed = self.search.tightened_root(tlo, thi, sp, res)
+        if done is not None:
+            inherit_refuted(refuted, closed, [done[0]] * k)
         return res, refuted, closed
 
     @staticmethod
@@ -159,11 +167,11 @@ class _Replay:
         return ([(res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(len(sizes))],
                 (res.spec_coeffs[i].numpy(), res.spec_const[i].numpy()))
 
-    def node(self, lo, hi, facts, idx, parent, spec, own=None) -> bool:
+    def node(self, lo, hi, facts, idx, parent, spec, own=None, done=None) -> bool:
         """Whether the subtree of leaves ``idx`` at box [lo, hi] with ``facts``
         closes.  ``own``: this node's bound, when already computed (res, i, refuted, closed)."""
         if own is None:
-            res, refuted, closed = self.bound([(lo, hi)], facts, parent, spec)
+            res, refuted, closed = self.bound([(lo, hi)], facts, parent, spec, done=done)
             own = (res, 0, refuted, closed)
         res, i, refuted, closed = own
         if closed[i]:
@@ -172,7 +180,8 @@ class _Replay:
         LO, HI = self.LO[idx], self.HI[idx]
         same = np.flatnonzero((LO == lo).all(axis=1) & (HI == hi).all(axis=1))
         if any(self.facts_of[j] == facts for j in idx[same]):
-            return self.leaf(lo, hi, facts, parent, spec, layer_b, refuted[i], int(idx[same][0]))
+            return self.leaf(lo, hi, facts, parent, spec, layer_b, refuted[i], int(idx[same][0]),
+                             res.spec_lower[i].numpy())
         mid = (lo + hi) / 2
         left, right = HI <= mid, LO >= mid
         valid = np.flatnonzero(left.any(axis=0) & right.any(axis=0)
@@ -183,7 +192,8 @@ class _Replay:
                 a_hi = hi.copy(); a_hi[d] = mid[d]
                 b_lo = lo.copy(); b_lo[d] = mid[d]
                 halves += [(lo, a_hi), (b_lo, hi)]
-            cres, crefuted, cclosed = self.bound(halves, facts, layer_b, my_spec)
+            cres, crefuted, cclosed = self.bound(halves, facts, layer_b, my_spec,
+                                                 done=(refuted[i], res.spec_lower[i].numpy()))
             score = np.where(cclosed, np.inf, cres.spec_lower.numpy().min(axis=1))
             score = np.minimum(score, 1e30).reshape(len(valid), 2).sum(axis=1)
             for t in np.argsort(-score):
@@ -200,20 +210,20 @@ class _Replay:
             for phase in (1, -1):
                 sub = np.array([j for j in idx if self.facts_of[j][neuron] == phase],
                                dtype=np.int64)
-                if not self.node(lo, hi, {**facts, neuron: phase}, sub, layer_b, my_spec):
+                if not self.node(lo, hi, {**facts, neuron: phase}, sub, layer_b, my_spec,
+                                 done=(refuted[i], res.spec_lower[i].numpy())):
                     return False
             return True
         return False
 
-    def leaf(self, lo, hi, facts, parent, spec, layer_b, refuted_row, index) -> bool:
+    def leaf(self, lo, hi, facts, parent, spec, layer_b, refuted_row, index, known) -> bool:
         """A proof leaf the replayed bound left open: a plain CROWN bound with
         alpha steps (the search's root bound), then with as many steps as the search
-        gives a fully split branch (the replay bounds every spec row and starts its
-        steps elsewhere, so a leaf the search closed by a small margin may need more),
-        then Z3."""
+        gives a fully split branch (the replay's steps need not end where the search's
+        did, so a leaf the search closed by a small margin may need more), then Z3."""
         for steps in (max(self.options.alpha_iterations, 20), self.options.fixed_leaf_iterations):
             res, refuted, closed = self.bound([(lo, hi)], facts, parent, spec, mode="backward",
-                                              alpha=steps)
+                                              alpha=steps, done=(refuted_row, known))
             if closed[0]:
                 return True
             refuted_row = refuted_row | refuted[0]
