@@ -90,6 +90,8 @@ class RegionSearch(Splitting):
         self.root_candidates: np.ndarray | None = None  # set by closed_at_root
         self.root_result = None  # the bound closed_at_root took (what a reusable proof keeps)
         self.attack = InterleavedAttack(network, region, region_index, options, stats, deadline)
+        self._root_bounds = False  # the tightened root's layer bounds, once computed
+        self.tightened = None  # run()'s root bound over tightened intermediate bounds
 
     # ------------------------------------------------------------------
     def time_left(self) -> float:
@@ -274,10 +276,23 @@ class RegionSearch(Splitting):
         # turns up early, and node-local splitting makes the order free for a
         # proof); ReLU splitting is depth-first (its nodes carry layer bounds)
         stack = _Frontier(best_first=self.input_split)
+        root = None
+        if nodes is not None and nodes and self.layer_alpha_applies():
+            # branches of a proof tree (reuse): the region's tightened root bounds hold
+            # on every branch of the region's box (measured on mnist-net_256x6: a
+            # variant's open leaves searched over their moved bounds alone ran 60 s,
+            # where scratch with the tightened root took 1 s)
+            root = self._tightened_root_bounds()
+            if root is None:
+                return RegionOutcome(Status.HOLDS, self._method(), leaves=self.leaves)
         for node in nodes if nodes is not None else [self._root()]:
             if not self.input_split and node.splits is None:
                 node = dataclasses.replace(node, splits=[np.zeros(s, dtype=np.int8)
                                                          for s in self.net.hidden_sizes])
+            if root is not None and self._on_region_box(node):
+                node = dataclasses.replace(node, parent=root if node.parent is None else [
+                    (np.maximum(pl, rl), np.minimum(pu, ru))
+                    for (pl, pu), (rl, ru) in zip(node.parent, root)])
             stack.push(node)
         first = nodes is None
         while stack:
@@ -305,6 +320,7 @@ class RegionSearch(Splitting):
                                                        refine=refine, rows=self._open_rows(batch))
             if first and not closed.all() and self.layer_alpha_applies():
                 res, refuted, closed = self.tightened_root(lo, hi, splits, res)
+                self.tightened = res
             inherit_refuted(refuted, closed, [n.refuted for n in batch])
             spec_lower = res.spec_lower.numpy()
             unstable = res.unstable()
@@ -395,6 +411,28 @@ class RegionSearch(Splitting):
         return self.bound_branches(lo, hi, splits, list(zip(lower, upper)),
                                    inherited=(res.spec_coeffs, res.spec_const),
                                    alpha_init=res.alphas)
+
+    def _tightened_root_bounds(self):
+        """The region's root bounded and tightened (:meth:`tightened_root`): its layer
+        bounds (numpy (lower, upper) per hidden layer), or None when that closes the
+        region (recorded as its one leaf). Computed once per search."""
+        if self._root_bounds is not False:
+            return self._root_bounds
+        lo, hi = self.root_box()
+        splits = [torch.zeros((1, n), dtype=torch.int8) for n in self.net.hidden_sizes]
+        res, _, closed = self.bound_branches(lo, hi, splits, None)
+        if not closed.all():
+            res, _, closed = self.tightened_root(lo, hi, splits, res)
+        if closed.all():
+            self._close(self._root(), res, 0)
+            self._root_bounds = None
+        else:
+            self._root_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in zip(res.lower, res.upper)]
+        return self._root_bounds
+
+    def _on_region_box(self, node: Node) -> bool:
+        return (np.array_equal(node.lo, self.region.lower)
+                and np.array_equal(node.hi, self.region.upper))
 
     def _open_rows(self, batch):
         """The spec rows a batch needs bounded, as ``bound_branches``' ``rows``: those
@@ -523,7 +561,9 @@ def search_region(network: Network, region: Region, r: int, options: VerifyOptio
     (the outcome's leaves are those of the attempt that decided)."""
     attempts = portfolio(network, options, deadline)
     for k, (opts, until) in enumerate(attempts):
-        outcome = RegionSearch(network, region, r, opts, until, stats, propagator, record).run()
+        search = RegionSearch(network, region, r, opts, until, stats, propagator, record)
+        outcome = search.run()
+        outcome.root = search.tightened
         if outcome.method != "timeout" or time.monotonic() >= deadline or k == len(attempts) - 1:
             return outcome
 

@@ -57,6 +57,9 @@ class RegionOutcome:
     counterexample: Counterexample | None = None
     reason: str | None = None
     leaves: list[Leaf] = field(default_factory=list)
+    # the region's root bound over tightened intermediate bounds, when the search took
+    # one (verify.layer_alpha): the original's bound a reusable proof keeps
+    root: object | None = None
 
 
 class _Frontier:

@@ -122,6 +122,8 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
                                 record=proof is not None)
         if proof is not None:
             proof.leaves[r] = outcome.leaves
+            if outcome.root is not None:  # tighter than the plain root bound kept above
+                proof.roots[r] = outcome.root
         core_sizes += [len(c) for leaf in outcome.leaves for c in leaf.cores.values()]
         if outcome.status is Status.VIOLATED:
             return done(Status.VIOLATED, outcome.method, outcome.counterexample)
