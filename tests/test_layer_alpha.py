@@ -159,3 +159,47 @@ def test_a_proof_that_needs_the_tightened_root_checks_without_z3(seed, eps):
     outcome = check_proof(net, prop, record_of(net, prop, res, proof), VerifyOptions(timeout=60))
     assert outcome.ok, outcome.reason
     assert outcome.by_z3 == 0
+
+
+@pytest.mark.parametrize("mutation", [False, True])
+def test_a_walked_proof_tree_starts_from_the_variants_tightened_root(split_proof, monkeypatch,
+                                                                     mutation):
+    """The reuse walk of a ReLU-split proof tree bounds its root over the variant's own
+    tightened root bounds, as scratch starts its search (within CROWN's, tighter
+    somewhere); the verdict is scratch's. The mutation (the walk's root unbounded, as
+    before) is caught."""
+    import verify.reuse.tree as tree
+    from compress import compress
+    from test_reuse_tree import OPTS, _tiers01_closing_nothing
+    from verify.reuse import ReuseOptions, reverify
+
+    net, prop, proof = split_proof
+    variant = compress(net, "int8")
+    scratch = verify_property(variant.network, prop, OPTS).status
+    monkeypatch.setattr(tree.TreeCheck, "_tiers01", _tiers01_closing_nothing(net))
+    if mutation:
+        monkeypatch.setattr(tree.TreeWalk, "_root_bounds", lambda self: [])
+    first = []
+    bound_nodes = tree.TreeWalk._bound_nodes
+
+    def recorded(self, lo, hi, splits, fixed, *args, **kwargs):
+        if not first:
+            first.append(fixed)
+        return bound_nodes(self, lo, hi, splits, fixed, *args, **kwargs)
+    monkeypatch.setattr(tree.TreeWalk, "_bound_nodes", recorded)
+    r = reverify(net, variant, prop, OPTS, reuse_options=ReuseOptions(tree_max_open=0.0),
+                 proof=proof)
+    assert r.status == scratch and not r.reuse.fallback
+    if r.reuse.closed_at_root:
+        pytest.skip("the variant closes at its plain root bound: no walk")
+    assert first, "the tree was not walked"
+    region = prop.regions[0]
+    lo, hi = (torch.from_numpy(x[None].copy()) for x in (region.lower, region.upper))
+    crown = BoundPropagator(variant.network).bound(lo, hi, torch.eye(10).double(), torch.zeros(10))
+    fixed = first[0]
+    ok = fixed is not None and all(
+        bool((f_l[0] >= c_l[0] - 1e-9).all() and (f_u[0] <= c_u[0] + 1e-9).all())
+        for (f_l, f_u), c_l, c_u in zip(fixed, crown.lower, crown.upper)) and sum(
+        float((f_l[0] - c_l[0]).sum() + (c_u[0] - f_u[0]).sum())
+        for (f_l, f_u), c_l, c_u in zip(fixed, crown.lower, crown.upper)) > 1e-6
+    assert ok != mutation

@@ -282,7 +282,7 @@ class RegionSearch(Splitting):
             # on every branch of the region's box (measured on mnist-net_256x6: a
             # variant's open leaves searched over their moved bounds alone ran 60 s,
             # where scratch with the tightened root took 1 s)
-            root = self._tightened_root_bounds()
+            root = self.tightened_root_bounds()
             if root is None:
                 return RegionOutcome(Status.HOLDS, self._method(), leaves=self.leaves)
         for node in nodes if nodes is not None else [self._root()]:
@@ -412,7 +412,7 @@ class RegionSearch(Splitting):
                                    inherited=(res.spec_coeffs, res.spec_const),
                                    alpha_init=res.alphas)
 
-    def _tightened_root_bounds(self):
+    def tightened_root_bounds(self):
         """The region's root bounded and tightened (:meth:`tightened_root`): its layer
         bounds (numpy (lower, upper) per hidden layer), or None when that closes the
         region (recorded as its one leaf). Computed once per search."""

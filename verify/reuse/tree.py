@@ -650,6 +650,14 @@ class TreeWalk:
             self.stats.closed_by_split += len(to_split)
         return cex
 
+    def _root_bounds(self):
+        """The variant's tightened root bounds (see :meth:`RegionSearch.tightened_root`),
+        as scratch starts its tree: the walk's root intersects them. [] when the search
+        does not tighten its root; None when they close the region."""
+        if not self.search.layer_alpha_applies():
+            return []
+        return self.search.tightened_root_bounds()
+
     def _walk(self, region, r: int) -> list[Node]:
         """The tree walked top-down: the leaves still open (raises :class:`_Found`
         with a counterexample among the open nodes' bound minimisers)."""
@@ -662,7 +670,10 @@ class TreeWalk:
             conjunctions the parent's bound on the variant refuted, its rows' bounds."""
             kind = "leaf" if self._is_leaf(facts, idx) else "top" if depth <= top else "deep"
             return kind, facts, idx, parent, depth, refuted, known
-        frontier = [node({}, np.arange(len(self.branches)), None, 0)]
+        root = self._root_bounds()
+        if root is None:
+            return []  # the variant's tightened root closes the region
+        frontier = [node({}, np.arange(len(self.branches)), root or None, 0)]
         to_split, closed_nodes = [], 0
         pending = []  # per leaf batch, its leaves left open by their first pass
         while frontier:
