@@ -91,7 +91,7 @@ class RegionSearch(Splitting):
         self.root_result = None  # the bound closed_at_root took (what a reusable proof keeps)
         self.attack = InterleavedAttack(network, region, region_index, options, stats, deadline)
         self._root_bounds = False  # the tightened root's layer bounds, once computed
-        self.tightened = None  # run()'s root bound over tightened intermediate bounds
+        self.tightened = None  # the root's bound over tightened intermediate bounds, if taken
 
     # ------------------------------------------------------------------
     def time_left(self) -> float:
@@ -318,9 +318,8 @@ class RegionSearch(Splitting):
                 refine = [torch.ones(n, dtype=torch.bool) for n in self.net.hidden_sizes]
             res, refuted, closed = self.bound_branches(lo, hi, splits, fixed, inherited=inherited,
                                                        refine=refine, rows=self._open_rows(batch))
-            if first and not closed.all() and self.layer_alpha_applies():
-                res, refuted, closed = self.tightened_root(lo, hi, splits, res)
-                self.tightened = res
+            if first:
+                res, refuted, closed = self.tighten_root(lo, hi, splits, (res, refuted, closed))
             inherit_refuted(refuted, closed, [n.refuted for n in batch])
             spec_lower = res.spec_lower.numpy()
             unstable = res.unstable()
@@ -399,30 +398,35 @@ class RegionSearch(Splitting):
         return (self.opt.layer_alpha_iterations > 0 and not self.input_split
                 and self.prop.n_hidden >= 2)
 
-    def tightened_root(self, lo, hi, splits, res):
-        """The root bounded again over intermediate bounds tightened by alpha-CROWN
-        (:mod:`verify.layer_alpha`): (bounds, refuted, closed). Its children
-        intersect their bounds with these, so a proof's re-check
-        (:mod:`verify.reuse.check`) tightens its root the same way."""
+    def tighten_root(self, lo, hi, splits, bounded):
+        """``bounded``: (bounds, refuted, closed) of the region's root (a batch of one).
+        Where they leave it open and :meth:`layer_alpha_applies`, the root bounded again
+        over intermediate bounds tightened by alpha-CROWN (:mod:`verify.layer_alpha`),
+        kept in :attr:`tightened`; else ``bounded`` itself. Its children intersect their
+        bounds with these, so a proof's re-check (:mod:`verify.reuse.check`) tightens its
+        root the same way."""
+        res, _, closed = bounded
+        if closed.all() or not self.layer_alpha_applies():
+            return bounded
         from .layer_alpha import optimise_layer_bounds
         deadline = time.monotonic() + self.opt.layer_alpha_time_share * self.time_left()
         lower, upper = optimise_layer_bounds(self.prop, lo, hi, res.lower, res.upper,
                                              self.opt.layer_alpha_iterations, deadline)
-        return self.bound_branches(lo, hi, splits, list(zip(lower, upper)),
-                                   inherited=(res.spec_coeffs, res.spec_const),
-                                   alpha_init=res.alphas)
+        out = self.bound_branches(lo, hi, splits, list(zip(lower, upper)),
+                                  inherited=(res.spec_coeffs, res.spec_const),
+                                  alpha_init=res.alphas)
+        self.tightened = out[0]
+        return out
 
     def tightened_root_bounds(self):
-        """The region's root bounded and tightened (:meth:`tightened_root`): its layer
+        """The region's root bounded and tightened (:meth:`tighten_root`): its layer
         bounds (numpy (lower, upper) per hidden layer), or None when that closes the
         region (recorded as its one leaf). Computed once per search."""
         if self._root_bounds is not False:
             return self._root_bounds
         lo, hi = self.root_box()
         splits = [torch.zeros((1, n), dtype=torch.int8) for n in self.net.hidden_sizes]
-        res, _, closed = self.bound_branches(lo, hi, splits, None)
-        if not closed.all():
-            res, _, closed = self.tightened_root(lo, hi, splits, res)
+        res, _, closed = self.tighten_root(lo, hi, splits, self.bound_branches(lo, hi, splits, None))
         if closed.all():
             self._close(self._root(), res, 0)
             self._root_bounds = None

@@ -154,10 +154,9 @@ class _Replay:
         rows = None if done is None else self.search.rows_to_bound([done[0]] * k, [done[1]] * k)
         res, refuted, closed = self.search.bound_branches(tlo, thi, sp, fixed, alpha=alpha,
                                                           mode=mode, inherited=inherited, rows=rows)
-        if (parent is None and not facts and k == 1 and not closed.all()
-                and self.search.layer_alpha_applies()):
+        if parent is None and not facts and k == 1:
             # the root, as the search bounded it: its branches inherit the tightened bounds
-            res, refuted, closed = self.search.tightened_root(tlo, thi, sp, res)
+            res, refuted, closed = self.search.tighten_root(tlo, thi, sp, (res, refuted, closed))
         if done is not None:
             inherit_refuted(refuted, closed, [done[0]] * k)
         return res, refuted, closed

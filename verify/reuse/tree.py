@@ -651,7 +651,7 @@ class TreeWalk:
         return cex
 
     def _root_bounds(self):
-        """The variant's tightened root bounds (see :meth:`RegionSearch.tightened_root`),
+        """The variant's tightened root bounds (see :meth:`RegionSearch.tighten_root`),
         as scratch starts its tree: the walk's root intersects them. [] when the search
         does not tighten its root; None when they close the region."""
         if not self.search.layer_alpha_applies():
