@@ -87,7 +87,8 @@ def test_mutated_bookkeeping_is_caught(monkeypatch, mutation):
         monkeypatch.setattr(layer_alpha, "_neuron_rows", _shifted_rows)
     else:
         monkeypatch.setattr(layer_alpha, "_rows_lower_bound",
-                            lambda *a, **k: _ORIGINAL_BOUND(*a, **k) + 0.05)
+                            lambda *a, **k: (lambda b, kept: (b + 0.05, kept))(
+                                *_ORIGINAL_BOUND(*a, **k)))
     bad = 0
     for name in ("chain", "residual"):
         for seed in (1, 2):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from .ascent import Adam
@@ -36,10 +37,35 @@ def _neuron_rows(n: int, idx: torch.Tensor, dtype) -> torch.Tensor:
     return lam
 
 
-def _rows_lower_bound(prop, k, idx, lower, upper, lo, hi, iterations, deadline, lr):
+def _start_slopes(prop, k, idx, w_lower, w_upper, warm, R):
+    """The starting slopes (R, n_j) per layer j < k of the queries of neurons ``idx``:
+    the default relaxation's, replaced by ``warm``'s kept slopes where it has that
+    neuron's query (``warm``: (neurons, [(2m', n_j) per j]) of layer ``k``)."""
+    start = [prop._relaxation(l[:1], u[:1])[0].expand(R, -1).clone()
+             for l, u in zip(w_lower, w_upper)]
+    if warm is None:
+        return start
+    neurons, rows = warm
+    pos = {int(i): p for p, i in enumerate(neurons)}
+    m, mw = len(idx), len(neurons)
+    have = [(q, pos[int(i)]) for q, i in enumerate(idx) if int(i) in pos]
+    if not have:
+        return start
+    q = torch.tensor([a for a, _ in have])
+    w = torch.tensor([b for _, b in have])
+    for s, got in zip(start, rows):
+        got = torch.as_tensor(got, dtype=s.dtype)
+        s[q] = got[w]  # the lower-bound queries
+        s[m + q] = got[mw + w]  # the upper-bound queries
+    return start
+
+
+def _rows_lower_bound(prop, k, idx, lower, upper, lo, hi, iterations, deadline, lr,
+                      warm=None):
     """Lower bounds (2m,) of the rows of :func:`_neuron_rows` for neurons ``idx`` of
-    hidden layer ``k``: the best of the alpha steps' slopes, evaluated in float64
-    (the plain CROWN bound when no step runs)."""
+    hidden layer ``k``: the best of the alpha steps' slopes (starting from ``warm``'s,
+    see :func:`_start_slopes`), evaluated in float64 (the starting slopes' bound when
+    no step runs); and those slopes ((2m, n_j) per layer j < k)."""
     work = prop.search_dtype or torch.float64
     n = lower[k].shape[1]
 
@@ -51,8 +77,8 @@ def _rows_lower_bound(prop, k, idx, lower, upper, lo, hi, iterations, deadline, 
     lam = _neuron_rows(n, idx, work)
     R = lam.shape[0]
     w_lower, w_upper, w_lo, w_hi = batch(work, R)
-    slopes = [prop._relaxation(l[:1], u[:1])[0].expand(R, -1).clone().requires_grad_(True)
-              for l, u in zip(w_lower, w_upper)]
+    slopes = [s.requires_grad_(True)
+              for s in _start_slopes(prop, k, idx, w_lower, w_upper, warm, R)]
     kept = [s.detach().clone() for s in slopes]
     best = torch.full((R,), -torch.inf, dtype=work)
     opt = Adam(slopes, lr=lr)
@@ -73,11 +99,12 @@ def _rows_lower_bound(prop, k, idx, lower, upper, lo, hi, iterations, deadline, 
     with torch.no_grad():
         e_lower, e_upper, e_lo, e_hi = batch(torch.float64, R)
         return prop.layer_rows_bound(k, lam.to(torch.float64), e_lower, e_upper, e_lo, e_hi,
-                                     [s.to(torch.float64) for s in kept])[:, 0]
+                                     [s.to(torch.float64) for s in kept])[:, 0], kept
 
 
 def optimise_layer_bounds(prop, lo: torch.Tensor, hi: torch.Tensor, lower: list, upper: list,
-                          iterations: int, deadline: float | None = None, lr: float = 0.1):
+                          iterations: int, deadline: float | None = None, lr: float = 0.1,
+                          warm: dict | None = None, slopes_out: dict | None = None):
     """Tighter bounds of the hidden layers' pre-activations over one box.
 
     ``prop``: a chain or graph bound propagator; ``lo``/``hi``: (1, n0); ``lower``/
@@ -85,7 +112,13 @@ def optimise_layer_bounds(prop, lo: torch.Tensor, hi: torch.Tensor, lower: list,
     lists: each layer's bounds intersected with the alpha-CROWN bounds of its
     unstable neurons (layers whose interval bounds are exact are kept). At
     ``deadline`` (a ``time.monotonic()`` value) it stops, the neurons done so far
-    tightened (the rest keep the bounds given: sound)."""
+    tightened (the rest keep the bounds given: sound).
+
+    Warm start: ``slopes_out`` (a dict) receives per layer ``k`` the slopes kept,
+    ``(neurons (m,), [(2m, n_j) float32 arrays per layer j < k])`` (row ``i`` the lower
+    bound query of ``neurons[i]``, row ``m + i`` its upper bound query); ``warm``, in
+    that form (e.g. a similar network's), gives the steps their starting slopes.
+    Any slopes are sound: they only decide how tight the bounds get."""
     lower = [l.clone() for l in lower]
     upper = [u.clone() for u in upper]
     for k in range(len(lower)):
@@ -97,9 +130,27 @@ def optimise_layer_bounds(prop, lo: torch.Tensor, hi: torch.Tensor, lower: list,
             if deadline is not None and time.monotonic() > deadline:
                 return lower, upper
             part = idx[s0:s0 + step]
-            bnd = _rows_lower_bound(prop, k, part, lower, upper, lo, hi, iterations,
-                                    deadline, lr)
+            bnd, kept = _rows_lower_bound(prop, k, part, lower, upper, lo, hi, iterations,
+                                          deadline, lr, None if warm is None else warm.get(k))
             m = len(part)
             lower[k][0, part] = torch.maximum(lower[k][0, part], _widen_lower(bnd[:m]))
             upper[k][0, part] = torch.minimum(upper[k][0, part], _widen_upper(-bnd[m:]))
+            if slopes_out is not None:
+                _keep_slopes(slopes_out, k, part, kept)
     return lower, upper
+
+
+def _keep_slopes(slopes_out: dict, k: int, part: torch.Tensor, kept: list) -> None:
+    """Add one chunk's kept slopes of layer ``k`` to ``slopes_out`` (see
+    :func:`optimise_layer_bounds`)."""
+    m = len(part)
+    neurons = part.numpy().astype(np.int64)
+    arrays = [s.detach().to(torch.float32).numpy() for s in kept]
+    if k not in slopes_out:
+        slopes_out[k] = (neurons, arrays)
+        return
+    had, rows = slopes_out[k]
+    mh = len(had)
+    # rows: lower queries of every neuron first, then the upper ones
+    slopes_out[k] = (np.concatenate([had, neurons]),
+                     [np.concatenate([r[:mh], a[:m], r[mh:], a[m:]]) for r, a in zip(rows, arrays)])

@@ -138,6 +138,9 @@ class VerifyOptions:
     # gave nearly what 80 did
     layer_alpha_iterations: int = 20
     layer_alpha_time_share: float = 0.25  # ... within this share of the time left
+    # ... and this many when they start from a similar network's slopes (a variant's
+    # root from its original's, verify.reuse)
+    layer_alpha_warm_iterations: int = 2
     # input splitting, hybrid bounds: branches still open with at most this many
     # unstable ReLUs get alpha-CROWN steps on their spec rows (near a plateau of
     # small margin that closes most of them instead of splitting them further)
@@ -168,7 +171,8 @@ class VerifyOptions:
         if self.intermediate_bounds not in ("backward", "forward", "hybrid"):
             raise OptionError("intermediate_bounds must be backward, forward or hybrid, got "
                               f"{self.intermediate_bounds!r}")
-        for name in ("alpha_tier_iterations", "alpha_tier_max_unstable", "layer_alpha_iterations"):
+        for name in ("alpha_tier_iterations", "alpha_tier_max_unstable", "layer_alpha_iterations",
+                     "layer_alpha_warm_iterations"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.layer_alpha_time_share <= 1.0:

@@ -92,6 +92,8 @@ class RegionSearch(Splitting):
         self.attack = InterleavedAttack(network, region, region_index, options, stats, deadline)
         self._root_bounds = False  # the tightened root's layer bounds, once computed
         self.tightened = None  # the root's bound over tightened intermediate bounds, if taken
+        self._root_start = None  # see start_root_from
+        self.root_slopes: dict | None = None  # the slopes tighten_root kept (verify.layer_alpha)
 
     # ------------------------------------------------------------------
     def time_left(self) -> float:
@@ -410,23 +412,49 @@ class RegionSearch(Splitting):
             return bounded
         from .layer_alpha import optimise_layer_bounds
         deadline = time.monotonic() + self.opt.layer_alpha_time_share * self.time_left()
-        lower, upper = optimise_layer_bounds(self.prop, lo, hi, res.lower, res.upper,
-                                             self.opt.layer_alpha_iterations, deadline)
+        warm = None if self._root_start is None else self._root_start[2]
+        self.root_slopes = {}
+        lower, upper = optimise_layer_bounds(
+            self.prop, lo, hi, res.lower, res.upper, self.opt.layer_alpha_warm_iterations
+            if warm else self.opt.layer_alpha_iterations, deadline, warm=warm,
+            slopes_out=self.root_slopes)
         out = self.bound_branches(lo, hi, splits, list(zip(lower, upper)),
                                   inherited=(res.spec_coeffs, res.spec_const),
                                   alpha_init=res.alphas)
         self.tightened = out[0]
         return out
 
+    def start_root_from(self, bounds, tight: bool, slopes: dict | None = None) -> None:
+        """Intermediate bounds known to hold for this network on the region's box
+        (``bounds``: (lower, upper) (1, n_k) tensors per hidden layer, or None; e.g. a
+        proof's tightened root moved by a bound of a variant's change,
+        :mod:`verify.reuse`): :meth:`tightened_root_bounds` bounds the root over them,
+        and takes that without the alpha-CROWN steps of :meth:`tighten_root` when
+        ``tight``.  ``slopes``: a similar network's kept slopes
+        (:func:`verify.layer_alpha.optimise_layer_bounds`, this network's numbering):
+        the steps start from them, ``layer_alpha_warm_iterations`` of them."""
+        self._root_start = (bounds, tight, slopes)
+
     def tightened_root_bounds(self):
-        """The region's root bounded and tightened (:meth:`tighten_root`): its layer
-        bounds (numpy (lower, upper) per hidden layer), or None when that closes the
-        region (recorded as its one leaf). Computed once per search."""
+        """The region's root bounded and tightened (:meth:`tighten_root`; see also
+        :meth:`start_root_from`): its layer bounds (numpy (lower, upper) per hidden
+        layer), or None when that closes the region (recorded as its one leaf).
+        Computed once per search."""
         if self._root_bounds is not False:
             return self._root_bounds
         lo, hi = self.root_box()
         splits = [torch.zeros((1, n), dtype=torch.int8) for n in self.net.hidden_sizes]
-        res, _, closed = self.tighten_root(lo, hi, splits, self.bound_branches(lo, hi, splits, None))
+        start, tight, _ = self._root_start or (None, False, None)
+        bounded = self.bound_branches(lo, hi, splits, None)
+        if start is not None:  # CROWN's bounds intersected with the given ones
+            both = [(torch.maximum(l, s_l), torch.minimum(u, s_u))
+                    for l, u, (s_l, s_u) in zip(bounded[0].lower, bounded[0].upper, start)]
+            bounded = self.bound_branches(lo, hi, splits, both)
+        if start is not None and tight:
+            self.tightened = bounded[0]
+        else:
+            bounded = self.tighten_root(lo, hi, splits, bounded)
+        res, _, closed = bounded
         if closed.all():
             self._close(self._root(), res, 0)
             self._root_bounds = None
@@ -567,7 +595,7 @@ def search_region(network: Network, region: Region, r: int, options: VerifyOptio
     for k, (opts, until) in enumerate(attempts):
         search = RegionSearch(network, region, r, opts, until, stats, propagator, record)
         outcome = search.run()
-        outcome.root = search.tightened
+        outcome.root, outcome.root_slopes = search.tightened, search.root_slopes
         if outcome.method != "timeout" or time.monotonic() >= deadline or k == len(attempts) - 1:
             return outcome
 

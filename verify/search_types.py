@@ -60,6 +60,7 @@ class RegionOutcome:
     # the region's root bound over tightened intermediate bounds, when the search took
     # one (verify.layer_alpha): the original's bound a reusable proof keeps
     root: object | None = None
+    root_slopes: dict | None = None  # ... and the slopes that tightened it (a warm start)
 
 
 class _Frontier:

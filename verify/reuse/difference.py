@@ -48,6 +48,8 @@ class OriginalBounds:
     spec_coeffs: np.ndarray  # (m, n_inputs)
     spec_const: np.ndarray  # (m,)
     spec_lower: np.ndarray  # (m,) the rows' lower bounds (the original's margins)
+    # the intermediate bounds were tightened by alpha-CROWN (RegionSearch.tighten_root)
+    tightened: bool = False
     # derived once (one record's bounds serve every variant): per hidden layer the
     # original's activation interval [relu(l), relu(u)] as centre and radius, and
     # which neurons are active on the whole box
@@ -68,16 +70,17 @@ class OriginalBounds:
         return np.vstack([np.where(self.spec_coeffs > 0, lower, upper), (lower + upper) / 2])
 
 
-def original_bounds(search: RegionSearch | None, res=None) -> OriginalBounds:
+def original_bounds(search: RegionSearch | None, res=None, tightened: bool = False) -> OriginalBounds:
     """The bound of ``search``'s whole region on its (original) network (the
     bound :meth:`RegionSearch.closed_at_root` takes; ``res``: that bound, when
-    it was taken in this process already)."""
+    it was taken in this process already, ``tightened`` when over intermediate
+    bounds :meth:`RegionSearch.tighten_root` tightened)."""
     if res is None:
         res, _ = search.root_bound()
     return OriginalBounds(tuple(l[0].numpy() for l in res.lower),
                           tuple(u[0].numpy() for u in res.upper),
                           res.spec_coeffs[0].numpy(), res.spec_const[0].numpy(),
-                          res.spec_lower[0].numpy())
+                          res.spec_lower[0].numpy(), tightened)
 
 
 def _interval(terms, const) -> tuple[np.ndarray, np.ndarray]:

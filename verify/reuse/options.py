@@ -84,6 +84,12 @@ class ReuseOptions:
     # Without them: int8 14.1 -> 10.6 s, magnitude 10 % 12.6 -> 8.4 s there; depth 1
     # measured no better on image 2 at eps 0.01, beside another benchmark)
     walk_alpha_depth: int = -1
+    # ReLU-split trees of chains: the variant's root, where its search from the proof's
+    # leaves tightens it (verify.search.RegionSearch.tighten_root), is bounded over the
+    # original's tightened root moved by the region's change caps, and taken without the
+    # variant's own alpha-CROWN steps when those moved bounds leave at most this share
+    # more ReLUs unstable than the original's (-1: never moved, always tightened)
+    moved_root_max_gain: float = 0.05
     # a CNN variant with its original's architecture (quantized, magnitude-pruned, or a
     # channel-pruned one's expansion): the original's per-leaf (or root) margins plus an
     # interval bound of the change (verify.reuse.graph_difference), then the variant's

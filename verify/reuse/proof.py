@@ -148,12 +148,18 @@ class ProofRecord:
     _bound_core_tried: set = field(default_factory=set, init=False, repr=False, compare=False)
     # every core's names, parsed on first use (see core_names)
     _core_names: ParsedNames | None = field(default=None, init=False, repr=False, compare=False)
-    # per region: the original's plain CROWN bound of the whole region (moved to the
-    # variant where one bound settled the region; its minimisers are counterexample
-    # candidates for any proof), derived from the original network in this process,
-    # never stored (see verify.reuse.difference)
+    # per region: the original's bound of the whole region (plain CROWN, or over the
+    # intermediate bounds its search tightened; moved to the variant where one bound
+    # settled the region or where a variant's search tightens its root; its minimisers
+    # are counterexample candidates for any proof), derived from the original network
+    # in this process, never stored (see verify.reuse.difference)
     root_bounds: dict[int, OriginalBounds] = field(default_factory=dict, init=False, repr=False,
                                                    compare=False)
+    # per region whose search tightened its root: the slopes kept
+    # (verify.layer_alpha.optimise_layer_bounds), a variant's warm start (kept in this
+    # process only; any slopes would be sound)
+    root_slopes: dict[int, dict] = field(default_factory=dict, init=False, repr=False,
+                                         compare=False)
     # a record without a proof (violated, unknown), built in this process: per region the
     # original's root bound as a one-box branch (layer and spec-row bounds), which a
     # graph variant's differential tiers start from (never stored)
@@ -390,8 +396,8 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
                          reason=res.reason, counterexample=res.counterexample)
     if res.status is not Status.HOLDS:
         record.root_branches = _root_branches(prop, proof.roots)
-        record.root_bounds = {r: original_bounds(None, b) for r, b in proof.roots.items()
-                              if b is not None}
+        record.root_bounds = {r: original_bounds(None, b, r in proof.tightened)
+                              for r, b in proof.roots.items() if b is not None}
         return record
     t1 = time.monotonic()
     for r, leaves in proof.leaves.items():
@@ -401,7 +407,9 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
         else:
             record.regions[r] = [_branch(l, _raw_cores(l)) for l in leaves]
         if proof.roots.get(r) is not None:  # the verifier's own root bound: free
-            record.root_bounds[r] = original_bounds(None, proof.roots[r])
+            record.root_bounds[r] = original_bounds(None, proof.roots[r], r in proof.tightened)
+        if proof.root_slopes.get(r):
+            record.root_slopes[r] = proof.root_slopes[r]
     record.core_time_s = time.monotonic() - t1
     return record
 

@@ -26,8 +26,8 @@ from .proof import ProofBranch, ProofRecord
 from .core_check import CoreChecks
 from .results import ReuseStats
 from .derive import GraphChangeMap
-from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, search_open,
-                   warm_alphas)
+from .tree import (LeafSearch, TreeCheck, TreeOpen, TreeWalk, has_leaf_bounds, moved_bounds,
+                   search_open, warm_alphas, warm_root_slopes)
 
 
 def _relu_tree(region: Region, branches) -> bool:
@@ -35,6 +35,11 @@ def _relu_tree(region: Region, branches) -> bool:
     return any(b.splits for b in branches) and all(
         np.array_equal(b.lower, region.lower) and np.array_equal(b.upper, region.upper)
         for b in branches)
+
+
+def _unstable(bounds) -> int:
+    """ReLUs that (lower, upper) bounds per hidden layer leave unstable."""
+    return sum(int(((l < 0) & (u > 0)).sum()) for l, u in bounds)
 
 
 class NoFit(Exception):
@@ -54,6 +59,7 @@ class Reuser(CoreChecks):
         # regions reverify attacked up front (scratch's own round): a quick attack of
         # the variant's region later would be the same search with other random draws
         self.attacked: set = set()
+        self._region_caps: dict[int, ChangeCaps] = {}  # see _caps
         # a CNN variant with its original's architecture (or expanded to it): the
         # graph differential tiers of verify.reuse.tree.TreeCheck
         self.graph_tiers = ropt.graph_difference and isinstance(cmap, GraphChangeMap) \
@@ -94,8 +100,7 @@ class Reuser(CoreChecks):
                 if not proof.covers(r, region):
                     raise NoFit(f"the proof's branches do not cover region {r}")
                 relu_split = any(b.splits for b in branches)
-                leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
-                                         Statistics(), self.propagator)
+                leaf_search = self._leaf_search(search, ob, proof)
                 try:
                     return TreeCheck(self, leaf_search, branches, self._caps(search, ob)).run(
                         region, r, None if rooted else lambda: self._root_closes(search),
@@ -118,8 +123,7 @@ class Reuser(CoreChecks):
                         self.attack(region, r, quick=True) if self.ropt.attack else None
                     if cex is not None:
                         return cex
-                leaf_search = LeafSearch(self.net, region, r, self.opt, self.deadline,
-                                         Statistics(), self.propagator)
+                leaf_search = self._leaf_search(search, ob, proof)
                 try:
                     return TreeWalk(self, leaf_search, branches).run(region, r)
                 except TreeOpen as exc:
@@ -259,12 +263,43 @@ class Reuser(CoreChecks):
 
     def _caps(self, search: RegionSearch, ob: OriginalBounds | None) -> ChangeCaps | None:
         """The change's bounds over the region, tightened symbolically once for all the
-        leaves of its tree (ReLU-split chain trees; see ``ReuseOptions.region_caps``)."""
+        leaves of its tree (ReLU-split chain trees; see ``ReuseOptions.region_caps``).
+        Computed once per region."""
         if ob is None or not self.ropt.region_caps or isinstance(self.cmap, GraphChangeMap) \
                 or search.input_split:
             return None
-        region = search.region
-        return region_caps(self.cmap, ob, region.lower, region.upper, search.C.numpy())
+        if search.index not in self._region_caps:
+            region = search.region
+            self._region_caps[search.index] = region_caps(self.cmap, ob, region.lower,
+                                                          region.upper, search.C.numpy())
+        return self._region_caps[search.index]
+
+    def _leaf_search(self, search: RegionSearch, ob: OriginalBounds | None,
+                     proof: ProofRecord) -> LeafSearch:
+        """The variant's search from the leaves of region ``search``'s proof tree.  Its
+        root, if it needs one (:meth:`RegionSearch.tightened_root_bounds`), starts from
+        the original's tightened root moved by the region's change caps (see
+        ``ReuseOptions.moved_root_max_gain``: a sound bound of the variant's
+        pre-activations there, the original's derived in this process plus the change),
+        and its alpha-CROWN steps from the original's slopes (any slopes are sound)."""
+        leaf_search = LeafSearch(self.net, search.region, search.index, self.opt,
+                                 self.deadline, Statistics(), self.propagator)
+        if isinstance(self.cmap, GraphChangeMap) or not leaf_search.layer_alpha_applies():
+            return leaf_search
+        slopes = proof.root_slopes.get(search.index)
+        slopes = warm_root_slopes(self.cmap, slopes) if slopes else None
+        moved, tight = None, False
+        caps = self._caps(search, ob) if ob is not None and ob.tightened \
+            and self.ropt.moved_root_max_gain >= 0 else None
+        if caps is not None:
+            moved = moved_bounds(self.cmap, [l[None] for l in ob.lower],
+                                 [u[None] for u in ob.upper],
+                                 [(dl[None], du[None]) for dl, du in caps.layers])
+            tight = _unstable(moved) <= (1.0 + self.ropt.moved_root_max_gain) * _unstable(
+                [(l, u) for l, u in zip(ob.lower, ob.upper)])
+        if moved is not None or slopes:
+            leaf_search.start_root_from(moved, tight, slopes)
+        return leaf_search
 
     def _original_candidates(self, region: Region, r: int, ob: OriginalBounds | None):
         """A confirmed counterexample among the minimisers of the original's bound

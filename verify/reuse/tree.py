@@ -134,6 +134,25 @@ def warm_alphas(cmap: ChangeMap, branches, idx) -> list[torch.Tensor] | None:
     return out
 
 
+def warm_root_slopes(cmap: ChangeMap, slopes: dict) -> dict:
+    """The original's root slopes (:func:`verify.layer_alpha.optimise_layer_bounds`'s
+    ``slopes_out``) in the variant's numbering: a neuron the variant drops loses its
+    queries and its columns."""
+    out = {}
+    for k, (neurons, rows) in slopes.items():
+        kept = cmap.kept_rows[k]
+        where = {int(o): v for v, o in enumerate(kept)}
+        pick = np.array([p for p, n in enumerate(neurons) if int(n) in where], dtype=np.int64)
+        if not len(pick):
+            continue
+        m = len(neurons)
+        both = np.concatenate([pick, m + pick])
+        out[k] = (np.array([where[int(neurons[p])] for p in pick], dtype=np.int64),
+                  [r[both][:, cmap.kept_rows[j]] if len(cmap.kept_rows[j]) < r.shape[1]
+                   else r[both] for j, r in enumerate(rows)])
+    return out
+
+
 def warm_betas(cmap: ChangeMap, branches, idx, m: int) -> list[torch.Tensor] | None:
     """The original's beta-CROWN multipliers of branches ``idx``'s split facts as
     (B, m, n'_k) tensors per hidden layer (the variant's numbering; a neuron the
