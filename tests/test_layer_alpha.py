@@ -204,3 +204,65 @@ def test_a_walked_proof_tree_starts_from_the_variants_tightened_root(split_proof
         float((f_l[0] - c_l[0]).sum() + (c_u[0] - f_u[0]).sum())
         for (f_l, f_u), c_l, c_u in zip(fixed, crown.lower, crown.upper)) > 1e-6
     assert ok != mutation
+
+
+def _perturbed(net: Network, seed: int, scale: float = 0.05) -> Network:
+    """The chain with every weight and bias moved by up to ``scale`` of itself."""
+    rng = np.random.default_rng(seed + 100)
+    return Network(tuple(Affine(a.weight * (1 + scale * rng.uniform(-1, 1, a.weight.shape)),
+                                a.bias * (1 + scale * rng.uniform(-1, 1, a.bias.shape)))
+                         for a in net.affines))
+
+
+def _unclipped_relaxation(l, u, alpha_free=None):
+    """Mutation: lower slopes used as given, not clipped to [0, 1]."""
+    active = l >= 0
+    unstable = (u > 0) & (l < 0)
+    denom = torch.where(unstable, u - l, torch.ones_like(u))
+    s = torch.where(unstable, u / denom, active.to(u.dtype))
+    t = torch.where(unstable, -s * l, torch.zeros_like(u))
+    free = (u > -l).to(u.dtype) if alpha_free is None else alpha_free
+    return torch.where(unstable, free, active.to(u.dtype)), s, t
+
+
+def _widths(lower, upper) -> float:
+    return sum(float((u - l).sum()) for l, u in zip(lower, upper))
+
+
+@pytest.mark.parametrize("mutation", [False, True])
+def test_warm_started_layer_bounds_contain_samples(monkeypatch, mutation):
+    """A perturbed chain's layer bounds started from the original's kept slopes, and
+    from slopes outside [0, 1], contain its sampled pre-activations with 0 and 2 steps;
+    two warm steps are tighter than two cold ones. The mutation (slopes not clipped to
+    [0, 1] where used) is caught."""
+    make, Prop, eps = CASES["chain"]
+    if mutation:
+        monkeypatch.setattr(BoundPropagator, "_relaxation", staticmethod(_unclipped_relaxation))
+    bad = 0
+    for seed in (1, 2):
+        net = make(seed)
+        variant = _perturbed(net, seed)
+        c = np.random.default_rng(seed).normal(size=(1, net.n_inputs))
+        lo, hi = torch.tensor(c - eps), torch.tensor(c + eps)
+        C, d = torch.eye(3).double(), torch.zeros(3)
+        prop, vprop = Prop(net), Prop(variant)
+        crown, vcrown = prop.bound(lo, hi, C, d), vprop.bound(lo, hi, C, d)
+        slopes = {}
+        layer_alpha.optimise_layer_bounds(prop, lo, hi, crown.lower, crown.upper, 20,
+                                          slopes_out=slopes)
+        assert sorted(slopes) == [1, 2, 3, 4]  # layer 0 is exact by intervals
+        neurons, rows = slopes[3]
+        assert len(rows) == 3 and all(r.shape == (2 * len(neurons), 24) for r in rows)
+        garbage = {k: (n, [np.where(np.arange(r.size).reshape(r.shape) % 2, 5.0, -3.0)
+                           for r in rs]) for k, (n, rs) in slopes.items()}
+        for warm in (slopes, garbage):
+            for steps in (0, 2):
+                lower, upper = layer_alpha.optimise_layer_bounds(
+                    vprop, lo, hi, vcrown.lower, vcrown.upper, steps, warm=warm)
+                bad += _outside(variant, lower, upper, lo[0].numpy(), hi[0].numpy(), seed)
+        if not mutation:
+            warm2 = layer_alpha.optimise_layer_bounds(vprop, lo, hi, vcrown.lower, vcrown.upper,
+                                                      2, warm=slopes)
+            cold2 = layer_alpha.optimise_layer_bounds(vprop, lo, hi, vcrown.lower, vcrown.upper, 2)
+            assert _widths(*warm2) < _widths(*cold2)
+    assert (bad > 0) == mutation

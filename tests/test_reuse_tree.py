@@ -557,3 +557,87 @@ def test_any_start_of_the_split_multipliers_gives_a_sound_bound(digits_mlp):
         assert np.isfinite(res.spec_lower.numpy()).all(), name
         assert (values[inside] >= res.spec_lower.numpy()[0] - 1e-9).all(), name
         assert all(b is None or (b >= 0).all() for b in res.betas), name
+
+
+def _variant_roots(net, variant, prop, proof, monkeypatch):
+    """Reverify walking the proof tree (tiers 0-1 closing nothing): the result and, per
+    search that started its root from the original's (``_root_start``), that start and
+    its tightened root bounds."""
+    import verify.reuse.tree as tree
+    monkeypatch.setattr(tree.TreeCheck, "_tiers01", _tiers01_closing_nothing(net))
+    seen = []
+    tightened = RegionSearch.tightened_root_bounds
+
+    def recorded(self):
+        first = self._root_bounds is False
+        out = tightened(self)
+        if first and self._root_start is not None:
+            seen.append((self._root_start, out))
+        return out
+    monkeypatch.setattr(RegionSearch, "tightened_root_bounds", recorded)
+    r = reverify(net, variant, prop, OPTS, reuse_options=ReuseOptions(tree_max_open=0.0),
+                 proof=proof)
+    return r, seen
+
+
+@pytest.mark.parametrize("recipe, mutation", [("int16", False), ("int8", False),
+                                              ("magnitude:0.1", False), ("neurons:0.05", False),
+                                              ("magnitude:0.2", True)])
+def test_a_variants_root_starts_from_the_originals_and_contains_samples(
+        split_proof, monkeypatch, recipe, mutation):
+    """A walked variant's root starts from the original's tightened root moved by the
+    region's change caps, and its alpha steps from the original's slopes
+    (``Reuser._leaf_search``): the bounds contain the variant's sampled pre-activations,
+    and the verdict is scratch's. On int16 the moved root is taken as it is (no alpha
+    steps) and is tighter than the variant's CROWN. The mutation (the original's root
+    not moved) is caught by the samples."""
+    import verify.reuse.reuser as reuser
+    net, prop, proof = split_proof
+    assert proof.root_bounds[0].tightened and proof.root_slopes.get(0)
+    variant = compress(net, recipe)
+    if mutation:
+        monkeypatch.setattr(reuser, "moved_bounds", lambda cmap, lowers, uppers, changes: moved_bounds(
+            cmap, lowers, uppers, [(0 * dl, 0 * du) for dl, du in changes]))
+    r, seen = _variant_roots(net, variant, prop, proof, monkeypatch)
+    assert seen, "no search started its root from the original's"
+    (start, tight, slopes), bounds = seen[0]
+    assert start is not None and slopes and bounds is not None
+    region = prop.regions[0]
+    pre = variant.network.pre_activations(_samples(region, np.random.default_rng(3)))
+    outside = sum(int(((p < l) | (p > u)).sum()) for p, (l, u) in zip(pre, bounds))
+    assert (outside > 0) == mutation
+    if mutation:
+        return
+    assert r.status == verify_property(variant.network, prop, OPTS).status
+    assert not r.reuse.fallback
+    if recipe == "int16":
+        assert tight
+        lo, hi = (torch.from_numpy(x[None].copy()) for x in (region.lower, region.upper))
+        crown = BoundPropagator(variant.network).bound(lo, hi, torch.eye(10).double(),
+                                                       torch.zeros(10))
+        gain = sum(float((l - c_l[0].numpy()).sum() + (c_u[0].numpy() - u).sum())
+                   for (l, u), c_l, c_u in zip(bounds, crown.lower, crown.upper))
+        assert gain > 1e-6
+
+
+def test_the_originals_root_slopes_map_onto_a_neuron_pruned_variant(split_proof):
+    """``warm_root_slopes``: a neuron the variant drops loses its queries (lower and
+    upper rows) and its columns; the others keep their rows, renumbered."""
+    from verify.reuse.tree import warm_root_slopes
+    net, _, proof = split_proof
+    variant = compress(net, "neurons:0.25")
+    cmap = ChangeMap(net, variant.network, variant.record)
+    slopes = proof.root_slopes[0]
+    mapped = warm_root_slopes(cmap, slopes)
+    assert set(mapped) <= set(slopes) and mapped
+    for k, (neurons, rows) in mapped.items():
+        kept = cmap.kept_rows[k]
+        orig_neurons, orig_rows = slopes[k]
+        m, mo = len(neurons), len(orig_neurons)
+        assert len(neurons) <= len(orig_neurons)
+        for i, v in enumerate(neurons):
+            o = int(np.flatnonzero(orig_neurons == kept[v])[0])
+            for j, (r, orr) in enumerate(zip(rows, orig_rows)):
+                assert r.shape == (2 * m, len(cmap.kept_rows[j]))
+                np.testing.assert_array_equal(r[i], orr[o][cmap.kept_rows[j]])
+                np.testing.assert_array_equal(r[m + i], orr[mo + o][cmap.kept_rows[j]])
