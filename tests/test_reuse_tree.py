@@ -641,3 +641,35 @@ def test_the_originals_root_slopes_map_onto_a_neuron_pruned_variant(split_proof)
                 assert r.shape == (2 * m, len(cmap.kept_rows[j]))
                 np.testing.assert_array_equal(r[i], orr[o][cmap.kept_rows[j]])
                 np.testing.assert_array_equal(r[m + i], orr[mo + o][cmap.kept_rows[j]])
+
+
+def test_input_split_leaves_closed_with_alpha_steps_are_rechecked_from_their_slopes():
+    """Input splitting: a leaf the original's alpha tier closed keeps its slopes (finite;
+    a leaf closed without alpha steps keeps none), and tier 1 bounds such a leaf of an
+    int16 variant again from them: it closes more leaves than from the same proof with
+    the slopes dropped, and the verdict is scratch's."""
+    import copy
+    from verify.network import Affine, Network
+    from verify.reuse import build_proof
+    rng = np.random.default_rng(1)
+    sizes = [5, 24, 24, 24, 3]
+    net = Network(tuple(Affine(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
+                        for i, o in zip(sizes, sizes[1:])))
+    centre = rng.uniform(-1, 1, 5)
+    prop = local_robustness(centre, 0.8, int(np.argmax(net.forward(centre))), 3)
+    opts = VerifyOptions(timeout=20)
+    proof = build_proof(net, prop, opts)
+    assert proof.status is Status.HOLDS
+    with_slopes = [b for b in proof.regions[0] if b.alphas is not None]
+    assert 0 < len(with_slopes) < len(proof.regions[0])
+    assert all(np.isfinite(np.asarray(a, dtype=np.float64)).all()
+               for b in with_slopes for a in b.alphas)
+    bare = copy.deepcopy(proof)
+    for b in bare.regions[0]:
+        object.__setattr__(b, "alphas", None)
+    variant = compress(net, "int16")
+    scratch = verify_property(variant.network, prop, opts).status
+    warm = reverify(net, variant, prop, opts, proof=proof)
+    cold = reverify(net, variant, prop, opts, proof=bare)
+    assert warm.status == cold.status == scratch
+    assert warm.reuse.closed_by_difference_backsub > cold.reuse.closed_by_difference_backsub

@@ -121,6 +121,10 @@ class BatchBounds:
             self.alphas = [a.index_copy(0, rows, b) for a, b in zip(self.alphas, other.alphas)]
         elif other.alphas is not None and len(rows) == self.spec_lower.shape[0]:
             self.alphas = other.alphas
+        elif other.alphas is not None:  # the other branches have none: NaN (see alpha_init)
+            B = self.spec_lower.shape[0]
+            self.alphas = [torch.full((B, a.shape[1]), float("nan"), dtype=a.dtype)
+                           .index_copy(0, rows, a) for a in other.alphas]
         if len(rows) == self.spec_lower.shape[0]:
             self.betas = other.betas if other.betas is not None else self.betas
         elif self.betas is not None and other.betas is not None:

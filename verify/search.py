@@ -204,7 +204,8 @@ class RegionSearch(Splitting):
             leaf.unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in leaf.layer_bounds))
             if res is not None:  # what a variant's bound of the branch starts from
                 leaf.spec_lower = res.spec_lower[i].numpy()
-                if res.alphas is not None:
+                if res.alphas is not None and all(bool(torch.isfinite(a[i]).all())
+                                                  for a in res.alphas):
                     leaf.alphas = [a[i].numpy() for a in res.alphas]
                 if leaf.splits:
                     leaf.betas = fact_betas(res.betas, i, node.splits)

@@ -426,6 +426,16 @@ class TreeCheck:
         closed = self._tier1(ids, box_lo[sel], box_hi[sel], moved,
                              [(dl[sel], du[sel]) for dl, du in changes],
                              self.reuser.ropt.warm_alpha_iterations)
+        if search.input_split and not closed.all():
+            # the leaves the original closed with alpha steps (input splitting: its alpha
+            # tier), again from their slopes
+            warm = np.flatnonzero(~closed & np.array([branches[i].alphas is not None
+                                                      for i in ids]))
+            if len(warm):
+                w = torch.from_numpy(warm)
+                closed[warm] = self._tier1([ids[j] for j in warm], box_lo[sel[warm]],
+                                           box_hi[sel[warm]], [(l[w], u[w]) for l, u in moved],
+                                           None, self.reuser.ropt.warm_alpha_iterations)
         self._count(closed, "closed_by_difference_backsub")
         open_j = np.flatnonzero(~closed)
         moved_of = {ids[j]: [(l[j], u[j]) for l, u in moved] for j in open_j}
