@@ -166,8 +166,10 @@ def test_variant_easier_than_the_original_is_closed_at_its_root(acas_prop2_proof
     bias[0] -= 1000.0  # the root bound of this box is loose by hundreds
     easy = net.with_affines(net.affines[:-1] + (Affine(last.weight, bias),), "easy")
     stored = ProofRecord.from_dict(json.loads(json.dumps(proof.to_dict(prop))), prop)
-    # (equivalence transfer, tried first by default, would settle it before these tiers)
-    tiers = ReuseOptions(equivalence_transfer=False)
+    # (equivalence transfer, tried first by default, would settle it before these tiers;
+    # and the variant's root bound is taken first after an original that took longer than
+    # attack_first_proof_s: the fixture's measured time, which load moves)
+    tiers = ReuseOptions(equivalence_transfer=False, attack_first_proof_s=float("inf"))
     r = reverify(net, easy, prop, OPTS, proof=stored, reuse_options=tiers)
     assert r.status.value == "holds" and r.method == "reuse-root-bound", (r.method, r.reason)
     assert r.reuse.closed_at_root == 1 and r.reuse.closed_by_bounds == 0

@@ -24,6 +24,12 @@ from .network import Network
 TOLERANCE = 1e-9
 
 
+def count_unstable(bounds) -> int:
+    """ReLUs that pre-activation bounds ((lower, upper) per hidden layer, arrays or
+    tensors) leave unstable."""
+    return sum(int(((l < 0) & (u > 0)).sum()) for l, u in bounds)
+
+
 def _widen_lower(x: torch.Tensor) -> torch.Tensor:
     return x - TOLERANCE * (1.0 + x.abs())
 

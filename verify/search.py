@@ -26,7 +26,7 @@ import torch
 
 from .attack import confirm_batch
 from .attack_schedule import InterleavedAttack
-from .bounds import BoundPropagator
+from .bounds import BoundPropagator, count_unstable
 from .branching import Splitting
 from .graphbounds import make_propagator
 from .network import Network
@@ -201,7 +201,7 @@ class RegionSearch(Splitting):
             leaf.lo, leaf.hi = node.lo, node.hi
             leaf.layer_bounds = layer_b if layer_b is not None else [
                 (res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(self.prop.n_hidden)]
-            leaf.unstable = int(sum(((l < 0) & (u > 0)).sum() for l, u in leaf.layer_bounds))
+            leaf.unstable = count_unstable(leaf.layer_bounds)
             if res is not None:  # what a variant's bound of the branch starts from
                 leaf.spec_lower = res.spec_lower[i].numpy()
                 if res.alphas is not None and all(bool(torch.isfinite(a[i]).all())

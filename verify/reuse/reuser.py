@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..attack import Attacker, confirm_batch
+from ..bounds import count_unstable
 from ..graphbounds import make_propagator
 from ..network import Network
 from ..options import VerifyOptions
@@ -35,11 +36,6 @@ def _relu_tree(region: Region, branches) -> bool:
     return any(b.splits for b in branches) and all(
         np.array_equal(b.lower, region.lower) and np.array_equal(b.upper, region.upper)
         for b in branches)
-
-
-def _unstable(bounds) -> int:
-    """ReLUs that (lower, upper) bounds per hidden layer leave unstable."""
-    return sum(int(((l < 0) & (u > 0)).sum()) for l, u in bounds)
 
 
 class NoFit(Exception):
@@ -295,8 +291,8 @@ class Reuser(CoreChecks):
             moved = moved_bounds(self.cmap, [l[None] for l in ob.lower],
                                  [u[None] for u in ob.upper],
                                  [(dl[None], du[None]) for dl, du in caps.layers])
-            tight = _unstable(moved) <= (1.0 + self.ropt.moved_root_max_gain) * _unstable(
-                [(l, u) for l, u in zip(ob.lower, ob.upper)])
+            tight = count_unstable(moved) <= (1.0 + self.ropt.moved_root_max_gain) * \
+                count_unstable(zip(ob.lower, ob.upper))
         if moved is not None or slopes:
             leaf_search.start_root_from(moved, tight, slopes)
         return leaf_search
