@@ -232,7 +232,8 @@ def _widths(lower, upper) -> float:
 @pytest.mark.parametrize("mutation", [False, True])
 def test_warm_started_layer_bounds_contain_samples(monkeypatch, mutation):
     """A perturbed chain's layer bounds started from the original's kept slopes, and
-    from slopes outside [0, 1], contain its sampled pre-activations with 0 and 2 steps;
+    from slopes outside [0, 1] or not finite, are finite and contain its sampled
+    pre-activations with 0 and 2 steps;
     two warm steps are tighter than two cold ones. The mutation (slopes not clipped to
     [0, 1] where used) is caught."""
     make, Prop, eps = CASES["chain"]
@@ -253,12 +254,14 @@ def test_warm_started_layer_bounds_contain_samples(monkeypatch, mutation):
         assert sorted(slopes) == [1, 2, 3, 4]  # layer 0 is exact by intervals
         neurons, rows = slopes[3]
         assert len(rows) == 3 and all(r.shape == (2 * len(neurons), 24) for r in rows)
-        garbage = {k: (n, [np.where(np.arange(r.size).reshape(r.shape) % 2, 5.0, -3.0)
+        # outside [0, 1], and not finite (a NaN start is the default slope)
+        garbage = {k: (n, [np.choose(np.arange(r.size).reshape(r.shape) % 3, [5.0, -3.0, np.nan])
                            for r in rs]) for k, (n, rs) in slopes.items()}
         for warm in (slopes, garbage):
             for steps in (0, 2):
                 lower, upper = layer_alpha.optimise_layer_bounds(
                     vprop, lo, hi, vcrown.lower, vcrown.upper, steps, warm=warm)
+                assert all(bool(torch.isfinite(b).all()) for b in lower + upper)
                 bad += _outside(variant, lower, upper, lo[0].numpy(), hi[0].numpy(), seed)
         if not mutation:
             warm2 = layer_alpha.optimise_layer_bounds(vprop, lo, hi, vcrown.lower, vcrown.upper,

@@ -147,6 +147,22 @@ def test_proof_record_with_warm_starts_round_trips_through_the_store(split_proof
             np.testing.assert_array_equal(a.betas, b.betas)
         assert b.layer_bounds is None and b.spec_lower is None  # never from a file
         assert {j: c.names for j, c in a.cores.items()} == {j: c.names for j, c in b.cores.items()}
+    # the root's layer slopes (a variant's warm root), float16, and refused when malformed
+    from verify.reuse.proof import pack_root_slopes, unpack_root_slopes
+    assert proof.root_slopes.get(0) and set(again.root_slopes) == set(proof.root_slopes)
+    for k, (neurons, rows) in proof.root_slopes[0].items():
+        got_neurons, got_rows = again.root_slopes[0][k]
+        np.testing.assert_array_equal(neurons, got_neurons)
+        for x, y in zip(rows, got_rows):
+            assert y.dtype == np.float16 and y.shape == x.shape
+            np.testing.assert_allclose(x, y, atol=5e-4)
+    k = max(proof.root_slopes[0])
+    neurons, rows = proof.root_slopes[0][k]
+    bad_nan = pack_root_slopes({k: (neurons, [np.full_like(r, np.nan) for r in rows])})
+    bad_size = pack_root_slopes({k: (neurons, [r[:, :-1].ravel()[:-1] for r in rows])})
+    for bad in (bad_nan, bad_size):
+        with pytest.raises(ValueError):
+            unpack_root_slopes(bad)
     # float16 packing: exact for float16 values, rejects a wrong length
     packed = pack_alphas([np.array([0.0, 0.5, 1.0]), np.array([0.25])])
     assert [list(a) for a in unpack_alphas(packed)] == [[0.0, 0.5, 1.0], [0.25]]
@@ -158,12 +174,13 @@ def test_proof_record_with_warm_starts_round_trips_through_the_store(split_proof
     assert unpack_betas(pack_betas(betas), 2).tolist() == betas.tolist()
     with pytest.raises(ValueError):
         unpack_betas(pack_betas(betas), 3)
-    # a record of the previous schema (4, no multipliers) under today's key: ignored
+    # a record of the previous schema under today's key: ignored
+    from verify.reuse.proof import SCHEMA_VERSION
     payload = json.loads(store.path_for(net.digest(), prop.digest(), store_key(OPTS)).read_text())
-    payload["proof"]["version"] = 4
+    payload["proof"]["version"] = SCHEMA_VERSION - 1
     store.put(net.digest(), prop.digest(), store_key(OPTS), payload)
     assert load_proof(store, net, prop, OPTS) is None
-    assert any("v5" in p for p in store.problems)
+    assert any(f"v{SCHEMA_VERSION}" in p for p in store.problems)
     # a variant verified from the loaded record (no leaf bounds: the variant's own)
     variant = compress(net, "int8")
     r = reverify(net, variant, prop, OPTS, proof=again)

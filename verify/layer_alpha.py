@@ -59,8 +59,9 @@ def _start_slopes(prop, k, idx, w_lower, w_upper, warm, R):
     w = torch.tensor([b for _, b in have])
     for s, got in zip(start, rows):
         got = torch.as_tensor(got, dtype=s.dtype)
-        s[q] = got[w]  # the lower-bound queries
-        s[m + q] = got[mw + w]  # the upper-bound queries
+        # the lower-bound queries, then the upper-bound ones (a non-finite slope: the default)
+        s[q] = torch.where(torch.isfinite(got[w]), got[w], s[q])
+        s[m + q] = torch.where(torch.isfinite(got[mw + w]), got[mw + w], s[m + q])
     return start
 
 

@@ -49,7 +49,8 @@ from .difference import OriginalBounds, original_bounds
 from .options import ReuseOptions
 
 SCHEMA = "coreproof.reuse-proof"
-SCHEMA_VERSION = 5  # 4: warm-start slopes (alphas), raw cores, lazy bound cores; 5: betas
+SCHEMA_VERSION = 6  # 4: warm-start slopes (alphas), raw cores, lazy bound cores; 5: betas;
+# 6: the root's layer slopes (root_slopes)
 
 
 @dataclass
@@ -115,6 +116,34 @@ def unpack_alphas(d: dict) -> list[np.ndarray]:
     return list(np.split(flat.astype(np.float16), np.cumsum(sizes)[:-1]))
 
 
+def pack_root_slopes(slopes: dict) -> dict:
+    """A region's root slopes (:func:`verify.layer_alpha.optimise_layer_bounds`'s
+    ``slopes_out``: per hidden layer ``k``, its queried neurons and (2m, n_j) slopes per
+    layer j < k) as float16, per layer."""
+    return {str(k): {"neurons": [int(i) for i in neurons], **pack_alphas(rows)}
+            for k, (neurons, rows) in slopes.items()}
+
+
+def unpack_root_slopes(d: dict) -> dict:
+    """The inverse of :func:`pack_root_slopes` (ValueError when malformed or not finite:
+    slopes only start an optimisation, but a NaN would spread through the bounds)."""
+    out = {}
+    for k, entry in d.items():
+        neurons = np.array([int(i) for i in entry["neurons"]], dtype=np.int64)
+        rows = unpack_alphas(entry)
+        if int(k) < 0 or (neurons < 0).any() or len(rows) != int(k) or not neurons.size:
+            raise ValueError(f"root slopes of layer {k}: {len(rows)} layers below, "
+                             f"{neurons.size} neurons")
+        shaped = []
+        for r in rows:
+            if r.size % (2 * neurons.size) or not np.isfinite(r).all():
+                raise ValueError(f"root slopes of layer {k}: {r.size} values for "
+                                 f"{2 * neurons.size} queries, or not finite")
+            shaped.append(r.reshape(2 * neurons.size, -1))
+        out[int(k)] = (neurons, shaped)
+    return out
+
+
 def pack_betas(betas: np.ndarray) -> dict:
     """Multipliers (m, n_facts) as float16 (any value >= 0 is sound: a starting point)."""
     b = np.asarray(betas, dtype=np.float16)
@@ -156,8 +185,8 @@ class ProofRecord:
     root_bounds: dict[int, OriginalBounds] = field(default_factory=dict, init=False, repr=False,
                                                    compare=False)
     # per region whose search tightened its root: the slopes kept
-    # (verify.layer_alpha.optimise_layer_bounds), a variant's warm start (kept in this
-    # process only; any slopes would be sound)
+    # (verify.layer_alpha.optimise_layer_bounds), a variant's warm start (stored as
+    # float16; any finite slopes are sound: they are clipped to [0, 1] where used)
     root_slopes: dict[int, dict] = field(default_factory=dict, init=False, repr=False,
                                          compare=False)
     # a record without a proof (violated, unknown), built in this process: per region the
@@ -223,7 +252,8 @@ class ProofRecord:
                 "network_name": self.network_name, "property_name": self.property_name,
                 "reason": self.reason,
                 "regions": {str(r): [b.to_dict(prop.regions[r]) for b in bs]
-                            for r, bs in self.regions.items()}}
+                            for r, bs in self.regions.items()},
+                "root_slopes": {str(r): pack_root_slopes(sl) for r, sl in self.root_slopes.items()}}
 
     @classmethod
     def from_dict(cls, d: dict, prop: Property, path: str | None = None) -> "ProofRecord":
@@ -239,9 +269,12 @@ class ProofRecord:
                              expected='"holds", "violated" or "unknown"') from None
         regions = {int(r): [ProofBranch.from_dict(b, prop.regions[int(r)]) for b in bs]
                    for r, bs in d["regions"].items()}
-        return cls(str(d["network"]), str(d["property"]), status, float(d["time_s"]),
-                   float(d["core_time_s"]), regions, str(d.get("network_name", "")),
-                   str(d.get("property_name", "")), d.get("reason"))
+        record = cls(str(d["network"]), str(d["property"]), status, float(d["time_s"]),
+                     float(d["core_time_s"]), regions, str(d.get("network_name", "")),
+                     str(d.get("property_name", "")), d.get("reason"))
+        record.root_slopes = {int(r): unpack_root_slopes(sl)
+                              for r, sl in (d.get("root_slopes") or {}).items()}
+        return record
 
     def to_result(self) -> VerificationResult:
         return VerificationResult(self.status, self.time_s, "reuse-proof",
