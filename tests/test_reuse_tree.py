@@ -647,6 +647,10 @@ def test_the_originals_root_slopes_map_onto_a_neuron_pruned_variant(split_proof)
     slopes = proof.root_slopes[0]
     mapped = warm_root_slopes(cmap, slopes)
     assert set(mapped) <= set(slopes) and mapped
+    # slopes of another network's shapes (a record from a file): left out
+    k = max(slopes)
+    wrong = {k: (slopes[k][0], [r[:, :-1] for r in slopes[k][1]])}
+    assert warm_root_slopes(cmap, wrong) == {}
     for k, (neurons, rows) in mapped.items():
         kept = cmap.kept_rows[k]
         orig_neurons, orig_rows = slopes[k]

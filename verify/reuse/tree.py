@@ -137,9 +137,12 @@ def warm_alphas(cmap: ChangeMap, branches, idx) -> list[torch.Tensor] | None:
 def warm_root_slopes(cmap: ChangeMap, slopes: dict) -> dict:
     """The original's root slopes (:func:`verify.layer_alpha.optimise_layer_bounds`'s
     ``slopes_out``) in the variant's numbering: a neuron the variant drops loses its
-    queries and its columns."""
-    out = {}
+    queries and its columns; a layer whose shapes are not the original's is left out."""
+    out, sizes = {}, cmap.original.hidden_sizes
     for k, (neurons, rows) in slopes.items():
+        if not 0 <= k < len(sizes) or len(rows) != k or any(
+                r.shape[1] != sizes[j] for j, r in enumerate(rows)):
+            continue  # not this original's layers (a record read from a file is untrusted)
         kept = cmap.kept_rows[k]
         where = {int(o): v for v, o in enumerate(kept)}
         pick = np.array([p for p, n in enumerate(neurons) if int(n) in where], dtype=np.int64)
