@@ -30,8 +30,9 @@ class Proof:
 
     leaves: dict[int, list[Leaf]] = field(default_factory=dict)
     roots: dict = field(default_factory=dict)  # per region: its root bound (BatchBounds)
-    tightened: set = field(default_factory=set)  # the regions whose root bound is tightened
-    root_slopes: dict = field(default_factory=dict)  # per region: the slopes that tightened it
+    # per region whose root bound is tightened (roots[r] is then that bound): the slopes
+    # that tightened it
+    root_slopes: dict = field(default_factory=dict)
 
 
 def verify_property(network: Network | GraphNetwork, prop: Property,
@@ -126,7 +127,6 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
             proof.leaves[r] = outcome.leaves
             if outcome.root is not None:  # tighter than the plain root bound kept above
                 proof.roots[r] = outcome.root
-                proof.tightened.add(r)
                 proof.root_slopes[r] = outcome.root_slopes
         core_sizes += [len(c) for leaf in outcome.leaves for c in leaf.cores.values()]
         if outcome.status is Status.VIOLATED:

@@ -429,7 +429,7 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
                          reason=res.reason, counterexample=res.counterexample)
     if res.status is not Status.HOLDS:
         record.root_branches = _root_branches(prop, proof.roots)
-        record.root_bounds = {r: original_bounds(None, b, r in proof.tightened)
+        record.root_bounds = {r: original_bounds(None, b, r in proof.root_slopes)
                               for r, b in proof.roots.items() if b is not None}
         return record
     t1 = time.monotonic()
@@ -440,7 +440,7 @@ def build_proof(network: Network, prop: Property, options: VerifyOptions = Verif
         else:
             record.regions[r] = [_branch(l, _raw_cores(l)) for l in leaves]
         if proof.roots.get(r) is not None:  # the verifier's own root bound: free
-            record.root_bounds[r] = original_bounds(None, proof.roots[r], r in proof.tightened)
+            record.root_bounds[r] = original_bounds(None, proof.roots[r], r in proof.root_slopes)
         if proof.root_slopes.get(r):
             record.root_slopes[r] = proof.root_slopes[r]
     record.core_time_s = time.monotonic() - t1
