@@ -100,10 +100,11 @@ def _tiers_give_up_at_the_top(monkeypatch, proof):
     def top_tiers01(self, idx, max_open_leaves, backsub=True):
         if self.branches is not proof.regions[0]:
             return tiers01(self, idx, max_open_leaves, backsub)
-        free = [(torch.full((s,), -np.inf, dtype=torch.float64),
-                 torch.full((s,), np.inf, dtype=torch.float64))
-                for s in self.search.net.hidden_sizes]
-        return list(idx), {i: free for i in idx}
+        free = tree.MovedRows()
+        free.add(list(idx), [(torch.full((len(idx), s), -np.inf, dtype=torch.float64),
+                              torch.full((len(idx), s), np.inf, dtype=torch.float64))
+                             for s in self.search.net.hidden_sizes])
+        return list(idx), free
     monkeypatch.setattr(tree.TreeCheck, "_tiers01", top_tiers01)
     monkeypatch.setattr(tree.TreeCheck, "_tier2_open", top_open)
 

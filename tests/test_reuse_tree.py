@@ -274,10 +274,13 @@ def test_report_end_to_end_and_hard_pairs(tmp_path):
 def _tiers01_closing_nothing(net):
     """A stand-in for TreeCheck._tiers01 that closes no leaf (sound: it only gives
     up closures) and moves no bound."""
+    from verify.reuse.tree import MovedRows
+
     def nothing_closed(self, idx, max_open_leaves, backsub=True):
-        free = {i: [(torch.full((n,), -np.inf, dtype=torch.float64),
-                     torch.full((n,), np.inf, dtype=torch.float64))
-                    for n in net.hidden_sizes] for i in idx}
+        free = MovedRows()
+        free.add(list(idx), [(torch.full((len(idx), n), -np.inf, dtype=torch.float64),
+                              torch.full((len(idx), n), np.inf, dtype=torch.float64))
+                             for n in net.hidden_sizes])
         return list(idx), free
     return nothing_closed
 

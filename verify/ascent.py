@@ -42,3 +42,42 @@ class Adam:
             v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
             torch.sqrt(v, out=denom).div_(c2 ** 0.5).add_(self.eps)
             p.addcdiv_(m, denom, value=-self.lr / c1)
+
+    def select(self, keep: torch.Tensor):
+        """The rows ``keep`` ((B,) bool over every parameter's first dimension) as new
+        leaf parameters, and an optimiser over them that carries on with their moments:
+        (parameters, optimiser)."""
+        params = [p.detach()[keep].clone().requires_grad_(True) for p in self.params]
+        opt = Adam(params, self.lr, (self.b1, self.b2), self.eps)
+        opt.m = [m[keep] for m in self.m]
+        opt.v = [v[keep] for v in self.v]
+        opt.t = self.t
+        return params, opt
+
+
+class Settled:
+    """When a branch's alpha/beta steps on spec rows may stop: every unsafe
+    conjunction among the rows bounded has a row whose bound (of ``C y``, less its
+    ``d``) is above ``margin``, so the branch is refuted already (the search's own
+    refutation decides in the end; a branch stopped early keeps a bound at least
+    this good).  ``owner``: (m,) the conjunction of each row; ``spec_d``: (m,)."""
+
+    def __init__(self, owner, spec_d: torch.Tensor, margin: float = 1e-4):
+        owner = torch.as_tensor(owner, dtype=torch.long)
+        _, self.owner = torch.unique(owner, return_inverse=True)  # 0..n-1, present only
+        self.n_conj = int(self.owner.max()) + 1 if len(self.owner) else 0
+        self.spec_d, self.margin = spec_d, margin
+
+    def __call__(self, cur: torch.Tensor) -> torch.Tensor:
+        """(B,) bool from the bounds ``cur`` (B, m) of ``C y``."""
+        pos = (cur - self.spec_d.to(cur.dtype) > self.margin).to(cur.dtype)
+        hit = torch.zeros(cur.shape[0], self.n_conj, dtype=cur.dtype)
+        hit.scatter_reduce_(1, self.owner.expand(cur.shape[0], -1), pos, "amax")
+        return (hit > 0).all(1)
+
+    @staticmethod
+    def worth_dropping(done: torch.Tensor) -> bool:
+        """Whether to take the settled rows out of the batch now (at least a quarter
+        of it: each drop copies the batch's tensors)."""
+        return 4 * int(done.sum()) >= len(done) > 0
+

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from .ascent import Adam
+from .ascent import Adam, Settled
 from .network import Network
 
 #: relative/absolute widening applied to every concrete bound
@@ -360,7 +360,8 @@ class BoundPropagator:
 
     # ---- main entry ------------------------------------------------------------
     def _optimise_alpha(self, K, lam, lower, upper, lo, hi, bnd, iterations, deadline=None,
-                        splits=None, alpha_init=None, offsets=None, beta_init=None):
+                        splits=None, alpha_init=None, offsets=None, beta_init=None,
+                        settled=None):
         """alpha-CROWN on the spec rows: gradient ascent on the lower slopes of
         unstable neurons, and (beta-CROWN) on multipliers of the branch's ReLU
         split constraints.  Every iterate is a sound bound (alphas are clipped
@@ -374,7 +375,8 @@ class BoundPropagator:
         [0, 1] where they are used.  ``offsets``: of the split constraints (see
         :meth:`_backsub`); ``beta_init``: optional (B, m, n_k) starting multipliers per
         hidden layer (negative and non-finite values start at 0: any value >= 0 is
-        sound).
+        sound).  ``settled``: optional :class:`Settled` rule; a branch it calls settled
+        stops its steps (its slopes and multipliers are kept as they are).
         Also returns the multipliers it ended with (None without splits)."""
         lower = [l.detach() for l in lower]
         upper = [u.detach() for u in upper]
@@ -399,6 +401,7 @@ class BoundPropagator:
             params += [b for b in betas if b is not None]
             if offsets is not None:
                 w_off = [None if o is None else o.to(work) for o in offsets]
+        full_signs = signs
         opt = Adam(params, lr=0.1)
         exact = work == lam.dtype  # then every iterate is a returned (sound) bound
         best = bnd.clone()
@@ -406,15 +409,25 @@ class BoundPropagator:
         # (slopes are shared by a branch's rows) and evaluated exactly at the end
         kept_total = torch.full((lam.shape[0],), -torch.inf, dtype=work)
         kept = [p.detach().clone() for p in params]
+        # settled branches leave the batch: ``act`` holds the rows still stepping, and
+        # ``full`` (the parameters) and ``kept_full`` (the kept iterate) all rows
+        act = torch.arange(lam.shape[0])
+        full = [p.detach().clone() for p in params]
+        kept_full = None if exact else [k.clone() for k in kept]
+        stepped = True  # whether the parameters moved since the last bound of them
         for _ in range(iterations):
             if deadline is not None and time.monotonic() > deadline:
                 break
             cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
                                       betas=betas, signs=signs, offsets=w_off)
             if exact:
-                best = torch.maximum(best, cur.detach())
+                best[act] = torch.maximum(best[act], cur.detach())
             else:
                 kept_total, kept = _keep_better(cur, params, kept_total, kept)
+            done = None if settled is None else settled(cur.detach())
+            if done is not None and bool(done.all()):
+                stepped = False
+                break
             opt.zero_grad()
             (-cur.sum()).backward()
             opt.step()
@@ -423,11 +436,43 @@ class BoundPropagator:
                     for b in betas:
                         if b is not None:
                             b.clamp_(min=0.0)
+            if done is not None and settled.worth_dropping(done):
+                # the settled rows' parameters and kept iterate stay as they are
+                keep = ~done
+                with torch.no_grad():
+                    for f, p in zip(full, params):
+                        f[act] = p.detach()
+                    if not exact:
+                        for f, k in zip(kept_full, kept):
+                            f[act] = k
+                act = act[keep]
+                w_lam, w_lo, w_hi = w_lam[keep], w_lo[keep], w_hi[keep]
+                w_lower, w_upper = [l[keep] for l in w_lower], [u[keep] for u in w_upper]
+                if signs is not None:
+                    signs = [None if sg is None else sg[keep] for sg in signs]
+                if w_off is not None:
+                    w_off = [None if o is None else o[keep] for o in w_off]
+                params, opt = opt.select(keep)
+                alphas = params[:len(alphas)]
+                if betas is not None:
+                    it = iter(params[len(alphas):])
+                    betas = [None if b is None else next(it) for b in betas]
+                if not exact:
+                    kept_total, kept = kept_total[keep], [k[keep] for k in kept]
+        signs = full_signs
         with torch.no_grad():
             if not exact:  # the last step's slopes and multipliers are an iterate too
-                cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
-                                          betas=betas, signs=signs, offsets=w_off)
-                _, kept = _keep_better(cur, params, kept_total, kept)
+                if stepped:
+                    cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi,
+                                              alphas=alphas, betas=betas,
+                                              signs=None if signs is None else
+                                              [None if sg is None else sg[act] for sg in signs],
+                                              offsets=w_off)
+                    kept_total, kept = _keep_better(cur, params, kept_total, kept)
+                if len(act) < lam.shape[0]:
+                    for f, k in zip(kept_full, kept):
+                        f[act] = k
+                    kept = kept_full
                 # the kept slopes and multipliers, evaluated in float64
                 alphas = [a.to(lam.dtype) for a in kept[:len(alphas)]]
                 it = iter(kept[len(alphas):])
@@ -435,6 +480,13 @@ class BoundPropagator:
                     [None if b is None else next(it).to(lam.dtype) for b in betas]
                 signs = None if signs is None else \
                     [None if sg is None else sg.to(lam.dtype) for sg in signs]
+            elif len(act) < lam.shape[0]:  # every row's last parameters
+                for f, p in zip(full, params):
+                    f[act] = p.detach()
+                alphas = full[:len(alphas)]
+                if betas is not None:
+                    it = iter(full[len(alphas):])
+                    betas = [None if b is None else next(it) for b in betas]
             last, A, rec = self._backsub(K, lam, lower, upper, lo, hi, record=True, alphas=alphas,
                                          betas=betas, signs=signs, offsets=offsets)
         return (torch.maximum(best, last), last, A, rec,
@@ -446,7 +498,7 @@ class BoundPropagator:
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
               refine: list | None = None, alpha_init: list | None = None,
-              beta_init: list | None = None) -> BatchBounds:
+              beta_init: list | None = None, conjunctions=None) -> BatchBounds:
         """Bound a batch.
 
         ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
@@ -467,7 +519,8 @@ class BoundPropagator:
         ``fixed`` and ``splits`` (``fixed`` taken to be the parent's bounds on the same
         box), a layer is back-substituted only in branches with a split in an earlier
         layer that the parent left unstable (elsewhere it would give the parent's bounds
-        again)."""
+        again).  ``conjunctions``: optional (m,) unsafe conjunction of each spec row; a
+        branch stops its alpha steps once each is refuted (:class:`~verify.ascent.Settled`)."""
         B = lo.shape[0]
         if backward is None:
             backward = not forward
@@ -532,7 +585,7 @@ class BoundPropagator:
             relax.append(self._relaxation(l, u))
         return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
                                  alpha_iterations, deadline, splits, alpha_init,
-                                 beta_init=beta_init)
+                                 beta_init=beta_init, conjunctions=conjunctions)
 
     @staticmethod
     def _split_layer(l, u, sp, infeasible):
@@ -547,22 +600,23 @@ class BoundPropagator:
     def spec_bound(self, lo, hi, spec_c, spec_d, lower, upper, alpha_iterations: int,
                    deadline: float | None = None, alpha_init: list | None = None,
                    splits: list | None = None, split_offsets: list | None = None,
-                   beta_init: list | None = None) -> BatchBounds:
+                   beta_init: list | None = None, conjunctions=None) -> BatchBounds:
         """Bound only the spec rows of a batch whose intermediate bounds
         ``lower``/``upper`` are known (e.g. again, with alpha-CROWN steps,
         optionally warm-started from ``alpha_init``).  ``splits`` (with optional
         ``split_offsets``, see :meth:`_backsub`): split constraints that hold on the
         branches, given beta-CROWN multipliers in the alpha steps; the bounds
-        ``lower``/``upper`` must already respect them."""
+        ``lower``/``upper`` must already respect them.  ``conjunctions``: as
+        :meth:`bound`."""
         relax = [self._relaxation(l, u) for l, u in zip(lower, upper)]
         infeasible = torch.zeros(lo.shape[0], dtype=torch.bool)
         return self._spec_result(lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
                                  alpha_iterations, deadline, splits, alpha_init, split_offsets,
-                                 beta_init)
+                                 beta_init, conjunctions)
 
     def _spec_result(self, lo, hi, spec_c, spec_d, lower, upper, relax, infeasible,
                      alpha_iterations, deadline, splits, alpha_init=None,
-                     split_offsets=None, beta_init=None) -> BatchBounds:
+                     split_offsets=None, beta_init=None, conjunctions=None) -> BatchBounds:
         K = self.n_hidden
         lam = spec_c.expand(lo.shape[0], *spec_c.shape)
         bnd, A, guide, recorded = self._spec_backsub(K, lam, relax, lo, hi)
@@ -571,7 +625,8 @@ class BoundPropagator:
         if alpha_iterations and K:
             bnd, linear_bnd, A, recorded, alphas, betas = self._optimise_alpha(
                 K, lam, lower, upper, lo, hi, bnd, alpha_iterations, deadline, splits, alpha_init,
-                split_offsets, beta_init)
+                split_offsets, beta_init,
+                None if conjunctions is None else Settled(conjunctions, spec_d))
         spec_lower = _widen_lower(bnd - spec_d)
         const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d, guide,

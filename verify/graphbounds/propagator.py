@@ -217,7 +217,7 @@ class GraphBoundPropagator(BoundPropagator):
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
               refine: list | None = None, alpha_init: list | None = None,
-              beta_init: list | None = None) -> BatchBounds:
+              beta_init: list | None = None, conjunctions=None) -> BatchBounds:
         """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result;
         ``alpha_init`` and ``beta_init`` warm-start the alpha/beta steps);
         see :meth:`_bound`.  With the options' ``lazy_intermediate`` (and back-substituted
@@ -251,7 +251,8 @@ class GraphBoundPropagator(BoundPropagator):
                                           res.infeasible[r], alpha_iterations, deadline,
                                           None if splits is None else pick(splits),
                                           _rows_of(alpha_init, r),
-                                          beta_init=_rows_of(beta_init, r))
+                                          beta_init=_rows_of(beta_init, r),
+                                          conjunctions=conjunctions)
                 res.merge_rows(r, again)
         if cheap is None:
             return res

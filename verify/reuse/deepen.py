@@ -41,8 +41,9 @@ class Deepening:
         # the children's bounds start from their parent's (the leaf's, tight), and
         # only the neurons those leave unstable are back-substituted
         from .tree import LeafSearch
+        # (with full margins: the variant's change is measured against them)
         self.search: RegionSearch = LeafSearch(original, region, r, options, deadline,
-                                               Statistics())
+                                               Statistics(), full_margin=True)
         self.sizes = original.hidden_sizes
 
     def children(self, leaves: list[ProofBranch]) -> list[ProofBranch]:

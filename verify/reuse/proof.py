@@ -233,7 +233,8 @@ class ProofRecord:
         if b.bound_core is None and r not in self._bound_core_tried:
             self._bound_core_tried.add(r)
             t0 = time.monotonic()
-            search = RegionSearch(original, region, r, options, float("inf"), Statistics())
+            search = RegionSearch(original, region, r, options, float("inf"), Statistics(),
+                                  full_margin=True)
             b.bound_core = bound_core(search, b.lower, b.upper, budget)
             if b.bound_core is not None:
                 b.bound_core_gain = core_gain(search, b.lower, b.upper,
@@ -465,7 +466,8 @@ def _eager_cores(record: ProofRecord, network: Network, prop: Property, r: int,
         if leaf.method != "z3" and leaf.method != "infeasible":
             misses = 0 if cores[i] else misses + 1
     record.regions[r] = [_branch(l, cores[i]) for i, l in enumerate(leaves)]
-    search = RegionSearch(network, prop.regions[r], r, options, core_deadline, Statistics())
+    search = RegionSearch(network, prop.regions[r], r, options, core_deadline, Statistics(),
+                          full_margin=True)
     record.root_bounds[r] = original_bounds(search)
     root = record.regions[r][0] if len(leaves) == 1 else None
     if root is not None and root.method == "bounds" and not root.splits:

@@ -254,7 +254,8 @@ class Reuser(CoreChecks):
         r = search.index
         if r not in proof.root_bounds:
             proof.root_bounds[r] = original_bounds(RegionSearch(
-                self.cmap.original, search.region, r, self.opt, self.deadline, Statistics()))
+                self.cmap.original, search.region, r, self.opt, self.deadline, Statistics(),
+                full_margin=True))
         return proof.root_bounds[r]
 
     def _caps(self, search: RegionSearch, ob: OriginalBounds | None) -> ChangeCaps | None:
