@@ -20,18 +20,18 @@ def _chain(seed: int) -> Network:
 def _boxes(net, seed, n=48):
     rng = np.random.default_rng(seed)
     c = rng.normal(size=(n, net.n_inputs))
-    eps = rng.uniform(0.02, 0.25, size=(n, 1))
+    eps = rng.uniform(0.05, 2.0, size=(n, 1))
     return c - eps, c + eps
 
 
 def _spec(net, lo, hi):
-    """Two conjunctions of two rows each, with thresholds near the outputs at the
-    boxes' centres, so that some branches are refuted early, some late, some never."""
-    y = net.forward((lo + hi) / 2)
+    """Two conjunctions of two rows each, each row's threshold the median of its plain
+    CROWN bounds, so that some branches are refuted by CROWN, some only by the alpha
+    steps, some never."""
     C = torch.tensor([[1.0, -1.0, 0, 0], [0, 0, 1.0, 0], [0, 1.0, 0, -1.0], [-1.0, 0, 0, 0]],
                      dtype=torch.float64)
-    d = torch.tensor(np.median(y @ C.numpy().T, axis=0) - 0.3)
-    return C, d, np.array([0, 0, 1, 1])
+    plain = BoundPropagator(net).bound(torch.tensor(lo), torch.tensor(hi), C, torch.zeros(4))
+    return C, torch.tensor(np.median(plain.spec_lower.numpy(), axis=0)), np.array([0, 0, 1, 1])
 
 
 def test_early_stopped_bounds_contain_samples_and_refute_what_full_steps_refute():

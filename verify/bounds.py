@@ -409,6 +409,7 @@ class BoundPropagator:
         # (slopes are shared by a branch's rows) and evaluated exactly at the end
         kept_total = torch.full((lam.shape[0],), -torch.inf, dtype=work)
         kept = [p.detach().clone() for p in params]
+        kept_cur = torch.full(lam.shape[:2], -torch.inf, dtype=work)  # the kept iterate's bound
         # settled branches leave the batch: ``act`` holds the rows still stepping, and
         # ``full`` (the parameters) and ``kept_full`` (the kept iterate) all rows
         act = torch.arange(lam.shape[0])
@@ -423,8 +424,9 @@ class BoundPropagator:
             if exact:
                 best[act] = torch.maximum(best[act], cur.detach())
             else:
-                kept_total, kept = _keep_better(cur, params, kept_total, kept)
-            done = None if settled is None else settled(cur.detach())
+                kept_total, kept, kept_cur = _keep_better(cur, params, kept_total, kept, kept_cur)
+            # settled on what is returned: every row's best (exact), else the kept iterate
+            done = None if settled is None else settled(best[act] if exact else kept_cur)
             if done is not None and bool(done.all()):
                 stepped = False
                 break
@@ -459,6 +461,7 @@ class BoundPropagator:
                     betas = [None if b is None else next(it) for b in betas]
                 if not exact:
                     kept_total, kept = kept_total[keep], [k[keep] for k in kept]
+                    kept_cur = kept_cur[keep]
         signs = full_signs
         with torch.no_grad():
             if not exact:  # the last step's slopes and multipliers are an iterate too
@@ -468,7 +471,7 @@ class BoundPropagator:
                                               signs=None if signs is None else
                                               [None if sg is None else sg[act] for sg in signs],
                                               offsets=w_off)
-                    kept_total, kept = _keep_better(cur, params, kept_total, kept)
+                    kept_total, kept, _ = _keep_better(cur, params, kept_total, kept, kept_cur)
                 if len(act) < lam.shape[0]:
                     for f, k in zip(kept_full, kept):
                         f[act] = k
@@ -633,15 +636,17 @@ class BoundPropagator:
                            alphas, betas)
 
 
-def _keep_better(cur: torch.Tensor, params, kept_total: torch.Tensor, kept):
+def _keep_better(cur: torch.Tensor, params, kept_total: torch.Tensor, kept, kept_cur):
     """Per branch, the parameters of iterate ``cur`` (its bound (B, m)) where its total
-    beats ``kept_total``, else the ``kept`` ones: (new totals, new kept parameters)."""
+    beats ``kept_total``, else the ``kept`` ones: (new totals, new kept parameters,
+    their bounds (B, m))."""
     with torch.no_grad():
         total = cur.sum(-1)
         better = total > kept_total
         return (torch.where(better, total, kept_total),
                 [torch.where(better.view(-1, *[1] * (p.dim() - 1)), p.detach(), q)
-                 for p, q in zip(params, kept)])
+                 for p, q in zip(params, kept)],
+                torch.where(better[:, None], cur.detach(), kept_cur))
 
 
 def interval_outputs(network: Network, lower, upper) -> tuple[np.ndarray, np.ndarray]:
