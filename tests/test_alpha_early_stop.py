@@ -68,3 +68,28 @@ def test_early_stopped_bounds_contain_samples_and_refute_what_full_steps_refute(
         lin = xs @ early.spec_coeffs.numpy()[i].T + early.spec_const.numpy()[i]
         vals = net.forward(xs) @ C.numpy().T - d.numpy()
         assert (vals >= lin - 1e-9).all()
+
+
+def test_branches_the_steps_refute_keep_their_bound_when_taken_out_of_the_batch():
+    """Copies of the boxes that only the alpha steps refute settle at the same step, so
+    they leave the batch together (the bookkeeping of a drop is exercised): they stay
+    refuted, and the boxes never refuted keep stepping to the same bound."""
+    net = _chain(3)
+    prop = BoundPropagator(net)
+    lo, hi = _boxes(net, 4)
+    C, d, owner = _spec(net, lo, hi)
+
+    def refuted(res):
+        pos = res.spec_lower.numpy() > 0
+        return pos[:, owner == 0].any(1) & pos[:, owner == 1].any(1)
+    L, H = torch.tensor(lo), torch.tensor(hi)
+    by_steps = refuted(prop.bound(L, H, C, d, alpha_iterations=20)) & ~refuted(prop.bound(L, H, C, d))
+    never = ~refuted(prop.bound(L, H, C, d, alpha_iterations=20))
+    assert by_steps.sum() >= 3 and never.sum() >= 3
+    pick = np.concatenate([np.repeat(np.flatnonzero(by_steps), 4), np.flatnonzero(never)[:3]])
+    L, H = L[pick], H[pick]
+    full = prop.bound(L, H, C, d, alpha_iterations=20)
+    early = prop.bound(L, H, C, d, alpha_iterations=20, conjunctions=owner)
+    assert refuted(full)[:-3].all() and refuted(early)[:-3].all()
+    np.testing.assert_allclose(early.spec_lower.numpy()[-3:], full.spec_lower.numpy()[-3:],
+                               rtol=1e-6, atol=1e-6)
