@@ -93,3 +93,26 @@ def test_branches_the_steps_refute_keep_their_bound_when_taken_out_of_the_batch(
     assert refuted(full)[:-3].all() and refuted(early)[:-3].all()
     np.testing.assert_allclose(early.spec_lower.numpy()[-3:], full.spec_lower.numpy()[-3:],
                                rtol=1e-6, atol=1e-6)
+
+
+def test_a_branch_settles_on_the_bound_it_returns():
+    """A branch stops on the bound of the iterate it keeps, which is not always the last
+    one (the kept iterate is the best in total over the rows; here one branch's last
+    step refuted it while its kept iterate did not, and it must step on)."""
+    net = _chain(3)
+    prop = BoundPropagator(net)
+    rng = np.random.default_rng(4)
+    c = rng.normal(size=(48, net.n_inputs))
+    eps = rng.uniform(0.05, 1.0, size=(48, 1))
+    L, H = torch.tensor(c - eps), torch.tensor(c + eps)
+    C, _, owner = _spec(net, c - eps, c + eps)
+    y = net.forward(c)
+    d = torch.tensor(np.median(y @ C.numpy().T, axis=0) - 0.5)
+
+    def refuted(res):
+        pos = res.spec_lower.numpy() > 0
+        return pos[:, owner == 0].any(1) & pos[:, owner == 1].any(1)
+    full = refuted(prop.bound(L, H, C, d, alpha_iterations=20))
+    early = refuted(prop.bound(L, H, C, d, alpha_iterations=20, conjunctions=owner))
+    assert full.sum() > refuted(prop.bound(L, H, C, d)).sum()
+    assert (early >= full).all()
