@@ -697,3 +697,36 @@ def test_input_split_leaves_closed_with_alpha_steps_are_rechecked_from_their_slo
     cold = reverify(net, variant, prop, opts, proof=bare)
     assert warm.status == cold.status == scratch
     assert warm.reuse.closed_by_difference_backsub > cold.reuse.closed_by_difference_backsub
+
+
+def test_input_split_leaves_left_open_are_searched_lowest_margin_first(monkeypatch):
+    """Input splitting: the leaves tier 2 leaves open reach the variant's search with
+    their margin on the variant as the node's score (the search is best-first: a
+    counterexample is likeliest where the margin is lowest), and the verdict is
+    scratch's."""
+    import verify.reuse.tree as tree
+    from verify.network import Affine, Network
+    from verify.reuse import build_proof
+    rng = np.random.default_rng(1)
+    sizes = [5, 24, 24, 24, 3]
+    net = Network(tuple(Affine(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
+                        for i, o in zip(sizes, sizes[1:])))
+    centre = rng.uniform(-1, 1, 5)
+    prop = local_robustness(centre, 0.8, int(np.argmax(net.forward(centre))), 3)
+    opts = VerifyOptions(timeout=20)
+    proof = build_proof(net, prop, opts)
+    seen = []
+    real = tree.search_open
+
+    def spy(search, nodes, *a, **k):
+        seen.extend(nodes)
+        return real(search, nodes, *a, **k)
+    monkeypatch.setattr(tree, "search_open", spy)
+    for recipe in ("int8", "magnitude:0.3"):
+        variant = compress(net, recipe)
+        got = reverify(net, variant, prop, opts, proof=proof, reuse_options=ReuseOptions(
+            attack=False))
+        assert got.status == verify_property(variant.network, prop, opts).status
+    assert len(seen) >= 2
+    assert all(n.score < 0 for n in seen)
+    assert len({n.score for n in seen}) > 1

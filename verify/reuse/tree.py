@@ -316,9 +316,12 @@ class TreeCheck:
                 return cex
         splits = None if search.input_split else [np.zeros(n, dtype=np.int8)
                                                   for n in search.net.hidden_sizes]
+        # (an item may carry its margin on the variant: input splitting searches the
+        # leaves lowest margin first, where a counterexample is likeliest)
         to_split = [Node(b.lower.copy(), b.upper.copy(), None if splits is None
                          else [s.copy() for s in splits], parent if self.n_hidden else None,
-                         b.depth) for b, parent in items]
+                         b.depth, score=score[0] if score else 0.0)
+                    for b, parent, *score in items]
         if not to_split:
             return self._commit()
         if self.reuser.left() <= 0:
@@ -364,7 +367,7 @@ class TreeCheck:
         out = []
         for s in range(0, len(ids), step):
             idx = ids[s:s + step]
-            still, res, rows = self._tier2(idx, moved_of)
+            still, res, rows, refuted = self._tier2(idx, moved_of)
             if not still:
                 continue
             lo = torch.from_numpy(np.stack([branches[i].lower for i in idx]))
@@ -373,10 +376,12 @@ class TreeCheck:
                                 np.vstack([res.candidates(lo, hi, rows[i]) for i in still]))
             if cex is not None:
                 return cex, []
+            spec_lower = res.spec_lower.numpy()
             for i in still:
                 row = rows[i]
                 out.append((branches[i], [(res.lower[k][row].numpy(), res.upper[k][row].numpy())
-                                          for k in range(self.n_hidden)]))
+                                          for k in range(self.n_hidden)],
+                            search._margin(spec_lower[row], refuted[row])))
         return None, out
 
     def _deepens(self) -> bool:
@@ -405,7 +410,7 @@ class TreeCheck:
         for _ in range(ropt.deepen_levels):
             if deep.time_left() <= 0 or len(items) > ropt.deepen_max_open:
                 break
-            kids = deep.children([b for b, _ in items])
+            kids = deep.children([b for b, *_ in items])
             if len(kids) < 2 * len(items):  # a leaf without an unstable ReLU on the original
                 break
             sub = TreeCheck(self.reuser, self.search, kids, self.caps)
@@ -579,7 +584,8 @@ class TreeCheck:
 
     def _tier2(self, idx, moved_of):
         """The variant's own bound of leaves ``idx`` intersected with their moved
-        bounds (see the module docstring, tier 2): (still open, the bounds, {leaf: row})."""
+        bounds (see the module docstring, tier 2): (still open, the bounds, {leaf: row}, refuted
+        conjunctions (B, n_conj))."""
         branches, search = self.branches, self.search
         lo = torch.from_numpy(np.stack([branches[i].lower for i in idx]))
         hi = torch.from_numpy(np.stack([branches[i].upper for i in idx]))
@@ -588,12 +594,12 @@ class TreeCheck:
         splits = [torch.zeros((len(idx), n), dtype=torch.int8)
                   for n in search.net.hidden_sizes] if relu else None
         refine = [torch.ones(n, dtype=torch.bool) for n in search.net.hidden_sizes] if relu else None
-        res, _, closed = search.bound_branches(lo, hi, splits, fixed if self.n_hidden else None,
+        res, refuted, closed = search.bound_branches(lo, hi, splits, fixed if self.n_hidden else None,
                                                mode="backward" if relu else None, refine=refine,
                                                alpha_init=warm_alphas(self.cmap, branches, idx))
         self.closed["closed_by_bounds"] += int(closed.sum())
         rows = {i: j for j, i in enumerate(idx)}
-        return [idx[j] for j in np.flatnonzero(~closed)], res, rows
+        return [idx[j] for j in np.flatnonzero(~closed)], res, rows, refuted
 
 
 class TreeWalk:
