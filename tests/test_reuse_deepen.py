@@ -141,3 +141,32 @@ def test_broken_variant_is_violated_through_deepening(split_proof, monkeypatch):
     assert r.status.value == "violated"
     x = np.array(r.counterexample.input)
     assert prop.violated_by(x, broken.forward(x))
+
+
+def test_a_leafs_children_are_made_once_for_all_variants(split_proof, monkeypatch):
+    """The children of a leaf split on the original are the same for every variant: the
+    proof keeps them, and a second variant deepening the same leaves makes none again
+    (with scratch's verdict)."""
+    net, prop, proof = split_proof
+    _tiers_give_up_at_the_top(monkeypatch, proof)
+    made = []
+    real = Deepening._children
+
+    def counting(self, leaves):
+        made.append(len(leaves))
+        return real(self, leaves)
+    monkeypatch.setattr(Deepening, "_children", counting)
+    ropt = ReuseOptions(tree_max_open=1.0, deepen_levels=1, deepen_share=50.0,
+                        leaf_search_max_open=10 ** 6)
+    proof.deepened.clear()
+    counts = []
+    for recipe in ("int16", "int16"):
+        variant = compress(net, recipe)
+        r = reverify(net, variant, prop, OPTS, reuse_options=ropt, proof=proof)
+        assert r.status == verify_property(variant.network, prop, OPTS).status
+        if r.reuse.closed_at_root:
+            pytest.skip("the variant closes at its root")
+        counts.append(sum(made))
+        made.clear()
+    assert counts[0] > 0 and counts[1] == 0
+    assert r.reuse.deepened > 0

@@ -37,7 +37,8 @@ from .proof import ProofBranch
 class Deepening:
     """Splits open leaves of one region's proof on the original, a level at a time."""
 
-    def __init__(self, original, region, r: int, options, deadline: float):
+    def __init__(self, original, region, r: int, options, deadline: float,
+                 kept: dict | None = None):
         # the children's bounds start from their parent's (the leaf's, tight), and
         # only the neurons those leave unstable are back-substituted
         from .tree import LeafSearch
@@ -45,11 +46,22 @@ class Deepening:
         self.search: RegionSearch = LeafSearch(original, region, r, options, deadline,
                                                Statistics(), full_margin=True)
         self.sizes = original.hidden_sizes
+        # id(leaf) -> (leaf, its children): the same for every variant (they are the
+        # original's), so a proof keeps them for the next variant (ProofRecord.deepened)
+        self.kept = {} if kept is None else kept
 
     def children(self, leaves: list[ProofBranch]) -> list[ProofBranch]:
         """The two children of every leaf in ``leaves`` (one level down), bounded on
         the original; a leaf without an unstable ReLU on the original gets none
         (an empty list for it: the caller sees fewer children than 2 per leaf)."""
+        new = [b for b in leaves if self.kept.get(id(b), (None,))[0] is not b]
+        if new:
+            for b, kids in zip(new, self._children(new)):
+                self.kept[id(b)] = (b, kids)
+        return [c for b in leaves for c in self.kept[id(b)][1]]
+
+    def _children(self, leaves: list[ProofBranch]) -> list[list[ProofBranch]]:
+        """:meth:`children`, per leaf."""
         search = self.search
         nodes = [Node(b.lower, b.upper, split_arrays(b.splits, self.sizes),
                       [(np.asarray(l), np.asarray(u)) for l, u in b.layer_bounds], b.depth)
@@ -69,7 +81,12 @@ class Deepening:
         step = max(1, search._batch_size())
         for s in range(0, len(kids), step):
             out += self._bound(kids[s:s + step])
-        return out
+        at, per_leaf = 0, []
+        for pair in pairs:
+            n = 0 if pair is None else len(pair)
+            per_leaf.append(out[at:at + n])
+            at += n
+        return per_leaf
 
     def _bound(self, kids: list[Node]) -> list[ProofBranch]:
         """Children bounded on the original, as proof leaves (with the search's

@@ -194,6 +194,9 @@ class ProofRecord:
     # graph variant's differential tiers start from (never stored)
     root_branches: dict[int, ProofBranch] = field(default_factory=dict, init=False,
                                                   repr=False, compare=False)
+    # leaves split further on the original for a variant (verify.reuse.deepen): their
+    # children, kept for the next variant (this process only)
+    deepened: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.status = Status(self.status)

@@ -98,7 +98,8 @@ class Reuser(CoreChecks):
                 relu_split = any(b.splits for b in branches)
                 leaf_search = self._leaf_search(search, ob, proof)
                 try:
-                    return TreeCheck(self, leaf_search, branches, self._caps(search, ob)).run(
+                    return TreeCheck(self, leaf_search, branches, self._caps(search, ob),
+                                     proof.deepened).run(
                         region, r, None if rooted else lambda: self._root_closes(search),
                         max_open=self.ropt.tree_max_open if relu_split else 1.0)
                 except TreeOpen as exc:

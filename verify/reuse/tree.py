@@ -261,8 +261,10 @@ class MovedRows:
 class TreeCheck:
     """Tiers 0-3 over one region's leaves (see the module docstring)."""
 
-    def __init__(self, reuser, search: RegionSearch, branches, caps: ChangeCaps | None = None):
+    def __init__(self, reuser, search: RegionSearch, branches, caps: ChangeCaps | None = None,
+                 deepened: dict | None = None):
         self.reuser, self.search, self.branches = reuser, search, branches
+        self.deepened = deepened  # leaves' children on the original, kept for other variants
         self.cmap: ChangeMap = reuser.cmap
         self.stats = reuser.stats
         self.caps = caps  # the change's bounds over the whole region, or None
@@ -406,14 +408,14 @@ class TreeCheck:
         ropt = self.reuser.ropt
         until = min(self.search.deadline,
                     time.monotonic() + ropt.deepen_share * self.stats.original_time_s)
-        deep = Deepening(self.cmap.original, region, r, self.search.opt, until)
+        deep = Deepening(self.cmap.original, region, r, self.search.opt, until, self.deepened)
         for _ in range(ropt.deepen_levels):
             if deep.time_left() <= 0 or len(items) > ropt.deepen_max_open:
                 break
             kids = deep.children([b for b, *_ in items])
             if len(kids) < 2 * len(items):  # a leaf without an unstable ReLU on the original
                 break
-            sub = TreeCheck(self.reuser, self.search, kids, self.caps)
+            sub = TreeCheck(self.reuser, self.search, kids, self.caps, self.deepened)
             todo = [i for i, b in enumerate(kids) if b.method != "infeasible"]
             sub.closed["closed_by_bounds"] += len(kids) - len(todo)
             still, moved_of = sub._tiers01(todo, float("inf"))
