@@ -667,12 +667,10 @@ def test_the_originals_root_slopes_map_onto_a_neuron_pruned_variant(split_proof)
                 np.testing.assert_array_equal(r[m + i], orr[mo + o][cmap.kept_rows[j]])
 
 
-def test_input_split_leaves_closed_with_alpha_steps_are_rechecked_from_their_slopes():
-    """Input splitting: a leaf the original's alpha tier closed keeps its slopes (finite;
-    a leaf closed without alpha steps keeps none), and tier 1 bounds such a leaf of an
-    int16 variant again from them: it closes more leaves than from the same proof with
-    the slopes dropped, and the verdict is scratch's."""
-    import copy
+@pytest.fixture(scope="module")
+def input_split_proof():
+    """A 5-input chain whose robustness proof splits its inputs: (net, prop, options,
+    proof)."""
     from verify.network import Affine, Network
     from verify.reuse import build_proof
     rng = np.random.default_rng(1)
@@ -682,7 +680,17 @@ def test_input_split_leaves_closed_with_alpha_steps_are_rechecked_from_their_slo
     centre = rng.uniform(-1, 1, 5)
     prop = local_robustness(centre, 0.8, int(np.argmax(net.forward(centre))), 3)
     opts = VerifyOptions(timeout=20)
-    proof = build_proof(net, prop, opts)
+    return net, prop, opts, build_proof(net, prop, opts)
+
+
+def test_input_split_leaves_closed_with_alpha_steps_are_rechecked_from_their_slopes(
+        input_split_proof):
+    """Input splitting: a leaf the original's alpha tier closed keeps its slopes (finite;
+    a leaf closed without alpha steps keeps none), and tier 1 bounds such a leaf of an
+    int16 variant again from them: it closes more leaves than from the same proof with
+    the slopes dropped, and the verdict is scratch's."""
+    import copy
+    net, prop, opts, proof = input_split_proof
     assert proof.status is Status.HOLDS
     with_slopes = [b for b in proof.regions[0] if b.alphas is not None]
     assert 0 < len(with_slopes) < len(proof.regions[0])
@@ -699,22 +707,14 @@ def test_input_split_leaves_closed_with_alpha_steps_are_rechecked_from_their_slo
     assert warm.reuse.closed_by_difference_backsub > cold.reuse.closed_by_difference_backsub
 
 
-def test_input_split_leaves_left_open_are_searched_lowest_margin_first(monkeypatch):
+def test_input_split_leaves_left_open_are_searched_lowest_margin_first(input_split_proof,
+                                                                      monkeypatch):
     """Input splitting: the leaves tier 2 leaves open reach the variant's search with
     their margin on the variant as the node's score (the search is best-first: a
     counterexample is likeliest where the margin is lowest), and the verdict is
     scratch's."""
     import verify.reuse.tree as tree
-    from verify.network import Affine, Network
-    from verify.reuse import build_proof
-    rng = np.random.default_rng(1)
-    sizes = [5, 24, 24, 24, 3]
-    net = Network(tuple(Affine(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
-                        for i, o in zip(sizes, sizes[1:])))
-    centre = rng.uniform(-1, 1, 5)
-    prop = local_robustness(centre, 0.8, int(np.argmax(net.forward(centre))), 3)
-    opts = VerifyOptions(timeout=20)
-    proof = build_proof(net, prop, opts)
+    net, prop, opts, proof = input_split_proof
     seen = []
     real = tree.search_open
 
