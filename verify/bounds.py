@@ -411,10 +411,10 @@ class BoundPropagator:
         kept = [p.detach().clone() for p in params]
         kept_cur = torch.full(lam.shape[:2], -torch.inf, dtype=work)  # the kept iterate's bound
         # settled branches leave the batch: ``act`` holds the rows still stepping, and
-        # ``full`` (the parameters) and ``kept_full`` (the kept iterate) all rows
+        # from the first drop on ``full`` (the parameters) and ``kept_full`` (the kept
+        # iterate) all rows
         act = torch.arange(lam.shape[0])
-        full = [p.detach().clone() for p in params]
-        kept_full = None if exact else [k.clone() for k in kept]
+        full = kept_full = None
         stepped = True  # whether the parameters moved since the last bound of them
         for _ in range(iterations):
             if deadline is not None and time.monotonic() > deadline:
@@ -442,11 +442,15 @@ class BoundPropagator:
                 # the settled rows' parameters and kept iterate stay as they are
                 keep = ~done
                 with torch.no_grad():
-                    for f, p in zip(full, params):
-                        f[act] = p.detach()
-                    if not exact:
-                        for f, k in zip(kept_full, kept):
-                            f[act] = k
+                    if full is None:  # the first drop: every row is still in the batch
+                        full = [p.detach().clone() for p in params]
+                        kept_full = None if exact else [k.clone() for k in kept]
+                    else:
+                        for f, p in zip(full, params):
+                            f[act] = p.detach()
+                        if not exact:
+                            for f, k in zip(kept_full, kept):
+                                f[act] = k
                 act = act[keep]
                 w_lam, w_lo, w_hi = w_lam[keep], w_lo[keep], w_hi[keep]
                 w_lower, w_upper = [l[keep] for l in w_lower], [u[keep] for u in w_upper]

@@ -134,8 +134,7 @@ class RegionSearch(Splitting):
         keep = known = None
         if rows is not None and not rows[0].all():
             keep, known = torch.from_numpy(rows[0]), torch.from_numpy(rows[1])
-            C, d = C[keep], d[keep]
-            owner = None if owner is None else owner[rows[0]]
+            C, d, owner = C[keep], d[keep], self._settle_rows(rows[0])
             if beta_init is not None:
                 beta_init = [None if b is None else b[:, keep] for b in beta_init]
         if alpha is None:
@@ -177,6 +176,11 @@ class RegionSearch(Splitting):
         refuted[r] |= self.refutation(res.select(rows), lo[rows].numpy(), hi[rows].numpy())[0]
         closed[r] = refuted[r].all(axis=1) | res.infeasible.numpy()[r]
 
+    def _settle_rows(self, keep: np.ndarray):
+        """:attr:`settle` (the conjunction of each spec row, or None) of the rows
+        ``keep`` ((m,) bool)."""
+        return None if self.settle is None else self.settle[keep]
+
     def _alpha_tier(self, res, lo, hi, refuted, closed, keep=None, known=None) -> None:
         """alpha-CROWN steps on the spec rows (``keep``: these only) of the open
         branches with few unstable ReLUs (over their intermediate bounds); updates
@@ -188,7 +192,7 @@ class RegionSearch(Splitting):
             return
         rows = torch.from_numpy(r)
         C, d, owner = (self.C, self.d, self.settle) if keep is None else \
-            (self.C[keep], self.d[keep], None if self.settle is None else self.settle[keep.numpy()])
+            (self.C[keep], self.d[keep], self._settle_rows(keep.numpy()))
         again = self.prop.spec_bound(lo[rows], hi[rows], C, d,
                                      [l[rows] for l in res.lower], [u[rows] for u in res.upper],
                                      self.opt.alpha_tier_iterations, deadline=self.deadline,
