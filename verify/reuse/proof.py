@@ -359,8 +359,66 @@ def proof_tree(region: Region, branches: list[ProofBranch]) -> TreeNode | None:
 def covers(region: Region, branches: list[ProofBranch]) -> bool:
     """True when the branches tile the region's box: they form a tree of input
     bisections (at the exact midpoint) and two-way ReLU phase splits whose
-    leaves are exactly the branches (:func:`proof_tree`)."""
+    leaves are exactly the branches (:func:`proof_tree`; a tree of input
+    bisections alone, level by level: :func:`bisection_tree_covers`)."""
+    if branches and not any(b.splits for b in branches):
+        return bisection_tree_covers(region, branches)
     return proof_tree(region, branches) is not None
+
+
+def bisection_tree_covers(region: Region, branches: list[ProofBranch]) -> bool:
+    """:func:`proof_tree` is not None, for branches without ReLU splits, a level of
+    the tree at a time: each open node takes the first dimension whose midpoint
+    separates its branches into two non-empty sides, each branch on exactly one;
+    a node whose box is one of its branches' is a leaf (as :func:`proof_tree` reads
+    it).  (A node at a time, the recursion took 0.45 s on ACAS Xu 4_2 property 2's
+    7,756 leaves, about 30 us per node, for every first variant of that proof.)"""
+    LO = np.stack([np.asarray(b.lower, dtype=np.float64) for b in branches])
+    HI = np.stack([np.asarray(b.upper, dtype=np.float64) for b in branches])
+    node_lo = np.asarray(region.lower, dtype=np.float64)[None, :].copy()
+    node_hi = np.asarray(region.upper, dtype=np.float64)[None, :].copy()
+    group = np.zeros(len(branches), dtype=np.int64)  # each branch's open node
+    while len(group):
+        n_nodes, dims = node_lo.shape
+        # nodes that are a leaf: some branch's box is the node's
+        equal = (LO == node_lo[group]).all(axis=1) & (HI == node_hi[group]).all(axis=1)
+        leaf = np.zeros(n_nodes, dtype=bool)
+        leaf[group[equal]] = True
+        keep = ~leaf[group]
+        if not keep.any():
+            return True
+        # the nodes still open, renumbered, with their branches
+        open_nodes = np.flatnonzero(np.bincount(group[keep], minlength=n_nodes) > 0)
+        renumber = np.full(n_nodes, -1, dtype=np.int64)
+        renumber[open_nodes] = np.arange(len(open_nodes))
+        LO, HI, group = LO[keep], HI[keep], renumber[group[keep]]
+        node_lo, node_hi = node_lo[open_nodes], node_hi[open_nodes]
+        mid = (node_lo + node_hi) / 2
+        left, right = HI <= mid[group], LO >= mid[group]
+        size = np.bincount(group, minlength=len(open_nodes))
+        n_left = np.stack([np.bincount(group, left[:, d], len(open_nodes))
+                           for d in range(dims)], axis=1)
+        n_right = np.stack([np.bincount(group, right[:, d], len(open_nodes))
+                            for d in range(dims)], axis=1)
+        # every branch on exactly one side (a box of zero width at the midpoint would
+        # be on both: refused, so that no child is left without branches)
+        n_both = np.stack([np.bincount(group, left[:, d] & right[:, d], len(open_nodes))
+                           for d in range(dims)], axis=1)
+        ok = (n_left > 0) & (n_right > 0) & (n_left + n_right == size[:, None]) & (n_both == 0)
+        if not ok.any(axis=1).all():
+            return False  # a node no bisection separates (and no ReLU split to try)
+        dim = np.argmax(ok, axis=1)  # the first such dimension
+        rows = np.arange(len(open_nodes))
+        lower_half_hi = node_hi.copy()
+        lower_half_hi[rows, dim] = mid[rows, dim]
+        upper_half_lo = node_lo.copy()
+        upper_half_lo[rows, dim] = mid[rows, dim]
+        # node g's children: 2g (lower half) and 2g + 1
+        side = ~left[np.arange(len(group)), dim[group]]
+        node_lo = np.stack([node_lo, upper_half_lo], axis=1).reshape(-1, dims)
+        node_hi = np.stack([lower_half_hi, node_hi], axis=1).reshape(-1, dims)
+        group = 2 * group + side
+    return True
 
 
 # ---- building ---------------------------------------------------------------------
