@@ -77,9 +77,8 @@ def test_level_by_level_check_agrees_with_the_recursive_one(seed, dims, n_splits
 
 
 def test_a_zero_width_box_at_a_midpoint_does_not_stand_for_a_half():
-    """Two flat boxes at the midpoint of [0, 1] x [0, 1] plus the lower half: the
-    upper half has no leaf of its own (a check that sent the flat boxes to the
-    lower side only, and let an empty side count as covered, would accept it)."""
+    """A flat box at the midpoint of [0, 1] x [0, 1] beside the lower half leaves the
+    upper half uncovered."""
     region = _region([0.0, 0.0], [1.0, 1.0])
     lower = ProofBranch(np.array([0.0, 0.0]), np.array([0.5, 1.0]), (), "bounds")
     flat = ProofBranch(np.array([0.5, 0.0]), np.array([0.5, 1.0]), (), "bounds")
