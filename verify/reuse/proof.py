@@ -415,7 +415,8 @@ def bisection_tree_covers(region: Region, branches: list[ProofBranch]) -> bool:
         upper_half_lo = node_lo.copy()
         upper_half_lo[rows, dim] = mid[rows, dim]
         # node g's children: 2g (lower half: its branches left of the midpoint) and
-        # 2g + 1 (the others; never empty, as n_right > 0 = size - n_left)
+        # 2g + 1 (the others: size - n_left = n_right > 0 of them, so neither child
+        # is ever empty, and an empty child would count as covered)
         side = ~left[np.arange(len(group)), dim[group]]
         node_lo = np.stack([node_lo, upper_half_lo], axis=1).reshape(-1, dims)
         node_hi = np.stack([lower_half_hi, node_hi], axis=1).reshape(-1, dims)
