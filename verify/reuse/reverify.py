@@ -208,9 +208,12 @@ def reverify(original: Network, variant, prop: Property,
                 stats.closed_at_root += len(closed_root)
                 if len(closed_root) == len(prop.regions):
                     return done(Status.HOLDS, "reuse-root-bound")
-            cex = quick_attack(starts.get, as_scratch=True, skip=closed_root)
-            if cex is not None:
-                return done(Status.VIOLATED, "attack", cex)
+            if not graph and cmap.relative_change < reuse_options.attack_skip_below:
+                stats.attack_skipped = True  # a near copy: see ReuseOptions.attack_skip_below
+            else:
+                cex = quick_attack(starts.get, as_scratch=True, skip=closed_root)
+                if cex is not None:
+                    return done(Status.VIOLATED, "attack", cex)
             reuser.attacked = set(range(len(prop.regions)))
         elif reuse_options.attack and proof.n_branches > 1 and reuse_options.sample_first_share:
             cex = quick_attack(sample_for=reuse_options.sample_first_share * proof.time_s)
