@@ -113,8 +113,8 @@ class ReuseOptions:
     attack_first_proof_s: float = 1.0
     # ... except for a variant whose weights moved less than this from the original's
     # (ChangeMap.relative_change; int16 moves them by 1e-4 - 2e-4, int8 and pruning by
-    # 6e-3 and more): no up-front attack and no quick attack before the proof's own
-    # bounds.  Its original holds, so a counterexample, if any, lies where the
+    # 6e-3 and more): no up-front root bound and attack, and no quick attack before
+    # the proof's own bounds (its tiers take the root bound if they need it).  Its original holds, so a counterexample, if any, lies where the
     # original's margin is smallest: the bound minimisers of the proof's tightest
     # leaves (confirmed on the variant by the tree's tiers) and the search's own
     # attack rounds look there, where scratch's round draws random points.  0: never

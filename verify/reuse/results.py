@@ -27,7 +27,7 @@ class ReuseStats:
     closed_by_full: int = 0  # ... by the full query of the branch
     closed_by_split: int = 0  # branches re-proved by branch and bound on the variant
     deepened: int = 0  # leaves of the original's proof split further on it (verify.reuse.deepen)
-    # no attack up front: the variant is a near copy (ReuseOptions.attack_skip_below)
+    # no root bound and attack up front: a near copy (ReuseOptions.attack_skip_below)
     attack_skipped: bool = False
     cores_used: int = 0
     refinements: int = 0
