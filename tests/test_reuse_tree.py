@@ -384,6 +384,43 @@ def test_walk_bounds_leaves_left_open_again_together(digits_mlp, monkeypatch, tr
     assert sum(closed_again) > 0
 
 
+@pytest.mark.parametrize("recipe", ["int8", "magnitude:0.3"])
+def test_walk_bounds_the_root_and_the_leaves_only(digits_mlp, monkeypatch, tree_walks, recipe):
+    """By default (``walk_interior_depth`` 0) the walk bounds its root and then the
+    leaves, each from the root's bounds; with -1 it bounds every interior node it
+    reaches as well.  Both give scratch's verdict."""
+    import verify.reuse.tree as tree
+    from verify.reuse import build_proof
+
+    net, X, _ = digits_mlp
+    prop = local_robustness(X[3], 0.0965, int(np.argmax(net.forward(X[3]))), 10)
+    proof = build_proof(net, prop, OPTS)
+    n_leaves = proof.n_branches
+    assert proof.status is Status.HOLDS and n_leaves >= 4  # so at least 3 interior nodes
+    variant = compress(net, recipe)
+    scratch = verify_property(variant.network, prop, OPTS).status
+    monkeypatch.setattr(tree.TreeCheck, "_tiers01", _tiers01_closing_nothing(net))
+    interior, leaves = [], []
+    bound = tree.TreeWalk._bound_nodes
+
+    def counted(self, lo, hi, splits, fixed, leaf_ids, alpha, rows=None):
+        (interior if leaf_ids is None else leaves).append(len(lo))
+        return bound(self, lo, hi, splits, fixed, leaf_ids, alpha, rows)
+    monkeypatch.setattr(tree.TreeWalk, "_bound_nodes", counted)
+    seen = {}
+    for depth in (0, -1):
+        interior.clear(), leaves.clear(), tree_walks.clear()
+        r = reverify(net, variant, prop, OPTS, proof=proof,
+                     reuse_options=ReuseOptions(tree_max_open=0.0, walk_interior_depth=depth))
+        assert tree_walks and not r.reuse.fallback, r.reuse.fallback_reason
+        assert r.status == scratch
+        seen[depth] = (sum(interior), sum(leaves))
+    assert seen[0][0] == 1, seen  # the root alone
+    # (unless the root closes the region, every leaf is reached)
+    assert seen[0][1] in (0, n_leaves), seen
+    assert seen[-1][0] > 1, seen
+
+
 def test_walk_finds_a_broken_variants_counterexample(split_proof, monkeypatch, tree_walks):
     """A variant broken everywhere, with no other source of candidates: the walk's
     open nodes' bound minimisers give a counterexample, replayed on the variant."""

@@ -84,6 +84,16 @@ class ReuseOptions:
     # Without them: int8 14.1 -> 10.6 s, magnitude 10 % 12.6 -> 8.4 s there; depth 1
     # measured no better on image 2 at eps 0.01, beside another benchmark)
     walk_alpha_depth: int = -1
+    # ... and its interior nodes are bounded down to this depth only (0: the root
+    # alone); a leaf below is bounded from its nearest bounded ancestor's bounds.  An
+    # interior node of the original's tree was open there, and on a variant the bound
+    # of one mostly served its children's intermediate bounds, at the cost of a leaf's.
+    # Side by side (reuse of int8, magnitude 10 % and 30 %, each variant twice in one
+    # process): mnist-net_256x4 image 14 at eps 0.012 27.5 -> 21.7 s, against bounding
+    # the interior nodes with at most 4 leaves below them (30.1 -> 28.3 s with 2);
+    # image 7 at 0.011 8.2 -> 8.3 s, image 2 at 0.012 4.6 -> 4.5 s, mnist-net_256x6
+    # image 9 5.1 -> 5.2 s.  (-1: every interior node bounded, as before)
+    walk_interior_depth: int = 0
     # ReLU-split trees of chains: the variant's root, where its search from the proof's
     # leaves tightens it (verify.search.RegionSearch.tighten_root), is bounded over the
     # original's tightened root moved by the region's change caps, and taken without the
@@ -173,6 +183,8 @@ class ReuseOptions:
             raise OptionError(f"attack_skip_below must be >= 0, got {self.attack_skip_below}")
         if self.sample_first_share < 0:
             raise OptionError(f"sample_first_share must be >= 0, got {self.sample_first_share}")
+        if self.walk_interior_depth < -1:
+            raise OptionError(f"walk_interior_depth must be >= -1, got {self.walk_interior_depth}")
         if self.tight_alpha_iterations < 0:
             raise OptionError(f"tight_alpha_iterations must be >= 0, got {self.tight_alpha_iterations}")
         if self.warm_alpha_iterations < 0:

@@ -664,14 +664,27 @@ class TreeWalk:
                                      bounds, depth, refuted=refuted[i],
                                      parent_lower=spec_lower[i]))
                 continue
-            common = set.intersection(*(set(self.facts[j]) - set(facts) for j in idx))
-            if not common:
-                raise TreeOpen("the proof's leaves do not form a split tree")
-            neuron = min(common)  # as covers() reads the tree
-            for phase in (1, -1):
-                sub = np.array([j for j in idx if self.facts[j][neuron] == phase], dtype=np.int64)
-                frontier.append(node({**facts, neuron: phase}, sub, bounds, depth + 1,
-                                     refuted[i], spec_lower[i]))
+            self._push_children(facts, idx, bounds, depth, refuted[i], spec_lower[i],
+                                frontier, node)
+
+    def _push_children(self, facts, idx, bounds, depth, refuted, known, frontier, node):
+        """The children of an open interior node onto ``frontier`` (made by ``node``),
+        each with the node's bounds as its parent's; an interior child deeper than
+        ``ReuseOptions.walk_interior_depth`` is not bounded: its own children are
+        pushed in its place, with the same bounds, down to the leaves."""
+        common = set.intersection(*(set(self.facts[j]) - set(facts) for j in idx))
+        if not common:
+            raise TreeOpen("the proof's leaves do not form a split tree")
+        neuron = min(common)  # as covers() reads the tree
+        for phase in (1, -1):
+            sub = np.array([j for j in idx if self.facts[j][neuron] == phase], dtype=np.int64)
+            child = node({**facts, neuron: phase}, sub, bounds, depth + 1, refuted, known)
+            limit = self.reuser.ropt.walk_interior_depth
+            if child[0] != "leaf" and 0 <= limit < depth + 1:
+                self._push_children(child[1], sub, bounds, depth + 1, refuted, known,
+                                    frontier, node)
+            else:
+                frontier.append(child)
 
     def _node_splits(self, facts: dict) -> list[np.ndarray]:
         return split_arrays(self.cmap.map_splits(fact_names(facts)), self.search.net.hidden_sizes)
