@@ -421,6 +421,32 @@ def test_walk_bounds_the_root_and_the_leaves_only(digits_mlp, monkeypatch, tree_
     assert seen[-1][0] > 1, seen
 
 
+def test_tier_0b_runs_only_on_leaves_whose_interval_bound_came_close(split_proof, monkeypatch):
+    """Tier 0b (``interval_symbolic_deviation``) takes the leaves whose interval change
+    bound lost at most ``interval_symbolic_max_loss`` times their margin: none at 0,
+    every open one at infinity; the verdict is scratch's either way."""
+    import verify.reuse.tree as tree
+
+    net, prop, proof = split_proof
+    variant = compress(net, "magnitude:0.1")  # tier 0 leaves some of its leaves open
+    scratch = verify_property(variant.network, prop, OPTS).status
+    sizes = []
+    isd = tree.interval_symbolic_deviation
+
+    def counted(cmap, lowers, *args):
+        sizes.append(len(lowers[0]))
+        return isd(cmap, lowers, *args)
+    monkeypatch.setattr(tree, "interval_symbolic_deviation", counted)
+    seen = {}
+    for max_loss in (0.0, float("inf")):
+        sizes.clear()
+        r = reverify(net, variant, prop, OPTS, proof=proof,
+                     reuse_options=ReuseOptions(interval_symbolic_max_loss=max_loss))
+        assert r.status == scratch and not r.reuse.fallback
+        seen[max_loss] = sum(sizes)
+    assert seen[0.0] == 0 and seen[float("inf")] > 0, seen
+
+
 def test_walk_finds_a_broken_variants_counterexample(split_proof, monkeypatch, tree_walks):
     """A variant broken everywhere, with no other source of candidates: the walk's
     open nodes' bound minimisers give a counterexample, replayed on the variant."""

@@ -84,6 +84,13 @@ class ReuseOptions:
     # Without them: int8 14.1 -> 10.6 s, magnitude 10 % 12.6 -> 8.4 s there; depth 1
     # measured no better on image 2 at eps 0.01, beside another benchmark)
     walk_alpha_depth: int = -1
+    # tier 0b (the spec's change back-substituted through both networks over the
+    # interval changes) on the leaves whose interval change bound lost at most this
+    # many times their margin: the leaves it closed had lost at most 1.55x (ACAS Xu 4_7
+    # prop 1: 54, 32 and 13 leaves of int16, magnitude 10 % and neurons 5 %; 256x4 image
+    # 14 at eps 0.012: 1 leaf of int16), and on the 283 leaves of that image's int8 and
+    # magnitude variants, all far off, it closed none in 0.2 s each
+    interval_symbolic_max_loss: float = 4.0
     # ... and its interior nodes are bounded down to this depth only (0: the root
     # alone); a leaf below is bounded from its nearest bounded ancestor's bounds.  An
     # interior node of the original's tree was open there, and on a variant the bound
@@ -183,6 +190,9 @@ class ReuseOptions:
             raise OptionError(f"attack_skip_below must be >= 0, got {self.attack_skip_below}")
         if self.sample_first_share < 0:
             raise OptionError(f"sample_first_share must be >= 0, got {self.sample_first_share}")
+        if not self.interval_symbolic_max_loss >= 0:
+            raise OptionError("interval_symbolic_max_loss must be >= 0, got "
+                              f"{self.interval_symbolic_max_loss}")
         if self.walk_interior_depth < -1:
             raise OptionError(f"walk_interior_depth must be >= -1, got {self.walk_interior_depth}")
         if self.tight_alpha_iterations < 0:
