@@ -90,3 +90,12 @@ def test_a_near_copy_that_violates_is_found(tmp_path):
     x = np.array(res.counterexample.input)
     y = variant.forward(x)
     assert prop.regions[0].contains_input(x) and prop.violated_by(x, y)
+
+
+@pytest.mark.parametrize("bad", [{"attack_skip_below": -1.0}, {"attack_skip_below": float("nan")},
+                                 {"interval_symbolic_max_loss": float("nan")},
+                                 {"walk_interior_depth": -2}])
+def test_this_sessions_reuse_options_refuse_bad_values(bad):
+    from verify.errors import OptionError
+    with pytest.raises(OptionError, match=next(iter(bad))):
+        ReuseOptions(**bad)

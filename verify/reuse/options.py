@@ -61,6 +61,13 @@ class ReuseOptions:
     # alternated, 2 cores under load ~4; on int8 and magnitude 10 % it closes none
     # and is mostly skipped by this gate)
     symbolic_max_loss: float = 10.0
+    # tier 0b (before tier 1: the spec's change back-substituted through both networks
+    # over the interval changes) on the leaves whose interval change bound lost at most
+    # this many times their margin: the leaves it closed had lost at most 1.55x (ACAS Xu 4_7
+    # prop 1: 54, 32 and 13 leaves of int16, magnitude 10 % and neurons 5 %; 256x4 image
+    # 14 at eps 0.012: 1 leaf of int16), and on the 283 leaves of that image's int8 and
+    # magnitude variants, all far off, it closed none in 0.2 s each
+    interval_symbolic_max_loss: float = 4.0
     # ReLU-split chain trees: the change bounded symbolically once over the whole
     # region, and each leaf's interval change intersected with it layer by layer
     # (verify.reuse.difference.ChangeCaps).  Interval changes compound with depth:
@@ -84,22 +91,16 @@ class ReuseOptions:
     # Without them: int8 14.1 -> 10.6 s, magnitude 10 % 12.6 -> 8.4 s there; depth 1
     # measured no better on image 2 at eps 0.01, beside another benchmark)
     walk_alpha_depth: int = -1
-    # tier 0b (the spec's change back-substituted through both networks over the
-    # interval changes) on the leaves whose interval change bound lost at most this
-    # many times their margin: the leaves it closed had lost at most 1.55x (ACAS Xu 4_7
-    # prop 1: 54, 32 and 13 leaves of int16, magnitude 10 % and neurons 5 %; 256x4 image
-    # 14 at eps 0.012: 1 leaf of int16), and on the 283 leaves of that image's int8 and
-    # magnitude variants, all far off, it closed none in 0.2 s each
-    interval_symbolic_max_loss: float = 4.0
     # ... and its interior nodes are bounded down to this depth only (0: the root
-    # alone); a leaf below is bounded from its nearest bounded ancestor's bounds.  An
-    # interior node of the original's tree was open there, and on a variant the bound
-    # of one mostly served its children's intermediate bounds, at the cost of a leaf's.
-    # Side by side (reuse of int8, magnitude 10 % and 30 %, each variant twice in one
-    # process): mnist-net_256x4 image 14 at eps 0.012 27.5 -> 21.7 s, against bounding
-    # the interior nodes with at most 4 leaves below them (30.1 -> 28.3 s with 2);
-    # image 7 at 0.011 8.2 -> 8.3 s, image 2 at 0.012 4.6 -> 4.5 s, mnist-net_256x6
-    # image 9 5.1 -> 5.2 s.  (-1: every interior node bounded, as before)
+    # alone; -1: every one, as until the eighteenth session); a leaf below is bounded
+    # from its nearest bounded ancestor's bounds.  An interior node of the original's
+    # tree was open there, and on a variant its bound mostly served its children's
+    # intermediate bounds, at the cost of a leaf's.  -1 against 0 side by side (reuse
+    # of the five variants, each twice in one process): mnist-net_256x4 image 14 at eps
+    # 0.012 32.6 -> 24.0 s (int8 6.6 -> 4.1 s), image 7 at 0.011 10.1 -> 9.2 s (its
+    # magnitude 30 % 1.09 -> 1.21 s, the one loss); against 4 (interior nodes with at
+    # most 4 leaves below them skipped) image 2 at 0.012 and mnist-net_256x6 image 9
+    # within 4 %; depth 3 no better than 0
     walk_interior_depth: int = 0
     # ReLU-split trees of chains: the variant's root, where its search from the proof's
     # leaves tightens it (verify.search.RegionSearch.tighten_root), is bounded over the
@@ -131,10 +132,11 @@ class ReuseOptions:
     # ... except for a variant whose weights moved less than this from the original's
     # (ChangeMap.relative_change; int16 moves them by 1e-4 - 2e-4, int8 and pruning by
     # 6e-3 and more): no up-front root bound and attack, and no quick attack before
-    # the proof's own bounds (its tiers take the root bound if they need it).  Its original holds, so a counterexample, if any, lies where the
-    # original's margin is smallest: the bound minimisers of the proof's tightest
-    # leaves (confirmed on the variant by the tree's tiers) and the search's own
-    # attack rounds look there, where scratch's round draws random points.  0: never
+    # the proof's own bounds (its tiers take the root bound if they need it).  Its
+    # original holds, so a counterexample, if any, lies where the original's margin is
+    # smallest: the bound minimisers of the proof's tightest leaves (confirmed on the
+    # variant by the tree's tiers) and the search's own attack rounds look there, where
+    # scratch's round draws random points.  0: never
     attack_skip_below: float = 1e-3
     # ... and a shorter proof with several branches gets scratch's random samples first,
     # for at most this share of its original's time (ACAS Xu 1_1 prop 2, magnitude 30 %:
@@ -194,7 +196,8 @@ class ReuseOptions:
             raise OptionError("interval_symbolic_max_loss must be >= 0, got "
                               f"{self.interval_symbolic_max_loss}")
         if self.walk_interior_depth < -1:
-            raise OptionError(f"walk_interior_depth must be >= -1, got {self.walk_interior_depth}")
+            raise OptionError("walk_interior_depth must be >= -1, got "
+                              f"{self.walk_interior_depth}")
         if self.tight_alpha_iterations < 0:
             raise OptionError(f"tight_alpha_iterations must be >= 0, got {self.tight_alpha_iterations}")
         if self.warm_alpha_iterations < 0:
