@@ -459,41 +459,30 @@ class BoundPropagator:
                 if w_off is not None:
                     w_off = [None if o is None else o[keep] for o in w_off]
                 params, opt = opt.select(keep)
-                alphas = params[:len(alphas)]
-                if betas is not None:
-                    it = iter(params[len(alphas):])
-                    betas = [None if b is None else next(it) for b in betas]
+                alphas, betas = _split_params(params, len(alphas), betas)
                 if not exact:
                     kept_total, kept = kept_total[keep], [k[keep] for k in kept]
                     kept_cur = kept_cur[keep]
-        signs = full_signs
         with torch.no_grad():
-            if not exact:  # the last step's slopes and multipliers are an iterate too
-                if stepped:
-                    cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi,
-                                              alphas=alphas, betas=betas,
-                                              signs=None if signs is None else
-                                              [None if sg is None else sg[act] for sg in signs],
-                                              offsets=w_off)
-                    kept_total, kept, _ = _keep_better(cur, params, kept_total, kept, kept_cur)
-                if len(act) < lam.shape[0]:
+            if not exact and stepped:  # the last step's slopes and multipliers are an iterate too
+                cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
+                                          betas=betas, signs=signs, offsets=w_off)
+                kept_total, kept, _ = _keep_better(cur, params, kept_total, kept, kept_cur)
+            signs = full_signs  # every row's again
+            dropped = len(act) < lam.shape[0]
+            if not exact:
+                if dropped:
                     for f, k in zip(kept_full, kept):
                         f[act] = k
                     kept = kept_full
                 # the kept slopes and multipliers, evaluated in float64
-                alphas = [a.to(lam.dtype) for a in kept[:len(alphas)]]
-                it = iter(kept[len(alphas):])
-                betas = None if betas is None else \
-                    [None if b is None else next(it).to(lam.dtype) for b in betas]
+                alphas, betas = _split_params([p.to(lam.dtype) for p in kept], len(alphas), betas)
                 signs = None if signs is None else \
                     [None if sg is None else sg.to(lam.dtype) for sg in signs]
-            elif len(act) < lam.shape[0]:  # every row's last parameters
+            elif dropped:  # every row's last parameters
                 for f, p in zip(full, params):
                     f[act] = p.detach()
-                alphas = full[:len(alphas)]
-                if betas is not None:
-                    it = iter(full[len(alphas):])
-                    betas = [None if b is None else next(it) for b in betas]
+                alphas, betas = _split_params(full, len(alphas), betas)
             last, A, rec = self._backsub(K, lam, lower, upper, lo, hi, record=True, alphas=alphas,
                                          betas=betas, signs=signs, offsets=offsets)
         return (torch.maximum(best, last), last, A, rec,
@@ -638,6 +627,15 @@ class BoundPropagator:
         const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d, guide,
                            alphas, betas)
+
+
+def _split_params(params, n_alphas: int, betas):
+    """``params`` -- the slopes of ``n_alphas`` layers, then the multipliers of the layers
+    ``betas`` has some for -- as (slopes, multipliers per layer: None where ``betas``
+    has None, or None throughout when ``betas`` is None)."""
+    it = iter(params[n_alphas:])
+    return (list(params[:n_alphas]),
+            None if betas is None else [None if b is None else next(it) for b in betas])
 
 
 def _keep_better(cur: torch.Tensor, params, kept_total: torch.Tensor, kept, kept_cur):
