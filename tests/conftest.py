@@ -82,3 +82,20 @@ def tree_walks(monkeypatch):
         return walk(self, region, r)
     monkeypatch.setattr(tree.TreeWalk, "run", counted)
     return walks
+
+
+@pytest.fixture(scope="module")
+def input_split_proof():
+    """A 5-input chain whose robustness proof splits its inputs: (net, prop, options,
+    proof)."""
+    from verify.api import VerifyOptions, local_robustness
+    from verify.network import Affine, Network
+    from verify.reuse import build_proof
+    rng = np.random.default_rng(1)
+    sizes = [5, 24, 24, 24, 3]
+    net = Network(tuple(Affine(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
+                        for i, o in zip(sizes, sizes[1:])))
+    centre = rng.uniform(-1, 1, 5)
+    prop = local_robustness(centre, 0.8, int(np.argmax(net.forward(centre))), 3)
+    opts = VerifyOptions(timeout=20)
+    return net, prop, opts, build_proof(net, prop, opts)

@@ -730,22 +730,6 @@ def test_the_originals_root_slopes_map_onto_a_neuron_pruned_variant(split_proof)
                 np.testing.assert_array_equal(r[m + i], orr[mo + o][cmap.kept_rows[j]])
 
 
-@pytest.fixture(scope="module")
-def input_split_proof():
-    """A 5-input chain whose robustness proof splits its inputs: (net, prop, options,
-    proof)."""
-    from verify.network import Affine, Network
-    from verify.reuse import build_proof
-    rng = np.random.default_rng(1)
-    sizes = [5, 24, 24, 24, 3]
-    net = Network(tuple(Affine(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
-                        for i, o in zip(sizes, sizes[1:])))
-    centre = rng.uniform(-1, 1, 5)
-    prop = local_robustness(centre, 0.8, int(np.argmax(net.forward(centre))), 3)
-    opts = VerifyOptions(timeout=20)
-    return net, prop, opts, build_proof(net, prop, opts)
-
-
 def test_input_split_leaves_closed_with_alpha_steps_are_rechecked_from_their_slopes(
         input_split_proof):
     """Input splitting: a leaf the original's alpha tier closed keeps its slopes (finite;

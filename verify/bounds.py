@@ -165,8 +165,10 @@ class BatchBounds:
 
     def candidates(self, lo: torch.Tensor, hi: torch.Tensor, i: int = 0) -> np.ndarray:
         """Counterexample candidates of branch ``i``: its spec rows' minimising
-        corners and the box centre, (m + 1, n)."""
-        return np.vstack([self.minimisers(lo[i:i + 1], hi[i:i + 1]).numpy()[0],
+        corners and the box centre, (m + 1, n).  (Until the nineteenth session the
+        corners took branch 0's coefficient signs for every branch.)"""
+        corners = torch.where(self.spec_coeffs[i] > 0, lo[i][None, :], hi[i][None, :])
+        return np.vstack([corners.numpy(),
                           ((lo[i] + hi[i]) / 2).numpy()[None, :]])
 
 

@@ -102,6 +102,15 @@ class ReuseOptions:
     # most 4 leaves below them skipped) image 2 at 0.012 and mnist-net_256x6 image 9
     # within 4 %; depth 3 no better than 0
     walk_interior_depth: int = 0
+    # an input-bisection tree: every bisection_walk_step levels from level
+    # bisection_walk_first, the nodes above at least two leaves left open by the
+    # differential tiers are bounded on the variant before those leaves, until the nodes
+    # bounded outnumber the leaves they closed by bisection_walk_allowance of the open
+    # leaves (verify.reuse.bisection_walk).  0 steps: never
+    bisection_walk_step: int = 3
+    bisection_walk_first: int = 3
+    bisection_walk_probe: float = 0.0625
+    bisection_walk_min_payoff: float = 2.0
     # ReLU-split trees of chains: the variant's root, where its search from the proof's
     # leaves tightens it (verify.search.RegionSearch.tighten_root), is bounded over the
     # original's tightened root moved by the region's change caps, and taken without the
@@ -195,6 +204,12 @@ class ReuseOptions:
         if not self.interval_symbolic_max_loss >= 0:
             raise OptionError("interval_symbolic_max_loss must be >= 0, got "
                               f"{self.interval_symbolic_max_loss}")
+        if self.bisection_walk_step < 0 or self.bisection_walk_first < 0 \
+                or not 0 <= self.bisection_walk_probe <= 1 or not self.bisection_walk_min_payoff >= 0:
+            raise OptionError("bisection_walk_step and bisection_walk_first must be >= 0, "
+                              "bisection_walk_probe in [0, 1] and bisection_walk_min_payoff "
+                              f">= 0, got {self.bisection_walk_step}, {self.bisection_walk_first}, "
+                              f"{self.bisection_walk_probe}, {self.bisection_walk_min_payoff}")
         if self.walk_interior_depth < -1:
             raise OptionError("walk_interior_depth must be >= -1, got "
                               f"{self.walk_interior_depth}")

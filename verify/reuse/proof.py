@@ -42,6 +42,7 @@ from ..search import Leaf, RegionSearch
 from ..constraint_names import fact_dict
 from ..verifier import Proof, verify_property
 from ..result import Counterexample, Statistics, Status, VerificationResult
+from .bisection import BisectionLevel, bisection_levels, bisection_tree_covers
 from .bound_core import bound_core, core_gain, core_neurons
 from .changes import ParsedNames, parse_names
 from .cores import Core, extract_core
@@ -173,6 +174,8 @@ class ProofRecord:
     # covers() answers per (region index, box): the structure is checked once per
     # record, however many variants reuse it (the record is not modified after)
     _covered: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # ... and the levels of an input-bisection tree (bisection_levels), the same way
+    _levels: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     # regions whose bound core bound_core_of has tried to make
     _bound_core_tried: set = field(default_factory=set, init=False, repr=False, compare=False)
     # every core's names, parsed on first use (see core_names)
@@ -205,8 +208,21 @@ class ProofRecord:
         """Whether the branches of region ``r`` tile ``region``'s box (see :func:`covers`)."""
         key = (r, region.lower.tobytes(), region.upper.tobytes())
         if key not in self._covered:
-            self._covered[key] = covers(region, self.regions.get(r) or [])
+            branches = self.regions.get(r) or []
+            self._covered[key] = (self.bisection_levels(r, region) is not None
+                                  if branches and not any(b.splits for b in branches)
+                                  else covers(region, branches))
         return self._covered[key]
+
+    def bisection_levels(self, r: int, region: Region) -> list[BisectionLevel] | None:
+        """The levels of region ``r``'s tree when it is one of input bisections alone
+        (:func:`bisection_levels`; None otherwise), built once per record."""
+        key = (r, region.lower.tobytes(), region.upper.tobytes())
+        if key not in self._levels:
+            branches = self.regions.get(r) or []
+            self._levels[key] = None if not branches or any(b.splits for b in branches) \
+                else bisection_levels(region, branches)
+        return self._levels[key]
 
     def core_names(self) -> ParsedNames:
         """The names of every core, parsed once (each variant's change statistics
@@ -364,64 +380,6 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
     if branches and not any(b.splits for b in branches):
         return bisection_tree_covers(region, branches)
     return proof_tree(region, branches) is not None
-
-
-def bisection_tree_covers(region: Region, branches: list[ProofBranch]) -> bool:
-    """:func:`proof_tree` is not None, for branches without ReLU splits, a level of
-    the tree at a time: each open node takes the first dimension whose midpoint
-    separates its branches into two non-empty sides that together hold all of them;
-    a node whose box is one of its branches' is a leaf (as :func:`proof_tree` reads
-    it).  (A node at a time, the recursion took 0.45 s on ACAS Xu 4_2 property 2's
-    7,756 leaves, about 30 us per node, for every first variant of that proof.)"""
-    if not branches:
-        return False
-    LO = np.stack([np.asarray(b.lower, dtype=np.float64) for b in branches])
-    HI = np.stack([np.asarray(b.upper, dtype=np.float64) for b in branches])
-    node_lo = np.asarray(region.lower, dtype=np.float64)[None, :].copy()
-    node_hi = np.asarray(region.upper, dtype=np.float64)[None, :].copy()
-    group = np.zeros(len(branches), dtype=np.int64)  # each branch's open node
-    while len(group):
-        n_nodes, dims = node_lo.shape
-        # nodes that are a leaf: some branch's box is the node's
-        equal = (LO == node_lo[group]).all(axis=1) & (HI == node_hi[group]).all(axis=1)
-        leaf = np.zeros(n_nodes, dtype=bool)
-        leaf[group[equal]] = True
-        keep = ~leaf[group]
-        if not keep.any():
-            return True
-        # the nodes still open, renumbered, with their branches
-        open_nodes = np.flatnonzero(np.bincount(group[keep], minlength=n_nodes) > 0)
-        renumber = np.full(n_nodes, -1, dtype=np.int64)
-        renumber[open_nodes] = np.arange(len(open_nodes))
-        LO, HI, group = LO[keep], HI[keep], renumber[group[keep]]
-        node_lo, node_hi = node_lo[open_nodes], node_hi[open_nodes]
-        mid = (node_lo + node_hi) / 2
-        left, right = HI <= mid[group], LO >= mid[group]
-        size = np.bincount(group, minlength=len(open_nodes))
-        n_left = np.stack([np.bincount(group, left[:, d], len(open_nodes))
-                           for d in range(dims)], axis=1)
-        n_right = np.stack([np.bincount(group, right[:, d], len(open_nodes))
-                            for d in range(dims)], axis=1)
-        # both sides hold branches, and every branch is on one (a flat box at the
-        # midpoint counts on both, like the recursion's); each side then gets a branch
-        # below, since a lower half of them all would leave no room for a right one
-        ok = (n_left > 0) & (n_right > 0) & (n_left + n_right == size[:, None])
-        if not ok.any(axis=1).all():
-            return False  # a node no bisection separates (and no ReLU split to try)
-        dim = np.argmax(ok, axis=1)  # the first such dimension
-        rows = np.arange(len(open_nodes))
-        lower_half_hi = node_hi.copy()
-        lower_half_hi[rows, dim] = mid[rows, dim]
-        upper_half_lo = node_lo.copy()
-        upper_half_lo[rows, dim] = mid[rows, dim]
-        # node g's children: 2g (lower half: its branches left of the midpoint) and
-        # 2g + 1 (the others: size - n_left = n_right > 0 of them, so neither child
-        # is ever empty, and an empty child would count as covered)
-        side = ~left[np.arange(len(group)), dim[group]]
-        node_lo = np.stack([node_lo, upper_half_lo], axis=1).reshape(-1, dims)
-        node_hi = np.stack([lower_half_hi, node_hi], axis=1).reshape(-1, dims)
-        group = 2 * group + side
-    return True
 
 
 # ---- building ---------------------------------------------------------------------

@@ -22,6 +22,9 @@ class ReuseStats:
     closed_by_difference: int = 0  # ... by the original's bounds moved by the change
     closed_by_difference_backsub: int = 0  # ... of which over the moved intermediate bounds
     closed_by_symbolic: int = 0  # ... of which by the symbolic bound of the change (tier 0)
+    # ... of which below a coarser node of the original's input-bisection tree that the
+    # variant's bound closed (verify.reuse.bisection_walk)
+    closed_by_ancestor: int = 0
     closed_at_root: int = 0  # regions of a split proof closed by one bound of the region
     closed_by_core: int = 0  # branch conjunctions closed by a reused (refined) core
     closed_by_full: int = 0  # ... by the full query of the branch

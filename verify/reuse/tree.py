@@ -52,6 +52,8 @@ from ..search import Node, RegionSearch, inherit_refuted
 from ..constraint_names import fact_dict, fact_names, split_arrays
 from ..result import Status
 from ..spec_rows import rows_refute_all
+from .bisection import BisectionLevel
+from .bisection_walk import walk_bisection
 from .changes import ChangeMap
 from .derive import GraphChangeMap
 from .moved_rows import MovedRows
@@ -212,15 +214,17 @@ class TreeCheck:
     """Tiers 0-3 over one region's leaves (see the module docstring)."""
 
     def __init__(self, reuser, search: RegionSearch, branches, caps: ChangeCaps | None = None,
-                 deepened: dict | None = None):
+                 deepened: dict | None = None, levels: list[BisectionLevel] | None = None):
         self.reuser, self.search, self.branches = reuser, search, branches
+        self.levels = levels  # of an input-bisection tree: walked before tier 2, or None
         self.deepened = deepened  # leaves' children on the original, kept for other variants
         self.cmap: ChangeMap = reuser.cmap
         self.stats = reuser.stats
         self.caps = caps  # the change's bounds over the whole region, or None
         # leaves closed per way, counted into the statistics once the region is closed
         self.closed = {"closed_by_bounds": 0, "closed_by_difference": 0, "closed_by_symbolic": 0,
-                       "closed_by_difference_backsub": 0, "closed_by_split": 0}
+                       "closed_by_difference_backsub": 0, "closed_by_split": 0,
+                       "closed_by_ancestor": 0}
         self.n_hidden = len(search.net.hidden_sizes)
         self.graph = isinstance(self.cmap, GraphChangeMap)  # no symbolic tier (chains only)
 
@@ -259,6 +263,10 @@ class TreeCheck:
         cex = self.reuser.attack(region, r, quick=True)
         if cex is not None:
             return cex
+        if self.levels is not None:
+            open_after_1, cex = self._walk(region, r, open_after_1)
+            if cex is not None:
+                return cex
         cex, items = self._tier2_open(region, r, open_after_1, moved_of)
         if cex is not None:
             return cex
@@ -295,6 +303,19 @@ class TreeCheck:
             return cex
         self.closed["closed_by_split"] += len(to_split)
         return self._commit()
+
+    def _walk(self, region, r: int, ids):
+        """The bisection walk (:mod:`verify.reuse.bisection_walk`) above the open leaves
+        ``ids``: (the leaves still open, a confirmed counterexample or None)."""
+        ropt = self.reuser.ropt
+        if not self.graph and self.cmap.relative_change < ropt.attack_skip_below:
+            return ids, None  # a near copy: its nodes are about as open as its original's
+        out = walk_bisection(self.search, region, r, self.levels, ids, ropt.bisection_walk_step,
+                             ropt.bisection_walk_first, ropt.bisection_walk_probe,
+                             ropt.bisection_walk_min_payoff)
+        self.closed["closed_by_bounds"] += out.closed
+        self.closed["closed_by_ancestor"] += out.closed
+        return out.open_ids, out.counterexample
 
     def _commit(self) -> None:
         for name, n in self.closed.items():
