@@ -49,3 +49,29 @@ def test_a_violation_smaller_than_float32_rounding_is_confirmed(monkeypatch):
     assert attack.confirm_batch(net, region, 0, batch) is None
     # a small batch is evaluated exactly, slack or not
     assert attack.confirm_batch(net, region, 0, xs[p][None, :]) is not None
+
+
+def test_each_branchs_candidates_are_the_corners_its_own_bound_points_to():
+    """``BatchBounds.candidates(lo, hi, i)``: branch ``i``'s spec rows' minimising corners
+    (by its own coefficients, not branch 0's) and its centre; on a batch of boxes
+    bounded by CROWN, each corner's linear lower bound is the row's minimum over its box."""
+    import torch
+    from verify.bounds import BoundPropagator
+    rng = np.random.default_rng(3)
+    sizes = [3, 16, 16, 4]
+    net = Network(tuple(Affine(rng.normal(size=(b, a)), rng.normal(size=b))
+                        for a, b in zip(sizes, sizes[1:])))
+    lo = torch.from_numpy(rng.uniform(-1, 0, (6, 3)))
+    hi = lo + torch.from_numpy(rng.uniform(0.1, 1, (6, 3)))
+    C = torch.from_numpy(np.eye(4)[1:] - np.eye(4)[0])
+    res = BoundPropagator(net).bound(lo, hi, C, torch.zeros(3), None, None)
+    A = res.spec_coeffs
+    assert (torch.sign(A[1:]) != torch.sign(A[:1])).any()  # the branches' signs differ
+    for i in range(len(lo)):
+        cand = res.candidates(lo, hi, i)
+        assert cand.shape == (4, 3)
+        np.testing.assert_allclose(cand[-1], ((lo[i] + hi[i]) / 2).numpy())
+        for r in range(3):
+            at_corner = A[i, r].numpy() @ cand[r]
+            box_min = (A[i, r].clamp(min=0) @ lo[i] + A[i, r].clamp(max=0) @ hi[i]).item()
+            np.testing.assert_allclose(at_corner, box_min)

@@ -86,3 +86,41 @@ def test_a_zero_width_box_at_a_midpoint_does_not_stand_for_a_half():
     assert not bisection_tree_covers(region, [lower, flat, flat])
     upper = ProofBranch(np.array([0.5, 0.0]), np.array([1.0, 1.0]), (), "bounds")
     assert bisection_tree_covers(region, [lower, upper])
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), dims=st.integers(1, 5), n_splits=st.integers(0, 60))
+def test_each_level_tiles_the_box_with_the_leaves_above_it(seed, dims, n_splits):
+    """The levels the walk bounds (``bisection_levels``): level 0 is the region; every
+    branch lies in its node's box; a level's nodes and the leaves that ended above it
+    tile the region (volumes add up, and each is inside it); every branch is a node
+    (a leaf) of exactly one level, the last level's nodes are all leaves."""
+    from verify.reuse.bisection import bisection_levels
+    rng = np.random.default_rng(seed)
+    lo = rng.uniform(-2, 0, dims)
+    hi = lo + rng.uniform(0.1, 3, dims)
+    region = _region(lo, hi)
+    branches = _random_tree(rng, lo, hi, n_splits)
+    rng.shuffle(branches)
+    levels = bisection_levels(region, branches)
+    assert levels is not None
+    np.testing.assert_array_equal(levels[0].lower, lo[None])
+    np.testing.assert_array_equal(levels[0].upper, hi[None])
+    LO = np.stack([b.lower for b in branches])
+    HI = np.stack([b.upper for b in branches])
+    vol = np.prod(HI - LO, axis=1)
+    ended = np.zeros(len(branches), dtype=bool)
+    leaf_levels = np.zeros(len(branches), dtype=int)
+    for level in levels:
+        ids, node = level.branch_ids, level.node_of
+        assert (LO[ids] >= level.lower[node]).all() and (HI[ids] <= level.upper[node]).all()
+        assert (level.lower >= lo).all() and (level.upper <= hi).all()
+        nodes = np.unique(node)
+        np.testing.assert_allclose(np.prod(level.upper[nodes] - level.lower[nodes], axis=1).sum()
+                                   + vol[ended].sum(), np.prod(hi - lo))
+        is_leaf = (LO[ids] == level.lower[node]).all(1) & (HI[ids] == level.upper[node]).all(1)
+        assert not ended[ids].any()
+        leaf_levels[ids[is_leaf]] += 1
+        ended[ids[is_leaf]] = True
+    assert (leaf_levels == 1).all()
+    assert len(np.unique(levels[-1].node_of)) == len(levels[-1].branch_ids)
