@@ -108,10 +108,11 @@ class ReuseOptions:
     # leaves left open by the differential tiers), then the rest of each level whose
     # probe closed at least bisection_walk_min_payoff open leaves per node.  Not on a
     # near copy (attack_skip_below: its nodes are as open as its original's).  0 steps:
-    # never.  Off against on, alternated (props 1-2, int8 / magnitude 10 %, 30 % /
-    # neurons 5 %): ACAS Xu 4_2 prop 2 47.3 -> 44.2 s (neurons 6.4 -> 5.5 s, int8 5.8
-    # -> 4.9 s), nine 400-950-leaf trees 47.4 -> 46.6 s (5_6 5.8 -> 5.0 s, 2_9 4.2 ->
-    # 4.5 s)
+    # never.  Off against on, alternated in one process, each variant twice (the hard
+    # family's ten ACAS Xu originals, their five variants; two such processes side by
+    # side): 112.1 -> 105.2 s; 4_2 prop 2 58.3 -> 52.9 s (int8 6.1 -> 4.6 s, neurons 5 %
+    # 6.8 -> 5.6 s), 5_6 6.7 -> 5.4 s, 5_7 6.6 -> 5.9 s; the most lost: 5_8 9.7 -> 10.1 s
+    # (int8 0.77 -> 0.89 s), 4_6 5.2 -> 5.5 s
     bisection_walk_step: int = 3
     bisection_walk_first: int = 3
     bisection_walk_probe: float = 0.0625
