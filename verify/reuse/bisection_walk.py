@@ -62,9 +62,10 @@ def walk_bisection(search, region: Region, r: int, levels: list[BisectionLevel],
         nodes = _nodes_above(levels[d], live)
         if len(nodes) == 0:
             break  # deeper levels hold fewer leaves per node
-        m = len(nodes) if len(nodes) <= PROBE_MIN else max(PROBE_MIN, round(probe_share * len(nodes)))
-        probes.append((d, nodes, nodes[np.unique(np.linspace(0, len(nodes) - 1, m).round()
-                                                 .astype(np.int64))]))
+        m = len(nodes) if len(nodes) <= PROBE_MIN else \
+            max(PROBE_MIN, round(probe_share * len(nodes)))
+        spread = np.unique(np.linspace(0, len(nodes) - 1, m).round().astype(np.int64))
+        probes.append((d, nodes, nodes[spread]))
     if not probes:
         return out
     closed, cex = _bound_nodes(search, region, r,
@@ -74,19 +75,16 @@ def walk_bisection(search, region: Region, r: int, levels: list[BisectionLevel],
     if cex is not None:
         out.counterexample = cex
         return out
-    # each level's payoff -- open leaves below its closed probes, per probe -- counted
-    # before any leaves leave (the levels' leaves overlap)
-    rates, start = [], 0
+    # each level's payoff: open leaves below its closed probes, per probe (counted
+    # before any leave: the levels' leaves overlap)
+    gone, start = [], 0
     for d, _, probe in probes:
-        shut = probe[closed[start:start + len(probe)]]
+        gone.append(_leaves_below(levels[d], live, probe[closed[start:start + len(probe)]]))
         start += len(probe)
-        rates.append(len(_leaves_below(levels[d], live, shut)) / len(probe))
-    start = 0
-    for d, _, probe in probes:
-        gone = _leaves_below(levels[d], live, probe[closed[start:start + len(probe)]])
-        start += len(probe)
-        out.closed += len(gone)
-        live[gone] = False
+    rates = [len(g) / len(probe) for g, (_, _, probe) in zip(gone, probes)]
+    for g in gone:
+        out.closed += int(np.count_nonzero(live[g]))
+        live[g] = False
     # then, top down, the rest of every level whose probe paid
     picks = [(d, probe) for (d, _, probe), rate in zip(probes, rates) if rate >= min_payoff]
     for d, probe in picks:
@@ -100,9 +98,9 @@ def walk_bisection(search, region: Region, r: int, levels: list[BisectionLevel],
             if cex is not None:
                 out.counterexample = cex
                 return out
-            gone = _leaves_below(levels[d], live, rest[closed_rest])
-            live[gone] = False
-            out.closed += len(gone)
+            shut = _leaves_below(levels[d], live, rest[closed_rest])
+            live[shut] = False
+            out.closed += len(shut)
     out.open_ids = [i for i in open_ids if live[i]]
     return out
 

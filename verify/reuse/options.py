@@ -210,8 +210,9 @@ class ReuseOptions:
         if not self.interval_symbolic_max_loss >= 0:
             raise OptionError("interval_symbolic_max_loss must be >= 0, got "
                               f"{self.interval_symbolic_max_loss}")
-        if self.bisection_walk_step < 0 or self.bisection_walk_first < 0 \
-                or not 0 <= self.bisection_walk_probe <= 1 or not self.bisection_walk_min_payoff >= 0:
+        if (self.bisection_walk_step < 0 or self.bisection_walk_first < 0
+                or not 0 <= self.bisection_walk_probe <= 1
+                or not self.bisection_walk_min_payoff >= 0):
             raise OptionError("bisection_walk_step and bisection_walk_first must be >= 0, "
                               "bisection_walk_probe in [0, 1] and bisection_walk_min_payoff "
                               f">= 0, got {self.bisection_walk_step}, {self.bisection_walk_first}, "
