@@ -329,8 +329,9 @@ class TreeCheck:
     def _tier2_open(self, region, r: int, ids, moved_of):
         """Tier 2 on leaves ``ids`` (in batches): (a confirmed counterexample among
         the open leaves' bound minimisers, or None; the leaves still open as
-        (branch, its tier-2 layer bounds)).  Where open leaves are split further on the
-        original (:meth:`_deepens`), no tier 2: the leaves go on with their moved bounds.
+        (branch, its tier-2 layer bounds, its margin, its two halves or None: see
+        :meth:`_split_open`)).  Where open leaves are split further on the original
+        (:meth:`_deepens`), no tier 2: the leaves go on as (branch, moved bounds).
         (Tier 2 on a ReLU-split leaf is the variant's own bound of the leaf box over the
         moved bounds, without the leaf's split constraints: after tier 1c it closed 1 of
         14 leaves on mnist-net_256x4 image 7 at eps 0.011 -- int16: 9, 3, 1, 1 leaves in
