@@ -112,7 +112,8 @@ class ReuseOptions:
     # family's ten ACAS Xu originals, their five variants; two such processes side by
     # side): 112.1 -> 105.2 s; 4_2 prop 2 58.3 -> 52.9 s (int8 6.1 -> 4.6 s, neurons 5 %
     # 6.8 -> 5.6 s), 5_6 6.7 -> 5.4 s, 5_7 6.6 -> 5.9 s; the most lost: 5_8 9.7 -> 10.1 s
-    # (int8 0.77 -> 0.89 s), 4_6 5.2 -> 5.5 s
+    # (int8 0.77 -> 0.89 s), 4_6 5.2 -> 5.5 s.  With the open leaves bisected from tier 2's
+    # bound (TreeCheck._split_open): 104.7 -> 97.4 s (4_2 54.4 -> 49.5 s, 2_9 4.1 -> 4.4 s)
     bisection_walk_step: int = 3
     bisection_walk_first: int = 3
     bisection_walk_probe: float = 0.0625
