@@ -42,7 +42,7 @@ from ..search import Leaf, RegionSearch
 from ..constraint_names import fact_dict
 from ..verifier import Proof, verify_property
 from ..result import Counterexample, Statistics, Status, VerificationResult
-from .bisection import BisectionLevel, bisection_levels, bisection_tree_covers
+from .bisection import BisectionLevel, bisection_levels, bisection_tree_covers, is_bisection_tree
 from .bound_core import bound_core, core_gain, core_neurons
 from .changes import ParsedNames, parse_names
 from .cores import Core, extract_core
@@ -210,8 +210,7 @@ class ProofRecord:
         if key not in self._covered:
             branches = self.regions.get(r) or []
             self._covered[key] = (self.bisection_levels(r, region) is not None
-                                  if branches and not any(b.splits for b in branches)
-                                  else covers(region, branches))
+                                  if is_bisection_tree(branches) else covers(region, branches))
         return self._covered[key]
 
     def bisection_levels(self, r: int, region: Region) -> list[BisectionLevel] | None:
@@ -219,9 +218,7 @@ class ProofRecord:
         (:func:`bisection_levels`; None otherwise), built once per record."""
         key = (r, region.lower.tobytes(), region.upper.tobytes())
         if key not in self._levels:
-            branches = self.regions.get(r) or []
-            self._levels[key] = None if not branches or any(b.splits for b in branches) \
-                else bisection_levels(region, branches)
+            self._levels[key] = bisection_levels(region, self.regions.get(r) or [])
         return self._levels[key]
 
     def core_names(self) -> ParsedNames:
@@ -377,7 +374,7 @@ def covers(region: Region, branches: list[ProofBranch]) -> bool:
     bisections (at the exact midpoint) and two-way ReLU phase splits whose
     leaves are exactly the branches (:func:`proof_tree`; a tree of input
     bisections alone, level by level: :func:`bisection_tree_covers`)."""
-    if branches and not any(b.splits for b in branches):
+    if is_bisection_tree(branches):
         return bisection_tree_covers(region, branches)
     return proof_tree(region, branches) is not None
 

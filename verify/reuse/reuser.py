@@ -98,8 +98,8 @@ class Reuser(CoreChecks):
                 relu_split = any(b.splits for b in branches)
                 leaf_search = self._leaf_search(search, ob, proof)
                 try:
-                    levels = None if relu_split or not self.ropt.bisection_walk_step \
-                        else proof.bisection_levels(r, region)
+                    levels = proof.bisection_levels(r, region) \
+                        if self.ropt.bisection_walk_step else None
                     return TreeCheck(self, leaf_search, branches, self._caps(search, ob),
                                      proof.deepened, levels).run(
                         region, r, None if rooted else lambda: self._root_closes(search),
