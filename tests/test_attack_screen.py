@@ -75,3 +75,6 @@ def test_each_branchs_candidates_are_the_corners_its_own_bound_points_to():
             at_corner = A[i, r].numpy() @ cand[r]
             box_min = (A[i, r].clamp(min=0) @ lo[i] + A[i, r].clamp(max=0) @ hi[i]).item()
             np.testing.assert_allclose(at_corner, box_min)
+    # several branches at once: theirs one after another
+    np.testing.assert_array_equal(res.candidates(lo, hi, [4, 1, 2]), np.vstack(
+        [res.candidates(lo, hi, i) for i in (4, 1, 2)]))

@@ -163,13 +163,15 @@ class BatchBounds:
         """Box corner minimising each spec row's linear lower bound: (B, m, n)."""
         return torch.where(self.spec_coeffs > 0, lo[:, None, :], hi[:, None, :])
 
-    def candidates(self, lo: torch.Tensor, hi: torch.Tensor, i: int = 0) -> np.ndarray:
-        """Counterexample candidates of branch ``i``: its spec rows' minimising
-        corners and the box centre, (m + 1, n).  (Until the nineteenth session the
+    def candidates(self, lo: torch.Tensor, hi: torch.Tensor, rows=0) -> np.ndarray:
+        """Counterexample candidates of branch ``rows`` (an index, or a sequence of
+        them): per branch, its spec rows' minimising corners and its box centre, branch
+        after branch, ((m + 1) * len(rows), n).  (Until the nineteenth session the
         corners took branch 0's coefficient signs for every branch.)"""
-        corners = torch.where(self.spec_coeffs[i] > 0, lo[i][None, :], hi[i][None, :])
-        return np.vstack([corners.numpy(),
-                          ((lo[i] + hi[i]) / 2).numpy()[None, :]])
+        idx = torch.from_numpy(np.atleast_1d(np.asarray(rows, dtype=np.int64)))
+        l, h = lo[idx], hi[idx]
+        corners = torch.where(self.spec_coeffs[idx] > 0, l[:, None, :], h[:, None, :])
+        return torch.cat([corners, ((l + h) / 2)[:, None, :]], 1).reshape(-1, lo.shape[1]).numpy()
 
 
 class BoundPropagator:

@@ -130,8 +130,7 @@ def _bound_nodes(search, region: Region, r: int, lower: np.ndarray, upper: np.nd
         closed[s:s + step] = shut
         still = np.flatnonzero(~shut)
         if len(still):
-            cex = confirm_batch(search.net, region, r,
-                                np.vstack([res.candidates(lo, hi, int(i)) for i in still]))
+            cex = confirm_batch(search.net, region, r, res.candidates(lo, hi, still))
             if cex is not None:
                 return closed, cex
     return closed, None

@@ -351,8 +351,8 @@ class TreeCheck:
                 continue
             lo = torch.from_numpy(np.stack([branches[i].lower for i in idx]))
             hi = torch.from_numpy(np.stack([branches[i].upper for i in idx]))
-            cex = confirm_batch(search.net, region, r,
-                                np.vstack([res.candidates(lo, hi, rows[i]) for i in still]))
+            open_rows = [rows[i] for i in still]
+            cex = confirm_batch(search.net, region, r, res.candidates(lo, hi, open_rows))
             if cex is not None:
                 return cex, []
             spec_lower = res.spec_lower.numpy()
@@ -709,8 +709,7 @@ class TreeWalk:
         it (its two children onto ``frontier``, made by ``node``)."""
         from ..attack import confirm_batch
         n_hidden = len(self.search.net.hidden_sizes)
-        cex = confirm_batch(self.search.net, region, r,
-                            np.vstack([res.candidates(lo, hi, int(i)) for i in open_rows]))
+        cex = confirm_batch(self.search.net, region, r, res.candidates(lo, hi, open_rows))
         if cex is not None:
             raise _Found(cex)
         spec_lower = res.spec_lower.numpy()
