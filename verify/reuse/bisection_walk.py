@@ -54,7 +54,7 @@ def walk_bisection(search, region: Region, r: int, levels: list[BisectionLevel],
     out = WalkOutcome(open_ids)
     if step < 1 or not open_ids:
         return out
-    live = np.zeros(max(len(levels[0].branch_ids), max(open_ids) + 1), dtype=bool)
+    live = np.zeros(len(levels[0].branch_ids), dtype=bool)  # level 0 holds every branch
     live[open_ids] = True
     # per level: its nodes above at least two open leaves, and an even spread of them
     probes = []
@@ -65,28 +65,28 @@ def walk_bisection(search, region: Region, r: int, levels: list[BisectionLevel],
         m = len(nodes) if len(nodes) <= PROBE_MIN else \
             max(PROBE_MIN, round(probe_share * len(nodes)))
         spread = np.unique(np.linspace(0, len(nodes) - 1, m).round().astype(np.int64))
-        probes.append((d, nodes, nodes[spread]))
+        probes.append((d, nodes[spread]))
     if not probes:
         return out
     closed, cex = _bound_nodes(search, region, r,
-                               np.concatenate([levels[d].lower[p] for d, _, p in probes]),
-                               np.concatenate([levels[d].upper[p] for d, _, p in probes]))
-    out.nodes += sum(len(p) for _, _, p in probes)
+                               np.concatenate([levels[d].lower[p] for d, p in probes]),
+                               np.concatenate([levels[d].upper[p] for d, p in probes]))
+    out.nodes += sum(len(p) for _, p in probes)
     if cex is not None:
         out.counterexample = cex
         return out
     # each level's payoff: open leaves below its closed probes, per probe (counted
     # before any leave: the levels' leaves overlap)
     gone, start = [], 0
-    for d, _, probe in probes:
+    for d, probe in probes:
         gone.append(_leaves_below(levels[d], live, probe[closed[start:start + len(probe)]]))
         start += len(probe)
-    rates = [len(g) / len(probe) for g, (_, _, probe) in zip(gone, probes)]
+    rates = [len(g) / len(probe) for g, (_, probe) in zip(gone, probes)]
     for g in gone:
         out.closed += int(np.count_nonzero(live[g]))
         live[g] = False
     # then, top down, the rest of every level whose probe paid
-    picks = [(d, probe) for (d, _, probe), rate in zip(probes, rates) if rate >= min_payoff]
+    picks = [(d, probe) for (d, probe), rate in zip(probes, rates) if rate >= min_payoff]
     for d, probe in picks:
         if search.time_left() <= 0:
             break

@@ -356,19 +356,18 @@ class TreeCheck:
             if cex is not None:
                 return cex, []
             spec_lower = res.spec_lower.numpy()
-            halves = self._split_open(idx, res, spec_lower, refuted, [rows[i] for i in still])
-            for i, pair in zip(still, halves):
-                row = rows[i]
+            margins = [search._margin(spec_lower[row], refuted[row]) for row in open_rows]
+            halves = self._split_open(idx, res, spec_lower, refuted, open_rows, margins)
+            for i, row, margin, pair in zip(still, open_rows, margins, halves):
                 out.append((branches[i], [(res.lower[k][row].numpy(), res.upper[k][row].numpy())
-                                          for k in range(self.n_hidden)],
-                            search._margin(spec_lower[row], refuted[row]), pair))
+                                          for k in range(self.n_hidden)], margin, pair))
         return None, out
 
-    def _split_open(self, idx, res, spec_lower, refuted, open_rows) -> list:
+    def _split_open(self, idx, res, spec_lower, refuted, open_rows, margins) -> list:
         """Input splitting: the open leaves (rows ``open_rows`` of the tier-2 batch of
-        leaves ``idx``) bisected as the variant's search would bisect them after bounding
-        them, from this bound, each half with the leaf's bounds to intersect and its margin
-        as score: per open row, its two halves, or None (ReLU splitting, or a leaf without
+        leaves ``idx``, their ``margins``) bisected as the variant's search would bisect
+        them after bounding them, from this bound, each half with the leaf's bounds to
+        intersect and its margin as score: per open row, its two halves, or None (ReLU splitting, or a leaf without
         a dimension left to split: the search takes the leaf itself).  The search bounded
         each leaf again first: this against that, alternated in one process, the ten ACAS
         Xu originals of the hard family with their five variants each, twice: 105.2 ->
@@ -382,9 +381,9 @@ class TreeCheck:
         pairs = search._split_inputs(batch, res, spec_lower, refuted, list(open_rows))
         if len(pairs) != len(open_rows) or any(p is None for p in pairs):
             return [None] * len(open_rows)
-        for row, pair in zip(open_rows, pairs):
+        for row, margin, pair in zip(open_rows, margins, pairs):
             for child in pair:
-                child.score = search._margin(spec_lower[row], refuted[row])
+                child.score = margin
                 child.refuted, child.parent_lower = refuted[row], spec_lower[row]
             search.stats.branches += len(pair)
         return pairs
