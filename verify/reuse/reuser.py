@@ -64,6 +64,15 @@ class Reuser(CoreChecks):
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
+    @property
+    def near_copy(self) -> bool:
+        """Whether the variant is a near copy of its original: a chain whose parameters
+        moved less than ``ReuseOptions.attack_skip_below`` (:attr:`ChangeMap.
+        relative_change`, computed once per map).  It gets no up-front attack, and its
+        input-bisection tree no walk: its nodes are about as open as its original's."""
+        return (not isinstance(self.cmap, GraphChangeMap)
+                and self.cmap.relative_change < self.ropt.attack_skip_below)
+
     # ---- one region --------------------------------------------------------------
     def region(self, region: Region, r: int, proof: ProofRecord):
         """Returns a confirmed counterexample, or None when every branch of the

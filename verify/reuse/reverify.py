@@ -194,7 +194,7 @@ def reverify(original: Network, variant, prop: Property,
             # pairs of 0.1-0.2 s took 0.08-0.1 s longer, their geo-mean 9.0x -> 6.8x)
             # A near copy of its original skips both (ReuseOptions.attack_skip_below):
             # the proof's tiers take the root bound when they need it
-            near = not graph and cmap.relative_change < reuse_options.attack_skip_below
+            near = reuser.near_copy
             stats.attack_skipped = near
             starts = {}
             if not graph and not near:

@@ -313,8 +313,8 @@ class TreeCheck:
         """The bisection walk (:mod:`verify.reuse.bisection_walk`) above the open leaves
         ``ids``: (the leaves still open, a confirmed counterexample or None)."""
         ropt = self.reuser.ropt
-        if not self.graph and self.cmap.relative_change < ropt.attack_skip_below:
-            return ids, None  # a near copy: its nodes are about as open as its original's
+        if self.reuser.near_copy:
+            return ids, None  # its nodes are about as open as its original's
         out = walk_bisection(self.search, region, r, self.levels, ids, ropt.bisection_walk_step,
                              ropt.bisection_walk_first, ropt.bisection_walk_probe,
                              ropt.bisection_walk_min_payoff)
