@@ -69,6 +69,7 @@ class Attacker:
     def __init__(self, network: Network):
         self.network = network
         self.best_margin = float("inf")  # the lowest unsafe-set margin PGD reached
+        self._float32 = None  # a chain's model in float32 (see _model32)
         if not isinstance(network, Network):  # a graph network: its own torch forward
             self.model = network.evaluate
             return
@@ -84,8 +85,8 @@ class Attacker:
             if conj.coeffs.shape[0] == 0:
                 per_conj.append(torch.full((y.shape[0],), -1.0, dtype=y.dtype))
                 continue
-            c = torch.from_numpy(np.array(conj.coeffs))
-            d = torch.from_numpy(np.array(conj.rhs))
+            c = torch.from_numpy(np.array(conj.coeffs)).to(y.dtype)
+            d = torch.from_numpy(np.array(conj.rhs)).to(y.dtype)
             per_conj.append((y @ c.T - d).max(dim=1).values)
         return torch.stack(per_conj, 1)
 
@@ -93,6 +94,13 @@ class Attacker:
     def _loss(cls, y: torch.Tensor, region: Region) -> torch.Tensor:
         """The unsafe-set margin ``min_conj max_row (c @ y - d)`` per row of ``y``."""
         return cls._losses(y, region).min(dim=1).values
+
+    def _model32(self):
+        """A float32 copy of a chain's torch model (made on first use)."""
+        if self._float32 is None:
+            import copy
+            self._float32 = copy.deepcopy(self.model).float()
+        return self._float32
 
     SAMPLE_SLICE = 512
     MOMENTUM = 0.75
@@ -154,15 +162,42 @@ class Attacker:
                  else list(net.layer_sizes()))
         return max(4, int(self.PGD_MEMORY // (8 * 3 * sum(sizes))))
 
+    def attack_boxes(self, region: Region, region_index: int, lower: np.ndarray,
+                     upper: np.ndarray, steps: int, deadline: float) -> Counterexample | None:
+        """PGD from the centre of every box of (B, n) ``lower``, ``upper`` (sub-boxes of
+        the region's box, e.g. the leaves of an input-split proof), each start kept in
+        its own box, on the whole unsafe set's margin: a confirmed counterexample, or
+        None.  The boxes localise the search where a tree of boxes was refined, i.e. where
+        its network came closest to the unsafe set."""
+        # (float32 gradients on a chain: they only steer; every candidate is decided
+        # in float64 by confirm_batch.  Half the time of float64 on 7,756 ACAS Xu leaves)
+        dtype = np.float32 if isinstance(self.network, Network) else np.float64
+        lower = np.atleast_2d(np.asarray(lower, dtype=dtype))
+        upper = np.atleast_2d(np.asarray(upper, dtype=dtype))
+        x0 = (lower + upper) / 2
+        target = torch.full((len(x0),), -1, dtype=torch.long)
+        chunk = self._chunk()
+        for s in range(0, len(x0), chunk):
+            cex = self._pgd(region, region_index, x0[s:s + chunk], target[s:s + chunk], steps,
+                            deadline, lower[s:s + chunk], upper[s:s + chunk])
+            if cex is not None or time.monotonic() > deadline:
+                return cex
+        return None
+
     def _pgd(self, region: Region, region_index: int, x0: np.ndarray, target: torch.Tensor,
-             steps: int, deadline: float) -> Counterexample | None:
-        lo, hi = region.lower, region.upper
+             steps: int, deadline: float, lower: np.ndarray | None = None,
+             upper: np.ndarray | None = None) -> Counterexample | None:
+        """PGD from the rows of ``x0``, kept in the region's box, or in each row's own
+        box ``lower``, ``upper`` (B, n) when given."""
+        lo = region.lower if lower is None else lower
+        hi = region.upper if upper is None else upper
         tlo, thi = torch.tensor(lo), torch.tensor(hi)
+        model = self.model if x0.dtype == np.float64 else self._model32()
         width = thi - tlo
         x = torch.from_numpy(x0).clone().requires_grad_(True)
         velocity = torch.zeros_like(x)
         for step in range(steps):
-            losses = self._losses(self.model(x), region)
+            losses = self._losses(model(x), region)
             whole = losses.min(dim=1).values
             own = losses.gather(1, target.clamp(min=0)[:, None])[:, 0]
             loss = torch.where(target < 0, whole, own)

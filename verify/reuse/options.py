@@ -115,6 +115,11 @@ class ReuseOptions:
     # (int8 0.77 -> 0.89 s), 4_6 5.2 -> 5.5 s.  With the open leaves bisected from tier 2's
     # bound (TreeCheck._split_open): 104.7 -> 97.4 s (4_2 54.4 -> 49.5 s, 2_9 4.1 -> 4.4 s)
     bisection_walk_step: int = 3
+    # the leaves of an input-split proof tree left open by the differential tiers: PGD
+    # steps from each leaf's centre, confined to its box, before any bound of the
+    # variant (0: never).  The tree is finest where the original came closest to the
+    # unsafe set, which is where a variant breaks (see TreeCheck.run)
+    leaf_attack_steps: int = 10
     bisection_walk_first: int = 3
     bisection_walk_probe: float = 0.0625
     bisection_walk_min_payoff: float = 2.0
@@ -218,6 +223,8 @@ class ReuseOptions:
                               "bisection_walk_probe in [0, 1] and bisection_walk_min_payoff "
                               f">= 0, got {self.bisection_walk_step}, {self.bisection_walk_first}, "
                               f"{self.bisection_walk_probe}, {self.bisection_walk_min_payoff}")
+        if self.leaf_attack_steps < 0:
+            raise OptionError(f"leaf_attack_steps must be >= 0, got {self.leaf_attack_steps}")
         if self.walk_interior_depth < -1:
             raise OptionError("walk_interior_depth must be >= -1, got "
                               f"{self.walk_interior_depth}")

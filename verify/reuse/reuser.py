@@ -69,7 +69,8 @@ class Reuser(CoreChecks):
         """Whether the variant is a near copy of its original: a chain whose parameters
         moved less than ``ReuseOptions.attack_skip_below`` (:attr:`ChangeMap.
         relative_change`, computed once per map).  It gets no up-front attack, and its
-        input-bisection tree no walk: its nodes are about as open as its original's."""
+        input-bisection tree no walk and no leaf attack: its nodes are about as open as its
+        original's."""
         return (not isinstance(self.cmap, GraphChangeMap)
                 and self.cmap.relative_change < self.ropt.attack_skip_below)
 
@@ -409,6 +410,18 @@ class Reuser(CoreChecks):
                             restarts=2 if quick else self.opt.attack_restarts,
                             steps=10 if quick else self.opt.attack_steps,
                             samples=200 if quick else self.opt.random_samples, starts=starts)
+
+    def attack_leaves(self, region: Region, r: int, branches) -> Counterexample | None:
+        """PGD confined to each leaf box of an input-split proof (``branches``, the leaves
+        its tiers left open), ``ReuseOptions.leaf_attack_steps`` steps from their centres,
+        within the reuse deadline: a confirmed counterexample, or None."""
+        if not branches or not self.ropt.leaf_attack_steps:
+            return None
+        if self.attacker is None:
+            self.attacker = Attacker(self.net)
+        return self.attacker.attack_boxes(region, r, np.stack([b.lower for b in branches]),
+                                          np.stack([b.upper for b in branches]),
+                                          self.ropt.leaf_attack_steps, self.deadline)
 
     def sample(self, region: Region, r: int, budget: float):
         """Random points of the region tried on the variant (as many as scratch's
