@@ -821,3 +821,55 @@ def test_input_split_leaves_left_open_reach_the_search_bisected(input_split_proo
         assert len(d) == 1 and a.hi[d[0]] == b.lo[d[0]]
         assert np.isclose(volume(a.lo, a.hi) + volume(b.lo, b.hi), volume(leaf.lower, leaf.upper))
     assert {id(b) for b, *_ in open_leaves} <= {id(b) for b in leaves}
+
+
+def test_a_near_copys_alpha_tier_starts_from_its_originals_slopes(input_split_proof,
+                                                                   monkeypatch):
+    """Tier 2 on an input-split tree: a near copy's alpha tier starts from the leaves'
+    slopes (NaN rows, the default start, for leaves without), another variant's from
+    the default; the warm-started bounds hold on points sampled in each leaf's box."""
+    from verify.reuse.tree import LeafSearch, warm_alphas
+    net, prop, opts, proof = input_split_proof
+    region, leaves = prop.regions[0], proof.regions[0]
+    have = [i for i, b in enumerate(leaves) if b.alphas is not None]
+    lack = [i for i, b in enumerate(leaves) if b.alphas is None]
+    assert have and lack
+    near = compress(net, "int16")
+    cmap = ChangeMap(net, near.network, near.record)
+    idx = have[:5] + lack[:5]
+    init = warm_alphas(cmap, leaves, idx, partial=True)
+    assert warm_alphas(cmap, leaves, idx) is None
+    for k, a in enumerate(init):
+        assert torch.isfinite(a[:5]).all() and torch.isnan(a[5:]).all()
+        assert np.allclose(a[:5].numpy(), [np.asarray(leaves[i].alphas[k], dtype=np.float64)
+                                           for i in idx[:5]])
+    # the bounds: every leaf that has slopes, warm-started, against sampled points
+    search = LeafSearch(near.network, region, 0, opts, time.monotonic() + 60, Statistics())
+    lo = torch.from_numpy(np.stack([leaves[i].lower for i in have]))
+    hi = torch.from_numpy(np.stack([leaves[i].upper for i in have]))
+    tier_init = [torch.full_like(a, 7.0) if j == 0 else a for j, a in
+                 enumerate(warm_alphas(cmap, leaves, have))]  # one layer out of range too
+    res, _, _ = search.bound_branches(lo, hi, None, None, tier_init=tier_init)
+    rng = np.random.default_rng(4)
+    for row, i in enumerate(have):
+        xs = rng.uniform(leaves[i].lower, leaves[i].upper, (300, len(region.lower)))
+        values = _spec_values(near.network, region, xs)
+        assert (values >= res.spec_lower.numpy()[row] - 1e-9).all(), i
+    # who gets a warm start
+    seen = []
+    real = RegionSearch._alpha_tier
+
+    def spy(self, res, lo, hi, refuted, closed, keep=None, known=None, init=None):
+        seen.append(init is not None)
+        return real(self, res, lo, hi, refuted, closed, keep, known, init)
+    monkeypatch.setattr(RegionSearch, "_alpha_tier", spy)
+    # (int8 taken for a near copy: int16 leaves only 3 leaves to tier 2 here, none of
+    # them with slopes)
+    variant = compress(net, "int8")
+    scratch = verify_property(variant.network, prop, opts).status
+    for skip_below, warm in ((1.0, True), (ReuseOptions().attack_skip_below, False)):
+        seen.clear()
+        got = reverify(net, variant, prop, opts, proof=proof,
+                       reuse_options=ReuseOptions(attack_skip_below=skip_below))
+        assert got.status is scratch and not got.reuse.fallback
+        assert seen and any(seen) is warm, skip_below

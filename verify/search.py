@@ -115,7 +115,8 @@ class RegionSearch(Splitting):
         return refuted, refuted.all(axis=1) | res.infeasible.numpy()
 
     def bound_branches(self, lo, hi, splits, fixed, alpha: int | None = None, mode: str | None = None,
-                       inherited=None, refine=None, alpha_init=None, rows=None, beta_init=None):
+                       inherited=None, refine=None, alpha_init=None, rows=None, beta_init=None,
+                       tier_init=None):
         """Bound a batch of branches: (bounds, refuted, closed).  ``inherited``:
         optional linear lower bounds of the spec rows that hold on the boxes
         (their parents'), kept where they are better; ``refine``: back-substitute
@@ -129,7 +130,9 @@ class RegionSearch(Splitting):
         conjunctions are refuted on every branch's parent) and give the others the
         lower bounds ``known`` ((B, m), their parents': they hold on the branches).
         ``beta_init``: warm-start multipliers of the split constraints ((B, m, n_k) per
-        hidden layer, all ``m`` rows)."""
+        hidden layer, all ``m`` rows).  ``tier_init``: warm-start slopes of the alpha
+        tier ((B, n_k) per hidden layer, NaN rows: the default start; see
+        :meth:`_alpha_tier`)."""
         C, d, owner = self.C, self.d, self.settle
         keep = known = None
         if rows is not None and not rows[0].all():
@@ -165,7 +168,7 @@ class RegionSearch(Splitting):
             self.stats.bound_evaluations += len(rows)
             # bounds are not monotone in the intermediate bounds: keep the better
             self._merge(res, rows, again, lo, hi, refuted, closed)
-            self._alpha_tier(res, lo, hi, refuted, closed, keep, known)
+            self._alpha_tier(res, lo, hi, refuted, closed, keep, known, tier_init)
         return res, refuted, closed
 
     def _merge(self, res, rows, again, lo, hi, refuted, closed) -> None:
@@ -181,10 +184,12 @@ class RegionSearch(Splitting):
         ``keep`` ((m,) bool)."""
         return None if self.settle is None else self.settle[keep]
 
-    def _alpha_tier(self, res, lo, hi, refuted, closed, keep=None, known=None) -> None:
+    def _alpha_tier(self, res, lo, hi, refuted, closed, keep=None, known=None,
+                    init=None) -> None:
         """alpha-CROWN steps on the spec rows (``keep``: these only) of the open
-        branches with few unstable ReLUs (over their intermediate bounds); updates
-        in place."""
+        branches with few unstable ReLUs (over their intermediate bounds), from the
+        slopes ``init`` where given ((B, n_k) per hidden layer, any slopes are sound);
+        updates in place."""
         if not self.opt.alpha_tier_iterations or closed.all() or not self.prop.n_hidden:
             return
         r = np.flatnonzero(~closed & (res.unstable() <= self.opt.alpha_tier_max_unstable))
@@ -196,7 +201,8 @@ class RegionSearch(Splitting):
         again = self.prop.spec_bound(lo[rows], hi[rows], C, d,
                                      [l[rows] for l in res.lower], [u[rows] for u in res.upper],
                                      self.opt.alpha_tier_iterations, deadline=self.deadline,
-                                     conjunctions=owner)
+                                     conjunctions=owner,
+                                     alpha_init=None if init is None else [a[rows] for a in init])
         if keep is not None:
             again = again.expand_rows(keep, known[rows])
         self.stats.bound_evaluations += len(r)
