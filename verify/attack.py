@@ -7,6 +7,7 @@ torch layers or the graph's own torch forward (``GraphNetwork.evaluate``).
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -98,7 +99,6 @@ class Attacker:
     def _model32(self):
         """A float32 copy of a chain's torch model (made on first use)."""
         if self._float32 is None:
-            import copy
             self._float32 = copy.deepcopy(self.model).float()
         return self._float32
 

@@ -115,14 +115,14 @@ class ReuseOptions:
     # (int8 0.77 -> 0.89 s), 4_6 5.2 -> 5.5 s.  With the open leaves bisected from tier 2's
     # bound (TreeCheck._split_open): 104.7 -> 97.4 s (4_2 54.4 -> 49.5 s, 2_9 4.1 -> 4.4 s)
     bisection_walk_step: int = 3
+    bisection_walk_first: int = 3
+    bisection_walk_probe: float = 0.0625
+    bisection_walk_min_payoff: float = 2.0
     # the leaves of an input-split proof tree left open by the differential tiers: PGD
     # steps from each leaf's centre, confined to its box, before any bound of the
     # variant (0: never).  The tree is finest where the original came closest to the
     # unsafe set, which is where a variant breaks (see TreeCheck.run)
     leaf_attack_steps: int = 10
-    bisection_walk_first: int = 3
-    bisection_walk_probe: float = 0.0625
-    bisection_walk_min_payoff: float = 2.0
     # ReLU-split trees of chains: the variant's root, where its search from the proof's
     # leaves tightens it (verify.search.RegionSearch.tighten_root), is bounded over the
     # original's tightened root moved by the region's change caps, and taken without the
