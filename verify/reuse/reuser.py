@@ -411,17 +411,21 @@ class Reuser(CoreChecks):
                             steps=10 if quick else self.opt.attack_steps,
                             samples=200 if quick else self.opt.random_samples, starts=starts)
 
+    def _attacker(self) -> Attacker:
+        """The variant's attacker, made on first use (its torch model is kept)."""
+        if self.attacker is None:
+            self.attacker = Attacker(self.net)
+        return self.attacker
+
     def attack_leaves(self, region: Region, r: int, branches) -> Counterexample | None:
         """PGD confined to each leaf box of an input-split proof (``branches``, the leaves
         its tiers left open), ``ReuseOptions.leaf_attack_steps`` steps from their centres,
         within the reuse deadline: a confirmed counterexample, or None."""
         if not branches or not self.ropt.leaf_attack_steps:
             return None
-        if self.attacker is None:
-            self.attacker = Attacker(self.net)
-        return self.attacker.attack_boxes(region, r, np.stack([b.lower for b in branches]),
-                                          np.stack([b.upper for b in branches]),
-                                          self.ropt.leaf_attack_steps, self.deadline)
+        return self._attacker().attack_boxes(region, r, np.stack([b.lower for b in branches]),
+                                             np.stack([b.upper for b in branches]),
+                                             self.ropt.leaf_attack_steps, self.deadline)
 
     def sample(self, region: Region, r: int, budget: float):
         """Random points of the region tried on the variant (as many as scratch's
@@ -432,10 +436,8 @@ class Reuser(CoreChecks):
     def _attack(self, region: Region, r: int, budget: float, **how):
         """The variant's attacker on region ``r`` for ``budget`` seconds at most (within
         the reuse deadline); ``how``: restarts, steps, samples, starts."""
-        if self.attacker is None:
-            self.attacker = Attacker(self.net)
         budget = min(budget, max(self.left(), 0.0))
-        cex, _ = self.attacker.attack(region, r, self.rng, time.monotonic() + budget, **how)
+        cex, _ = self._attacker().attack(region, r, self.rng, time.monotonic() + budget, **how)
         return cex
 
 

@@ -626,12 +626,14 @@ class TreeCheck:
         # some: its best slopes are nearly the original's (ACAS Xu 4_2 prop 2, int16,
         # alternated: 4.05 -> 3.6 s; every variant warm-started lost, 64.0 -> 64.9 s
         # over the hard family's ACAS Xu pairs, see the README)
-        tier_init = warm_alphas(self.cmap, branches, idx, partial=True) \
-            if not relu and self.reuser.near_copy else None
+        alpha_init = warm_alphas(self.cmap, branches, idx)
+        tier_init = None
+        if not relu and self.reuser.near_copy:  # (every leaf with slopes: the same tensors)
+            tier_init = alpha_init if alpha_init is not None else \
+                warm_alphas(self.cmap, branches, idx, partial=True)
         res, refuted, closed = search.bound_branches(lo, hi, splits, fixed if self.n_hidden else None,
                                                mode="backward" if relu else None, refine=refine,
-                                               alpha_init=warm_alphas(self.cmap, branches, idx),
-                                               tier_init=tier_init)
+                                               alpha_init=alpha_init, tier_init=tier_init)
         self.closed["closed_by_bounds"] += int(closed.sum())
         rows = {i: j for j, i in enumerate(idx)}
         return [idx[j] for j in np.flatnonzero(~closed)], res, rows, refuted
