@@ -136,7 +136,7 @@ def test_bounds_contain_sampled_activations():
 
 
 @pytest.mark.parametrize("mode", ["backward", "forward", "merged", "refined"])
-def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode):
+def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode, monkeypatch):
     """``BoundPropagator.bound`` (back-substituted or forward-mode intermediate
     bounds, or forward-mode ones merged with a second bound that back-substitutes
     the neurons they leave unstable, or back-substitution of a random subset of
@@ -161,6 +161,7 @@ def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode):
                         torch.from_numpy(np.tile(outer_hi, (B, 1))), C, d, forward=mode != "backward")
     fixed = list(zip(parent.lower, parent.upper))
     tight_somewhere = False
+    dense_differs = False  # the batch's dense neuron queries were taken (mode "refined")
     for use_splits in (False, True):
         samples = [rng.uniform(lo[b], hi[b], size=(20000, 5)) for b in range(B)]
         splits = None
@@ -178,14 +179,30 @@ def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode):
                                                      for _ in range(3)]
             res = prop.bound(torch.from_numpy(lo), torch.from_numpy(hi), C, d, splits, fx,
                              forward=mode not in ("backward", "refined"), refine=refine)
-            if mode == "refined":  # a single branch takes a dense path: the same bounds
+            if mode == "refined":
+                # a single branch takes a dense path over its own queries: the same bounds
+                # as one query per (branch, neuron); a batch dense over the neurons any
+                # branch queries (the default here) bounds more neurons: both hold
                 one = prop.bound(torch.from_numpy(lo[:1]), torch.from_numpy(hi[:1]), C, d,
                                  None if splits is None else [s[:1] for s in splits],
                                  None if fx is None else [(l[:1], u[:1]) for l, u in fx],
                                  refine=refine)
+                with monkeypatch.context() as patch:
+                    patch.setattr("verify.bounds.DENSE_QUERY_FACTOR", 0.0)
+                    per_query = prop.bound(torch.from_numpy(lo), torch.from_numpy(hi), C, d, splits,
+                                           fx, refine=refine)
                 for k in range(3):
-                    np.testing.assert_allclose(one.lower[k][0], res.lower[k][0], rtol=1e-9, atol=1e-9)
-                    np.testing.assert_allclose(one.upper[k][0], res.upper[k][0], rtol=1e-9, atol=1e-9)
+                    np.testing.assert_allclose(one.lower[k][0], per_query.lower[k][0], rtol=1e-9, atol=1e-9)
+                    np.testing.assert_allclose(one.upper[k][0], per_query.upper[k][0], rtol=1e-9, atol=1e-9)
+                    # (dense, a neuron one branch's tighter interval bounds leave stable is
+                    # not back-substituted there, so neither path is always the tighter)
+                    dense_differs |= not torch.equal(res.lower[k], per_query.lower[k])
+                    for extra in (per_query, one):  # the per-query path's bounds hold too
+                        for b in range(len(extra.lower[k])):
+                            z = net.pre_activations(samples[b])[k]
+                            if splits is None:
+                                assert (z >= extra.lower[k][b].numpy() - 1e-7).all()
+                                assert (z <= extra.upper[k][b].numpy() + 1e-7).all()
             if mode == "merged":
                 rows = torch.arange(1, B)
                 res.merge_rows(rows, prop.bound(torch.from_numpy(lo[1:]), torch.from_numpy(hi[1:]), C, d,
@@ -211,6 +228,7 @@ def test_batched_bounds_hold_on_boxes_splits_and_inherited_bounds(mode):
                 gap = ys.min(0) - res.spec_lower[b].numpy()
                 tight_somewhere |= bool(np.any(gap < 0.5 * np.abs(ys).mean()))
     assert tight_somewhere  # the bounds are not vacuous
+    assert dense_differs or mode != "refined"  # the dense path was taken and checked
 
 
 @pytest.mark.parametrize("search_dtype", ["float32", None])
