@@ -300,18 +300,17 @@ class BoundPropagator:
             todo &= only[None, :]
         if sp is not None:
             todo |= sp != 0
-        if l.shape[0] == 1:  # one branch: a dense pass over its neurons is cheaper
-            return self._backsub_columns(k, l, u, todo[0].nonzero()[:, 0], relax, lo, hi)
-        rows, cols = todo.nonzero(as_tuple=True)
-        n_q = len(rows)
+        n_q = int(todo.sum())
         if n_q == 0:
             return l, u
         union = todo.any(0).nonzero()[:, 0]
         if l.shape[0] * len(union) <= DENSE_QUERY_FACTOR * n_q:
             # the neurons unstable in any branch, in every branch: one (B, 2m, n_k)
             # product per layer instead of n_q two-row ones, each with its branch's
-            # relaxation gathered; the extra neurons' bounds are valid too
+            # relaxation gathered; the extra neurons' bounds are valid too (a single
+            # branch always takes this path: its union is its own queries)
             return self._backsub_columns(k, l, u, union, relax, lo, hi)
+        rows, cols = todo.nonzero(as_tuple=True)
         lam = torch.zeros(n_q, 2, l.shape[1], dtype=l.dtype)
         q = torch.arange(n_q)
         lam[q, 0, cols] = 1.0
