@@ -239,8 +239,8 @@ class BoundPropagator:
         alpha = torch.where(unstable, free, active.to(u.dtype))
         return alpha, s, t
 
-    def _backsub(self, K: int, lam: torch.Tensor, lower, upper, lo, hi, record=False, alphas=None,
-                 betas=None, signs=None, relax=None, offsets=None):
+    def _backsub(self, K: int, lam: torch.Tensor | None, lower, upper, lo, hi, record=False,
+                 alphas=None, betas=None, signs=None, relax=None, offsets=None, start=None):
         """Lower bound of ``lam @ z_K`` over the box, given bounds of layers < K.
 
         ``lam``: (B, m, n_K).  ``alphas``: optional lower slopes per hidden layer.
@@ -255,10 +255,18 @@ class BoundPropagator:
         by its original's: ``z' >= dl`` where ``z >= 0`` and the change is in
         ``[dl, du]``); the bound is then ``lam @ z_K - sum beta * (sign * z_k + offset)``.
         Works in ``lam``'s dtype (float64 for every bound that is returned).
+        ``start``: instead of ``lam``, ``(A, const)``, ``lam @ W_K`` ((B, m, n_{K-1}), may
+        be a broadcast view) and ``lam @ b_K`` ((B, m)) already formed (a query of single
+        neurons is rows of ``W_K``: no product).
         Returns (bound (B,m), input coeffs (B,m,n0), recorded per-layer coefficients)."""
-        weights, biases = self._layers(lam.dtype)
-        const = lam @ biases[K]
-        A = lam @ weights[K]
+        if start is None:
+            weights, biases = self._layers(lam.dtype)
+            const = lam @ biases[K]
+            A = lam @ weights[K]
+        else:
+            A, const = start
+            weights, biases = self._layers(A.dtype)
+        owned = start is None  # A may be written in place (not a view of the weights)
         recorded = [None] * self.n_hidden
         for k in range(K - 1, -1, -1):
             if relax is not None and alphas is None:
@@ -272,11 +280,13 @@ class BoundPropagator:
             # (the elementwise passes were 57 % of an ACAS Xu leaf batch's bound)
             a_neg = A.clamp(max=0)
             const = const + (a_neg * t[:, None, :]).sum(-1)
-            if record or torch.is_grad_enabled() and (A.requires_grad or alpha.requires_grad):
+            if record or not owned or torch.is_grad_enabled() and (A.requires_grad
+                                                                  or alpha.requires_grad):
                 # A is kept (record), or autograd needs it: a new tensor
                 A = torch.addcmul(A * alpha[:, None, :], a_neg, (s - alpha)[:, None, :])
             else:
                 A.mul_(alpha[:, None, :]).addcmul_(a_neg, (s - alpha)[:, None, :])
+            owned = True
             if betas is not None and betas[k] is not None:
                 A = A - betas[k] * signs[k][:, None, :]
                 if offsets is not None and offsets[k] is not None:
@@ -311,12 +321,9 @@ class BoundPropagator:
             # branch always takes this path: its union is its own queries)
             return self._backsub_columns(k, l, u, union, relax, lo, hi)
         rows, cols = todo.nonzero(as_tuple=True)
-        lam = torch.zeros(n_q, 2, l.shape[1], dtype=l.dtype)
-        q = torch.arange(n_q)
-        lam[q, 0, cols] = 1.0
-        lam[q, 1, cols] = -1.0
-        bnd, _, _ = self._backsub(k, lam, None, None, lo[rows], hi[rows],
-                                  relax=[tuple(x[rows] for x in r) for r in relax])
+        bnd, _, _ = self._backsub(k, None, None, None, lo[rows], hi[rows],
+                                  relax=[tuple(x[rows] for x in r) for r in relax],
+                                  start=self._neuron_rows(k, cols, l.dtype, n_q, True))
         l, u = l.clone(), u.clone()
         l[rows, cols] = torch.maximum(l[rows, cols], _widen_lower(bnd[:, 0]))
         u[rows, cols] = torch.minimum(u[rows, cols], _widen_upper(-bnd[:, 1]))
@@ -325,14 +332,11 @@ class BoundPropagator:
     def _backsub_columns(self, k, l, u, cols, relax, lo, hi):
         """Back-substitute neurons ``cols`` (None: all) of layer ``k`` in every
         branch (one dense pass) and intersect their bounds."""
-        eye = torch.eye(l.shape[1], dtype=l.dtype)
-        if cols is not None:
-            if len(cols) == 0:
-                return l, u
-            eye = eye[cols]
-        m = eye.shape[0]
-        bnd, _, _ = self._backsub(k, torch.cat([eye, -eye], 0).expand(l.shape[0], 2 * m, l.shape[1]),
-                                  None, None, lo, hi, relax=relax)
+        if cols is not None and len(cols) == 0:
+            return l, u
+        m = l.shape[1] if cols is None else len(cols)
+        bnd, _, _ = self._backsub(k, None, None, None, lo, hi, relax=relax,
+                                  start=self._neuron_rows(k, cols, l.dtype, l.shape[0], False))
         new_l, new_u = _widen_lower(bnd[:, :m]), _widen_upper(-bnd[:, m:])
         if cols is None:
             return torch.maximum(l, new_l), torch.minimum(u, new_u)
@@ -340,6 +344,23 @@ class BoundPropagator:
         l[:, cols] = torch.maximum(l[:, cols], new_l)
         u[:, cols] = torch.minimum(u[:, cols], new_u)
         return l, u
+
+    def _neuron_rows(self, k: int, cols, dtype, B: int, per_query: bool):
+        """The start of a back-substitution of neurons ``cols`` (None: all) of layer
+        ``k`` from below and above: ``(A, const)`` for :meth:`_backsub` -- the rows
+        ``+W_k[c]`` and ``-W_k[c]`` with their biases, in every one of ``B`` branches
+        (a broadcast view: (B, 2m, n_{k-1})), or with ``per_query`` one query per
+        neuron ((m, 2, n_{k-1}), ``B == m``).  (The identity rows times ``W_k`` were a
+        product per query batch; rows of the weights are the same numbers.)"""
+        weights, biases = self._layers(dtype)
+        W, b = weights[k], biases[k]
+        if cols is not None:
+            W, b = W[cols], b[cols]
+        if per_query:
+            return torch.stack([W, -W], 1), torch.stack([b, -b], 1)
+        m = W.shape[0]
+        return (torch.cat([W, -W], 0).expand(B, 2 * m, W.shape[1]),
+                torch.cat([b, -b], 0).expand(B, 2 * m))
 
     def _spec_backsub(self, K, lam, relax, lo, hi):
         """Back-substitute the spec rows twice -- with the adaptive lower slopes,

@@ -216,22 +216,42 @@ class RegionSearch(Splitting):
     def _close(self, node: Node, res, i: int, method: str | None = None, cores=None,
                digits=None, layer_b=None) -> None:
         """Record ``node`` (row ``i`` of the bounded batch ``res``) as a closed leaf."""
-        if method is None:
-            method = "infeasible" if bool(res.infeasible[i]) else "bounds"
-        leaf = Leaf(method, node.depth, split_facts(node.splits), cores or {}, digits or {})
-        if self.record:
-            leaf.lo, leaf.hi = node.lo, node.hi
-            leaf.layer_bounds = layer_b if layer_b is not None else [
-                (res.lower[k][i].numpy(), res.upper[k][i].numpy()) for k in range(self.prop.n_hidden)]
-            leaf.unstable = count_unstable(leaf.layer_bounds)
-            if res is not None:  # what a variant's bound of the branch starts from
-                leaf.spec_lower = res.spec_lower[i].numpy()
-                if res.alphas is not None and all(bool(torch.isfinite(a[i]).all())
-                                                  for a in res.alphas):
-                    leaf.alphas = [a[i].numpy() for a in res.alphas]
-                if leaf.splits:
-                    leaf.betas = fact_betas(res.betas, i, node.splits)
-        self.leaves.append(leaf)
+        self._close_rows([node], res, [i], method, cores, digits, layer_b)
+
+    def _close_rows(self, nodes, res, rows, method: str | None = None, cores=None,
+                    digits=None, layer_b=None) -> None:
+        """Record ``nodes`` (rows ``rows`` of the bounded batch ``res``) as closed
+        leaves.  With :attr:`record`, the batch's tensors are turned into arrays once
+        for all of them (per leaf, that took 1.4 s of a 37 s proof of ACAS Xu 4_2 prop 2)."""
+        keep = self.record and res is not None
+        if keep:
+            lower = [t.numpy() for t in res.lower]
+            upper = [t.numpy() for t in res.upper]
+            spec_lower = res.spec_lower.numpy()
+            unstable = res.unstable()
+            alphas = None if res.alphas is None else [a.numpy() for a in res.alphas]
+            finite = None if alphas is None else np.logical_and.reduce(
+                [np.isfinite(a).reshape(a.shape[0], -1).all(1) for a in alphas])
+        for node, i in zip(nodes, rows):
+            kind = method or ("infeasible" if bool(res.infeasible[i]) else "bounds")
+            leaf = Leaf(kind, node.depth, split_facts(node.splits), cores or {}, digits or {})
+            if self.record:
+                leaf.lo, leaf.hi = node.lo, node.hi
+                if keep:
+                    leaf.layer_bounds = layer_b if layer_b is not None else [
+                        (lo_k[i], up_k[i]) for lo_k, up_k in zip(lower, upper)]
+                    leaf.unstable = int(unstable[i]) if layer_b is None \
+                        else count_unstable(layer_b)
+                    # what a variant's bound of the branch starts from
+                    leaf.spec_lower = spec_lower[i]
+                    if finite is not None and finite[i]:
+                        leaf.alphas = [a[i] for a in alphas]
+                    if leaf.splits:
+                        leaf.betas = fact_betas(res.betas, i, node.splits)
+                else:
+                    leaf.layer_bounds = layer_b
+                    leaf.unstable = count_unstable(layer_b)
+            self.leaves.append(leaf)
 
     def closed_at_root(self) -> bool:
         """One plain CROWN bound of the whole region (milliseconds); True, with
@@ -352,8 +372,8 @@ class RegionSearch(Splitting):
                 self._root_statistics(res)
                 first = False
             open_idx = np.flatnonzero(~closed)
-            for i in np.flatnonzero(closed):
-                self._close(batch[i], res, i)
+            shut = np.flatnonzero(closed)
+            self._close_rows([batch[i] for i in shut], res, shut)
             if len(open_idx) == 0:
                 continue
             # concrete candidates: minimisers of every open row, and box centres
@@ -517,8 +537,7 @@ class RegionSearch(Splitting):
         self.stats.bound_evaluations += len(idx)
         if not self.refutation(res, lo[sel].numpy(), hi[sel].numpy())[1].all():
             return False
-        for row, i in enumerate(idx):
-            self._close(batch[i], res, row)
+        self._close_rows([batch[i] for i in idx], res, range(len(idx)))
         return True
 
     def _margin(self, spec_lower_row: np.ndarray, refuted_row: np.ndarray) -> float:
