@@ -230,17 +230,32 @@ class BoundPropagator:
     def _relaxation(l: torch.Tensor, u: torch.Tensor, alpha_free: torch.Tensor | None = None):
         """Slopes/intercepts of the ReLU relaxation: lower ``a >= alpha*z``
         (any alpha in [0, 1] is sound for an unstable neuron), upper ``a <= s*z + t``."""
-        active = l >= 0
+        parts = BoundPropagator._relaxation_parts(l, u)
+        return BoundPropagator._with_slopes(
+            parts, (u > -l).to(u.dtype) if alpha_free is None else alpha_free)
+
+    @staticmethod
+    def _relaxation_parts(l: torch.Tensor, u: torch.Tensor):
+        """What of the relaxation does not depend on the lower slopes: (unstable mask,
+        the stable neurons' slope (1 active, 0 inactive), upper slope ``s``, intercept ``t``).
+        The alpha steps compute it once, not at every step."""
         unstable = (u > 0) & (l < 0)
+        stable = (l >= 0).to(u.dtype)
         denom = torch.where(unstable, u - l, torch.ones_like(u))
-        s = torch.where(unstable, u / denom, active.to(u.dtype))
+        s = torch.where(unstable, u / denom, stable)
         t = torch.where(unstable, -s * l, torch.zeros_like(u))
-        free = (u > -l).to(u.dtype) if alpha_free is None else alpha_free.clamp(0.0, 1.0)
-        alpha = torch.where(unstable, free, active.to(u.dtype))
-        return alpha, s, t
+        return unstable, stable, s, t
+
+    @staticmethod
+    def _with_slopes(parts, alpha_free: torch.Tensor):
+        """The relaxation (alpha, s, t) of :meth:`_relaxation_parts` with lower slopes
+        ``alpha_free`` on the unstable neurons (clipped to [0, 1])."""
+        unstable, stable, s, t = parts
+        return torch.where(unstable, alpha_free.clamp(0.0, 1.0), stable), s, t
 
     def _backsub(self, K: int, lam: torch.Tensor | None, lower, upper, lo, hi, record=False,
-                 alphas=None, betas=None, signs=None, relax=None, offsets=None, start=None):
+                 alphas=None, betas=None, signs=None, relax=None, offsets=None, start=None,
+                 parts=None):
         """Lower bound of ``lam @ z_K`` over the box, given bounds of layers < K.
 
         ``lam``: (B, m, n_K).  ``alphas``: optional lower slopes per hidden layer.
@@ -255,6 +270,8 @@ class BoundPropagator:
         by its original's: ``z' >= dl`` where ``z >= 0`` and the change is in
         ``[dl, du]``); the bound is then ``lam @ z_K - sum beta * (sign * z_k + offset)``.
         Works in ``lam``'s dtype (float64 for every bound that is returned).
+        ``parts``: with ``alphas``, the relaxation's other parts per hidden layer
+        (:meth:`_relaxation_parts`; then ``lower``/``upper`` are not read).
         ``start``: instead of ``lam``, ``(A, const)``, ``lam @ W_K`` ((B, m, n_{K-1}), may
         be a broadcast view) and ``lam @ b_K`` ((B, m)) already formed (a query of single
         neurons is rows of ``W_K``: no product).
@@ -271,6 +288,8 @@ class BoundPropagator:
         for k in range(K - 1, -1, -1):
             if relax is not None and alphas is None:
                 alpha, s, t = relax[k]
+            elif parts is not None and alphas is not None:
+                alpha, s, t = self._with_slopes(parts[k], alphas[k])
             else:
                 alpha, s, t = self._relaxation(lower[k], upper[k], None if alphas is None else alphas[k])
             if record:
@@ -439,6 +458,7 @@ class BoundPropagator:
             if offsets is not None:
                 w_off = [None if o is None else o.to(work) for o in offsets]
         full_signs = signs
+        parts = [self._relaxation_parts(l, u) for l, u in zip(w_lower, w_upper)]
         opt = Adam(params, lr=0.1)
         exact = work == lam.dtype  # then every iterate is a returned (sound) bound
         best = bnd.clone()
@@ -457,7 +477,7 @@ class BoundPropagator:
             if deadline is not None and time.monotonic() > deadline:
                 break
             cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
-                                      betas=betas, signs=signs, offsets=w_off)
+                                      betas=betas, signs=signs, offsets=w_off, parts=parts)
             if exact:
                 best[act] = torch.maximum(best[act], cur.detach())
             else:
@@ -491,6 +511,7 @@ class BoundPropagator:
                 act = act[keep]
                 w_lam, w_lo, w_hi = w_lam[keep], w_lo[keep], w_hi[keep]
                 w_lower, w_upper = [l[keep] for l in w_lower], [u[keep] for u in w_upper]
+                parts = [tuple(x[keep] for x in p) for p in parts]
                 if signs is not None:
                     signs = [None if sg is None else sg[keep] for sg in signs]
                 if w_off is not None:
@@ -503,7 +524,7 @@ class BoundPropagator:
         with torch.no_grad():
             if not exact and stepped:  # the last step's slopes and multipliers are an iterate too
                 cur, _, _ = self._backsub(K, w_lam, w_lower, w_upper, w_lo, w_hi, alphas=alphas,
-                                          betas=betas, signs=signs, offsets=w_off)
+                                          betas=betas, signs=signs, offsets=w_off, parts=parts)
                 kept_total, kept, _ = _keep_better(cur, params, kept_total, kept, kept_cur)
             signs = full_signs  # every row's again
             dropped = len(act) < lam.shape[0]

@@ -155,10 +155,12 @@ class GraphBoundPropagator(BoundPropagator):
         return _linear_min(const, A0, lo, hi), A0, recorded
 
     def _backsub(self, K, lam, lower, upper, lo, hi, record=False, alphas=None, betas=None,
-                 signs=None, relax=None, offsets=None):
+                 signs=None, relax=None, offsets=None, parts=None):
         """The chain propagator's back-substitution of the spec rows (its signature, so its
         spec and alpha/beta machinery runs on graphs): from the output node."""
-        if relax is None or alphas is not None:
+        if parts is not None and alphas is not None:
+            relax = [self._with_slopes(p, a) for p, a in zip(parts, alphas)]
+        elif relax is None or alphas is not None:
             relax = [self._relaxation(lower[k], upper[k], None if alphas is None else alphas[k])
                      for k in range(self.n_hidden)]
         return self._backsub_from(self.network.output, lam, relax, lo, hi, record, betas, signs,
