@@ -342,7 +342,7 @@ class BoundPropagator:
         rows, cols = todo.nonzero(as_tuple=True)
         bnd, _, _ = self._backsub(k, None, None, None, lo[rows], hi[rows],
                                   relax=[tuple(x[rows] for x in r) for r in relax],
-                                  start=self._neuron_rows(k, cols, l.dtype, n_q, True))
+                                  start=self._neuron_query_start(k, cols, l.dtype, n_q, True))
         l, u = l.clone(), u.clone()
         l[rows, cols] = torch.maximum(l[rows, cols], _widen_lower(bnd[:, 0]))
         u[rows, cols] = torch.minimum(u[rows, cols], _widen_upper(-bnd[:, 1]))
@@ -355,7 +355,7 @@ class BoundPropagator:
             return l, u
         m = l.shape[1] if cols is None else len(cols)
         bnd, _, _ = self._backsub(k, None, None, None, lo, hi, relax=relax,
-                                  start=self._neuron_rows(k, cols, l.dtype, l.shape[0], False))
+                                  start=self._neuron_query_start(k, cols, l.dtype, l.shape[0], False))
         new_l, new_u = _widen_lower(bnd[:, :m]), _widen_upper(-bnd[:, m:])
         if cols is None:
             return torch.maximum(l, new_l), torch.minimum(u, new_u)
@@ -364,7 +364,7 @@ class BoundPropagator:
         u[:, cols] = torch.minimum(u[:, cols], new_u)
         return l, u
 
-    def _neuron_rows(self, k: int, cols, dtype, B: int, per_query: bool):
+    def _neuron_query_start(self, k: int, cols, dtype, B: int, per_query: bool):
         """The start of a back-substitution of neurons ``cols`` (None: all) of layer
         ``k`` from below and above: ``(A, const)`` for :meth:`_backsub` -- the rows
         ``+W_k[c]`` and ``-W_k[c]`` with their biases, in every one of ``B`` branches
