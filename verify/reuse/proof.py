@@ -46,6 +46,7 @@ from .bisection import BisectionLevel, bisection_levels, bisection_tree_covers, 
 from .bound_core import bound_core, core_gain, core_neurons
 from .changes import ParsedNames, parse_names
 from .cores import Core, extract_core
+from .leaf_arrays import LeafArrays
 from .difference import OriginalBounds, original_bounds
 from .options import ReuseOptions
 
@@ -176,6 +177,8 @@ class ProofRecord:
     _covered: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     # ... and the levels of an input-bisection tree (bisection_levels), the same way
     _levels: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    # ... and each region's leaves as stacked arrays (leaf_arrays)
+    _leaf_arrays: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     # regions whose bound core bound_core_of has tried to make
     _bound_core_tried: set = field(default_factory=set, init=False, repr=False, compare=False)
     # every core's names, parsed on first use (see core_names)
@@ -220,6 +223,13 @@ class ProofRecord:
         if key not in self._levels:
             self._levels[key] = bisection_levels(region, self.regions.get(r) or [])
         return self._levels[key]
+
+    def leaf_arrays(self, r: int) -> LeafArrays:
+        """Region ``r``'s leaves as stacked arrays (:class:`LeafArrays`; every leaf needs
+        its layer bounds), built once per record."""
+        if r not in self._leaf_arrays:
+            self._leaf_arrays[r] = LeafArrays.of(self.regions[r])
+        return self._leaf_arrays[r]
 
     def core_names(self) -> ParsedNames:
         """The names of every core, parsed once (each variant's change statistics

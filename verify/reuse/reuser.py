@@ -111,7 +111,7 @@ class Reuser(CoreChecks):
                     levels = proof.bisection_levels(r, region) \
                         if self.ropt.bisection_walk_step else None
                     return TreeCheck(self, leaf_search, branches, self._caps(search, ob),
-                                     proof.deepened, levels).run(
+                                     proof.deepened, levels, proof.leaf_arrays(r)).run(
                         region, r, None if rooted else lambda: self._root_closes(search),
                         max_open=self.ropt.tree_max_open if relu_split else 1.0)
                 except TreeOpen as exc:

@@ -60,6 +60,7 @@ from .bisection import BisectionLevel
 from .bisection_walk import walk_bisection
 from .changes import ChangeMap
 from .derive import GraphChangeMap
+from .leaf_arrays import LeafArrays
 from .moved_rows import MovedRows
 from .difference import (ChangeCaps, hopeful, interval_symbolic_deviation, leaf_deviation,
                          symbolic_deviation)
@@ -223,8 +224,12 @@ class TreeCheck:
     """Tiers 0-3 over one region's leaves (see the module docstring)."""
 
     def __init__(self, reuser, search: RegionSearch, branches, caps: ChangeCaps | None = None,
-                 deepened: dict | None = None, levels: list[BisectionLevel] | None = None):
+                 deepened: dict | None = None, levels: list[BisectionLevel] | None = None,
+                 arrays: LeafArrays | None = None):
         self.reuser, self.search, self.branches = reuser, search, branches
+        # the leaves as stacked arrays (a proof record's, shared by its variants; else
+        # made on first use)
+        self._arrays = arrays
         self.levels = levels  # of an input-bisection tree: walked before tier 2, or None
         self.deepened = deepened  # leaves' children on the original, kept for other variants
         self.cmap: ChangeMap = reuser.cmap
@@ -460,18 +465,18 @@ class TreeCheck:
         ``max_open_leaves``: more leaves open than this give the tree up (tier 1b is
         skipped when it could not bring them under it)."""
         branches, search = self.branches, self.search
-        lowers = [np.stack([branches[i].layer_bounds[k][0] for i in idx]) for k in range(self.n_hidden)]
-        uppers = [np.stack([branches[i].layer_bounds[k][1] for i in idx]) for k in range(self.n_hidden)]
-        box_lo = np.stack([branches[i].lower for i in idx])
-        box_hi = np.stack([branches[i].upper for i in idx])
+        if self._arrays is None:
+            self._arrays = LeafArrays.of(branches)
+        leaves, pos = self._arrays, np.asarray(idx, dtype=np.int64)
+        lowers, uppers = [a[pos] for a in leaves.lowers], [a[pos] for a in leaves.uppers]
+        box_lo, box_hi = leaves.box_lo[pos], leaves.box_hi[pos]
         changes, spec_dl = change_bounds(self.cmap, lowers, uppers, box_lo, box_hi,
                                          search.C.numpy(), self.caps)
         # tier 0: the original's spec lower bound plus the change's
-        known = np.array([branches[i].spec_lower is not None for i in idx])
+        known = leaves.known[pos]
         spec0 = np.full(spec_dl.shape, -np.inf)
         if known.any():
-            orig = np.stack([branches[i].spec_lower for i, k in zip(idx, known) if k])
-            spec0[known] = orig + spec_dl[known]
+            spec0[known] = leaves.spec_lower[pos[known]] + spec_dl[known]
         done0 = self._refuted(spec0)
         self._count(done0)
         if not self.graph and self.n_hidden:
