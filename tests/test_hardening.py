@@ -113,6 +113,36 @@ def test_sigint_of_a_running_verify_exits_130(tmp_path, delay):
     assert "Traceback" not in err and err.strip().endswith("interrupted")
 
 
+def test_an_interrupt_that_surfaces_wrapped_in_another_exception_exits_130():
+    """Ctrl-C while ctypes converts a Z3 call's arguments surfaces as
+    ``ctypes.ArgumentError("argument 3: KeyboardInterrupt")`` (seen in a full test run):
+    still exit 130, not an internal error."""
+    import ctypes
+    import os
+    import signal
+    import time
+    from verify.cli import CoreproofGroup
+    group = CoreproofGroup(name="coreproof")
+
+    @group.command("z3-call")
+    def z3_call():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises KeyboardInterrupt here
+        except KeyboardInterrupt as exc:
+            raise ctypes.ArgumentError("argument 3: KeyboardInterrupt: ") from exc
+
+    @group.command("plain-bug")
+    def plain_bug():
+        raise ctypes.ArgumentError("argument 3: wrong type")
+
+    res = CliRunner().invoke(group, ["z3-call"])
+    assert res.exit_code == 130, res.output
+    assert "interrupted" in res.stderr and "internal error" not in res.stderr
+    res = CliRunner().invoke(group, ["plain-bug"])  # without Ctrl-C: an internal error
+    assert res.exit_code == 2 and "internal error" in res.stderr, res.output
+
+
 def _instances(tmp_path, rows):
     for f in (NET, PROP1, PROP2):
         shutil.copy(f, tmp_path)

@@ -58,6 +58,15 @@ _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 INTERRUPT_GRACE_S = 10.0
 
 
+class _Interrupt:
+    """What :func:`_interruptible` knows of Ctrl-C: whether it came (``seen``), and
+    whether the group has turned it into exit 130 (``handled``)."""
+
+    def __init__(self):
+        self.seen = threading.Event()
+        self.handled = threading.Event()
+
+
 @contextlib.contextmanager
 def _interruptible():
     """Ctrl-C raises KeyboardInterrupt (mapped to exit 130 by the group); should
@@ -65,7 +74,8 @@ def _interruptible():
     if threading.current_thread() is not threading.main_thread():
         yield None
         return
-    handled = threading.Event()
+    interrupt = _Interrupt()
+    handled = interrupt.handled
 
     def watchdog():
         if not handled.wait(INTERRUPT_GRACE_S):
@@ -74,6 +84,7 @@ def _interruptible():
             os._exit(exit_codes.INTERRUPTED)
 
     def on_sigint(signum, frame):
+        interrupt.seen.set()
         if not any(t.name == "coreproof-interrupt" for t in threading.enumerate()):
             threading.Thread(target=watchdog, name="coreproof-interrupt", daemon=True).start()
         # an object the interrupt cut off half-built (a z3 Context, seen once) fails in
@@ -83,7 +94,7 @@ def _interruptible():
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield handled
+        yield interrupt
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -114,14 +125,11 @@ class CoreproofGroup(click.Group):
 
     def invoke(self, ctx):
         debug = bool(ctx.params.get("debug")) or bool(os.environ.get("COREPROOF_DEBUG"))
-        with _interruptible() as handled:
+        with _interruptible() as interrupt:
             try:
                 return super().invoke(ctx)
             except KeyboardInterrupt:
-                if handled is not None:
-                    handled.set()
-                click.echo("interrupted", err=True)
-                ctx.exit(exit_codes.INTERRUPTED)
+                self._interrupted(ctx, interrupt)
             except click.UsageError as exc:  # a bad option or argument: one line too
                 self._usage(exc)
             except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -129,7 +137,19 @@ class CoreproofGroup(click.Group):
             except CoreproofError as exc:
                 self._fail(ctx, exc, debug, "")
             except Exception as exc:  # noqa: BLE001 - an internal error is exit 2, not a traceback
+                if interrupt is not None and interrupt.seen.is_set():
+                    # Ctrl-C that surfaced wrapped in another exception: raised while
+                    # ctypes converted a Z3 call's arguments, it comes out as
+                    # ctypes.ArgumentError("argument 3: KeyboardInterrupt")
+                    self._interrupted(ctx, interrupt)
                 self._fail(ctx, exc, debug, "internal error: ")
+
+    @staticmethod
+    def _interrupted(ctx, interrupt):
+        if interrupt is not None:
+            interrupt.handled.set()
+        click.echo("interrupted", err=True)
+        ctx.exit(exit_codes.INTERRUPTED)
 
     def parse_args(self, ctx, args):
         try:
