@@ -373,8 +373,7 @@ class TreeCheck:
             still, res, rows, refuted = self._tier2(idx, moved_of)
             if not still:
                 continue
-            lo = torch.from_numpy(np.stack([branches[i].lower for i in idx]))
-            hi = torch.from_numpy(np.stack([branches[i].upper for i in idx]))
+            lo, hi = self._boxes(idx)
             open_rows = [rows[i] for i in still]
             cex = confirm_batch(search.net, region, r, res.candidates(lo, hi, open_rows))
             if cex is not None:
@@ -465,9 +464,7 @@ class TreeCheck:
         ``max_open_leaves``: more leaves open than this give the tree up (tier 1b is
         skipped when it could not bring them under it)."""
         branches, search = self.branches, self.search
-        if self._arrays is None:
-            self._arrays = LeafArrays.of(branches)
-        leaves, pos = self._arrays, np.asarray(idx, dtype=np.int64)
+        leaves, pos = self._leaf_arrays(), np.asarray(idx, dtype=np.int64)
         lowers, uppers = [a[pos] for a in leaves.lowers], [a[pos] for a in leaves.uppers]
         box_lo, box_hi = leaves.box_lo[pos], leaves.box_hi[pos]
         changes, spec_dl = change_bounds(self.cmap, lowers, uppers, box_lo, box_hi,
@@ -577,6 +574,17 @@ class TreeCheck:
                     left = left[~shut]
         return list(moved_of), moved_of
 
+    def _leaf_arrays(self) -> LeafArrays:
+        """The leaves as stacked arrays (made on first use when not given)."""
+        if self._arrays is None:
+            self._arrays = LeafArrays.of(self.branches)
+        return self._arrays
+
+    def _boxes(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """The boxes of leaves ``idx`` as (B, n0) tensors."""
+        leaves, pos = self._leaf_arrays(), np.asarray(idx, dtype=np.int64)
+        return torch.from_numpy(leaves.box_lo[pos]), torch.from_numpy(leaves.box_hi[pos])
+
     def _count(self, closed: np.ndarray, *ways: str) -> None:
         """Leaves ``closed`` ((B,) flags) by the differential tiers, counted as closed by
         bounds, by the difference, and by each of ``ways``."""
@@ -620,8 +628,7 @@ class TreeCheck:
         bounds (see the module docstring, tier 2): (still open, the bounds, {leaf: row}, refuted
         conjunctions (B, n_conj))."""
         branches, search = self.branches, self.search
-        lo = torch.from_numpy(np.stack([branches[i].lower for i in idx]))
-        hi = torch.from_numpy(np.stack([branches[i].upper for i in idx]))
+        lo, hi = self._boxes(idx)
         fixed = [moved_of.layer(idx, k) for k in range(self.n_hidden)]
         relu = not search.input_split
         splits = [torch.zeros((len(idx), n), dtype=torch.int8)
