@@ -11,8 +11,9 @@ An instance is ``mnistfc:<net>:<prop>`` (VNN-COMP 2021 MNIST-FC), ``int4:<net>:<
 benchmark's mnistfc family makes it), ``ball:<net>:<image>:<eps>`` (an L-inf ball
 around the centre of MNIST-FC image's box, labelled by the network, as the reuse
 benchmark's hard family makes them) or ``eran:<image index>`` (mnist_relu_9_200,
-eps 0.015); ``@T`` sets its timeout.  Heuristics: ``gap``, ``babsr``, ``fsbK`` (filtered
-smart branching over the top K by BaBSR; ``fsbKL``: its look-ahead re-tightens the
+eps 0.015); ``@T`` sets its timeout.  Heuristics: ``gap``, ``babsr``, ``deepsplit`` (the
+default), ``deepsplitB`` (deepsplit with BaBSR's score as the direct impact), ``fsbK``
+(filtered smart branching over the top K by BaBSR; ``fsbKL``: its look-ahead re-tightens the
 layers after the split; ``fsbKaN``: N alpha steps from the parent's slopes).  Prints one row per (instance, heuristic):
 verdict, wall time, branches, bound evaluations; then per heuristic the decided count,
 the total time and the geometric mean of the time ratio against the first heuristic
@@ -70,13 +71,15 @@ def heuristic(name: str) -> ReluBranchOptions:
         return ReluBranchOptions("fsb", fsb_candidates=int(body.rstrip("L") or default.fsb_candidates),
                                  lookahead="layers" if body.endswith("L") else "spec",
                                  lookahead_alpha_iterations=int(steps or default.lookahead_alpha_iterations))
+    if name == "deepsplitB":  # deepsplit with BaBSR's direct score
+        return ReluBranchOptions("deepsplit", deepsplit_direct="babsr")
     return ReluBranchOptions(name)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("instances", nargs="+")
-    ap.add_argument("--heuristics", default="gap,babsr,fsb")
+    ap.add_argument("--heuristics", default="babsr,deepsplit,fsb")
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--jsonl", type=Path)
     args = ap.parse_args(argv)

@@ -10,7 +10,7 @@ import torch
 from verify.network import Affine, Network
 from verify.options import ReluBranchOptions, VerifyOptions
 from verify.properties import Conjunction, Region, local_robustness
-from verify.relu_branching import babsr_score
+from verify.relu_branching import babsr_score, deepsplit_scores
 from verify.result import Statistics
 from verify.search import Node, RegionSearch
 from verify.verifier import verify_property
@@ -87,6 +87,27 @@ def test_babsr_score_is_zero_exactly_on_stable_neurons():
     assert s[0, 0].item() == pytest.approx(0.18, abs=1e-6)
 
 
+def test_deepsplit_score_passes_a_later_neurons_impact_back_through_its_weights():
+    """Layer 0 has no direct effect on the row (coefficients 0); its two unstable
+    neurons feed layer 1's one unstable neuron, whose direct impact is |-0.5| * 4/3.
+    Each gets 0.75 x that impact x the share of the later neuron's bound its
+    intercept makes: 1 * 0.5 / 2 (a negative weight, against the lower bound -2) and
+    2 * 0.75 / 4 (positive, against the upper bound 4); a stable neuron scores 0."""
+    lower = [torch.tensor([[-1.0, -1.0, 0.5]]), torch.tensor([[-2.0]])]
+    upper = [torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[4.0]])]
+    lams = [torch.zeros(1, 3), torch.tensor([[-0.5]])]
+    weights = [torch.zeros(3, 2), torch.tensor([[-1.0, 2.0, 5.0]])]
+    s0, s1 = deepsplit_scores(lower, upper, lams, weights)
+    assert s1[0, 0].item() == pytest.approx(0.5 * 4 / 3, abs=1e-6)
+    direct = 0.5 * 4 / 3
+    assert s0[0, 0].item() == pytest.approx(0.75 * direct * 0.25, abs=1e-6)
+    assert s0[0, 1].item() == pytest.approx(0.75 * direct * 0.375, abs=1e-6)
+    assert s0[0, 2].item() == 0.0
+    # a share above 1 is clipped: a huge weight cannot make more than the whole bound
+    s0, _ = deepsplit_scores(lower, upper, lams, [weights[0], torch.tensor([[-100.0, 2.0, 5.0]])])
+    assert s0[0, 0].item() == pytest.approx(0.75 * direct * 1.0, abs=1e-6)
+
+
 def _milp_minimum(net, region, row: np.ndarray) -> float:
     """Exact minimum of ``row @ y`` over the region's box (written here without the
     project's bounds or encoder): a mixed-integer program with one binary per unstable
@@ -157,7 +178,7 @@ def test_digits_verdicts_agree_with_exact_milp(digits_mlp):
         truth = _exact_holds(net, prop.regions[0])
         assert truth is not None
         verdicts.add(truth)
-        for heuristic in ("babsr", "fsb"):
+        for heuristic in ("babsr", "fsb", "deepsplit"):
             opts = VerifyOptions(timeout=60, input_split_max=0, use_z3=False, attack_max_s=0.0,
                                  random_samples=0, attack_far_share=0.0,
                                  attack_search_share=0.0, relu_branching=ReluBranchOptions(

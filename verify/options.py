@@ -60,12 +60,14 @@ class ReluBranchOptions:
     :mod:`verify.relu_branching`; graph networks always use "gap")."""
 
     # "gap": |coefficient| * relaxation gap; "babsr": the BaBSR score; "fsb": filtered
-    # smart branching, a look-ahead over the best few by BaBSR (and the best by gap)
-    # (babsr by default: side by side at 60 s on 18 MNIST-FC instances it decided 2 that
-    # gap did not and was as fast or faster on the rest; fsb decided 2 of babsr's in half
-    # its time but took 5.7x longer on one and timed out on another -- see
+    # smart branching, a look-ahead over the best few by BaBSR (and the best by gap);
+    # "deepsplit": BaBSR-like direct impact plus the impact through later layers'
+    # relaxations.  (babsr beat gap and fsb on MNIST-FC; deepsplit by default since
+    # 2026-12-05: side by side with babsr at 60 s it decided eran idx 3539, 1385, 3857
+    # that babsr left open, took 5.1 s for mnist-net_256x2 prop_3_0.03 against 50 s,
+    # and was slower on 256x4 prop_0/13_0.03 (35 / 12 s against 6 / 1.2 s) -- see
     # benchmarks/relu_branching_benchmark.py and the README)
-    heuristic: str = "babsr"
+    heuristic: str = "deepsplit"
     # FSB: this many by BaBSR per branch (plus the best by gap); on mnist-net_256x2 int4
     # prop_0_0.03 (with one alpha step): 4: 1374 branches, 8: 492, 12: 238, 16: 286, 24: 262
     fsb_candidates: int = 12
@@ -78,9 +80,12 @@ class ReluBranchOptions:
     # the parent's slopes; 0: plain CROWN slopes, which rank candidates badly: 8
     # candidates took 2020+ branches on the instance above, 492 with 1 step)
     lookahead_alpha_iterations: int = 1
+    # deepsplit: a neuron's direct impact is "intercept" (|min(coefficient, 0)| times the
+    # upper relaxation's intercept) or its "babsr" score
+    deepsplit_direct: str = "intercept"
 
     def __post_init__(self):
-        if self.heuristic not in ("gap", "babsr", "fsb"):
+        if self.heuristic not in ("gap", "babsr", "fsb", "deepsplit"):
             raise OptionError(f"heuristic must be gap, babsr or fsb, got {self.heuristic!r}")
         if self.fsb_candidates < 1:
             raise OptionError(f"fsb_candidates must be >= 1, got {self.fsb_candidates}")

@@ -1,6 +1,6 @@
 """Which unstable ReLU an open branch is split on (ReLU-split branch and bound).
 
-Three scores, chosen by :class:`verify.options.ReluBranchOptions`:
+Four scores, chosen by :class:`verify.options.ReluBranchOptions`:
 
 - ``"gap"``: |back-substitution coefficient of the worst open spec row on the
   neuron's output| * relaxation gap ``-u*l/(u-l)``;
@@ -11,7 +11,10 @@ Three scores, chosen by :class:`verify.options.ReluBranchOptions`:
   candidates by BaBSR (and the best by gap), across layers, for every branch of
   the batch; both children of every candidate are bounded in one batched call
   (the parent's intermediate bounds with the candidate's phase imposed, spec rows
-  only, no slope optimisation); the candidate whose worse child bound is best wins.
+  only, no slope optimisation); the candidate whose worse child bound is best wins;
+- ``"deepsplit"``: a neuron's impact on the worst row's bound, direct and through
+  the relaxations of the later layers' unstable neurons (:func:`deepsplit_scores`;
+  after DeepSplit, Henriksen and Lomuscio, IJCAI 2021).
 
 :class:`ReluSplitting` is a mixin of :class:`verify.search.RegionSearch`: it reads the
 search's network (``net``), options (``opt``), propagator (``prop``), spec rows
@@ -60,6 +63,41 @@ def babsr_score(lam: torch.Tensor, l: torch.Tensor, u: torch.Tensor,
     return torch.where(unst, score + 1e-9 * relu_gap(l, u), torch.zeros_like(u))
 
 
+INDIRECT_SHARE = 0.75  # of a later neuron's impact passed back to the neurons it reads
+
+
+def deepsplit_scores(lower, upper, lams, weights, direct=None) -> list[torch.Tensor]:
+    """Per hidden layer (B, n_k): each unstable neuron's estimated impact on the worst
+    row's lower bound, direct and through the relaxations of the next layer's unstable
+    neurons (after DeepSplit, Henriksen and Lomuscio, IJCAI 2021, with the indirect
+    effect taken one layer at a time: the next layer reads the neuron through its
+    weights, and that layer's impacts already hold what lies beyond it).
+
+    Direct: ``|min(lam, 0)| * t`` with ``t = -u*l/(u-l)`` the upper relaxation's
+    intercept.  Indirect, for neuron ``j`` of layer ``k`` and unstable ``s`` of layer
+    ``k+1``: the share of ``s``'s lower (upper) bound that ``j``'s intercept makes,
+    ``|min(W[s,j], 0) * t_j / l_s|`` (``|max(W[s,j], 0) * t_j / u_s|``), each clipped
+    to [0, 1], times ``s``'s impact and :data:`INDIRECT_SHARE`."""
+    n = len(lower)
+    t = [relu_gap(l, u) for l, u in zip(lower, upper)]
+    unst = [(l < 0) & (u > 0) for l, u in zip(lower, upper)]
+    impact = [None] * n
+    for k in range(n - 1, -1, -1):
+        score = lams[k].clamp(max=0).abs() * t[k] if direct is None else direct[k].clone()
+        if k + 1 < n:
+            W = weights[k + 1].to(t[k].dtype)  # (n_{k+1}, n_k)
+            l1, u1 = lower[k + 1], upper[k + 1]
+            safe_l = torch.where(unst[k + 1], -l1, torch.ones_like(l1)).unsqueeze(2)
+            safe_u = torch.where(unst[k + 1], u1, torch.ones_like(u1)).unsqueeze(2)
+            tj = t[k].unsqueeze(1)  # (B, 1, n_k)
+            rel = ((W.clamp(max=0).abs() * tj) / safe_l).clamp(max=1.0) + \
+                ((W.clamp(min=0) * tj) / safe_u).clamp(max=1.0)
+            nxt = torch.where(unst[k + 1], impact[k + 1], torch.zeros_like(impact[k + 1]))
+            score = score + INDIRECT_SHARE * torch.einsum("bs,bsj->bj", nxt, rel)
+        impact[k] = torch.where(unst[k], score + 1e-9 * t[k], torch.zeros_like(score))
+    return impact
+
+
 class ReluSplitting:
     """The ReLU-splitting half of :class:`verify.search.RegionSearch`."""
 
@@ -75,7 +113,8 @@ class ReluSplitting:
         heuristic = self.opt.relu_branching.heuristic
         if not isinstance(self.net, Network):  # graph networks: no biases/spec_bound per layer
             heuristic = "gap"
-        scores = self._relu_scores(res, idx, worst, "gap" if heuristic == "gap" else "babsr")
+        scores = self._relu_scores(res, idx, worst, heuristic if heuristic in ("gap", "deepsplit")
+                                   else "babsr")
         flat = torch.cat(scores, 1)  # (b, sum n_k)
         choice = flat.argmax(1).numpy()
         has = (flat.max(1).values > 0).numpy()
@@ -98,6 +137,14 @@ class ReluSplitting:
     def _relu_scores(self, res, idx, worst, kind: str) -> list[torch.Tensor]:
         """Per hidden layer (b, n_k): each branch's score of its neurons for its worst row."""
         sel, rows = torch.from_numpy(idx), torch.from_numpy(worst)
+        if kind == "deepsplit":
+            direct = None
+            if self.opt.relu_branching.deepsplit_direct == "babsr":
+                direct = self._relu_scores(res, idx, worst, "babsr")
+            return deepsplit_scores([res.lower[k][sel] for k in range(self.prop.n_hidden)],
+                                    [res.upper[k][sel] for k in range(self.prop.n_hidden)],
+                                    [res.layer_coeffs[k][sel, rows] for k in range(self.prop.n_hidden)],
+                                    self.prop.weights, direct)
         out = []
         for k in range(self.prop.n_hidden):
             l, u = res.lower[k][sel], res.upper[k][sel]
