@@ -108,6 +108,32 @@ def test_deepsplit_score_passes_a_later_neurons_impact_back_through_its_weights(
     assert s0[0, 0].item() == pytest.approx(0.75 * direct * 1.0, abs=1e-6)
 
 
+def test_deepsplit_scores_in_chunks_of_branches_equal_one_pass(monkeypatch):
+    """The shares are formed a few branches at a time on wide layers; the scores do not
+    depend on the chunking (random bounds, 7 branches, chunks of 2 branches)."""
+    import verify.relu_branching as rb
+    g = torch.Generator().manual_seed(0)
+    sizes = [6, 5, 4]
+    lower = [-torch.rand(7, n, generator=g, dtype=torch.float64) for n in sizes]
+    upper = [torch.rand(7, n, generator=g, dtype=torch.float64) - 0.2 for n in sizes]
+    lams = [torch.randn(7, n, generator=g, dtype=torch.float64) for n in sizes]
+    weights = [None] + [torch.randn(sizes[k + 1], sizes[k], generator=g, dtype=torch.float64)
+                        for k in range(2)]
+    whole = deepsplit_scores(lower, upper, lams, weights)
+    monkeypatch.setattr(rb, "SHARE_CHUNK", 2 * 6 * 5)
+    parts = deepsplit_scores(lower, upper, lams, weights)
+    assert all(torch.equal(a, b) for a, b in zip(whole, parts))
+    assert whole[0].abs().sum() > 0
+
+
+def test_an_unknown_branching_choice_is_a_clear_option_error():
+    from verify.errors import OptionError
+    with pytest.raises(OptionError, match="deepsplit"):
+        ReluBranchOptions("deep-split")
+    with pytest.raises(OptionError, match="intercept or babsr"):
+        ReluBranchOptions("deepsplit", deepsplit_direct="gap")
+
+
 def _milp_minimum(net, region, row: np.ndarray) -> float:
     """Exact minimum of ``row @ y`` over the region's box (written here without the
     project's bounds or encoder): a mixed-integer program with one binary per unstable

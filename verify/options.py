@@ -61,8 +61,8 @@ class ReluBranchOptions:
 
     # "gap": |coefficient| * relaxation gap; "babsr": the BaBSR score; "fsb": filtered
     # smart branching, a look-ahead over the best few by BaBSR (and the best by gap);
-    # "deepsplit": BaBSR-like direct impact plus the impact through later layers'
-    # relaxations.  (babsr beat gap and fsb on MNIST-FC; deepsplit by default since
+    # "deepsplit": a neuron's direct impact (its relaxation's intercept through the row's
+    # coefficient) plus its impact through later layers' relaxations.  (babsr beat gap and fsb on MNIST-FC; deepsplit by default since
     # 2026-12-05: side by side with babsr at 60 s it decided eran idx 3539, 1385, 3857
     # that babsr left open, took 5.1 s for mnist-net_256x2 prop_3_0.03 against 50 s,
     # and was slower on 256x4 prop_0/13_0.03 (35 / 12 s against 6 / 1.2 s) -- see
@@ -86,7 +86,11 @@ class ReluBranchOptions:
 
     def __post_init__(self):
         if self.heuristic not in ("gap", "babsr", "fsb", "deepsplit"):
-            raise OptionError(f"heuristic must be gap, babsr or fsb, got {self.heuristic!r}")
+            raise OptionError("heuristic must be gap, babsr, fsb or deepsplit, got "
+                              f"{self.heuristic!r}")
+        if self.deepsplit_direct not in ("intercept", "babsr"):
+            raise OptionError("deepsplit_direct must be intercept or babsr, got "
+                              f"{self.deepsplit_direct!r}")
         if self.fsb_candidates < 1:
             raise OptionError(f"fsb_candidates must be >= 1, got {self.fsb_candidates}")
         if self.lookahead not in ("spec", "layers"):

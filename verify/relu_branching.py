@@ -64,6 +64,7 @@ def babsr_score(lam: torch.Tensor, l: torch.Tensor, u: torch.Tensor,
 
 
 INDIRECT_SHARE = 0.75  # of a later neuron's impact passed back to the neurons it reads
+SHARE_CHUNK = 1 << 22  # (branch, later neuron, neuron) shares formed at once (32 MiB)
 
 
 def deepsplit_scores(lower, upper, lams, weights, direct=None) -> list[torch.Tensor]:
@@ -85,17 +86,30 @@ def deepsplit_scores(lower, upper, lams, weights, direct=None) -> list[torch.Ten
     for k in range(n - 1, -1, -1):
         score = lams[k].clamp(max=0).abs() * t[k] if direct is None else direct[k].clone()
         if k + 1 < n:
-            W = weights[k + 1].to(t[k].dtype)  # (n_{k+1}, n_k)
-            l1, u1 = lower[k + 1], upper[k + 1]
-            safe_l = torch.where(unst[k + 1], -l1, torch.ones_like(l1)).unsqueeze(2)
-            safe_u = torch.where(unst[k + 1], u1, torch.ones_like(u1)).unsqueeze(2)
-            tj = t[k].unsqueeze(1)  # (B, 1, n_k)
-            rel = ((W.clamp(max=0).abs() * tj) / safe_l).clamp(max=1.0) + \
-                ((W.clamp(min=0) * tj) / safe_u).clamp(max=1.0)
-            nxt = torch.where(unst[k + 1], impact[k + 1], torch.zeros_like(impact[k + 1]))
-            score = score + INDIRECT_SHARE * torch.einsum("bs,bsj->bj", nxt, rel)
+            score = score + INDIRECT_SHARE * _passed_back(weights[k + 1].to(t[k].dtype), t[k],
+                                                          lower[k + 1], upper[k + 1],
+                                                          unst[k + 1], impact[k + 1])
         impact[k] = torch.where(unst[k], score + 1e-9 * t[k], torch.zeros_like(score))
     return impact
+
+
+def _passed_back(W, t, l1, u1, unst1, impact1) -> torch.Tensor:
+    """(B, n_k): sum over the next layer's unstable neurons ``s`` of ``s``'s impact times
+    the clipped shares of its bounds ``l1``/``u1`` (B, n_{k+1}) that each neuron's
+    intercept ``t`` (B, n_k) makes through ``W`` (n_{k+1}, n_k); in chunks of branches
+    (the shares are a (branches, n_{k+1}, n_k) tensor)."""
+    safe_l = torch.where(unst1, -l1, torch.ones_like(l1)).unsqueeze(2)
+    safe_u = torch.where(unst1, u1, torch.ones_like(u1)).unsqueeze(2)
+    nxt = torch.where(unst1, impact1, torch.zeros_like(impact1))
+    w_neg, w_pos = W.clamp(max=0).abs(), W.clamp(min=0)
+    step = max(1, SHARE_CHUNK // max(1, W.numel()))
+    out = []
+    for a in range(0, t.shape[0], step):
+        tj = t[a:a + step].unsqueeze(1)  # (b, 1, n_k)
+        rel = (w_neg * tj / safe_l[a:a + step]).clamp(max=1.0) + \
+            (w_pos * tj / safe_u[a:a + step]).clamp(max=1.0)
+        out.append(torch.einsum("bs,bsj->bj", nxt[a:a + step], rel))
+    return torch.cat(out)
 
 
 class ReluSplitting:
