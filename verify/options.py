@@ -62,10 +62,11 @@ class ReluBranchOptions:
     # "gap": |coefficient| * relaxation gap; "babsr": the BaBSR score; "fsb": filtered
     # smart branching, a look-ahead over the best few by BaBSR (and the best by gap);
     # "deepsplit": a neuron's direct impact (its relaxation's intercept through the row's
-    # coefficient) plus its impact through later layers' relaxations.  (babsr beat gap and fsb on MNIST-FC; deepsplit by default since
-    # 2026-12-05: side by side with babsr at 60 s it decided eran idx 3539, 1385, 3857
-    # that babsr left open, took 5.1 s for mnist-net_256x2 prop_3_0.03 against 50 s,
-    # and was slower on 256x4 prop_0/13_0.03 (35 / 12 s against 6 / 1.2 s) -- see
+    # coefficient) plus its impact through later layers' relaxations.  (babsr beat gap
+    # and fsb on MNIST-FC; deepsplit by default since 2026-12-05: side by side with
+    # babsr at 60 s it decided eran idx 3539, 1385, 3857 that babsr left open, took 5.1 s
+    # for mnist-net_256x2 prop_3_0.03 against 50 s, and was slower on 256x4
+    # prop_0/13_0.03 (35 / 12 s against 6 / 1.2 s) -- see
     # benchmarks/relu_branching_benchmark.py and the README)
     heuristic: str = "deepsplit"
     # FSB: this many by BaBSR per branch (plus the best by gap); on mnist-net_256x2 int4

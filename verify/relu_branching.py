@@ -84,7 +84,7 @@ def deepsplit_scores(lower, upper, lams, weights, direct=None) -> list[torch.Ten
     unst = [(l < 0) & (u > 0) for l, u in zip(lower, upper)]
     impact = [None] * n
     for k in range(n - 1, -1, -1):
-        score = lams[k].clamp(max=0).abs() * t[k] if direct is None else direct[k].clone()
+        score = lams[k].clamp(max=0).abs() * t[k] if direct is None else direct[k]
         if k + 1 < n:
             score = score + INDIRECT_SHARE * _passed_back(weights[k + 1].to(t[k].dtype), t[k],
                                                           lower[k + 1], upper[k + 1],
@@ -151,21 +151,18 @@ class ReluSplitting:
     def _relu_scores(self, res, idx, worst, kind: str) -> list[torch.Tensor]:
         """Per hidden layer (b, n_k): each branch's score of its neurons for its worst row."""
         sel, rows = torch.from_numpy(idx), torch.from_numpy(worst)
-        if kind == "deepsplit":
-            direct = None
-            if self.opt.relu_branching.deepsplit_direct == "babsr":
-                direct = self._relu_scores(res, idx, worst, "babsr")
-            return deepsplit_scores([res.lower[k][sel] for k in range(self.prop.n_hidden)],
-                                    [res.upper[k][sel] for k in range(self.prop.n_hidden)],
-                                    [res.layer_coeffs[k][sel, rows] for k in range(self.prop.n_hidden)],
-                                    self.prop.weights, direct)
-        out = []
-        for k in range(self.prop.n_hidden):
-            l, u = res.lower[k][sel], res.upper[k][sel]
-            lam = res.layer_coeffs[k][sel, rows]
-            out.append(gap_score(lam, l, u) if kind == "gap"
-                       else babsr_score(lam, l, u, self.prop.biases[k]))
-        return out
+        layers = range(self.prop.n_hidden)
+        lower, upper = [res.lower[k][sel] for k in layers], [res.upper[k][sel] for k in layers]
+        lams = [res.layer_coeffs[k][sel, rows] for k in layers]
+        if kind == "gap":
+            return [gap_score(lam, l, u) for lam, l, u in zip(lams, lower, upper)]
+        if kind == "deepsplit" and self.opt.relu_branching.deepsplit_direct == "intercept":
+            return deepsplit_scores(lower, upper, lams, self.prop.weights)
+        babsr = [babsr_score(lam, l, u, self.prop.biases[k])
+                 for k, (lam, l, u) in enumerate(zip(lams, lower, upper))]
+        if kind == "deepsplit":  # BaBSR's score as the direct impact
+            return deepsplit_scores(lower, upper, lams, self.prop.weights, babsr)
+        return babsr
 
     def _fsb_candidates(self, babsr: torch.Tensor, gap: list[torch.Tensor]) -> np.ndarray:
         """(b, c) flat neuron indices: the top ``fsb_candidates`` by BaBSR and the best
