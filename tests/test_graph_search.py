@@ -9,7 +9,7 @@ import torch
 from verify.attack import Attacker
 from verify.graph import Conv, Gemm, GraphNetwork, Node, Relu, Reshape, Sum
 from verify.graphbounds import GraphBoundPropagator
-from verify.options import VerifyOptions
+from verify.options import ReluBranchOptions, VerifyOptions
 from verify.properties import local_robustness
 from verify.verifier import Proof, verify_property
 
@@ -114,9 +114,10 @@ def test_digits_cnn_holds_at_small_eps_and_violated_at_large(digits_cnn):
     assert out.argmax() != y[idx] or abs(np.sort(out)[-1] - np.sort(out)[-2]) < 1e-4
 
 
-def test_digits_cnn_relu_splitting_proves_what_the_root_bound_cannot(digits_cnn):
-    """Some point and eps the root bound cannot prove but branch and bound does; every
-    holds is checked by sampling, every violated replayed."""
+@pytest.mark.parametrize("heuristic", ["deepsplit", "gap"])
+def test_digits_cnn_relu_splitting_proves_what_the_root_bound_cannot(digits_cnn, heuristic):
+    """Some point and eps the root bound cannot prove but branch and bound does, with
+    either branching score; every holds is checked by sampling, every violated replayed."""
     net, X, y = digits_cnn
     rng = np.random.default_rng(0)
     preds = net.forward(X).argmax(1)
@@ -127,7 +128,8 @@ def test_digits_cnn_relu_splitting_proves_what_the_root_bound_cannot(digits_cnn)
             continue
         prop = local_robustness(X[idx], eps, int(y[idx]), 10)
         proof = Proof()
-        res = verify_property(net, prop, VerifyOptions(timeout=20), proof=proof)
+        res = verify_property(net, prop, VerifyOptions(
+            timeout=20, relu_branching=ReluBranchOptions(heuristic)), proof=proof)
         if res.status.value == "violated":
             _replays(net, prop, res)
         elif res.status.value == "holds":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .graphbounds.impact import GraphImpact
 from .network import Network
 from .search_types import Node
 
@@ -125,8 +126,8 @@ class ReluSplitting:
         idx = np.array([i for i, _ in to_split])
         worst = np.array([self._worst_row(spec_lower[i], refuted[i]) for i in idx])
         heuristic = self.opt.relu_branching.heuristic
-        if not isinstance(self.net, Network):  # graph networks: no biases/spec_bound per layer
-            heuristic = "gap"
+        if not isinstance(self.net, Network) and heuristic != "deepsplit":
+            heuristic = "gap"  # graph networks: no per-layer biases for BaBSR's score
         scores = self._relu_scores(res, idx, worst, heuristic if heuristic in ("gap", "deepsplit")
                                    else "babsr")
         flat = torch.cat(scores, 1)  # (b, sum n_k)
@@ -156,6 +157,10 @@ class ReluSplitting:
         lams = [res.layer_coeffs[k][sel, rows] for k in layers]
         if kind == "gap":
             return [gap_score(lam, l, u) for lam, l, u in zip(lams, lower, upper)]
+        if not isinstance(self.net, Network):  # graph deepsplit: the intercept as direct term
+            if getattr(self, "_graph_impact", None) is None:
+                self._graph_impact = GraphImpact(self.net)
+            return self._graph_impact.scores(lower, upper, lams)
         if kind == "deepsplit" and self.opt.relu_branching.deepsplit_direct == "intercept":
             return deepsplit_scores(lower, upper, lams, self.prop.weights)
         babsr = [babsr_score(lam, l, u, self.prop.biases[k])
