@@ -57,7 +57,8 @@ class GraphBoundOptions:
 @dataclass(frozen=True)
 class ReluBranchOptions:
     """How ReLU-split branch and bound picks the neuron to split (see
-    :mod:`verify.relu_branching`; graph networks always use "gap")."""
+    :mod:`verify.relu_branching`; graph networks use "deepsplit" with the intercept as
+    its direct term, :mod:`verify.graphbounds.impact`, and "gap" for any other choice)."""
 
     # "gap": |coefficient| * relaxation gap; "babsr": the BaBSR score; "fsb": filtered
     # smart branching, a look-ahead over the best few by BaBSR (and the best by gap);

@@ -24,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .graphbounds.impact import GraphImpact
 from .network import Network
 from .search_types import Node
 
@@ -159,6 +158,7 @@ class ReluSplitting:
             return [gap_score(lam, l, u) for lam, l, u in zip(lams, lower, upper)]
         if not isinstance(self.net, Network):  # graph deepsplit: the intercept as direct term
             if getattr(self, "_graph_impact", None) is None:
+                from .graphbounds.impact import GraphImpact  # (it imports this module)
                 self._graph_impact = GraphImpact(self.net)
             return self._graph_impact.scores(lower, upper, lams)
         if kind == "deepsplit" and self.opt.relu_branching.deepsplit_direct == "intercept":

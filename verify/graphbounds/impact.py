@@ -26,9 +26,8 @@ import torch
 
 from ..graph.model import GraphNetwork
 from ..graph.ops import Conv, Gemm, Relu, Scale, Sum
+from ..relu_branching import INDIRECT_SHARE, relu_gap
 from .rules import depthwise_transpose
-
-INDIRECT_SHARE = 0.75  # of a later neuron's impact passed back to the neurons it reads
 
 
 def _sign_parts(op):
@@ -76,8 +75,7 @@ class GraphImpact:
         (``|min(lam, 0)| * t``) and :data:`INDIRECT_SHARE` of the later neurons' impacts
         passed back, from the last ReLU layer to the first."""
         n = len(self.relus)
-        t = [torch.where((l < 0) & (u > 0), u * -l / torch.where((l < 0) & (u > 0), u - l, 1.0), 0.0)
-             for l, u in zip(lower, upper)]
+        t = [relu_gap(l, u) for l, u in zip(lower, upper)]
         passed = [torch.zeros_like(x) for x in t]
         impact = [None] * n
         for k in range(n - 1, -1, -1):
