@@ -10,8 +10,9 @@ An instance is ``mnistfc:<net>:<prop>`` (VNN-COMP 2021 MNIST-FC), ``int4:<net>:<
 (the same on the network's int4 variant, made with ``compress``, as the reuse
 benchmark's mnistfc family makes it), ``ball:<net>:<image>:<eps>`` (an L-inf ball
 around the centre of MNIST-FC image's box, labelled by the network, as the reuse
-benchmark's hard family makes them) or ``eran:<image index>`` (mnist_relu_9_200,
-eps 0.015); ``@T`` sets its timeout.  Heuristics: ``gap``, ``babsr``, ``deepsplit`` (the
+benchmark's hard family makes them), ``eran:<image index>`` (mnist_relu_9_200,
+eps 0.015) or ``resnet:<2b|4b>:<property index>`` (cifar10_resnet, a graph network: it
+knows ``gap`` and ``deepsplit``); ``@T`` sets its timeout.  Heuristics: ``gap``, ``babsr``, ``deepsplit`` (the
 default), ``deepsplitB`` (deepsplit with BaBSR's score as the direct impact), ``fsbK``
 (filtered smart branching over the top K by BaBSR; ``fsbKL``: its look-ahead re-tightens the
 layers after the split; ``fsbKaN``: N alpha steps from the parent's slopes).  Prints one row per (instance, heuristic):
@@ -59,6 +60,12 @@ def instance(spec: str):
     if kind == "eran":
         net = load_network(DATA / "eran" / "nets" / "mnist_relu_9_200.onnx")
         prop = DATA / "eran" / "specs" / "mnist" / f"mnist_spec_idx_{rest[0]}_eps_0.01500.vnnlib.gz"
+        return spec, net, load_property(prop, net), timeout
+    if kind == "resnet":  # resnet:<2b|4b>:<property index> (cifar10_resnet, a graph network)
+        eps = {"2b": "0.008", "4b": "0.004"}[rest[0]]
+        net = load_network(DATA / "cifar10_resnet" / "onnx" / f"resnet_{rest[0]}.onnx")
+        prop = DATA / "cifar10_resnet" / "vnnlib_properties_pgd_filtered" / \
+            f"resnet{rest[0]}_pgd_filtered" / f"prop_{rest[1]}_eps_{eps}.vnnlib.gz"
         return spec, net, load_property(prop, net), timeout
     raise SystemExit(f"unknown instance kind {kind!r} in {spec!r}")
 
