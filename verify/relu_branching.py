@@ -21,6 +21,8 @@ search's network (``net``), options (``opt``), propagator (``prop``), spec rows
 (``C``, ``d``, ``owner``, ``n_conj``), statistics and deadline (``time_left``)."""
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import torch
 
@@ -157,9 +159,6 @@ class ReluSplitting:
         if kind == "gap":
             return [gap_score(lam, l, u) for lam, l, u in zip(lams, lower, upper)]
         if not isinstance(self.net, Network):  # graph deepsplit: the intercept as direct term
-            if getattr(self, "_graph_impact", None) is None:
-                from .graphbounds.impact import GraphImpact  # (it imports this module)
-                self._graph_impact = GraphImpact(self.net)
             return self._graph_impact.scores(lower, upper, lams)
         if kind == "deepsplit" and self.opt.relu_branching.deepsplit_direct == "intercept":
             return deepsplit_scores(lower, upper, lams, self.prop.weights)
@@ -168,6 +167,11 @@ class ReluSplitting:
         if kind == "deepsplit":  # BaBSR's score as the direct impact
             return deepsplit_scores(lower, upper, lams, self.prop.weights, babsr)
         return babsr
+
+    @cached_property
+    def _graph_impact(self):
+        from .graphbounds.impact import GraphImpact  # (it imports this module)
+        return GraphImpact(self.net)
 
     def _fsb_candidates(self, babsr: torch.Tensor, gap: list[torch.Tensor]) -> np.ndarray:
         """(b, c) flat neuron indices: the top ``fsb_candidates`` by BaBSR and the best

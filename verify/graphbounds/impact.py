@@ -27,7 +27,7 @@ import torch
 from ..graph.model import GraphNetwork
 from ..graph.ops import Conv, Gemm, Relu, Scale, Sum
 from ..relu_branching import INDIRECT_SHARE, relu_gap
-from .rules import depthwise_transpose
+from .rules import linear_transpose
 
 
 def _sign_parts(op):
@@ -49,12 +49,6 @@ def _sign_parts(op):
         return (replace(op, weights=tuple(max(x, 0.0) for x in w)),
                 replace(op, weights=tuple(max(-x, 0.0) for x in w)) if min(w) < 0 else None)
     return op, None  # Reshape, Transpose, Pad: a permutation or selection of entries
-
-
-def _transpose(op, A, shapes) -> list[torch.Tensor]:
-    if isinstance(op, Conv) and op.weight.shape[1] == 1 and op.groups > 1:
-        return [depthwise_transpose(op, A, shapes[0])]
-    return op.transpose(A, *shapes)
 
 
 class GraphImpact:
@@ -105,9 +99,9 @@ class GraphImpact:
                 passed[self._relu_of[i]] += A[:, 0].reshape(B, -1)
                 continue
             pos, neg = self._parts[i]
-            through_pos = _transpose(pos, A, self._in_shapes[i])
+            through_pos = linear_transpose(pos, A, self._in_shapes[i])
             through_neg = [None] * len(through_pos) if neg is None else \
-                _transpose(neg, A, self._in_shapes[i])
+                linear_transpose(neg, A, self._in_shapes[i])
             for j, p, q in zip(self.nodes[i].inputs, through_pos, through_neg):
                 # a positive weight keeps (upper, lower) shares in place, a negative one swaps
                 out = p if q is None else p + q.flip(1)

@@ -52,9 +52,15 @@ class ConvRule(AffineRule):
     @staticmethod
     def backward(op, A, in_shapes):
         const = (A.sum((-1, -2)) * op._b.to(A.dtype)).reshape(A.shape[0], A.shape[1], -1).sum(-1)
-        if op.weight.shape[1] == 1 and op.groups > 1:
-            return [depthwise_transpose(op, A, in_shapes[0])], const
-        return op.transpose(A, *in_shapes), const
+        return linear_transpose(op, A, in_shapes), const
+
+
+def linear_transpose(op, A, in_shapes) -> list:
+    """``L^T A`` for each input of an affine operator: its own ``transpose``, except a
+    depthwise Conv, by :func:`depthwise_transpose`."""
+    if isinstance(op, Conv) and op.weight.shape[1] == 1 and op.groups > 1:
+        return [depthwise_transpose(op, A, in_shapes[0])]
+    return op.transpose(A, *in_shapes)
 
 
 def depthwise_transpose(op, A, in_shape):
