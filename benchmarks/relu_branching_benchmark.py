@@ -15,7 +15,10 @@ eps 0.015) or ``resnet:<2b|4b>:<property index>`` (cifar10_resnet, a graph netwo
 knows ``gap`` and ``deepsplit``); ``@T`` sets its timeout.  Heuristics: ``gap``, ``babsr``, ``deepsplit`` (the
 default), ``deepsplitB`` (deepsplit with BaBSR's score as the direct impact), ``fsbK``
 (filtered smart branching over the top K by BaBSR; ``fsbKL``: its look-ahead re-tightens the
-layers after the split; ``fsbKaN``: N alpha steps from the parent's slopes).  Prints one row per (instance, heuristic):
+layers after the split; ``fsbKaN``: N alpha steps from the parent's slopes); any of them with
+``-adaptive`` appended runs with ``branch_layer_slopes=False`` (a chain's branches
+back-substitute their intermediate neurons with the adaptive slopes, not the root's kept
+ones).  Prints one row per (instance, heuristic):
 verdict, wall time, branches, bound evaluations; then per heuristic the decided count,
 the total time and the geometric mean of the time ratio against the first heuristic
 on the instances both decide.  ``--jsonl`` writes the rows too.
@@ -83,6 +86,13 @@ def heuristic(name: str) -> ReluBranchOptions:
     return ReluBranchOptions(name)
 
 
+def options(name: str, timeout: float) -> VerifyOptions:
+    """The verifier's options for heuristic ``name`` (with ``-adaptive``: see above)."""
+    base, adaptive = name.removesuffix("-adaptive"), name.endswith("-adaptive")
+    return VerifyOptions(timeout=timeout, relu_branching=heuristic(base),
+                         branch_layer_slopes=not adaptive)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("instances", nargs="+")
@@ -96,14 +106,14 @@ def main(argv=None) -> None:
         name, net, prop, timeout = instance(spec)
         order = names[n % len(names):] + names[:n % len(names)]
         for h in order:
-            opts = VerifyOptions(timeout=timeout or args.timeout, relu_branching=heuristic(h))
+            opts = options(h, timeout or args.timeout)
             t0 = time.monotonic()
             res = verify_property(net, prop, opts)
             row = dict(instance=name, heuristic=h, status=res.status.value,
                        time_s=round(time.monotonic() - t0, 2), branches=res.statistics.branches,
                        bound_evaluations=res.statistics.bound_evaluations)
             rows.append(row)
-            print(f"{name:32s} {h:6s} {row['status']:9s} {row['time_s']:7.2f} s "
+            print(f"{name:32s} {h:18s} {row['status']:9s} {row['time_s']:7.2f} s "
                   f"{row['branches']:7d} branches {row['bound_evaluations']:8d} bounds", flush=True)
             if args.jsonl:
                 with args.jsonl.open("a") as f:
@@ -117,7 +127,7 @@ def main(argv=None) -> None:
         both = [(by[(r["instance"], base)]["time_s"], r["time_s"]) for r in decided
                 if by[(r["instance"], base)]["status"] != "unknown"]
         ratio = np.exp(np.mean([np.log(max(b, 1e-3) / max(t, 1e-3)) for b, t in both])) if both else float("nan")
-        print(f"{h:6s} decided {len(decided)}/{len(mine)}  total {sum(r['time_s'] for r in mine):8.1f} s  "
+        print(f"{h:18s} decided {len(decided)}/{len(mine)}  total {sum(r['time_s'] for r in mine):8.1f} s  "
               f"branches {sum(r['branches'] for r in mine):8d}  speedup vs {base} (geo-mean, both "
               f"decided, {len(both)}): {ratio:.2f}x")
 

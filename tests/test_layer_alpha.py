@@ -7,28 +7,21 @@ import numpy as np
 import pytest
 import torch
 
+from chain_nets import deep_chain, random_chain_instance
 from graph_nets import NETS
 from verify import layer_alpha
 from verify.bounds import BoundPropagator
 from verify.graphbounds import GraphBoundPropagator
 from verify.network import Affine, Network
 from verify.options import VerifyOptions
-from verify.properties import local_robustness
 from verify.result import Status
 from verify.verifier import verify_property
 
 torch.set_num_threads(1)
 
 
-def _deep_chain(seed: int, width: int = 24, depth: int = 5) -> Network:
-    rng = np.random.default_rng(seed)
-    sizes = [8] + [width] * depth + [3]
-    return Network(tuple(Affine(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
-                         for i, o in zip(sizes, sizes[1:])))
-
-
 def _cases():
-    yield "chain", lambda seed: _deep_chain(seed), BoundPropagator, 0.4
+    yield "chain", lambda seed: deep_chain(seed), BoundPropagator, 0.4
     for name, make in sorted(NETS.items()):
         yield name, lambda seed, make=make: make(np.random.default_rng(seed)), GraphBoundPropagator, 0.3
 
@@ -114,7 +107,7 @@ def test_search_tightens_the_root_and_needs_fewer_branches():
     with the root's intermediate layers tightened both properties hold at the root;
     without, the search branches. The verdicts agree."""
     for seed in (0, 2):
-        net, prop = _random_chain_instance(seed, 0.04)
+        net, prop = random_chain_instance(seed, 0.04)
         tightened = verify_property(net, prop, VerifyOptions(timeout=20))
         plain = verify_property(net, prop, VerifyOptions(timeout=20, layer_alpha_iterations=0))
         assert tightened.status == plain.status == Status.HOLDS
@@ -134,15 +127,6 @@ def test_an_eran_instance_holds_at_the_tightened_root(data_dir):
     assert res.statistics.branches == 0
 
 
-def _random_chain_instance(seed: int, eps: float):
-    rng = np.random.default_rng(seed)
-    sizes = [32] + [48] * 6 + [3]
-    net = Network(tuple(Affine(rng.normal(size=(o, i)) / np.sqrt(i), rng.normal(size=o) * 0.1)
-                        for i, o in zip(sizes, sizes[1:])))
-    centre = np.random.default_rng(seed).uniform(0.3, 0.7, size=32)
-    return net, local_robustness(centre, eps, int(np.argmax(net.forward(centre))), 3)
-
-
 @pytest.mark.parametrize("seed, eps", [(0, 0.04), (8, 0.03),
                                        pytest.param(1, 0.04, marks=pytest.mark.slow)])
 def test_a_proof_that_needs_the_tightened_root_checks_without_z3(seed, eps):
@@ -153,7 +137,7 @@ def test_a_proof_that_needs_the_tightened_root_checks_without_z3(seed, eps):
     bounds."""
     from verify.reuse.check import check_proof, record_of
     from verify.verifier import Proof
-    net, prop = _random_chain_instance(seed, eps)
+    net, prop = random_chain_instance(seed, eps)
     proof = Proof()
     res = verify_property(net, prop, VerifyOptions(timeout=20), proof=proof)
     assert res.status == Status.HOLDS

@@ -255,7 +255,7 @@ class BoundPropagator:
 
     def _backsub(self, K: int, lam: torch.Tensor | None, lower, upper, lo, hi, record=False,
                  alphas=None, betas=None, signs=None, relax=None, offsets=None, start=None,
-                 parts=None):
+                 parts=None, row_alphas=None):
         """Lower bound of ``lam @ z_K`` over the box, given bounds of layers < K.
 
         ``lam``: (B, m, n_K).  ``alphas``: optional lower slopes per hidden layer.
@@ -275,6 +275,9 @@ class BoundPropagator:
         ``start``: instead of ``lam``, ``(A, const)``, ``lam @ W_K`` ((B, m, n_{K-1}), may
         be a broadcast view) and ``lam @ b_K`` ((B, m)) already formed (a query of single
         neurons is rows of ``W_K``: no product).
+        ``row_alphas``: optional lower slopes per query row and hidden layer ((B or 1, m,
+        n_k), or None), NaN: the relaxation's own; used on the neurons unstable in the
+        branch (see :class:`verify.layer_alpha.KeptSlopes`).
         Returns (bound (B,m), input coeffs (B,m,n0), recorded per-layer coefficients)."""
         if start is None:
             weights, biases = self._layers(lam.dtype)
@@ -294,6 +297,10 @@ class BoundPropagator:
                 alpha, s, t = self._relaxation(lower[k], upper[k], None if alphas is None else alphas[k])
             if record:
                 recorded[k] = A
+            if row_alphas is not None and row_alphas[k] is not None:
+                alpha_a, s_a = _row_slopes(row_alphas[k], alpha, s), s[:, None, :]
+            else:
+                alpha_a, s_a = alpha[:, None, :], s[:, None, :]
             # a_pos * alpha + a_neg * s as A * alpha + a_neg * (s - alpha), in place where
             # it may be: four passes over A instead of six, one new tensor instead of five
             # (the elementwise passes were 57 % of an ACAS Xu leaf batch's bound)
@@ -302,9 +309,9 @@ class BoundPropagator:
             if record or not owned or torch.is_grad_enabled() and (A.requires_grad
                                                                   or alpha.requires_grad):
                 # A is kept (record), or autograd needs it: a new tensor
-                A = torch.addcmul(A * alpha[:, None, :], a_neg, (s - alpha)[:, None, :])
+                A = torch.addcmul(A * alpha_a, a_neg, s_a - alpha_a)
             else:
-                A.mul_(alpha[:, None, :]).addcmul_(a_neg, (s - alpha)[:, None, :])
+                A.mul_(alpha_a).addcmul_(a_neg, s_a - alpha_a)
             owned = True
             if betas is not None and betas[k] is not None:
                 A = A - betas[k] * signs[k][:, None, :]
@@ -314,16 +321,18 @@ class BoundPropagator:
             A = A @ weights[k]
         return _linear_min(const, A, lo, hi), A, recorded
 
-    def _backsub_neurons(self, k, l, u, sp, relax, lo, hi, every: bool, only=None):
+    def _backsub_neurons(self, k, l, u, sp, relax, lo, hi, every: bool, only=None,
+                         slopes=None):
         """Tighten layer ``k``'s bounds by back-substitution: of ``every``
         neuron, or only of those that ``l``/``u`` leave unstable (and are in
         the (n_k,) mask ``only``, when given) or that are split -- one query
         per (branch, neuron), with its branch's relaxation.
         (A stable neuron's relaxation is exact however loose its bounds, but
         interval arithmetic through tight bounds of stable neurons sometimes
-        beats back-substitution on the next layer: "every" is the tightest.)"""
+        beats back-substitution on the next layer: "every" is the tightest.)
+        ``slopes``: optional :class:`verify.layer_alpha.KeptSlopes` of the queries."""
         if every:
-            return self._backsub_columns(k, l, u, None, relax, lo, hi)
+            return self._backsub_columns(k, l, u, None, relax, lo, hi, slopes)
         todo = (l < 0) & (u > 0)
         if only is not None:
             todo &= only[None, :]
@@ -338,24 +347,27 @@ class BoundPropagator:
             # product per layer instead of n_q two-row ones, each with its branch's
             # relaxation gathered; the extra neurons' bounds are valid too (a single
             # branch always takes this path: its union is its own queries)
-            return self._backsub_columns(k, l, u, union, relax, lo, hi)
+            return self._backsub_columns(k, l, u, union, relax, lo, hi, slopes)
         rows, cols = todo.nonzero(as_tuple=True)
         bnd, _, _ = self._backsub(k, None, None, None, lo[rows], hi[rows],
                                   relax=[tuple(x[rows] for x in r) for r in relax],
-                                  start=self._neuron_query_start(k, cols, l.dtype, n_q, True))
+                                  start=self._neuron_query_start(k, cols, l.dtype, n_q, True),
+                                  row_alphas=None if slopes is None else slopes.queries(k, cols))
         l, u = l.clone(), u.clone()
         l[rows, cols] = torch.maximum(l[rows, cols], _widen_lower(bnd[:, 0]))
         u[rows, cols] = torch.minimum(u[rows, cols], _widen_upper(-bnd[:, 1]))
         return l, u
 
-    def _backsub_columns(self, k, l, u, cols, relax, lo, hi):
+    def _backsub_columns(self, k, l, u, cols, relax, lo, hi, slopes=None):
         """Back-substitute neurons ``cols`` (None: all) of layer ``k`` in every
-        branch (one dense pass) and intersect their bounds."""
+        branch (one dense pass) and intersect their bounds (``slopes``: as
+        :meth:`_backsub_neurons`)."""
         if cols is not None and len(cols) == 0:
             return l, u
         m = l.shape[1] if cols is None else len(cols)
         bnd, _, _ = self._backsub(k, None, None, None, lo, hi, relax=relax,
-                                  start=self._neuron_query_start(k, cols, l.dtype, l.shape[0], False))
+                                  start=self._neuron_query_start(k, cols, l.dtype, l.shape[0], False),
+                                  row_alphas=None if slopes is None else slopes.columns(k, cols))
         new_l, new_u = _widen_lower(bnd[:, :m]), _widen_upper(-bnd[:, m:])
         if cols is None:
             return torch.maximum(l, new_l), torch.minimum(u, new_u)
@@ -552,7 +564,8 @@ class BoundPropagator:
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
               refine: list | None = None, alpha_init: list | None = None,
-              beta_init: list | None = None, conjunctions=None) -> BatchBounds:
+              beta_init: list | None = None, conjunctions=None,
+              layer_slopes=None) -> BatchBounds:
         """Bound a batch.
 
         ``lo``/``hi``: (B, n0) tensors.  ``spec_c``: (m, n_out), ``spec_d``: (m,).
@@ -574,7 +587,10 @@ class BoundPropagator:
         box), a layer is back-substituted only in branches with a split in an earlier
         layer that the parent left unstable (elsewhere it would give the parent's bounds
         again).  ``conjunctions``: optional (m,) unsafe conjunction of each spec row; a
-        branch stops its alpha steps once each is refuted (:class:`~verify.ascent.Settled`)."""
+        branch stops its alpha steps once each is refuted (:class:`~verify.ascent.Settled`).
+        ``layer_slopes``: optional :class:`verify.layer_alpha.KeptSlopes`: the lower
+        slopes of the intermediate neurons' back-substitution (e.g. the root's, for a
+        branch of ReLU splitting; the adaptive ones where it has none)."""
         B = lo.shape[0]
         if backward is None:
             backward = not forward
@@ -625,12 +641,14 @@ class BoundPropagator:
                 rows = None if fresh is None else fresh.nonzero()[:, 0]
                 every, only = not forward and refine is None, None if refine is None else refine[k]
                 if rows is None or len(rows) == B:
-                    l, u = self._backsub_neurons(k, l, u, sp, relax, lo, hi, every, only)
+                    l, u = self._backsub_neurons(k, l, u, sp, relax, lo, hi, every, only,
+                                                 layer_slopes)
                 elif len(rows):
                     l, u = l.clone(), u.clone()
                     l[rows], u[rows] = self._backsub_neurons(
                         k, l[rows], u[rows], None if sp is None else sp[rows],
-                        [tuple(x[rows] for x in r) for r in relax], lo[rows], hi[rows], every, only)
+                        [tuple(x[rows] for x in r) for r in relax], lo[rows], hi[rows], every, only,
+                        layer_slopes)
             if fresh is not None and sp is not None:
                 fresh |= ((sp != 0) & (fixed[k][0] < 0) & (fixed[k][1] > 0)).any(-1)
             l, u = self._split_layer(l, u, sp, infeasible)
@@ -685,6 +703,16 @@ class BoundPropagator:
         const = linear_bnd - (A.clamp(min=0) * lo[:, None, :]).sum(-1) - (A.clamp(max=0) * hi[:, None, :]).sum(-1)
         return BatchBounds(lower, upper, spec_lower, A, infeasible, recorded, const - spec_d, guide,
                            alphas, betas)
+
+
+def _row_slopes(q: torch.Tensor, alpha: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Lower slopes per query row ((R, m, n)): ``q`` ((R or 1, m, n), NaN: none) clipped
+    to [0, 1] on the neurons the relaxation leaves unstable (0 < s < 1, exactly those),
+    the relaxation's own ``alpha`` ((R, n)) elsewhere -- so a stable neuron keeps its
+    exact slope and every slope is sound."""
+    q = q.to(alpha.dtype)
+    unstable = ((s > 0) & (s < 1))[:, None, :]
+    return torch.where(unstable & ~torch.isnan(q), q.clamp(0.0, 1.0), alpha[:, None, :])
 
 
 def _split_params(params, n_alphas: int, betas):

@@ -152,6 +152,10 @@ class VerifyOptions:
     # ... and this many when they start from a similar network's slopes (a variant's
     # root from its original's, verify.reuse)
     layer_alpha_warm_iterations: int = 2
+    # ReLU splitting on a chain: a branch's intermediate neurons are back-substituted
+    # with the slopes those steps kept for them at the root (verify.layer_alpha.KeptSlopes),
+    # not the adaptive ones (False: the adaptive ones)
+    branch_layer_slopes: bool = True
     # input splitting, hybrid bounds: branches still open with at most this many
     # unstable ReLUs get alpha-CROWN steps on their spec rows (near a plateau of
     # small margin that closes most of them instead of splitting them further)

@@ -103,6 +103,7 @@ class RegionSearch(Splitting):
         self.tightened = None  # the root's bound over tightened intermediate bounds, if taken
         self._root_start = None  # see start_root_from
         self.root_slopes: dict | None = None  # the slopes tighten_root kept (verify.layer_alpha)
+        self.branch_slopes = None  # ... as the branches' KeptSlopes (chains, see tighten_root)
 
     # ------------------------------------------------------------------
     def time_left(self) -> float:
@@ -147,9 +148,11 @@ class RegionSearch(Splitting):
         # a layer below a branch's new split is bounded as in its parent, so a recorded
         # leaf keeps its parent's bounds there (measured 2026-12-04 on a 213-leaf proof:
         # the same tree, leaf bounds equal to 2e-14, building 1.27x -> 1.11x plain)
+        extra = {} if self.branch_slopes is None else {"layer_slopes": self.branch_slopes}
         res = self.prop.bound(lo, hi, C, d, splits, fixed, alpha_iterations=alpha,
                               deadline=self.deadline, forward=mode != "backward", refine=refine,
-                              alpha_init=alpha_init, beta_init=beta_init, conjunctions=owner)
+                              alpha_init=alpha_init, beta_init=beta_init, conjunctions=owner,
+                              **extra)
         if keep is not None:
             res = res.expand_rows(keep, known)
         self.stats.bound_evaluations += len(lo)
@@ -447,7 +450,8 @@ class RegionSearch(Splitting):
         over intermediate bounds tightened by alpha-CROWN (:mod:`verify.layer_alpha`),
         kept in :attr:`tightened`; else ``bounded`` itself. Its children intersect their
         bounds with these, so a proof's re-check (:mod:`verify.reuse.check`) tightens its
-        root the same way."""
+        root the same way. On a chain, the slopes of these steps then serve the branches'
+        intermediate back-substitution (:attr:`branch_slopes`)."""
         res, _, closed = bounded
         if closed.all() or not self.layer_alpha_applies():
             return bounded
@@ -459,11 +463,20 @@ class RegionSearch(Splitting):
             self.prop, lo, hi, res.lower, res.upper, self.opt.layer_alpha_warm_iterations
             if warm else self.opt.layer_alpha_iterations, deadline, warm=warm,
             slopes_out=self.root_slopes)
+        self._keep_branch_slopes(self.root_slopes)
         out = self.bound_branches(lo, hi, splits, list(zip(lower, upper)),
                                   inherited=(res.spec_coeffs, res.spec_const),
                                   alpha_init=res.alphas)
         self.tightened = out[0]
         return out
+
+    def _keep_branch_slopes(self, slopes: dict | None) -> None:
+        """The branches' intermediate back-substitution takes ``slopes`` (kept slopes of
+        :func:`verify.layer_alpha.optimise_layer_bounds`), on a chain when the options
+        ask for it (:attr:`branch_slopes`)."""
+        if self.opt.branch_layer_slopes and isinstance(self.net, Network) and slopes:
+            from .layer_alpha import KeptSlopes
+            self.branch_slopes = KeptSlopes(slopes, self.net.hidden_sizes)
 
     def start_root_from(self, bounds, tight: bool, slopes: dict | None = None) -> None:
         """Intermediate bounds known to hold for this network on the region's box
@@ -473,7 +486,8 @@ class RegionSearch(Splitting):
         and takes that without the alpha-CROWN steps of :meth:`tighten_root` when
         ``tight``.  ``slopes``: a similar network's kept slopes
         (:func:`verify.layer_alpha.optimise_layer_bounds`, this network's numbering):
-        the steps start from them, ``layer_alpha_warm_iterations`` of them."""
+        the steps start from them, ``layer_alpha_warm_iterations`` of them; without the
+        steps (``tight``), the branches' back-substitution takes them as they are."""
         self._root_start = (bounds, tight, slopes)
 
     def tightened_root_bounds(self):
@@ -485,7 +499,7 @@ class RegionSearch(Splitting):
             return self._root_bounds
         lo, hi = self.root_box()
         splits = [torch.zeros((1, n), dtype=torch.int8) for n in self.net.hidden_sizes]
-        start, tight, _ = self._root_start or (None, False, None)
+        start, tight, slopes = self._root_start or (None, False, None)
         bounded = self.bound_branches(lo, hi, splits, None)
         if start is not None:  # CROWN's bounds intersected with the given ones
             both = [(torch.maximum(l, s_l), torch.minimum(u, s_u))
@@ -493,6 +507,7 @@ class RegionSearch(Splitting):
             bounded = self.bound_branches(lo, hi, splits, both)
         if start is not None and tight:
             self.tightened = bounded[0]
+            self._keep_branch_slopes(slopes)
         else:
             bounded = self.tighten_root(lo, hi, splits, bounded)
         res, _, closed = bounded
