@@ -16,9 +16,10 @@ knows ``gap`` and ``deepsplit``); ``@T`` sets its timeout.  Heuristics: ``gap``,
 default), ``deepsplitB`` (deepsplit with BaBSR's score as the direct impact), ``fsbK``
 (filtered smart branching over the top K by BaBSR; ``fsbKL``: its look-ahead re-tightens the
 layers after the split; ``fsbKaN``: N alpha steps from the parent's slopes); any of them with
-``-adaptive`` appended runs with ``branch_layer_slopes=False`` (a chain's branches
+``-adaptive`` appended runs with ``branch_layer_slopes=False`` (the branches
 back-substitute their intermediate neurons with the adaptive slopes, not the root's kept
-ones).  Prints one row per (instance, heuristic):
+ones; on graph networks the kept ones are used only with ``-kept`` appended, as
+``GraphBoundOptions.branch_layer_slopes`` is off by default).  Prints one row per (instance, heuristic):
 verdict, wall time, branches, bound evaluations; then per heuristic the decided count,
 the total time and the geometric mean of the time ratio against the first heuristic
 on the instances both decide.  ``--jsonl`` writes the rows too.
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from compress import compress  # noqa: E402
 from verify.api import load_network, load_property, local_robustness  # noqa: E402
-from verify.options import ReluBranchOptions, VerifyOptions  # noqa: E402
+from verify.options import GraphBoundOptions, ReluBranchOptions, VerifyOptions  # noqa: E402
 from verify.verifier import verify_property  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
@@ -87,10 +88,11 @@ def heuristic(name: str) -> ReluBranchOptions:
 
 
 def options(name: str, timeout: float) -> VerifyOptions:
-    """The verifier's options for heuristic ``name`` (with ``-adaptive``: see above)."""
-    base, adaptive = name.removesuffix("-adaptive"), name.endswith("-adaptive")
+    """The verifier's options for heuristic ``name`` (``-adaptive``, ``-kept``: see above)."""
+    base = name.removesuffix("-adaptive").removesuffix("-kept")
     return VerifyOptions(timeout=timeout, relu_branching=heuristic(base),
-                         branch_layer_slopes=not adaptive)
+                         branch_layer_slopes=not name.endswith("-adaptive"),
+                         graph_bounds=GraphBoundOptions(branch_layer_slopes=name.endswith("-kept")))
 
 
 def main(argv=None) -> None:

@@ -174,24 +174,38 @@ class KeptSlopes:
     Any slopes in [0, 1] are sound; a neuron stable in a branch takes its exact
     relaxation whatever its slope here (:meth:`BoundPropagator._backsub`)."""
 
-    def __init__(self, kept: dict, sizes, dtype=torch.float64):
+    def __init__(self, kept: dict, sizes):
         """``kept``: ``{k: (neurons (m,), [(2m, n_j) per layer j < k])}``, rows the
         lower-bound queries of ``neurons`` then their upper-bound ones; ``sizes``: the
-        hidden layers' widths."""
+        hidden layers' widths.  float32 arrays are shared, not copied (a CNN's root
+        keeps hundreds of MB of them)."""
         self._layers = {}
         for k, (neurons, rows) in kept.items():
             m = len(neurons)
             if m == 0:
                 continue
-            pos = torch.full((sizes[k],), m, dtype=torch.long)  # m: the NaN row
+            pos = torch.full((sizes[k],), -1, dtype=torch.long)
             pos[torch.as_tensor(np.asarray(neurons, dtype=np.int64))] = torch.arange(m)
-            pad = [torch.full((1, np.shape(r)[1]), torch.nan, dtype=dtype) for r in rows]
-            lower = [torch.cat([torch.as_tensor(r[:m], dtype=dtype), p]) for r, p in zip(rows, pad)]
-            upper = [torch.cat([torch.as_tensor(r[m:], dtype=dtype), p]) for r, p in zip(rows, pad)]
-            self._layers[k] = (pos, lower, upper)
+            self._layers[k] = (pos, m, [torch.from_numpy(np.asarray(r, dtype=np.float32))
+                                        for r in rows])
 
     def __contains__(self, k: int) -> bool:
         return k in self._layers
+
+    def _rows(self, k: int, cols):
+        """(lower-query rows, upper-query rows) ((q, n_j) each, NaN where none was
+        kept) of neurons ``cols`` (None: all) of layer ``k``, per layer j < k."""
+        pos, m, rows = self._layers[k]
+        p = pos if cols is None else pos[cols]
+        missing = p < 0
+        p = p.clamp(min=0)
+        out = []
+        for r in rows:
+            lower, upper = r[p], r[m + p]
+            if missing.any():
+                lower[missing], upper[missing] = torch.nan, torch.nan
+            out.append((lower, upper))
+        return out
 
     def columns(self, k: int, cols) -> list[torch.Tensor] | None:
         """The slopes of the queries of neurons ``cols`` (None: all) of layer ``k`` in
@@ -199,14 +213,10 @@ class KeptSlopes:
         (1, 2m, n_j) per layer j < k, NaN where none was kept; None: none for layer k."""
         if k not in self._layers:
             return None
-        pos, lower, upper = self._layers[k]
-        p = pos if cols is None else pos[cols]
-        return [torch.cat([lw[p], up[p]])[None] for lw, up in zip(lower, upper)]
+        return [torch.cat([lw, up])[None] for lw, up in self._rows(k, cols)]
 
     def queries(self, k: int, cols: torch.Tensor) -> list[torch.Tensor] | None:
         """The same for one query pair per entry of ``cols``: (n_q, 2, n_j) per layer."""
         if k not in self._layers:
             return None
-        pos, lower, upper = self._layers[k]
-        p = pos[cols]
-        return [torch.stack([lw[p], up[p]], 1) for lw, up in zip(lower, upper)]
+        return [torch.stack([lw, up], 1) for lw, up in self._rows(k, cols)]

@@ -44,6 +44,13 @@ class GraphBoundOptions:
     local_fields_max_inputs: int = 6
     local_fields_iterations: int = 500  # Adam steps on the multipliers at most ...
     local_fields_share: float = 0.5  # ... and at most this share of the time left
+    # a branch's intermediate neurons back-substituted with the root's kept slopes, as
+    # chains do (VerifyOptions.branch_layer_slopes, which must be on too). Off: on
+    # resnet_2b at 120 s, side by side (relu_branching_benchmark, deepsplit against
+    # deepsplit-adaptive) it took 6 % fewer branches and 3 % more time over props 31,
+    # 22, 47, 10 (282.6 s against 274.8 s); the first ReLU layer, exact by interval
+    # arithmetic, holds most of a CNN's unstable neurons
+    branch_layer_slopes: bool = False
 
     def __post_init__(self):
         if self.memory_bytes < 1 << 20:
@@ -152,9 +159,10 @@ class VerifyOptions:
     # ... and this many when they start from a similar network's slopes (a variant's
     # root from its original's, verify.reuse)
     layer_alpha_warm_iterations: int = 2
-    # ReLU splitting on a chain: a branch's intermediate neurons are back-substituted
-    # with the slopes those steps kept for them at the root (verify.layer_alpha.KeptSlopes),
-    # not the adaptive ones (False: the adaptive ones)
+    # ReLU splitting: a branch's intermediate neurons are back-substituted with the
+    # slopes those steps kept for them at the root (verify.layer_alpha.KeptSlopes), not
+    # the adaptive ones (False: the adaptive ones). Graph networks: only with
+    # graph_bounds.branch_layer_slopes too
     branch_layer_slopes: bool = True
     # input splitting, hybrid bounds: branches still open with at most this many
     # unstable ReLUs get alpha-CROWN steps on their spec rows (near a plateau of

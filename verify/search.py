@@ -103,7 +103,7 @@ class RegionSearch(Splitting):
         self.tightened = None  # the root's bound over tightened intermediate bounds, if taken
         self._root_start = None  # see start_root_from
         self.root_slopes: dict | None = None  # the slopes tighten_root kept (verify.layer_alpha)
-        self.branch_slopes = None  # ... as the branches' KeptSlopes (chains, see tighten_root)
+        self.branch_slopes = None  # ... as the branches' KeptSlopes (see tighten_root)
 
     # ------------------------------------------------------------------
     def time_left(self) -> float:
@@ -450,7 +450,7 @@ class RegionSearch(Splitting):
         over intermediate bounds tightened by alpha-CROWN (:mod:`verify.layer_alpha`),
         kept in :attr:`tightened`; else ``bounded`` itself. Its children intersect their
         bounds with these, so a proof's re-check (:mod:`verify.reuse.check`) tightens its
-        root the same way. On a chain, the slopes of these steps then serve the branches'
+        root the same way. The slopes of these steps then serve the branches'
         intermediate back-substitution (:attr:`branch_slopes`)."""
         res, _, closed = bounded
         if closed.all() or not self.layer_alpha_applies():
@@ -472,9 +472,11 @@ class RegionSearch(Splitting):
 
     def _keep_branch_slopes(self, slopes: dict | None) -> None:
         """The branches' intermediate back-substitution takes ``slopes`` (kept slopes of
-        :func:`verify.layer_alpha.optimise_layer_bounds`), on a chain when the options
-        ask for it (:attr:`branch_slopes`)."""
-        if self.opt.branch_layer_slopes and isinstance(self.net, Network) and slopes:
+        :func:`verify.layer_alpha.optimise_layer_bounds`), when the options ask for it
+        (:attr:`branch_slopes`; a graph network's bound options too)."""
+        wanted = self.opt.branch_layer_slopes and (
+            isinstance(self.net, Network) or self.opt.graph_bounds.branch_layer_slopes)
+        if wanted and slopes:
             from .layer_alpha import KeptSlopes
             self.branch_slopes = KeptSlopes(slopes, self.net.hidden_sizes)
 

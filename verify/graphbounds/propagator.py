@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from ..bounds import BatchBounds, BoundPropagator, _linear_min, _widen_lower, _widen_upper
+from ..bounds import (BatchBounds, BoundPropagator, _linear_min, _row_slopes, _widen_lower,
+                      _widen_upper)
 from ..graph.model import GraphNetwork
 from ..graph.ops import Conv, Gemm, Pad, Relu, Reshape, Scale, Transpose
 from ..options import GraphBoundOptions
@@ -110,13 +111,15 @@ class GraphBoundPropagator(BoundPropagator):
 
     # ---- back-substitution ------------------------------------------------------------
     def _backsub_from(self, start: int, lam: torch.Tensor, relax, lo, hi, record=False,
-                      betas=None, signs=None, deadline: float | None = None, offsets=None):
+                      betas=None, signs=None, deadline: float | None = None, offsets=None,
+                      row_alphas=None):
         """Lower bound over the boxes of ``lam @ node[start]``, given the relaxation
         ``(alpha, s, t)`` (flat ``(B, n_k)``) of every ReLU before ``start``.
 
         ``lam``: (B, m, size) or (B, m, *shape).  ``betas`` (B, m, n_k) >= 0 and
         ``signs`` (B, n_k): beta-CROWN terms of split constraints ``sign*z >= 0``
         (``sign*z + offset >= 0`` with ``offsets`` (B, n_k), as the chain's ``_backsub``).
+        ``row_alphas``: optional lower slopes per row, as the chain's ``_backsub``.
         Returns (bound (B, m), input coefficients (B, m, n0), per hidden layer the
         coefficients (B, m, n_k) on its output when ``record``, else Nones).  Raises
         :class:`_OutOfTime` when ``deadline`` passes on the way."""
@@ -136,7 +139,12 @@ class GraphBoundPropagator(BoundPropagator):
                 if record:
                     recorded[k] = A.reshape(B, m, -1)
                 shape = self.nodes[i].shape
-                alpha, s, t = (x.reshape(B, *shape) for x in relax[k])
+                alpha, s, t = relax[k]
+                if row_alphas is not None and row_alphas[k] is not None:
+                    alpha = _row_slopes(row_alphas[k], alpha, s).reshape(B, m, *shape)
+                else:
+                    alpha = alpha.reshape(B, *shape)
+                s, t = s.reshape(B, *shape), t.reshape(B, *shape)
                 beta = sign = None
                 if betas is not None and betas[k] is not None:
                     beta, sign = betas[k].reshape(B, m, *shape), signs[k].reshape(B, *shape)
@@ -181,11 +189,14 @@ class GraphBoundPropagator(BoundPropagator):
         return self._backsub_from(src, lam, relax, lo, hi)[0]
 
     # ---- intermediate bounds ---------------------------------------------------------
-    def _crown_neurons(self, src: int, l, u, sp, relax, lo, hi, only=None, deadline=None):
+    def _crown_neurons(self, src: int, l, u, sp, relax, lo, hi, only=None, deadline=None,
+                       slopes=None, layer: int = -1):
         """Tighten the bounds ``l``/``u`` (B, n) of node ``src`` by back-substitution of
         the neurons unstable in some branch (and in ``only``, when given) or split, in
         chunks of query rows that fit the memory budget.  Past ``deadline`` the rest keep
-        their interval bounds (sound, looser)."""
+        their interval bounds (sound, looser).  ``slopes``: optional
+        :class:`verify.layer_alpha.KeptSlopes` of the queries, ``src`` the input of
+        hidden layer ``layer``."""
         todo = (l < 0) & (u > 0)
         if only is not None:
             todo &= only[None, :]
@@ -207,7 +218,9 @@ class GraphBoundPropagator(BoundPropagator):
             lam[:, r, c] = 1.0
             lam[:, q + r, c] = -1.0
             try:
-                bnd, _, _ = self._backsub_from(src, lam, relax, lo, hi, deadline=deadline)
+                bnd, _, _ = self._backsub_from(
+                    src, lam, relax, lo, hi, deadline=deadline,
+                    row_alphas=None if slopes is None else slopes.columns(layer, c))
             except _OutOfTime:
                 break
             l[:, c] = torch.maximum(l[:, c], _widen_lower(bnd[:, :q]))
@@ -219,7 +232,8 @@ class GraphBoundPropagator(BoundPropagator):
               alpha_iterations: int = 0, deadline: float | None = None,
               forward: bool = False, backward: bool | None = None,
               refine: list | None = None, alpha_init: list | None = None,
-              beta_init: list | None = None, conjunctions=None) -> BatchBounds:
+              beta_init: list | None = None, conjunctions=None,
+              layer_slopes=None) -> BatchBounds:
         """Bound a batch, as :meth:`BoundPropagator.bound` (same arguments and result;
         ``alpha_init`` and ``beta_init`` warm-start the alpha/beta steps);
         see :meth:`_bound`.  With the options' ``lazy_intermediate`` (and back-substituted
@@ -242,7 +256,8 @@ class GraphBoundPropagator(BoundPropagator):
             fixed = None if fixed is None else [None if f is None else (f[0][rows], f[1][rows])
                                                 for f in fixed]
             alpha_init, beta_init = _rows_of(alpha_init, rows), _rows_of(beta_init, rows)
-        res = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, backward, refine)
+        res = self._bound(lo, hi, spec_c, spec_d, splits, fixed, 0, deadline, backward, refine,
+                          layer_slopes)
         if alpha_iterations and self.n_hidden:
             r = _open_rows(res)
             if len(r):
@@ -262,7 +277,7 @@ class GraphBoundPropagator(BoundPropagator):
         return cheap
 
     def _bound(self, lo, hi, spec_c, spec_d, splits, fixed, alpha_iterations, deadline,
-               backward: bool, refine) -> BatchBounds:
+               backward: bool, refine, layer_slopes=None) -> BatchBounds:
         """Bound a batch.
 
         Intermediate bounds: interval arithmetic through every node, intersected with
@@ -276,7 +291,7 @@ class GraphBoundPropagator(BoundPropagator):
         an optional (n_k,) mask of the neurons to back-substitute.  Splits clip the bounds
         (+1: lower >= 0, -1: upper <= 0), which fixes their relaxation; with
         ``alpha_iterations`` beta-CROWN multipliers of the split constraints are
-        optimised too."""
+        optimised too.  ``layer_slopes``: as :meth:`BoundPropagator.bound`."""
         B = lo.shape[0]
         values: list = [None] * len(self.nodes)
         values[0] = (lo.reshape(B, *self.nodes[0].shape), hi.reshape(B, *self.nodes[0].shape))
@@ -302,13 +317,14 @@ class GraphBoundPropagator(BoundPropagator):
                     rows = None if fresh is None else fresh.nonzero()[:, 0]
                     if rows is None or len(rows) == B:
                         l, u = self._crown_neurons(src, l, u, sp, relax, lo, hi,
-                                                   None if refine is None else refine[k], deadline)
+                                                   None if refine is None else refine[k], deadline,
+                                                   layer_slopes, k)
                     elif len(rows):
                         l, u = l.clone(), u.clone()
                         l[rows], u[rows] = self._crown_neurons(
                             src, l[rows], u[rows], None if sp is None else sp[rows],
                             [tuple(x[rows] for x in r) for r in relax], lo[rows], hi[rows],
-                            None if refine is None else refine[k], deadline)
+                            None if refine is None else refine[k], deadline, layer_slopes, k)
                 if fresh is not None and sp is not None:
                     fresh |= ((sp != 0) & (fixed[k][0] < 0) & (fixed[k][1] > 0)).any(-1)
                 l, u = self._split_layer(l, u, sp, infeasible)

@@ -93,15 +93,17 @@ class ReluRule:
 def relu_backward(A, alpha, s, t, beta=None, sign=None):
     """Back-substitute ``A @ relu(z)`` to ``A' @ z + const`` with the relaxation
     ``alpha*z <= relu(z) <= s*z + t`` (``alpha``, ``s``, ``t`` shaped ``(B, *shape)`` like
-    ``z``): positive coefficients take the lower line, negative ones the upper.  With
+    ``z``): positive coefficients take the lower line, negative ones the upper;
+    ``alpha`` may also be one per row of ``A``, ``(B, m, *shape)``.  With
     ``beta`` ``(B, m, *shape)`` >= 0 and ``sign`` ``(B, *shape)`` (split constraints
     ``sign*z >= 0``), ``beta*sign*z`` is subtracted (beta-CROWN: a lower bound on the
     branch).  Returns (coefficients on ``z``, constant (B, m))."""
     B, m = A.shape[:2]
     a_neg = A.clamp(max=0)
     const = _flat_sum(a_neg * t[:, None], B, m)
+    al = alpha if alpha.dim() == A.dim() else alpha[:, None]
     # a_pos * alpha + a_neg * s, as A * alpha + a_neg * (s - alpha): two passes fewer
-    out = torch.addcmul(A * alpha[:, None], a_neg, (s - alpha)[:, None])
+    out = torch.addcmul(A * al, a_neg, s[:, None] - al)
     if beta is not None:
         out = out - beta * sign[:, None]
     return out, const
