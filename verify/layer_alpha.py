@@ -165,7 +165,7 @@ class KeptSlopes:
     """The slopes :func:`optimise_layer_bounds` kept (its ``slopes_out``), served to
     the back-substitution of the same neurons in a search's branches.
 
-    A branch of ReLU splitting has the root's box; after a split, the layers below it
+    A branch of ReLU splitting has the root's box; after a split, the layers past it
     are back-substituted again, and with the root's kept slopes (one set per neuron
     query) instead of the adaptive ones a branch gets nearly what alpha-CROWN steps
     would give it (measured on eran's mnist_relu_9_200 idx 2971: children of the
