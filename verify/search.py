@@ -148,11 +148,10 @@ class RegionSearch(Splitting):
         # a layer below a branch's new split is bounded as in its parent, so a recorded
         # leaf keeps its parent's bounds there (measured 2026-12-04 on a 213-leaf proof:
         # the same tree, leaf bounds equal to 2e-14, building 1.27x -> 1.11x plain)
-        extra = {} if self.branch_slopes is None else {"layer_slopes": self.branch_slopes}
         res = self.prop.bound(lo, hi, C, d, splits, fixed, alpha_iterations=alpha,
                               deadline=self.deadline, forward=mode != "backward", refine=refine,
                               alpha_init=alpha_init, beta_init=beta_init, conjunctions=owner,
-                              **extra)
+                              layer_slopes=self.branch_slopes)
         if keep is not None:
             res = res.expand_rows(keep, known)
         self.stats.bound_evaluations += len(lo)
