@@ -3,6 +3,7 @@ left unrefuted (``VerifyOptions.drop_refuted_rows``): the dropped rows keep thei
 parents' lower bounds, verdicts still equal an exact (MILP) verdict, and a search that
 drops a row its parent did NOT refute is caught by the same check."""
 import numpy as np
+import pytest
 import torch
 
 from verify.bounds import BatchBounds
@@ -128,3 +129,42 @@ def test_a_recorded_proofs_leaves_keep_sound_bounds_of_dropped_rows(digits_mlp, 
         assert (values[inside] >= leaf.spec_lower - 1e-9).all(), leaf.splits
         checked += 1
     assert checked >= 2
+
+
+def _recorded_unrefuted(search) -> int:
+    """The bounds-closed leaves whose recorded spec lower bounds do not refute every
+    conjunction (a variant's differential tiers could not close them from the record)."""
+    from verify.spec_rows import rows_refute_all
+    return sum(1 for leaf in search.leaves if leaf.method == "bounds" and
+               not rows_refute_all(leaf.spec_lower[None], search.owner, search.n_conj)[0])
+
+
+@pytest.mark.parametrize("keep_ancestors", [True, False])
+def test_a_recorded_leaf_keeps_its_ancestors_refutations(digits_mlp, monkeypatch, keep_ancestors):
+    """A branch's own bound of a row can be looser than an ancestor's (here forced: every
+    dropped row gets its parent's bound minus 1, still a sound lower bound).  The leaf is
+    closed by the conjunctions its ancestors refuted, and its recorded spec lower bounds
+    must say so (each row at least its ancestors' best, ``verify.search.path_lower``):
+    the proof's variants close it from the record.  Mutation (``keep_ancestors`` False:
+    the leaf's own bounds recorded): some leaf is recorded unrefuted."""
+    import time
+
+    import verify.search as search_module
+    from verify.result import Statistics
+
+    net, X, y = digits_mlp
+    real = BatchBounds.expand_rows
+    monkeypatch.setattr(BatchBounds, "expand_rows",
+                        lambda self, keep, known: real(self, keep, known - 1.0))
+    if not keep_ancestors:
+        monkeypatch.setattr(search_module, "path_lower", lambda own, ancestors: own)
+    idx, eps = BALLS[0]
+    region = local_robustness(X[idx], eps, int(y[idx]), 10).regions[0]
+    search = RegionSearch(net, region, 0, _options(True), time.monotonic() + 60, Statistics(),
+                          record=True)
+    assert search.run().status.value == "holds"
+    assert len(search.leaves) > 1
+    if keep_ancestors:
+        assert _recorded_unrefuted(search) == 0
+    else:
+        assert _recorded_unrefuted(search) > 0
