@@ -73,7 +73,7 @@ def path_lower(own: np.ndarray, ancestors: np.ndarray | None) -> np.ndarray:
     stay refuted in what is recorded -- mnist-net_256x4 image 14 at eps 0.012: one leaf
     of 161 was recorded with its own -0.024, its parent had 0.003, and every variant
     then re-searched it from scratch)."""
-    return own if ancestors is None else np.maximum(own, ancestors)
+    return own if ancestors is None else np.fmax(own, ancestors)  # (a NaN never wins)
 
 
 class RegionSearch(Splitting):

@@ -149,7 +149,7 @@ class ReuseOptions:
     # variant's change bounds left open: the variant's own search of the root at once,
     # its layer steps started from the original's slopes, without the plain and alpha
     # bounds of the region and the attacks that the search does anyway (mnist-net_256x6
-    # image 3 at eps 0.011, magnitude 10 %: reuse 1.9 s -> 0.9 s, scratch 1.2-1.5 s)
+    # image 3 at eps 0.011, magnitude 10 %: reuse 2.2 s -> 0.7 s, scratch 1.3-1.5 s)
     root_search_first: bool = True
     attack: bool = True  # quick attack on a region when some branch stays open
     # ... and before walking a proof whose original took at least this long (its tree
