@@ -244,9 +244,10 @@ class Reuser(CoreChecks):
             if self.left() <= 0:
                 raise NoFit("time budget used up re-checking the proof branches")
             if single is not None:
-                # the region's root searched again: its layer bounds tightened from the
-                # original's where it has them (mnist-net_256x6 image 3 at eps 0.011, one
-                # leaf: the variants' root steps from nothing took 0.95 s of 1.9 s)
+                # the region's root searched again (here when the root search above did
+                # not apply: root_search_first off, or no original slopes): its layer
+                # bounds start from the original's where it has them (mnist-net_256x6
+                # image 3 at eps 0.011: the root steps from nothing took 0.95 s of 1.9 s)
                 self._warm_root(search, ob, proof)
             cex = search_open(search, to_split, r, self.stats, "branches", NoFit,
                               self.open_search_until)
