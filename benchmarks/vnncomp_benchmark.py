@@ -3,7 +3,7 @@
     python benchmarks/vnncomp_benchmark.py [--only NAME ...] [--timeout-scale 1.0]
                                            [--limit N] [--every K [--start S]] [--max-timeout S]
                                            [--jsonl results.jsonl] [--unknown-in OLD.jsonl]
-                                           [--cross-check SECONDS]
+                                           [--cross-check SECONDS] [--milp-workers N]
 
 Benchmarks: ``acasxu`` (properties 1-4 on all 45 networks), ``mnist``
 (mnist-net_256x2, 30 properties), ``mnistfc`` (all three MNIST-FC networks, 90
@@ -41,6 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 DATA = ROOT.parent / "shared" / "data"
+
+from verify.options import VerifyOptions  # noqa: E402  (after the path above)
 CSV = {
     "acasxu": "acasxu/acasxu_instances.csv",
     "mnist": "mnistfc/mnistfc_instances.csv",
@@ -68,7 +70,7 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def _worker(conn, cross_check: float):
+def _worker(conn, cross_check: float, milp_workers: int):
     """Verify the instances sent over ``conn`` one at a time."""
     from verify.api import VerifyOptions, load_network, load_property, verify_property
     from verify.errors import CoreproofError
@@ -81,7 +83,8 @@ def _worker(conn, cross_check: float):
         try:
             net = load_network(net_path)
             prop = load_property(prop_path, net)
-            res = verify_property(net, prop, VerifyOptions(timeout=timeout))
+            res = verify_property(net, prop, VerifyOptions(timeout=timeout,
+                                                            milp_workers=milp_workers))
             line.update(res.to_dict())
             line["replayed"] = _replay(net, prop, res) if res.counterexample else None
             line["wrong"] = False
@@ -125,15 +128,18 @@ def _attack_finds(net, prop, seconds: float) -> bool:
 
 
 class _Runner:
-    def __init__(self, cross_check: float):
+    def __init__(self, cross_check: float, milp_workers: int):
         self.ctx = mp.get_context("spawn")
         self.cross_check = cross_check
+        self.milp_workers = milp_workers
         self.proc = None
         self.peak = 0.0
 
     def _start(self):
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.cross_check), daemon=True)
+        # not a daemon: the verifier's MILP stage starts worker processes of its own
+        self.proc = self.ctx.Process(target=_worker, args=(child, self.cross_check,
+                                                           self.milp_workers))
         self.proc.start()
 
     def run(self, net_path, prop_path, timeout: float) -> dict:
@@ -180,14 +186,15 @@ def unknown_in(path: str) -> set[tuple[str, str]]:
 
 
 def run(name: str, scale: float, limit: int | None, cross_check: float, out,
-        every: int = 1, max_timeout: float | None = None, only=None, start: int = 0) -> dict:
+        every: int = 1, max_timeout: float | None = None, only=None, start: int = 0,
+        milp_workers: int = VerifyOptions().milp_workers) -> dict:
     rows = instances(name)
     if only is not None:
         rows = [r for r in rows if (_bare(r[0].name), _bare(r[1].name)) in only]
     rows = rows[start::every][:limit]
     counts = {"holds": 0, "violated": 0, "unknown": 0, "error": 0}
     times, solved_times, wrong = [], [], 0
-    runner = _Runner(cross_check)
+    runner = _Runner(cross_check, milp_workers)
     try:
         for n, (net_path, prop_path, timeout) in enumerate(rows, 1):
             line = runner.run(net_path, prop_path, min(timeout * scale, max_timeout or float("inf")))
@@ -229,6 +236,9 @@ def main():
                     help="with --every K: from instance S (0-based; --every 2 --start 0 and "
                          "--start 1 split a benchmark over two processes)")
     ap.add_argument("--cross-check", type=float, default=0.0, metavar="SECONDS")
+    ap.add_argument("--milp-workers", type=int, default=VerifyOptions().milp_workers,
+                    help="VerifyOptions.milp_workers: processes on a region's MILP (0: none; "
+                         "with two benchmark processes on two cores, 0 keeps one per core)")
     ap.add_argument("--jsonl")
     ap.add_argument("--unknown-in", metavar="OLD.jsonl",
                     help="only the instances this earlier results file left unknown")
@@ -241,7 +251,7 @@ def main():
         t0 = time.monotonic()
         s = run(name, args.timeout_scale, args.limit, args.cross_check, out, args.every,
                 args.max_timeout, unknown_in(args.unknown_in) if args.unknown_in else None,
-                args.start)
+                args.start, args.milp_workers)
         s["wall_s"] = round(time.monotonic() - t0, 1)
         summaries.append(s)
     print("| benchmark | instances | solved | holds | violated | unknown | error | wrong "

@@ -101,8 +101,9 @@ def test_sigint_of_a_running_verify_exits_130(tmp_path, delay):
     import signal
     import time
     net, prop = hard_instance(tmp_path)
+    # (without the MILP stage: the program decides this small instance in a second)
     proc = subprocess.Popen([sys.executable, "-m", "verify.entry", "verify", str(net), str(prop),
-                             "--timeout", "300"], stdout=subprocess.PIPE,
+                             "--timeout", "300", "--milp-workers", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     first = proc.stderr.readline()  # the progress line: start-up is over, the run is on
     time.sleep(delay)

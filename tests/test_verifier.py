@@ -88,8 +88,9 @@ def test_z3_decides_fully_split_branches_exactly(sizes, seed):
     rng = np.random.default_rng(seed)
     net = random_net(rng, sizes)
     prop = tight_property(rng, net, 0.01)
+    # (without the MILP stage beside the search, which decides these small nets first)
     res = verify_property(net, prop, VerifyOptions(timeout=60, seed=seed, input_split_max=0,
-                                                   fixed_leaf_iterations=0,
+                                                   fixed_leaf_iterations=0, milp_workers=0,
                                                    relu_branching=ReluBranchOptions("gap")))
     assert res.status.value == exact_z3_verdict(net, prop) == "holds"
     assert res.method == "z3" and res.statistics.z3_queries > 0

@@ -180,12 +180,14 @@ class CoreproofGroup(click.Group):
 
 
 def run_one(net_path: str, prop_path: str, timeout: float, progress=None,
-            save_proof: str | None = None):
+            save_proof: str | None = None, milp_workers: int | None = None):
     """Load a network and a VNN-LIB property and decide it; with ``save_proof``,
-    a ``holds`` also writes its re-checkable proof record there."""
+    a ``holds`` also writes its re-checkable proof record there. ``milp_workers``:
+    ``VerifyOptions.milp_workers`` (None: its default)."""
     from .api import load_network, load_property, verify_property
     from .options import VerifyOptions
-    options = VerifyOptions(timeout=timeout)
+    options = VerifyOptions(timeout=timeout) if milp_workers is None else \
+        VerifyOptions(timeout=timeout, milp_workers=milp_workers)
     network = load_network(net_path)
     prop = load_property(prop_path, network)
     if progress:
@@ -248,11 +250,14 @@ def main(debug):
 @click.option("--quiet", is_flag=True, help="No progress messages on stderr.")
 @click.option("--save-proof", metavar="PROOF.json", default=None,
               help="On holds, write the proof (for `coreproof check-proof`).")
-def verify(net, prop, timeout, as_json, quiet, save_proof):
+@click.option("--milp-workers", type=click.IntRange(min=0), default=None,
+              help="Processes on a region's mixed-integer program (needs the 'milp' extra; "
+                   "default 2: one beside branch and bound, two once it stops; 0: none).")
+def verify(net, prop, timeout, as_json, quiet, save_proof, milp_workers):
     """Verify NET (.onnx or .nnet) against the VNN-LIB property PROP.
 
     Exit code: 0 holds, 1 violated, 3 unknown, 2 bad input."""
-    result = run_one(net, prop, _timeout(timeout), _progress(quiet), save_proof)
+    result = run_one(net, prop, _timeout(timeout), _progress(quiet), save_proof, milp_workers)
     click.echo(result.to_json() if as_json else _describe(result))
     sys.exit(result.exit_code)
 

@@ -182,6 +182,23 @@ class VerifyOptions:
     # forward first, then for the branches that stay open both, back-substituting
     # the neurons forward leaves unstable (look-ahead: forward)
     intermediate_bounds: str = "hybrid"
+    # ReLU splitting on a chain, not while a proof is recorded: the region's
+    # mixed-integer program (verify.milp; the ``milp`` extra, highspy), one unsafe
+    # conjunction per worker process. One worker solves it beside branch and bound from
+    # the search's root on; once milp_bab_share of the time has gone without a verdict
+    # the search stops and milp_workers work on the program (0: never). Only when that
+    # leaves the program at least milp_min_seconds. mnist-net_256x2 prop_1_0.03: its 9
+    # conjunctions refuted in 10-28 s each, where branch and bound is open at 120 s
+    milp_workers: int = 2
+    milp_bab_share: float = 0.4
+    milp_min_seconds: float = 20.0
+    # ... and only when the tightened root leaves at most this many unstable ReLUs (the
+    # program's binaries); else the search keeps the whole time, without a worker beside
+    # it. Per conjunction: 10-28 s at 142 (mnist-net_256x2 prop_1_0.03), 52-96 s at 169
+    # (256x4 prop_3_0.03: 9 of them do not fit 300 s on 2 cores), not closed in 150 s
+    # at 361-738; 256x4 prop_4_0.05, which the search alone holds in 105 s, stayed
+    # unknown at 300 s with the stage taken
+    milp_max_unstable: int = 160
     seed: int = 0
     use_z3: bool = True
     graph_bounds: GraphBoundOptions = GraphBoundOptions()  # graph networks (CNNs) only
@@ -201,6 +218,12 @@ class VerifyOptions:
         if not 0.0 <= self.layer_alpha_time_share <= 1.0:
             raise OptionError("layer_alpha_time_share must be in [0, 1], got "
                               f"{self.layer_alpha_time_share}")
+        if (min(self.milp_workers, self.milp_min_seconds, self.milp_max_unstable) < 0
+                or not 0.0 < self.milp_bab_share <= 1.0):
+            raise OptionError("milp_workers, milp_min_seconds and milp_max_unstable must be >= 0 "
+                              f"and milp_bab_share in (0, 1], got {self.milp_workers}, "
+                              f"{self.milp_min_seconds}, {self.milp_max_unstable}, "
+                              f"{self.milp_bab_share}")
         if not 0.0 < self.portfolio_share <= 1.0:
             raise OptionError(f"portfolio_share must be in (0, 1], got {self.portfolio_share}")
         if not 0.0 <= self.attack_search_share < 1.0:

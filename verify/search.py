@@ -103,7 +103,7 @@ class RegionSearch(Splitting):
         # variant's re-check took 8.9-10.5 s instead of 2.4 s; its margins, 0.001-0.21 on
         # the middle 90 % of leaves, are near int16's change of 0.011)
         self.settle = None if record or full_margin else self.owner
-        self.input_split = network.n_inputs <= options.input_split_max
+        self.input_split = splits_inputs(network, options)
         self.leaves: list[Leaf] = []
         self.z3_unknown = 0
         self.root_candidates: np.ndarray | None = None  # set by closed_at_root
@@ -114,9 +114,17 @@ class RegionSearch(Splitting):
         self._root_start = None  # see start_root_from
         self.root_slopes: dict | None = None  # the slopes tighten_root kept (verify.layer_alpha)
         self.branch_slopes = None  # ... as the branches' KeptSlopes (see tighten_root)
+        # a threading.Event that ends the search as its deadline would (another
+        # procedure decided the region: verify.milp_region.ProgramStage), and a callable
+        # given this search once run() has bounded and tightened the region's root and
+        # left it open
+        self.interrupt = None
+        self.on_root = None
 
     # ------------------------------------------------------------------
     def time_left(self) -> float:
+        if self.interrupt is not None and self.interrupt.is_set():
+            return 0.0
         return self.deadline - time.monotonic()
 
     def refutation(self, res, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -381,6 +389,8 @@ class RegionSearch(Splitting):
             if first:
                 self._root_statistics(res)
                 first = False
+                if self.on_root is not None and not closed.all():
+                    self.on_root(self)
             open_idx = np.flatnonzero(~closed)
             shut = np.flatnonzero(closed)
             self._close_rows([batch[i] for i in shut], res, shut)
@@ -530,6 +540,22 @@ class RegionSearch(Splitting):
             self._root_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in zip(res.lower, res.upper)]
         return self._root_bounds
 
+    def root_layer_bounds(self):
+        """The region's root as its program needs it (:mod:`verify.milp_region`): the
+        (lower, upper) numpy pre-activation bounds per hidden layer (tightened when the
+        search took them so), which conjunctions that bound refutes ((n_conj,) bool), and
+        each conjunction's best row lower bound ((n_conj,); lowest: furthest from refuted)."""
+        lo, hi = self.root_box()
+        res = self.tightened
+        if res is None:
+            splits = [torch.zeros((1, n), dtype=torch.int8) for n in self.net.hidden_sizes]
+            res = self.bound_branches(lo, hi, splits, None)[0]
+        refuted, _ = self.refutation(res, lo.numpy(), hi.numpy())
+        spec = res.spec_lower[0].numpy()
+        best = np.array([spec[self.owner == j].max(initial=-np.inf) for j in range(self.n_conj)])
+        return ([(l[0].numpy(), u[0].numpy()) for l, u in zip(res.lower, res.upper)],
+                refuted[0], best)
+
     def _on_region_box(self, node: Node) -> bool:
         return (np.array_equal(node.lo, self.region.lower)
                 and np.array_equal(node.hi, self.region.upper))
@@ -659,12 +685,73 @@ def search_region(network: Network, region: Region, r: int, options: VerifyOptio
     """Branch and bound on one region, through the attempts of :func:`portfolio`
     (the outcome's leaves are those of the attempt that decided)."""
     attempts = portfolio(network, options, deadline)
-    for k, (opts, until) in enumerate(attempts):
-        search = RegionSearch(network, region, r, opts, until, stats, propagator, record)
-        outcome = search.run()
-        outcome.root, outcome.root_slopes = search.tightened, search.root_slopes
-        if outcome.method != "timeout" or time.monotonic() >= deadline or k == len(attempts) - 1:
+    milp_at = milp_start(network, options, deadline, record)
+    stage = None
+    if milp_at is not None:
+        from .milp_region import ProgramStage
+        stage = ProgramStage(network, region, r, deadline, options.milp_workers)
+    try:
+        for k, (opts, until) in enumerate(attempts):
+            search = RegionSearch(network, region, r, opts, until if milp_at is None else
+                                  min(until, milp_at), stats, propagator, record)
+            if stage is not None:
+                search.interrupt = stage.done
+                search.on_root = _start_stage(stage, options.milp_max_unstable, until)
+            outcome = search.run()
+            outcome.root, outcome.root_slopes = search.tightened, search.root_slopes
+            if (outcome.method != "timeout" or time.monotonic() >= deadline
+                    or k == len(attempts) - 1):
+                break
+        if stage is None or stage.declined or outcome.method != "timeout":
             return outcome
+        stage.widen()  # branch and bound has stopped: every worker on the program
+        decided = stage.outcome()
+        decided.root, decided.root_slopes = outcome.root, outcome.root_slopes
+        return decided
+    finally:
+        if stage is not None:
+            stage.close()
+
+
+def _start_stage(stage, max_unstable: int, until: float):
+    """The search's ``on_root``: the program starts over the search's tightened root,
+    its conjunctions furthest from refuted first; or, when that root leaves more than
+    ``max_unstable`` ReLUs unstable, the stage is declined and the search gets its
+    time up to ``until`` back."""
+    def start(search) -> None:
+        bounds, refuted, best = search.root_layer_bounds()
+        unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in bounds)
+        if unstable > max_unstable:
+            stage.decline(f"{unstable} unstable ReLUs at the root (at most {max_unstable})")
+            search.deadline = search.attack.deadline = until
+            return
+        stage.start(bounds, refuted, order=np.argsort(best, kind="stable"))
+    return start
+
+
+def splits_inputs(network, options: VerifyOptions) -> bool:
+    """Whether branch and bound splits the input box (few inputs), not ReLUs."""
+    return network.n_inputs <= options.input_split_max
+
+
+def milp_start(network, options: VerifyOptions, deadline: float, record: bool) -> float | None:
+    """When branch and bound stops and hands a region over to its mixed-integer program
+    (``VerifyOptions.milp_workers``; one worker solves it beside the search from the
+    search's root on), or None: chains with ReLU splitting only, not
+    while a proof is recorded (a program's verdict has no leaves to reuse), not in a
+    daemonic process (it may not start processes: e.g. a batch run's workers), only with
+    highspy installed, and only when the program would get ``milp_min_seconds``."""
+    import multiprocessing
+    left = deadline - time.monotonic()
+    if (options.milp_workers == 0 or record or not isinstance(network, Network)
+            or multiprocessing.current_process().daemon
+            or splits_inputs(network, options)
+            or (1.0 - options.milp_bab_share) * left < options.milp_min_seconds):
+        return None
+    from .milp import available
+    if not available():
+        return None
+    return time.monotonic() + options.milp_bab_share * left
 
 
 def portfolio(network: Network, options: VerifyOptions, deadline: float):

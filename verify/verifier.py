@@ -138,7 +138,7 @@ def verify_property(network: Network | GraphNetwork, prop: Property,
         methods.append(outcome.method)
     if unknown_reasons:
         return done(Status.UNKNOWN, "bab", reason="; ".join(unknown_reasons))
-    order = ["z3", "bab", "fields", "bounds"]
+    order = ["z3", "milp", "bab", "fields", "bounds"]
     method = next(m for m in order if m in methods)
     if core_sizes:
         stats.core_size = max(core_sizes)
