@@ -221,3 +221,18 @@ def test_program_verdicts_agree_with_exact_z3(sizes, seed, slack):
     bounds, refuted, _ = _root_bounds(net, region)
     out = decide_region(net, region, 0, bounds, refuted, time.monotonic() + 30, 2)
     assert out.status.value == exact_z3_verdict(net, prop)
+
+
+def test_workers_that_cannot_start_leave_the_search_its_time(monkeypatch):
+    """A platform without processes to be had (the pool raises): the stage is declined
+    and branch and bound keeps its whole time, though its share had almost run out."""
+    import verify.milp_region as milp_region
+
+    class NoProcesses:
+        def Pool(self, *args, **kwargs):
+            raise OSError("no processes here")
+    monkeypatch.setattr(milp_region, "_context", lambda: NoProcesses())
+    net, prop = random_chain_instance(15, 0.04)
+    options = VerifyOptions(timeout=60, milp_bab_share=1e-4, milp_min_seconds=0)
+    out = verify_property(net, prop, options)
+    assert (out.status, out.method) == (Status.HOLDS, "bab")

@@ -84,15 +84,16 @@ class ProgramStage:
         self._busy = 0
         self._pool = None
 
-    def start(self, layer_bounds, refuted: np.ndarray, order=None) -> None:
+    def start(self, layer_bounds, refuted: np.ndarray, order=None) -> bool:
         """Solve every conjunction not ``refuted`` over these sound layer bounds, in
         ``order`` (conjunction indices: the hardest first keeps the workers' loads even,
-        the last ones to start being the short ones)."""
+        the last ones to start being the short ones). False when no worker could start
+        (:attr:`failed` says why)."""
         order = range(len(self.region.unsafe)) if order is None else order
         todo = [int(j) for j in order if not refuted[j]]
         if not todo:
             self.done.set()
-            return
+            return True
         program = region_program(self.network, self.region, layer_bounds)
         for j in todo:
             conj = self.region.unsafe[j]
@@ -104,9 +105,10 @@ class ProgramStage:
                                          initargs=(program,))
         except (OSError, AssertionError) as error:  # no processes to be had here
             self.failed = f"the MILP workers could not start: {error}"
-            return
+            return False
         with self._lock:
             self._submit()
+        return True
 
     def decline(self, reason: str) -> None:
         """The program is not worth starting (``reason``): the search decides alone."""

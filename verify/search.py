@@ -716,16 +716,17 @@ def search_region(network: Network, region: Region, r: int, options: VerifyOptio
 def _start_stage(stage, max_unstable: int, until: float):
     """The search's ``on_root``: the program starts over the search's tightened root,
     its conjunctions furthest from refuted first; or, when that root leaves more than
-    ``max_unstable`` ReLUs unstable, the stage is declined and the search gets its
-    time up to ``until`` back."""
+    ``max_unstable`` ReLUs unstable (or no worker could start), the stage is declined
+    and the search gets its time up to ``until`` back."""
     def start(search) -> None:
         bounds, refuted, best = search.root_layer_bounds()
         unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in bounds)
         if unstable > max_unstable:
             stage.decline(f"{unstable} unstable ReLUs at the root (at most {max_unstable})")
+        elif not stage.start(bounds, refuted, order=np.argsort(best, kind="stable")):
+            stage.decline(stage.failed)
+        if stage.declined:
             search.deadline = search.attack.deadline = until
-            return
-        stage.start(bounds, refuted, order=np.argsort(best, kind="stable"))
     return start
 
 
