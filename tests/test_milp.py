@@ -14,7 +14,7 @@ import pytest
 
 from chain_nets import deep_chain, random_chain_instance
 from verify.api import VerifyOptions, verify_property
-from verify.milp import CANDIDATE, REFUTED, chain_program, solve_conjunction
+from verify.milp import CANDIDATE, REFUTED, solve_conjunction
 from verify.milp_region import decide_region, region_program
 from verify.properties import local_robustness
 from verify.result import Statistics, Status
@@ -25,7 +25,7 @@ highspy = pytest.importorskip("highspy")
 
 def _root_bounds(net, region):
     search = RegionSearch(net, region, 0, VerifyOptions(timeout=30), 1e18, Statistics())
-    return search.root_layer_bounds()
+    return search.root_layer_bounds(search.root_bound()[0])
 
 
 def _rows_hold(program, cols, tol=1e-7):

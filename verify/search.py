@@ -116,8 +116,8 @@ class RegionSearch(Splitting):
         self.branch_slopes = None  # ... as the branches' KeptSlopes (see tighten_root)
         # a threading.Event that ends the search as its deadline would (another
         # procedure decided the region: verify.milp_region.ProgramStage), and a callable
-        # given this search once run() has bounded and tightened the region's root and
-        # left it open
+        # given this search and the root's bound once run() has bounded and tightened
+        # the region's root and left it open
         self.interrupt = None
         self.on_root = None
 
@@ -390,7 +390,7 @@ class RegionSearch(Splitting):
                 self._root_statistics(res)
                 first = False
                 if self.on_root is not None and not closed.all():
-                    self.on_root(self)
+                    self.on_root(self, res)
             open_idx = np.flatnonzero(~closed)
             shut = np.flatnonzero(closed)
             self._close_rows([batch[i] for i in shut], res, shut)
@@ -540,16 +540,13 @@ class RegionSearch(Splitting):
             self._root_bounds = [(l[0].numpy(), u[0].numpy()) for l, u in zip(res.lower, res.upper)]
         return self._root_bounds
 
-    def root_layer_bounds(self):
-        """The region's root as its program needs it (:mod:`verify.milp_region`): the
-        (lower, upper) numpy pre-activation bounds per hidden layer (tightened when the
-        search took them so), which conjunctions that bound refutes ((n_conj,) bool), and
-        each conjunction's best row lower bound ((n_conj,); lowest: furthest from refuted)."""
+    def root_layer_bounds(self, res):
+        """The region's root as its program needs it (:mod:`verify.milp_region`), from
+        ``res``, the root's bound (a batch of one; tightened when the search took it so):
+        the (lower, upper) numpy pre-activation bounds per hidden layer, which
+        conjunctions it refutes ((n_conj,) bool), and each conjunction's best row lower
+        bound ((n_conj,); lowest: furthest from refuted)."""
         lo, hi = self.root_box()
-        res = self.tightened
-        if res is None:
-            splits = [torch.zeros((1, n), dtype=torch.int8) for n in self.net.hidden_sizes]
-            res = self.bound_branches(lo, hi, splits, None)[0]
         refuted, _ = self.refutation(res, lo.numpy(), hi.numpy())
         spec = res.spec_lower[0].numpy()
         best = np.array([spec[self.owner == j].max(initial=-np.inf) for j in range(self.n_conj)])
@@ -718,9 +715,9 @@ def _start_stage(stage, max_unstable: int, until: float):
     its conjunctions furthest from refuted first; or, when that root leaves more than
     ``max_unstable`` ReLUs unstable (or no worker could start), the stage is declined
     and the search gets its time up to ``until`` back."""
-    def start(search) -> None:
-        bounds, refuted, best = search.root_layer_bounds()
-        unstable = sum(int(((lo < 0) & (hi > 0)).sum()) for lo, hi in bounds)
+    def start(search, res) -> None:
+        bounds, refuted, best = search.root_layer_bounds(res)
+        unstable = count_unstable(bounds)
         if unstable > max_unstable:
             stage.decline(f"{unstable} unstable ReLUs at the root (at most {max_unstable})")
         elif not stage.start(bounds, refuted, order=np.argsort(best, kind="stable")):
